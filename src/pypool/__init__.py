@@ -1,0 +1,36 @@
+"""pypool: a database connection pool with a native hot path.
+
+``pypool.CORE`` says which core is in use: ``"native"`` (the compiled
+``pypool._corepool``) or ``"python"`` (``pypool._corepool_py``, used where the
+extension is absent, on interpreters other than CPython, or when
+``PYPOOL_NO_EXTENSIONS=1`` is set).
+"""
+
+from __future__ import annotations
+
+from ._core import CORE, CorePool, WaiterTicket
+from .errors import (
+    ConfigurationError,
+    InvalidSlot,
+    NotBorrowed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyRequests,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CORE",
+    "ConfigurationError",
+    "CorePool",
+    "InvalidSlot",
+    "NotBorrowed",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "TooManyRequests",
+    "WaiterTicket",
+    "__version__",
+]

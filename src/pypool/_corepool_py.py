@@ -1,0 +1,954 @@
+"""The pure-Python core: the readable specification of ``pypool._corepool``.
+
+Both cores expose the same classes, functions and behaviour, and raise the same
+exceptions (from :mod:`pypool.errors`). The native core mirrors the data
+structures below one for one (slot states, the idle list with lazily dropped
+stale entries, the empty-slot stack, segments of 64 slots), so the two hand out
+the same slot for the same sequence of operations; ``tests/test_core_parity.py``
+and the stateful tests hold them to it. Change both in the same commit.
+
+The core knows nothing of databases. It stores objects ("connections") in
+slots, hands them out and takes them back, and makes callers wait when none is
+idle. Deciding when to connect, check, reset or retire a connection is the
+policy layer's job.
+
+Slot states and moves (every slot is in exactly one state)::
+
+    EMPTY --reserve()--> CREATING --fill(slot, conn)--> IDLE --acquire--> BUSY
+      ^                      |                           ^  <--release(conn)--'
+      '---abandon(slot)------'                           |
+      ^                                     claim(slot): IDLE -> RESERVED, then
+      '-------------discard(conn) / retire(slot)-------- restore(slot) -> IDLE
+
+Concurrency: one mutex guards all state. It is never held while waiting, and
+never while calling out to code the core does not own (ticket callbacks and
+the ``on_wait`` / ``on_abandon`` hooks run after it is released).
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from .errors import (
+    ConfigurationError,
+    InvalidSlot,
+    NotBorrowed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyRequests,
+)
+
+__all__ = [
+    "BUSY",
+    "CREATING",
+    "DEFAULT_HANDOFF_AFTER",
+    "EMPTY",
+    "IDLE",
+    "MAX_SIZE",
+    "RESERVED",
+    "CorePool",
+    "WaiterTicket",
+]
+
+# Slot states.
+EMPTY: Final = 0
+CREATING: Final = 1
+IDLE: Final = 2
+BUSY: Final = 3
+RESERVED: Final = 4
+_STATE_NAMES: Final = ("EMPTY", "CREATING", "IDLE", "BUSY", "RESERVED")
+
+#: Slots are added in segments of this many (the native core allocates them so).
+SEGMENT: Final = 64
+#: The largest ``max_size`` a core accepts (4096 segments of 64 slots).
+MAX_SIZE: Final = SEGMENT * 4096
+#: How long (seconds) a waiting thread may be overtaken by callers that take an
+#: idle connection ahead of it; after that, the next connection returned is
+#: handed to it directly. Short enough that no waiter starves, long enough that
+#: a busy pool does not pay a thread switch for every release.
+DEFAULT_HANDOFF_AFTER: Final = 0.005
+#: Longest single sleep of a waiting thread: bounds how late a signal handler
+#: (Ctrl-C) runs on platforms where a lock wait is not interrupted by signals.
+_WAIT_SLICE: Final = 0.05
+
+# Waiter states.
+_WAITING: Final = 0
+_HANDED: Final = 1  # a connection was handed to it
+_CLOSED: Final = 2  # the pool closed while it waited
+_DONE: Final = 3  # left the queue: took its connection, timed out or was cancelled
+
+_clock = time.monotonic
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigurationError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    if not timeout >= 0:  # rejects NaN too
+        raise ConfigurationError(f"timeout must be >= 0 seconds, not {timeout!r}")
+    return float(timeout)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+class _Slot:
+    __slots__ = (
+        "index",
+        "key",
+        "state",
+        "listed",
+        "conn",
+        "ref",
+        "created",
+        "checked_out",
+        "returned",
+        "uses",
+        "generation",
+    )
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.key = 0  # id() of the object, the key of CorePool._where
+        self.state = EMPTY
+        self.listed = False  # the index sits in the idle list
+        self.conn: Any = None  # strong reference (always while IDLE or RESERVED)
+        self.ref: weakref.ref[Any] | None = None  # weak reference, if the type allows
+        self.created = 0.0
+        self.checked_out = 0.0
+        self.returned = 0.0
+        self.uses = 0
+        self.generation = 0
+
+    def borrowed(self) -> Any:
+        """The object of a BUSY slot (None if it was finalized)."""
+        if self.ref is not None:
+            return self.ref()
+        return self.conn
+
+
+class _Waiter:
+    __slots__ = ("lock", "state", "notified", "conn", "started")
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock  # held while the waiter sleeps; released to wake it
+        self.state = _WAITING
+        self.notified = False  # woken to retry, without a hand-off
+        self.conn: Any = None
+        self.started = _clock()
+
+
+class WaiterTicket(_Waiter):
+    """A place in the wait queue that does not block a thread (for asyncio).
+
+    Made by :meth:`CorePool.enqueue`. When a connection is handed to the ticket
+    or the pool closes, ``callback(ticket)`` runs once, in whatever thread did
+    that (use ``loop.call_soon_threadsafe`` in it); then :meth:`result` gives
+    the connection. A ticket that is no longer wanted must be cancelled: that
+    removes it from the queue, or passes on a connection already handed to it.
+    """
+
+    __slots__ = ("_core", "_callback", "__weakref__")
+
+    def __init__(self, core: CorePool, callback: Callable[[WaiterTicket], object]) -> None:
+        super().__init__(None)
+        self._core = core
+        self._callback = callback
+
+    @property
+    def done(self) -> bool:
+        """True once the ticket no longer waits (handed, closed or cancelled)."""
+        return self.state != _WAITING
+
+    def result(self) -> Any:
+        """The connection handed to this ticket; the caller now owns it.
+
+        Raises :class:`PoolClosed` if the pool closed while the ticket waited,
+        and :class:`PoolError` if the ticket still waits or its connection was
+        taken or passed on already.
+        """
+        with self._core._mutex:
+            if self.state == _HANDED:
+                conn, self.conn = self.conn, None
+                self.state = _DONE
+                return conn
+            if self.state == _CLOSED:
+                raise PoolClosed("the pool was closed while waiting")
+            if self.state == _WAITING:
+                raise PoolError("the ticket is still waiting")
+            raise PoolError("the ticket's connection was taken or passed on already")
+
+    def cancel(self, timed_out: bool = False) -> bool:
+        """Leaves the queue; passes on a connection handed but not yet taken.
+
+        ``timed_out`` counts the cancellation as a timeout in the statistics.
+        Returns True if the ticket was still waiting or held an untaken
+        connection, False if it had finished already.
+        """
+        core = self._core
+        calls: list[Callable[[], object]] = []
+        with core._mutex:
+            if self.state == _WAITING:
+                core._leave_locked(self)
+                if timed_out:
+                    core._timeouts += 1
+                result = True
+            elif self.state == _HANDED:
+                conn, self.conn = self.conn, None
+                self.state = _DONE
+                slot = core._slot_of_borrowed(conn)
+                core._return_locked(slot, conn, calls)
+                result = True
+            else:
+                self.state = _DONE
+                result = False
+        core._run(calls)
+        return result
+
+    def __repr__(self) -> str:
+        names = ("waiting", "handed", "closed", "done")
+        return f"<WaiterTicket {names[self.state]}>"
+
+
+_live_cores: weakref.WeakSet[CorePool] = weakref.WeakSet()
+_fork_orphans: list[Any] = []
+
+
+def _keep_forever(obj: Any) -> None:
+    """Make sure ``obj`` is never finalized in this process.
+
+    After a fork the child's copies of the parent's connections share the
+    parent's sockets: finalizing one (psycopg2 does so on garbage collection)
+    can end the parent's session. An extra reference that is never dropped
+    keeps it alive through interpreter shutdown too.
+    """
+    if sys.implementation.name == "cpython":
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    else:  # pragma: no cover - no reference counting to rely on
+        _fork_orphans.append(obj)
+
+
+def _after_fork_in_child() -> None:
+    for core in list(_live_cores):
+        core._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class CorePool:
+    """Slots for up to ``max_size`` objects, handed out and taken back.
+
+    ``max_size`` is a soft limit on the slots in use (not EMPTY): it may be
+    changed at any time, also while connections are borrowed; lowering it
+    retires nothing by itself (the policy layer retires idle connections).
+    ``max_waiting`` bounds how many callers may wait at once (0: no bound).
+    ``lifo=True`` reuses the most recently returned connection first;
+    ``lifo=False`` reuses them in turn (first returned, first reused).
+    ``handoff_after`` bounds unfairness: see :data:`DEFAULT_HANDOFF_AFTER`.
+    ``on_wait()`` runs (without any lock held) each time a caller starts
+    waiting, so the owner can decide to connect more. ``on_abandon(slot)`` runs
+    when a borrowed connection was finalized without being returned; its slot
+    is EMPTY again by then.
+    """
+
+    def __init__(
+        self,
+        max_size: int,
+        *,
+        max_waiting: int = 0,
+        lifo: bool = True,
+        handoff_after: float = DEFAULT_HANDOFF_AFTER,
+        on_wait: Callable[[], object] | None = None,
+        on_abandon: Callable[[int], object] | None = None,
+    ) -> None:
+        self._max_size = _check_int("max_size", max_size, 1, MAX_SIZE)
+        self._max_waiting = _check_int("max_waiting", max_waiting, 0, 2**31 - 1)
+        handoff = _check_timeout(handoff_after)
+        if handoff is None:
+            raise ConfigurationError("handoff_after must be a number of seconds")
+        self._handoff_after = handoff
+        if on_wait is not None and not callable(on_wait):
+            raise ConfigurationError("on_wait must be callable or None")
+        if on_abandon is not None and not callable(on_abandon):
+            raise ConfigurationError("on_abandon must be callable or None")
+        self._lifo = bool(lifo)
+        self._on_wait = on_wait
+        self._on_abandon = on_abandon
+        self._closed = False
+        self._generation = 0
+        self._reset_state()
+        _live_cores.add(self)
+
+    def _reset_state(self) -> None:
+        self._mutex = threading.Lock()
+        self._slots: list[_Slot] = []
+        self._empty: list[int] = []  # stack of EMPTY slot indices
+        self._idle: deque[int] = deque()  # idle list; may hold stale indices
+        self._where: dict[int, int] = {}  # id(conn) -> slot index
+        self._waiters: deque[_Waiter] = deque()
+        self._dead: list[tuple[int, weakref.ref[Any]]] = []  # finalized while borrowed
+        self._abandoned_slots: list[int] = []  # reaped; on_abandon not yet called
+        self._size = 0  # slots not EMPTY
+        self._n_idle = 0
+        self._n_busy = 0
+        self._n_creating = 0
+        self._n_reserved = 0
+        self._acquires = 0
+        self._waits = 0
+        self._wait_time = 0.0
+        self._wait_time_max = 0.0
+        self._timeouts = 0
+        self._abandoned = 0
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def max_size(self) -> int:
+        """The soft limit on slots in use; may be set at any time."""
+        return self._max_size
+
+    @max_size.setter
+    def max_size(self, value: int) -> None:
+        value = _check_int("max_size", value, 1, MAX_SIZE)
+        with self._mutex:
+            self._check_open()
+            self._max_size = value
+
+    @property
+    def max_waiting(self) -> int:
+        """How many callers may wait at once (0: no bound); may be set."""
+        return self._max_waiting
+
+    @max_waiting.setter
+    def max_waiting(self, value: int) -> None:
+        value = _check_int("max_waiting", value, 0, 2**31 - 1)
+        with self._mutex:
+            self._check_open()
+            self._max_waiting = value
+
+    @property
+    def lifo(self) -> bool:
+        return self._lifo
+
+    @property
+    def handoff_after(self) -> float:
+        return self._handoff_after
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def generation(self) -> int:
+        """The pool's generation; stamped on every slot when it is filled."""
+        return self._generation
+
+    def advance_generation(self) -> int:
+        """Starts a new generation (for drain and invalidate) and returns it."""
+        with self._mutex:
+            self._check_open()
+            self._generation += 1
+            return self._generation
+
+    @property
+    def size(self) -> int:
+        """Slots in use: idle, borrowed, being connected or claimed."""
+        return self._size
+
+    @property
+    def idle(self) -> int:
+        return self._n_idle
+
+    @property
+    def in_use(self) -> int:
+        return self._n_busy
+
+    @property
+    def connecting(self) -> int:
+        """Slots reserved for a connect that has not finished (CREATING)."""
+        return self._n_creating
+
+    @property
+    def claimed(self) -> int:
+        """Idle slots taken aside by :meth:`claim` (RESERVED)."""
+        return self._n_reserved
+
+    @property
+    def waiting(self) -> int:
+        """Callers (threads and tickets) waiting for a connection now."""
+        return len(self._waiters)
+
+    @staticmethod
+    def now() -> float:
+        """The core's clock, in seconds; the base of every slot time."""
+        return _clock()
+
+    def stats(self) -> dict[str, float | int]:
+        """Counters since creation (or since a fork) and current gauges."""
+        with self._mutex:
+            return {
+                "acquires": self._acquires,
+                "waits": self._waits,
+                "wait_time": self._wait_time,
+                "wait_time_max": self._wait_time_max,
+                "timeouts": self._timeouts,
+                "abandoned": self._abandoned,
+                "size": self._size,
+                "idle": self._n_idle,
+                "in_use": self._n_busy,
+                "connecting": self._n_creating,
+                "claimed": self._n_reserved,
+                "waiting": len(self._waiters),
+                "max_size": self._max_size,
+                "max_waiting": self._max_waiting,
+            }
+
+    # -------------------------------------------------------------- hot path
+
+    def try_acquire(self) -> Any:
+        """An idle connection, now, or None. Never waits."""
+        with self._mutex:
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            conn = self._pop_locked()
+            if self._dead:
+                self._reap_locked()
+        if self._abandoned_slots:
+            self._run([])
+        return conn
+
+    def release(self, conn: Any, /) -> bool:
+        """Gives back a borrowed connection.
+
+        Returns True when the pool took it back, False when the pool is closed:
+        then the slot is freed and the caller must close the connection.
+        Raises :class:`NotBorrowed` (changing nothing) for an object that is
+        not borrowed from this pool.
+        """
+        calls: list[Callable[[], object]] = []
+        with self._mutex:
+            slot = self._slot_of_borrowed(conn)
+            if self._closed:
+                self._empty_locked(slot, BUSY)
+                result = False
+            else:
+                slot.returned = _clock()
+                self._return_locked(slot, conn, calls)
+                result = True
+            if self._dead:
+                self._reap_locked()
+        self._run(calls)
+        return result
+
+    def acquire(self, timeout: float | None = None) -> Any:
+        """A connection, waiting up to ``timeout`` seconds (None: no limit).
+
+        Raises :class:`PoolTimeout` when none came in time,
+        :class:`TooManyRequests` when ``max_waiting`` callers wait already, and
+        :class:`PoolClosed` when the pool is or gets closed. A signal handler's
+        exception (Ctrl-C) interrupts the wait; a connection handed to the
+        waiter at that moment is passed on, never lost.
+        """
+        wait_for = _check_timeout(timeout)
+        with self._mutex:
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            conn = self._pop_locked()
+            if conn is not None:
+                return conn
+            if wait_for == 0:
+                self._timeouts += 1
+                raise PoolTimeout(self._timeout_message(0.0))
+            if self._max_waiting and len(self._waiters) >= self._max_waiting:
+                raise TooManyRequests(
+                    f"{len(self._waiters)} callers wait already (max_waiting={self._max_waiting})"
+                )
+            lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
+            lock.acquire()
+            waiter = _Waiter(lock)
+            self._waiters.append(waiter)
+        if self._on_wait is not None:
+            self._on_wait()
+        return self._wait(waiter, wait_for)
+
+    def _wait(self, waiter: _Waiter, wait_for: float | None) -> Any:
+        deadline = None if wait_for is None else waiter.started + wait_for
+        try:
+            while True:
+                if deadline is None:
+                    woken = waiter.lock.acquire(True, _WAIT_SLICE)
+                else:
+                    remaining = deadline - _clock()
+                    woken = remaining > 0 and waiter.lock.acquire(
+                        True, min(remaining, _WAIT_SLICE)
+                    )
+                    if not woken and _clock() >= deadline:
+                        return self._wait_timed_out(waiter, wait_for or 0.0)
+                if not woken:
+                    continue
+                with self._mutex:
+                    if waiter.state == _HANDED:
+                        waiter.state = _DONE
+                        conn, waiter.conn = waiter.conn, None
+                        return conn
+                    if waiter.state == _CLOSED:
+                        waiter.state = _DONE
+                        raise PoolClosed("the pool was closed while waiting")
+                    # Woken to retry: a connection was made idle for us, but a
+                    # caller that did not wait may have taken it first.
+                    waiter.notified = False
+                    conn = self._pop_locked()
+                    if conn is not None:
+                        self._leave_locked(waiter)
+                        self._count_wait(waiter)
+                        return conn
+        except BaseException:
+            calls: list[Callable[[], object]] = []
+            with self._mutex:
+                if waiter.state == _HANDED:  # handed at the moment we were interrupted
+                    conn, waiter.conn = waiter.conn, None
+                    waiter.state = _DONE
+                    self._return_locked(self._slot_of_borrowed(conn), conn, calls)
+                elif waiter.state == _WAITING:
+                    self._leave_locked(waiter)
+            self._run(calls)
+            raise
+
+    def _wait_timed_out(self, waiter: _Waiter, waited: float) -> Any:
+        with self._mutex:
+            if waiter.state == _HANDED:  # handed just in time: take it
+                waiter.state = _DONE
+                conn, waiter.conn = waiter.conn, None
+                return conn
+            if waiter.state == _CLOSED:
+                waiter.state = _DONE
+                raise PoolClosed("the pool was closed while waiting")
+            self._leave_locked(waiter)
+            self._timeouts += 1
+            raise PoolTimeout(self._timeout_message(waited))
+
+    def _timeout_message(self, waited: float) -> str:
+        return (
+            f"no connection available after {waited:.3f} s "
+            f"(size {self._size}/{self._max_size}, idle {self._n_idle}, "
+            f"in use {self._n_busy}, connecting {self._n_creating}, "
+            f"waiting {len(self._waiters)})"
+        )
+
+    # ----------------------------------------------------------- asyncio use
+
+    def enqueue(self, callback: Callable[[WaiterTicket], object]) -> WaiterTicket:
+        """Takes a place in the wait queue without blocking; see WaiterTicket.
+
+        If a connection is idle now it is handed to the ticket at once (and
+        ``callback`` runs before this returns). Raises TooManyRequests and
+        PoolClosed as :meth:`acquire` does.
+        """
+        if not callable(callback):
+            raise ConfigurationError("callback must be callable")
+        ticket = WaiterTicket(self, callback)
+        with self._mutex:
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            conn = self._pop_locked()
+            if conn is None:
+                if self._max_waiting and len(self._waiters) >= self._max_waiting:
+                    raise TooManyRequests(
+                        f"{len(self._waiters)} callers wait already "
+                        f"(max_waiting={self._max_waiting})"
+                    )
+                self._waiters.append(ticket)
+            else:
+                ticket.state = _HANDED
+                ticket.conn = conn
+        if conn is None:
+            if self._on_wait is not None:
+                self._on_wait()
+        else:
+            callback(ticket)
+        return ticket
+
+    # ------------------------------------------------------- connect workers
+
+    def reserve(self) -> int | None:
+        """Claims an EMPTY slot for a connect, if ``size < max_size``.
+
+        Returns the slot index (now CREATING), or None at the limit. The
+        caller must then :meth:`fill` or :meth:`abandon` it.
+        """
+        with self._mutex:
+            self._check_open()
+            if self._size >= self._max_size:
+                return None
+            if not self._empty:
+                self._grow_locked()
+            index = self._empty.pop()
+            slot = self._slots[index]
+            slot.state = CREATING
+            self._size += 1
+            self._n_creating += 1
+            return index
+
+    def fill(self, slot: int, conn: Any) -> None:
+        """Puts a new connection into a reserved (CREATING) slot.
+
+        It becomes IDLE, or goes straight to a waiter. If the pool was closed
+        meanwhile the slot is freed and :class:`PoolClosed` raised: the caller
+        must close the connection.
+        """
+        if conn is None:
+            raise TypeError("a connection cannot be None")
+        calls: list[Callable[[], object]] = []
+        with self._mutex:
+            s = self._slot_at(slot, CREATING)
+            other = self._where.get(id(conn))
+            if other is not None:
+                raise InvalidSlot(f"this object is in the pool already (slot {other})")
+            if self._closed:
+                self._empty_locked(s, CREATING)
+                raise PoolClosed("the pool was closed while connecting")
+            now = _clock()
+            s.conn = conn
+            s.key = id(conn)
+            s.ref = self._weakref_for(conn, s.index)
+            s.created = s.returned = now
+            s.checked_out = 0.0
+            s.uses = 0
+            s.generation = self._generation
+            self._where[id(conn)] = s.index
+            self._return_locked(s, conn, calls)
+        self._run(calls)
+
+    def abandon(self, slot: int) -> None:
+        """Frees a reserved (CREATING) slot whose connect failed."""
+        with self._mutex:
+            self._empty_locked(self._slot_at(slot, CREATING), CREATING)
+
+    def discard(self, conn: Any, /) -> None:
+        """Frees the slot of a borrowed connection that is broken or retired.
+
+        The caller keeps the connection and closes it. Works after close().
+        """
+        with self._mutex:
+            self._empty_locked(self._slot_of_borrowed(conn), BUSY)
+
+    # ------------------------------------------------------------ maintenance
+
+    def claim(self, slot: int) -> Any:
+        """Takes one specific IDLE slot aside (-> RESERVED) and returns its
+        connection, or None if that slot is not idle now (it was just borrowed).
+
+        The caller must then :meth:`restore` or :meth:`retire` the slot.
+        """
+        with self._mutex:
+            self._check_open()
+            s = self._slot_at(slot, None)
+            if s.state != IDLE:
+                return None
+            s.state = RESERVED
+            self._n_idle -= 1
+            self._n_reserved += 1
+            return s.conn
+
+    def restore(self, slot: int) -> bool:
+        """Puts a claimed (RESERVED) slot back: IDLE again, or to a waiter.
+
+        Returns False if the pool was closed meanwhile: the slot is freed and
+        the caller must close the connection.
+        """
+        calls: list[Callable[[], object]] = []
+        with self._mutex:
+            s = self._slot_at(slot, RESERVED)
+            if self._closed:
+                self._empty_locked(s, RESERVED)
+                return False
+            self._return_locked(s, s.conn, calls)
+        self._run(calls)
+        return True
+
+    def retire(self, slot: int) -> Any:
+        """Frees a claimed (RESERVED) slot and returns its connection, which
+        the caller must close."""
+        with self._mutex:
+            s = self._slot_at(slot, RESERVED)
+            conn = s.conn
+            self._empty_locked(s, RESERVED)
+            return conn
+
+    def slot_of(self, conn: Any, /) -> int:
+        """The slot holding ``conn`` (idle, borrowed or claimed)."""
+        with self._mutex:
+            index = self._where.get(id(conn))
+            if index is not None:
+                s = self._slots[index]
+                held = s.borrowed() if s.state == BUSY else s.conn
+                if held is conn:
+                    return index
+        raise NotBorrowed("this object is not in this pool")
+
+    def slot_info(self, slot: int) -> tuple[int, float, float, float, int, int]:
+        """``(state, created, checked_out, returned, uses, generation)`` of a
+        slot; times are :meth:`now` values (0.0: never)."""
+        with self._mutex:
+            s = self._slot_at(slot, None)
+            return (s.state, s.created, s.checked_out, s.returned, s.uses, s.generation)
+
+    def slots(self, state: int | None = None) -> list[int]:
+        """Indices of the slots in ``state`` (all slots when None), ascending."""
+        with self._mutex:
+            if state is None:
+                return [s.index for s in self._slots]
+            return [s.index for s in self._slots if s.state == state]
+
+    def close(self) -> list[Any]:
+        """Closes the pool and returns its idle connections for the caller to
+        close. Every waiter gets :class:`PoolClosed`. Borrowed connections are
+        given back later with :meth:`release` (which then returns False);
+        claimed ones with :meth:`restore` or :meth:`retire`.
+
+        Calling it again is harmless and returns the connections that came
+        back idle since: one handed to a waiter just before the close, whose
+        waiter was then interrupted or cancelled, is passed on into the idle
+        list, where only another ``close()`` finds it."""
+        calls: list[Callable[[], object]] = []
+        idle: list[Any] = []
+        with self._mutex:
+            self._closed = True
+            for s in self._slots:
+                s.listed = False
+                if s.state == IDLE:
+                    idle.append(s.conn)
+                    self._empty_locked(s, IDLE)
+            self._idle.clear()
+            while self._waiters:
+                w = self._waiters.popleft()
+                w.state = _CLOSED
+                self._wake(w, calls)
+        self._run(calls)
+        return idle
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<{type(self).__module__}.CorePool {state} size={self._size}/{self._max_size} "
+            f"idle={self._n_idle} in_use={self._n_busy} waiting={len(self._waiters)}>"
+        )
+
+    # -------------------------------------------------------------- internals
+    # Everything below runs with self._mutex held, unless named otherwise.
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+
+    def _slot_at(self, slot: object, state: int | None) -> _Slot:
+        if isinstance(slot, bool) or not isinstance(slot, int):
+            raise InvalidSlot(f"a slot is an int, not {type(slot).__name__}")
+        if not 0 <= slot < len(self._slots):
+            raise InvalidSlot(f"no slot {slot}")
+        s = self._slots[slot]
+        if state is not None and s.state != state:
+            raise InvalidSlot(
+                f"slot {slot} is {_STATE_NAMES[s.state]}, not {_STATE_NAMES[state]}"
+            )
+        return s
+
+    def _slot_of_borrowed(self, conn: Any) -> _Slot:
+        index = self._where.get(id(conn))
+        if index is not None:
+            s = self._slots[index]
+            if s.state == BUSY and s.borrowed() is conn:
+                return s
+            if s.conn is conn:
+                raise NotBorrowed("this connection was returned already")
+        raise NotBorrowed("this object was not borrowed from this pool")
+
+    def _grow_locked(self) -> None:
+        base = len(self._slots)
+        self._slots.extend(_Slot(base + k) for k in range(SEGMENT))
+        # Lowest index on top: reserve() takes slots in ascending order.
+        self._empty.extend(range(base + SEGMENT - 1, base - 1, -1))
+
+    def _pop_locked(self) -> Any:
+        """Takes the next idle slot (IDLE -> BUSY) and returns its object."""
+        idle = self._idle
+        while idle:
+            index = idle.pop() if self._lifo else idle.popleft()
+            s = self._slots[index]
+            s.listed = False
+            if s.state != IDLE:
+                continue  # stale: claimed or freed while listed
+            self._hand_out(s)
+            conn = s.conn
+            if s.ref is not None:
+                s.conn = None  # keep only the weak reference while borrowed
+            return conn
+        return None
+
+    def _hand_out(self, s: _Slot) -> None:
+        if s.state == IDLE:
+            self._n_idle -= 1
+        elif s.state == CREATING:
+            self._n_creating -= 1
+        elif s.state == RESERVED:
+            self._n_reserved -= 1
+        if s.state != BUSY:
+            self._n_busy += 1
+        s.state = BUSY
+        s.checked_out = _clock()
+        s.uses += 1
+        self._acquires += 1
+
+    def _return_locked(self, s: _Slot, conn: Any, calls: list[Callable[[], object]]) -> None:
+        """A connection is available in slot ``s`` (BUSY, CREATING or
+        RESERVED): hand it to a waiter that is owed one, else make it IDLE and
+        wake a waiter to come and take it."""
+        waiters = self._waiters
+        if waiters:
+            first = waiters[0]
+            if isinstance(first, WaiterTicket) or (
+                _clock() - first.started >= self._handoff_after
+            ):
+                waiters.popleft()
+                self._hand_out(s)
+                s.conn = None if s.ref is not None else conn
+                self._count_wait(first)
+                first.state = _HANDED
+                first.conn = conn
+                self._wake(first, calls)
+                return
+        if s.state == BUSY:
+            self._n_busy -= 1
+        elif s.state == CREATING:
+            self._n_creating -= 1
+        elif s.state == RESERVED:
+            self._n_reserved -= 1
+        s.state = IDLE
+        s.conn = conn
+        self._n_idle += 1
+        if not s.listed:
+            s.listed = True
+            self._idle.append(s.index)
+        self._notify_one(calls)
+
+    def _notify_one(self, calls: list[Callable[[], object]]) -> None:
+        """Wakes the first thread waiter not woken already, to retry."""
+        for w in self._waiters:
+            if not w.notified and not isinstance(w, WaiterTicket):
+                w.notified = True
+                w.lock.release()
+                return
+
+    def _leave_locked(self, waiter: _Waiter) -> None:
+        """Removes a waiter that gives up; passes on a wake-up it received."""
+        self._waiters.remove(waiter)
+        waiter.state = _DONE
+        if waiter.notified and self._n_idle:
+            self._notify_one([])
+
+    def _count_wait(self, waiter: _Waiter) -> None:
+        waited = _clock() - waiter.started
+        self._waits += 1
+        self._wait_time += waited
+        if waited > self._wait_time_max:
+            self._wait_time_max = waited
+
+    def _wake(self, waiter: _Waiter, calls: list[Callable[[], object]]) -> None:
+        if isinstance(waiter, WaiterTicket):
+            callback = waiter._callback
+            calls.append(lambda: callback(waiter))
+        else:
+            waiter.lock.release()
+
+    def _empty_locked(self, s: _Slot, state: int) -> None:
+        """``state`` -> EMPTY: forgets the object and frees the slot."""
+        if state == IDLE:
+            self._n_idle -= 1
+        elif state == BUSY:
+            self._n_busy -= 1
+        elif state == CREATING:
+            self._n_creating -= 1
+        elif state == RESERVED:
+            self._n_reserved -= 1
+        if self._where.get(s.key) == s.index:
+            del self._where[s.key]
+        s.state = EMPTY
+        s.conn = None
+        s.ref = None
+        self._size -= 1
+        self._empty.append(s.index)
+
+    def _weakref_for(self, conn: Any, index: int) -> weakref.ref[Any] | None:
+        core = weakref.ref(self)
+
+        def finalized(ref: weakref.ref[Any], core: weakref.ref[CorePool] = core) -> None:
+            pool = core()
+            if pool is not None:
+                pool._finalized(index, ref)
+
+        try:
+            return weakref.ref(conn, finalized)
+        except TypeError:  # the type allows no weak references
+            return None
+
+    def _finalized(self, index: int, ref: weakref.ref[Any]) -> None:
+        """A borrowed object died without being returned. This runs in any
+        thread, maybe in one that holds the mutex already (a garbage
+        collection inside a core operation): then the next operation reaps."""
+        self._dead.append((index, ref))
+        if self._mutex.acquire(False):
+            try:
+                self._reap_locked()
+            finally:
+                self._mutex.release()
+            self._run([])
+
+    def _reap_locked(self) -> None:
+        dead, self._dead = self._dead, []
+        for index, ref in dead:
+            s = self._slots[index] if index < len(self._slots) else None
+            if s is None or s.state != BUSY or s.ref is not ref:
+                continue  # the slot moved on (discarded, refilled, forked)
+            self._empty_locked(s, BUSY)
+            self._abandoned += 1
+            self._abandoned_slots.append(index)
+
+    def _run(self, calls: list[Callable[[], object]]) -> None:
+        """Runs callbacks collected under the mutex, after releasing it."""
+        for call in calls:
+            call()
+        if self._abandoned_slots:
+            reaped, self._abandoned_slots = self._abandoned_slots, []
+            if self._on_abandon is not None:
+                for index in reaped:
+                    self._on_abandon(index)
+
+    def _forget_after_fork(self) -> None:
+        """In a child process: drop every slot without closing or finalizing
+        its object (they belong to the parent), start with fresh locks."""
+        for s in self._slots:
+            held = s.conn if s.conn is not None else (s.ref() if s.ref is not None else None)
+            if held is not None:
+                _keep_forever(held)
+        self._reset_state()
