@@ -1,0 +1,1218 @@
+# The native core: pypool._corepool.
+#
+# The same classes, behaviour, docstrings and exceptions as the pure-Python
+# core, src/pypool/_corepool_py.py, which is its readable specification: read
+# that first.  Change both in the same commit; tests/test_core_*.py run every
+# test on both, and the stateful tests compare them step by step.
+#
+# Layout
+# ------
+# * The lock-free part (slot states, the idle list, the empty-slot stack) is
+#   plain C in pypool_freelist.h, so that it can be stress-tested without the
+#   GIL under ThreadSanitizer (tests/c/stress_freelist.c).
+# * Beside it, segments of `Slot` records hold what Python owns: the object,
+#   the weak reference to it while borrowed, and the slot's times and counts.
+#   They grow segment by segment with the free list and never move.
+# * An open-addressing map from an object's address to its slot finds the slot
+#   of a returned connection in O(1) for any type, including types that allow
+#   neither weak references nor attributes.
+#
+# The hot path (try_acquire, release with nobody waiting) takes no lock and
+# never releases the GIL: a pop or push on the free list, a map lookup, a
+# clock read and a few stores.  Waiting is the only thing that blocks, on a
+# lock from `_thread.allocate_lock()`, looked up at each wait so that gevent's
+# and eventlet's monkey-patching is honoured; its `acquire` releases the GIL
+# and lets signal handlers run (Ctrl-C).
+#
+# Everything else (waiters, tickets, reaping abandoned slots, fork) runs with
+# the GIL held, which is what makes the Python-side state consistent; this
+# module is therefore not marked free-threading compatible.  A core operation
+# calls out to Python code (a lock release, a ticket callback, a hook) only
+# when its own state is consistent, and a weak-reference callback, which can
+# run inside any allocation, only records the death and clears the address
+# from the map: the slot is reaped at the end of the next operation.
+
+# cython: language_level=3, freethreading_compatible=False
+
+cimport cython
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
+from cpython.weakref cimport PyWeakref_NewRef
+from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
+from libc.stdlib cimport calloc, free
+
+import _thread
+import os
+import time
+import weakref
+from collections import deque
+
+from pypool.errors import (
+    ConfigurationError,
+    InvalidSlot,
+    NotBorrowed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyRequests,
+)
+
+cdef extern from "pypool_freelist.h" nogil:
+    ctypedef struct pfl_list:
+        pass
+    uint32_t PFL_NIL
+    uint32_t PFL_SEG_SIZE
+    uint32_t PFL_SEG_SHIFT
+    uint32_t PFL_MAX_SEGS
+    uint32_t PFL_MAX_SLOTS
+    uint32_t PFL_EMPTY
+    uint32_t PFL_CREATING
+    uint32_t PFL_IDLE
+    uint32_t PFL_BUSY
+    uint32_t PFL_RESERVED
+    int64_t pfl_now_ns()
+    int pfl_init(pfl_list *fl, int fifo)
+    void pfl_destroy(pfl_list *fl)
+    int pfl_grow(pfl_list *fl)
+    uint32_t pfl_capacity(pfl_list *fl)
+    uint32_t pfl_state(pfl_list *fl, uint32_t i)
+    int pfl_move(pfl_list *fl, uint32_t i, uint32_t frm, uint32_t to)
+    uint32_t pfl_pop(pfl_list *fl)
+    int pfl_push(pfl_list *fl, uint32_t i)
+    uint32_t pfl_reserve(pfl_list *fl)
+    int pfl_fill(pfl_list *fl, uint32_t i)
+    int pfl_abandon(pfl_list *fl, uint32_t i)
+    int pfl_discard(pfl_list *fl, uint32_t i)
+    int pfl_claim(pfl_list *fl, uint32_t i)
+    int pfl_unclaim(pfl_list *fl, uint32_t i)
+    int pfl_retire(pfl_list *fl, uint32_t i)
+    int pfl_make_empty(pfl_list *fl, uint32_t i, uint32_t frm)
+
+__all__ = [
+    "BUSY",
+    "CREATING",
+    "DEFAULT_HANDOFF_AFTER",
+    "EMPTY",
+    "IDLE",
+    "MAX_SIZE",
+    "RESERVED",
+    "CorePool",
+    "WaiterTicket",
+]
+
+EMPTY = 0
+CREATING = 1
+IDLE = 2
+BUSY = 3
+RESERVED = 4
+_STATE_NAMES = ("EMPTY", "CREATING", "IDLE", "BUSY", "RESERVED")
+
+SEGMENT = PFL_SEG_SIZE
+MAX_SIZE = PFL_MAX_SLOTS
+DEFAULT_HANDOFF_AFTER = 0.005
+cdef double _WAIT_SLICE = 0.05
+
+# Waiter states.
+cdef enum:
+    _WAITING = 0
+    _HANDED = 1
+    _CLOSED = 2
+    _DONE = 3
+
+_clock = time.monotonic
+
+
+cdef inline double _seconds(int64_t ns) noexcept:
+    return <double>ns / 1e9
+
+
+cdef double _check_timeout(object timeout) except -2.0:
+    """-1.0 for None (no limit), else the timeout in seconds."""
+    if timeout is None:
+        return -1.0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigurationError(
+            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
+        )
+    if not timeout >= 0:  # rejects NaN too
+        raise ConfigurationError(f"timeout must be >= 0 seconds, not {timeout!r}")
+    return <double>float(timeout)
+
+
+cdef object _check_int(str name, object value, object low, object high):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be between {low} and {high}, not {value}")
+    return value
+
+
+# ----------------------------------------------------------------- slots
+
+ctypedef struct Slot:
+    PyObject *conn      # strong reference: always while IDLE or RESERVED
+    PyObject *ref       # weak reference (owned), if the type allows them
+    uintptr_t key       # the object's address; 0 once it was finalized
+    int64_t created
+    int64_t checked_out
+    int64_t returned
+    uint64_t uses
+    int64_t generation
+
+
+# ------------------------------------------------------ address -> slot map
+# Linear probing, power-of-two capacity, at most half full, deletion by
+# backward shift (no tombstones).  Key 0 marks a free cell.
+
+ctypedef struct AddrMap:
+    uintptr_t *keys
+    uint32_t *values
+    size_t mask
+    size_t count
+
+
+cdef inline size_t _hash(uintptr_t key, size_t mask) noexcept nogil:
+    cdef uint64_t h = (<uint64_t>key >> 4) * <uint64_t>0x9E3779B97F4A7C15ULL
+    return <size_t>(h ^ (h >> 29)) & mask
+
+
+cdef int _map_init(AddrMap *m, size_t cells) except -1:
+    m.keys = <uintptr_t *>calloc(cells, sizeof(uintptr_t))
+    m.values = <uint32_t *>calloc(cells, sizeof(uint32_t))
+    if m.keys == NULL or m.values == NULL:
+        free(m.keys)
+        free(m.values)
+        m.keys = NULL
+        m.values = NULL
+        raise MemoryError()
+    m.mask = cells - 1
+    m.count = 0
+    return 0
+
+
+cdef void _map_free(AddrMap *m) noexcept:
+    free(m.keys)
+    free(m.values)
+    m.keys = NULL
+    m.values = NULL
+    m.mask = 0
+    m.count = 0
+
+
+cdef inline uint32_t _map_get(AddrMap *m, uintptr_t key) noexcept nogil:
+    cdef size_t i = _hash(key, m.mask)
+    cdef uintptr_t k
+    while True:
+        k = m.keys[i]
+        if k == key:
+            return m.values[i]
+        if k == 0:
+            return PFL_NIL
+        i = (i + 1) & m.mask
+
+
+cdef int _map_put(AddrMap *m, uintptr_t key, uint32_t value) except -1:
+    cdef AddrMap bigger
+    cdef size_t i
+    if (m.count + 1) * 2 > m.mask + 1:
+        _map_init(&bigger, (m.mask + 1) * 2)
+        for i in range(m.mask + 1):
+            if m.keys[i] != 0:
+                _map_put(&bigger, m.keys[i], m.values[i])
+        _map_free(m)
+        m[0] = bigger
+    i = _hash(key, m.mask)
+    while m.keys[i] != 0 and m.keys[i] != key:
+        i = (i + 1) & m.mask
+    if m.keys[i] == 0:
+        m.count += 1
+    m.keys[i] = key
+    m.values[i] = value
+    return 0
+
+
+cdef void _map_del(AddrMap *m, uintptr_t key) noexcept:
+    cdef size_t i = _hash(key, m.mask)
+    cdef size_t j, home
+    while m.keys[i] != key:
+        if m.keys[i] == 0:
+            return
+        i = (i + 1) & m.mask
+    # Backward shift: move later members of the cluster into the hole when
+    # their home position does not lie (cyclically) between the hole and them.
+    j = i
+    while True:
+        j = (j + 1) & m.mask
+        if m.keys[j] == 0:
+            break
+        home = _hash(m.keys[j], m.mask)
+        if (j > i and (home <= i or home > j)) or (j < i and (home <= i and home > j)):
+            m.keys[i] = m.keys[j]
+            m.values[i] = m.values[j]
+            i = j
+    m.keys[i] = 0
+    m.count -= 1
+
+
+# ---------------------------------------------------------------- waiters
+
+cdef class _Waiter:
+    cdef object lock        # held while the waiter sleeps; released to wake it
+    cdef int state
+    cdef bint notified      # woken to retry, without a hand-off
+    cdef object conn
+    cdef double started
+    cdef bint is_ticket
+
+    def __cinit__(self, *args):
+        self.lock = None
+        self.state = _WAITING
+        self.notified = False
+        self.conn = None
+        self.started = _clock()
+        self.is_ticket = False
+
+
+cdef class WaiterTicket(_Waiter):
+    """A place in the wait queue that does not block a thread (for asyncio).
+
+    Made by :meth:`CorePool.enqueue`. When a connection is handed to the ticket
+    or the pool closes, ``callback(ticket)`` runs once, in whatever thread did
+    that (use ``loop.call_soon_threadsafe`` in it); then :meth:`result` gives
+    the connection. A ticket that is no longer wanted must be cancelled: that
+    removes it from the queue, or passes on a connection already handed to it.
+    """
+
+    cdef CorePool _core
+    cdef object _callback
+    cdef object __weakref__
+
+    def __init__(self, CorePool core, callback):
+        self._core = core
+        self._callback = callback
+        self.is_ticket = True
+
+    @property
+    def done(self):
+        """True once the ticket no longer waits (handed, closed or cancelled)."""
+        return self.state != _WAITING
+
+    def result(self):
+        """The connection handed to this ticket; the caller now owns it.
+
+        Raises :class:`PoolClosed` if the pool closed while the ticket waited,
+        and :class:`PoolError` if the ticket still waits or its connection was
+        taken or passed on already.
+        """
+        if self.state == _HANDED:
+            conn = self.conn
+            self.conn = None
+            self.state = _DONE
+            return conn
+        if self.state == _CLOSED:
+            raise PoolClosed("the pool was closed while waiting")
+        if self.state == _WAITING:
+            raise PoolError("the ticket is still waiting")
+        raise PoolError("the ticket's connection was taken or passed on already")
+
+    def cancel(self, timed_out=False):
+        """Leaves the queue; passes on a connection handed but not yet taken.
+
+        ``timed_out`` counts the cancellation as a timeout in the statistics.
+        Returns True if the ticket was still waiting or held an untaken
+        connection, False if it had finished already.
+        """
+        cdef CorePool core = self._core
+        cdef list calls = []
+        cdef uint32_t i
+        if self.state == _WAITING:
+            core._leave(self)
+            if timed_out:
+                core.timeouts += 1
+            result = True
+        elif self.state == _HANDED:
+            conn = self.conn
+            self.conn = None
+            self.state = _DONE
+            i = core._slot_of_borrowed(conn)
+            core._return(i, conn, calls)
+            result = True
+        else:
+            self.state = _DONE
+            result = False
+        core._run(calls)
+        return result
+
+    def __repr__(self):
+        names = ("waiting", "handed", "closed", "done")
+        return f"<WaiterTicket {names[self.state]}>"
+
+
+cdef class _Reaper:
+    """The weak-reference callback of one slot's object."""
+
+    cdef object core_ref
+    cdef uint32_t index
+
+    def __cinit__(self, core_ref, uint32_t index):
+        self.core_ref = core_ref
+        self.index = index
+
+    def __call__(self, ref):
+        cdef CorePool core = self.core_ref()
+        if core is not None:
+            core._finalized(self.index, ref)
+
+
+_live_cores = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for core in list(_live_cores):
+        (<CorePool>core)._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ------------------------------------------------------------------- pool
+
+cdef class CorePool:
+    """Slots for up to ``max_size`` objects, handed out and taken back.
+
+    ``max_size`` is a soft limit on the slots in use (not EMPTY): it may be
+    changed at any time, also while connections are borrowed; lowering it
+    retires nothing by itself (the policy layer retires idle connections).
+    ``max_waiting`` bounds how many callers may wait at once (0: no bound).
+    ``lifo=True`` reuses the most recently returned connection first;
+    ``lifo=False`` reuses them in turn (first returned, first reused).
+    ``handoff_after`` bounds unfairness: see :data:`DEFAULT_HANDOFF_AFTER`.
+    ``on_wait()`` runs (without any lock held) each time a caller starts
+    waiting, so the owner can decide to connect more. ``on_abandon(slot)`` runs
+    when a borrowed connection was finalized without being returned; its slot
+    is EMPTY again by then.
+    """
+
+    cdef pfl_list *fl
+    cdef Slot **segs
+    cdef uint32_t nsegs
+    cdef AddrMap where
+    cdef int _max_size
+    cdef int _max_waiting
+    cdef bint _lifo
+    cdef bint _closed
+    cdef double _handoff_after
+    cdef object _on_wait
+    cdef object _on_abandon
+    cdef object waiters            # deque of _Waiter
+    cdef Py_ssize_t n_waiting
+    cdef int _size
+    cdef int n_idle
+    cdef int n_busy
+    cdef int n_creating
+    cdef int n_reserved
+    cdef uint64_t acquires
+    cdef uint64_t waits
+    cdef double wait_time
+    cdef double wait_time_max
+    cdef uint64_t timeouts
+    cdef uint64_t abandoned
+    cdef int64_t _generation
+    cdef list dead                 # [(slot, ref)] finalized while borrowed
+    cdef list abandoned_slots      # reaped; on_abandon not yet called
+    cdef object self_ref
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self.fl = NULL
+        self.segs = NULL
+
+    def __init__(
+        self,
+        max_size,
+        *,
+        max_waiting=0,
+        lifo=True,
+        handoff_after=DEFAULT_HANDOFF_AFTER,
+        on_wait=None,
+        on_abandon=None,
+    ):
+        self._max_size = _check_int("max_size", max_size, 1, MAX_SIZE)
+        self._max_waiting = _check_int("max_waiting", max_waiting, 0, 2**31 - 1)
+        if handoff_after is None:
+            raise ConfigurationError("handoff_after must be a number of seconds")
+        self._handoff_after = _check_timeout(handoff_after)
+        if on_wait is not None and not callable(on_wait):
+            raise ConfigurationError("on_wait must be callable or None")
+        if on_abandon is not None and not callable(on_abandon):
+            raise ConfigurationError("on_abandon must be callable or None")
+        if self.fl != NULL:
+            raise PoolError("CorePool.__init__ called twice")
+        self._lifo = bool(lifo)
+        self._on_wait = on_wait
+        self._on_abandon = on_abandon
+        self._closed = False
+        self._generation = 0
+        self.self_ref = weakref.ref(self)
+        self._reset_state()
+        _live_cores.add(self)
+
+    cdef int _reset_state(self) except -1:
+        self.fl = <pfl_list *>calloc(1, sizeof(pfl_list))
+        self.segs = <Slot **>calloc(PFL_MAX_SEGS, sizeof(Slot *))
+        if self.fl == NULL or self.segs == NULL or pfl_init(self.fl, 0 if self._lifo else 1) != 0:
+            raise MemoryError()
+        self.nsegs = 0
+        _map_init(&self.where, 64)
+        self.waiters = deque()
+        self.n_waiting = 0
+        self._size = 0
+        self.n_idle = 0
+        self.n_busy = 0
+        self.n_creating = 0
+        self.n_reserved = 0
+        self.acquires = 0
+        self.waits = 0
+        self.wait_time = 0.0
+        self.wait_time_max = 0.0
+        self.timeouts = 0
+        self.abandoned = 0
+        self.dead = []
+        self.abandoned_slots = []
+        return 0
+
+    cdef void _free_storage(self, bint keep_objects) noexcept:
+        """Frees the C storage; drops the references the slots own, or (after
+        a fork) keeps their objects alive forever instead."""
+        cdef uint32_t s, k
+        cdef Slot *slot
+        cdef PyObject *obj
+        if self.segs != NULL:
+            for s in range(self.nsegs):
+                for k in range(PFL_SEG_SIZE):
+                    slot = &self.segs[s][k]
+                    if keep_objects:
+                        # An extra reference never dropped: the child must not
+                        # finalize the parent's connections, ever.
+                        if slot.conn != NULL:
+                            Py_INCREF(<object>slot.conn)
+                        elif slot.ref != NULL and slot.key != 0:
+                            Py_INCREF(<object>(<PyObject *>slot.key))
+                    Py_XDECREF(slot.ref)  # first: no callback when the object goes
+                    Py_XDECREF(slot.conn)
+                free(self.segs[s])
+            free(self.segs)
+            self.segs = NULL
+        self.nsegs = 0
+        if self.fl != NULL:
+            pfl_destroy(self.fl)
+            free(self.fl)
+            self.fl = NULL
+        _map_free(&self.where)
+
+    def __dealloc__(self):
+        self._free_storage(False)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def max_size(self):
+        """The soft limit on slots in use; may be set at any time."""
+        return self._max_size
+
+    @max_size.setter
+    def max_size(self, value):
+        value = _check_int("max_size", value, 1, MAX_SIZE)
+        self._check_open()
+        self._max_size = value
+
+    @property
+    def max_waiting(self):
+        """How many callers may wait at once (0: no bound); may be set."""
+        return self._max_waiting
+
+    @max_waiting.setter
+    def max_waiting(self, value):
+        value = _check_int("max_waiting", value, 0, 2**31 - 1)
+        self._check_open()
+        self._max_waiting = value
+
+    @property
+    def lifo(self):
+        return self._lifo
+
+    @property
+    def handoff_after(self):
+        return self._handoff_after
+
+    @property
+    def closed(self):
+        return self._closed
+
+    @property
+    def generation(self):
+        """The pool's generation; stamped on every slot when it is filled."""
+        return self._generation
+
+    def advance_generation(self):
+        """Starts a new generation (for drain and invalidate) and returns it."""
+        self._check_open()
+        self._generation += 1
+        return self._generation
+
+    @property
+    def size(self):
+        """Slots in use: idle, borrowed, being connected or claimed."""
+        return self._size
+
+    @property
+    def idle(self):
+        return self.n_idle
+
+    @property
+    def in_use(self):
+        return self.n_busy
+
+    @property
+    def connecting(self):
+        """Slots reserved for a connect that has not finished (CREATING)."""
+        return self.n_creating
+
+    @property
+    def claimed(self):
+        """Idle slots taken aside by :meth:`claim` (RESERVED)."""
+        return self.n_reserved
+
+    @property
+    def waiting(self):
+        """Callers (threads and tickets) waiting for a connection now."""
+        return self.n_waiting
+
+    @staticmethod
+    def now():
+        """The core's clock, in seconds; the base of every slot time."""
+        return _seconds(pfl_now_ns())
+
+    def stats(self):
+        """Counters since creation (or since a fork) and current gauges."""
+        return {
+            "acquires": self.acquires,
+            "waits": self.waits,
+            "wait_time": self.wait_time,
+            "wait_time_max": self.wait_time_max,
+            "timeouts": self.timeouts,
+            "abandoned": self.abandoned,
+            "size": self._size,
+            "idle": self.n_idle,
+            "in_use": self.n_busy,
+            "connecting": self.n_creating,
+            "claimed": self.n_reserved,
+            "waiting": self.n_waiting,
+            "max_size": self._max_size,
+            "max_waiting": self._max_waiting,
+        }
+
+    # -------------------------------------------------------------- hot path
+
+    cdef inline Slot *_slot(self, uint32_t i) noexcept:
+        return &self.segs[i >> PFL_SEG_SHIFT][i & (PFL_SEG_SIZE - 1)]
+
+    cdef inline object _pop(self):
+        """Takes the next idle slot (IDLE -> BUSY) and returns its object,
+        or None."""
+        cdef uint32_t i = pfl_pop(self.fl)
+        cdef Slot *s
+        if i == PFL_NIL:
+            return None
+        s = self._slot(i)
+        self.n_idle -= 1
+        self.n_busy += 1
+        s.checked_out = pfl_now_ns()
+        s.uses += 1
+        self.acquires += 1
+        conn = <object>s.conn
+        if s.ref != NULL:
+            # Keep only the weak reference while borrowed.
+            Py_DECREF(conn)
+            s.conn = NULL
+        return conn
+
+    @cython.always_allow_keywords(False)
+    def try_acquire(self):
+        """An idle connection, now, or None. Never waits."""
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        conn = self._pop()
+        if self.dead:
+            self._reap()
+        if self.abandoned_slots:
+            self._run(None)
+        return conn
+
+    @cython.always_allow_keywords(False)
+    def release(self, conn, /):
+        """Gives back a borrowed connection.
+
+        Returns True when the pool took it back, False when the pool is closed:
+        then the slot is freed and the caller must close the connection.
+        Raises :class:`NotBorrowed` (changing nothing) for an object that is
+        not borrowed from this pool.
+        """
+        cdef uint32_t i = _map_get(&self.where, <uintptr_t><PyObject *>conn)
+        cdef Slot *s
+        cdef list calls
+        if i == PFL_NIL or pfl_state(self.fl, i) != PFL_BUSY:
+            i = self._slot_of_borrowed(conn)  # raises with the right message
+        s = self._slot(i)
+        if self._closed:
+            self._empty(i, PFL_BUSY)
+            return False
+        s.returned = pfl_now_ns()
+        if self.n_waiting == 0:
+            if s.ref != NULL:
+                Py_INCREF(conn)
+                s.conn = <PyObject *>conn
+            pfl_push(self.fl, i)
+            self.n_busy -= 1
+            self.n_idle += 1
+        else:
+            calls = []
+            self._return(i, conn, calls)
+            self._run(calls)
+        if self.dead:
+            self._reap()
+            self._run(None)
+        return True
+
+    def acquire(self, timeout=None):
+        """A connection, waiting up to ``timeout`` seconds (None: no limit).
+
+        Raises :class:`PoolTimeout` when none came in time,
+        :class:`TooManyRequests` when ``max_waiting`` callers wait already, and
+        :class:`PoolClosed` when the pool is or gets closed. A signal handler's
+        exception (Ctrl-C) interrupts the wait; a connection handed to the
+        waiter at that moment is passed on, never lost.
+        """
+        cdef double wait_for = _check_timeout(timeout)
+        cdef _Waiter waiter
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        conn = self._pop()
+        if conn is not None:
+            return conn
+        if wait_for == 0.0:
+            self.timeouts += 1
+            raise PoolTimeout(self._timeout_message(0.0))
+        if self._max_waiting and self.n_waiting >= self._max_waiting:
+            raise TooManyRequests(
+                f"{self.n_waiting} callers wait already (max_waiting={self._max_waiting})"
+            )
+        lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
+        lock.acquire()
+        waiter = _Waiter()
+        waiter.lock = lock
+        self.waiters.append(waiter)
+        self.n_waiting += 1
+        if self._on_wait is not None:
+            self._on_wait()
+        return self._wait(waiter, wait_for)
+
+    cdef object _wait(self, _Waiter waiter, double wait_for):
+        cdef double deadline = -1.0 if wait_for < 0 else waiter.started + wait_for
+        cdef double remaining
+        cdef list calls
+        cdef bint woken
+        try:
+            while True:
+                if deadline < 0:
+                    woken = waiter.lock.acquire(True, _WAIT_SLICE)
+                else:
+                    remaining = deadline - _clock()
+                    woken = remaining > 0 and waiter.lock.acquire(
+                        True, min(remaining, _WAIT_SLICE)
+                    )
+                    if not woken and _clock() >= deadline:
+                        return self._wait_timed_out(waiter, wait_for)
+                if not woken:
+                    continue
+                if waiter.state == _HANDED:
+                    waiter.state = _DONE
+                    conn = waiter.conn
+                    waiter.conn = None
+                    return conn
+                if waiter.state == _CLOSED:
+                    waiter.state = _DONE
+                    raise PoolClosed("the pool was closed while waiting")
+                # Woken to retry: a connection was made idle for us, but a
+                # caller that did not wait may have taken it first.
+                waiter.notified = False
+                conn = self._pop()
+                if conn is not None:
+                    self._leave(waiter)
+                    self._count_wait(waiter)
+                    return conn
+        except BaseException:
+            calls = []
+            if waiter.state == _HANDED:  # handed at the moment we were interrupted
+                conn = waiter.conn
+                waiter.conn = None
+                waiter.state = _DONE
+                self._return(self._slot_of_borrowed(conn), conn, calls)
+            elif waiter.state == _WAITING:
+                self._leave(waiter)
+            self._run(calls)
+            raise
+
+    cdef object _wait_timed_out(self, _Waiter waiter, double waited):
+        if waiter.state == _HANDED:  # handed just in time: take it
+            waiter.state = _DONE
+            conn = waiter.conn
+            waiter.conn = None
+            return conn
+        if waiter.state == _CLOSED:
+            waiter.state = _DONE
+            raise PoolClosed("the pool was closed while waiting")
+        self._leave(waiter)
+        self.timeouts += 1
+        raise PoolTimeout(self._timeout_message(waited))
+
+    cdef str _timeout_message(self, double waited):
+        return (
+            f"no connection available after {waited:.3f} s "
+            f"(size {self._size}/{self._max_size}, idle {self.n_idle}, "
+            f"in use {self.n_busy}, connecting {self.n_creating}, "
+            f"waiting {self.n_waiting})"
+        )
+
+    # ----------------------------------------------------------- asyncio use
+
+    def enqueue(self, callback):
+        """Takes a place in the wait queue without blocking; see WaiterTicket.
+
+        If a connection is idle now it is handed to the ticket at once (and
+        ``callback`` runs before this returns). Raises TooManyRequests and
+        PoolClosed as :meth:`acquire` does.
+        """
+        if not callable(callback):
+            raise ConfigurationError("callback must be callable")
+        cdef WaiterTicket ticket = WaiterTicket(self, callback)
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        conn = self._pop()
+        if conn is None:
+            if self._max_waiting and self.n_waiting >= self._max_waiting:
+                raise TooManyRequests(
+                    f"{self.n_waiting} callers wait already "
+                    f"(max_waiting={self._max_waiting})"
+                )
+            self.waiters.append(ticket)
+            self.n_waiting += 1
+            if self._on_wait is not None:
+                self._on_wait()
+        else:
+            ticket.state = _HANDED
+            ticket.conn = conn
+            callback(ticket)
+        return ticket
+
+    # ------------------------------------------------------- connect workers
+
+    def reserve(self):
+        """Claims an EMPTY slot for a connect, if ``size < max_size``.
+
+        Returns the slot index (now CREATING), or None at the limit. The
+        caller must then :meth:`fill` or :meth:`abandon` it.
+        """
+        cdef uint32_t i
+        self._check_open()
+        if self._size >= self._max_size:
+            return None
+        i = pfl_reserve(self.fl)
+        if i == PFL_NIL:
+            self._grow()
+            i = pfl_reserve(self.fl)
+            if i == PFL_NIL:
+                raise MemoryError()
+        self._size += 1
+        self.n_creating += 1
+        return i
+
+    cdef int _grow(self) except -1:
+        cdef Slot *seg
+        if self.nsegs >= PFL_MAX_SEGS:
+            raise MemoryError()
+        seg = <Slot *>calloc(PFL_SEG_SIZE, sizeof(Slot))
+        if seg == NULL:
+            raise MemoryError()
+        if pfl_grow(self.fl) != 0 or pfl_capacity(self.fl) != (self.nsegs + 1) * PFL_SEG_SIZE:
+            free(seg)
+            raise MemoryError()
+        self.segs[self.nsegs] = seg
+        self.nsegs += 1
+        return 0
+
+    def fill(self, slot, conn):
+        """Puts a new connection into a reserved (CREATING) slot.
+
+        It becomes IDLE, or goes straight to a waiter. If the pool was closed
+        meanwhile the slot is freed and :class:`PoolClosed` raised: the caller
+        must close the connection.
+        """
+        if conn is None:
+            raise TypeError("a connection cannot be None")
+        cdef uint32_t i = self._slot_at(slot, PFL_CREATING)
+        cdef uint32_t other = _map_get(&self.where, <uintptr_t><PyObject *>conn)
+        cdef Slot *s
+        cdef list calls = []
+        if other != PFL_NIL:
+            raise InvalidSlot(f"this object is in the pool already (slot {other})")
+        if self._closed:
+            self._empty(i, PFL_CREATING)
+            raise PoolClosed("the pool was closed while connecting")
+        ref = self._weakref_for(conn, i)
+        s = self._slot(i)
+        Py_INCREF(conn)
+        s.conn = <PyObject *>conn
+        s.key = <uintptr_t><PyObject *>conn
+        if ref is not None:
+            Py_INCREF(ref)
+            s.ref = <PyObject *>ref
+        s.created = s.returned = pfl_now_ns()
+        s.checked_out = 0
+        s.uses = 0
+        s.generation = self._generation
+        _map_put(&self.where, s.key, i)
+        self._return(i, conn, calls)
+        self._run(calls)
+
+    def abandon(self, slot):
+        """Frees a reserved (CREATING) slot whose connect failed."""
+        self._empty(self._slot_at(slot, PFL_CREATING), PFL_CREATING)
+
+    @cython.always_allow_keywords(False)
+    def discard(self, conn, /):
+        """Frees the slot of a borrowed connection that is broken or retired.
+
+        The caller keeps the connection and closes it. Works after close().
+        """
+        self._empty(self._slot_of_borrowed(conn), PFL_BUSY)
+
+    # ------------------------------------------------------------ maintenance
+
+    def claim(self, slot):
+        """Takes one specific IDLE slot aside (-> RESERVED) and returns its
+        connection, or None if that slot is not idle now (it was just borrowed).
+
+        The caller must then :meth:`restore` or :meth:`retire` the slot.
+        """
+        self._check_open()
+        cdef uint32_t i = self._slot_at(slot, PFL_NIL)
+        if not pfl_claim(self.fl, i):
+            return None
+        self.n_idle -= 1
+        self.n_reserved += 1
+        return <object>self._slot(i).conn
+
+    def restore(self, slot):
+        """Puts a claimed (RESERVED) slot back: IDLE again, or to a waiter.
+
+        Returns False if the pool was closed meanwhile: the slot is freed and
+        the caller must close the connection.
+        """
+        cdef uint32_t i = self._slot_at(slot, PFL_RESERVED)
+        cdef list calls = []
+        if self._closed:
+            self._empty(i, PFL_RESERVED)
+            return False
+        self._return(i, <object>self._slot(i).conn, calls)
+        self._run(calls)
+        return True
+
+    def retire(self, slot):
+        """Frees a claimed (RESERVED) slot and returns its connection, which
+        the caller must close."""
+        cdef uint32_t i = self._slot_at(slot, PFL_RESERVED)
+        conn = <object>self._slot(i).conn
+        self._empty(i, PFL_RESERVED)
+        return conn
+
+    @cython.always_allow_keywords(False)
+    def slot_of(self, conn, /):
+        """The slot holding ``conn`` (idle, borrowed or claimed)."""
+        cdef uint32_t i = _map_get(&self.where, <uintptr_t><PyObject *>conn)
+        cdef Slot *s
+        if i != PFL_NIL and pfl_state(self.fl, i) != PFL_EMPTY:
+            s = self._slot(i)
+            if s.key == <uintptr_t><PyObject *>conn:
+                return i
+        raise NotBorrowed("this object is not in this pool")
+
+    def slot_info(self, slot):
+        """``(state, created, checked_out, returned, uses, generation)`` of a
+        slot; times are :meth:`now` values (0.0: never)."""
+        cdef uint32_t i = self._slot_at(slot, PFL_NIL)
+        cdef Slot *s = self._slot(i)
+        return (
+            pfl_state(self.fl, i),
+            _seconds(s.created),
+            _seconds(s.checked_out),
+            _seconds(s.returned),
+            s.uses,
+            s.generation,
+        )
+
+    def slots(self, state=None):
+        """Indices of the slots in ``state`` (all slots when None), ascending."""
+        cdef uint32_t i
+        cdef uint32_t n = self.nsegs * PFL_SEG_SIZE
+        if state is None:
+            return list(range(n))
+        return [i for i in range(n) if pfl_state(self.fl, i) == state]
+
+    def close(self):
+        """Closes the pool and returns its idle connections for the caller to
+        close. Every waiter gets :class:`PoolClosed`. Borrowed connections are
+        given back later with :meth:`release` (which then returns False);
+        claimed ones with :meth:`restore` or :meth:`retire`.
+
+        Calling it again is harmless and returns the connections that came
+        back idle since: one handed to a waiter just before the close, whose
+        waiter was then interrupted or cancelled, is passed on into the idle
+        list, where only another ``close()`` finds it."""
+        cdef list calls = []
+        cdef list idle = []
+        cdef uint32_t i
+        cdef _Waiter w
+        self._closed = True
+        for i in range(self.nsegs * PFL_SEG_SIZE):
+            if pfl_claim(self.fl, i):
+                self.n_idle -= 1
+                self.n_reserved += 1
+                idle.append(<object>self._slot(i).conn)
+                self._empty(i, PFL_RESERVED)
+        # Drop the stale indices left in the idle list (every slot in it is
+        # EMPTY, BUSY, CREATING or RESERVED now, so nothing is taken).
+        while pfl_pop(self.fl) != PFL_NIL:
+            pass
+        while self.waiters:
+            w = self.waiters.popleft()
+            self.n_waiting -= 1
+            w.state = _CLOSED
+            self._wake(w, calls)
+        self._run(calls)
+        return idle
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return (
+            f"<pypool._corepool.CorePool {state} size={self._size}/{self._max_size} "
+            f"idle={self.n_idle} in_use={self.n_busy} waiting={self.n_waiting}>"
+        )
+
+    # -------------------------------------------------------------- internals
+
+    cdef int _check_open(self) except -1:
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        return 0
+
+    cdef uint32_t _slot_at(self, object slot, uint32_t state) except? 0xFFFFFFFE:
+        """The index of ``slot`` checked to exist (and to be in ``state``,
+        unless PFL_NIL)."""
+        cdef uint32_t i, actual
+        if isinstance(slot, bool) or not isinstance(slot, int):
+            raise InvalidSlot(f"a slot is an int, not {type(slot).__name__}")
+        if not 0 <= slot < self.nsegs * PFL_SEG_SIZE:
+            raise InvalidSlot(f"no slot {slot}")
+        i = <uint32_t>slot
+        if state != PFL_NIL:
+            actual = pfl_state(self.fl, i)
+            if actual != state:
+                raise InvalidSlot(
+                    f"slot {slot} is {_STATE_NAMES[actual]}, not {_STATE_NAMES[state]}"
+                )
+        return i
+
+    cdef uint32_t _slot_of_borrowed(self, object conn) except? 0xFFFFFFFE:
+        cdef uintptr_t key = <uintptr_t><PyObject *>conn
+        cdef uint32_t i = _map_get(&self.where, key)
+        cdef uint32_t state
+        if i != PFL_NIL:
+            state = pfl_state(self.fl, i)
+            if self._slot(i).key == key:
+                if state == PFL_BUSY:
+                    return i
+                if state == PFL_IDLE or state == PFL_RESERVED:
+                    raise NotBorrowed("this connection was returned already")
+        raise NotBorrowed("this object was not borrowed from this pool")
+
+    cdef void _hand_out(self, uint32_t i, uint32_t state) noexcept:
+        """A slot in ``state`` (IDLE, CREATING, RESERVED or BUSY) goes to a
+        borrower: BUSY, stamped and counted."""
+        cdef Slot *s = self._slot(i)
+        if state == PFL_CREATING:
+            self.n_creating -= 1
+            pfl_move(self.fl, i, PFL_CREATING, PFL_BUSY)
+        elif state == PFL_RESERVED:
+            self.n_reserved -= 1
+            pfl_move(self.fl, i, PFL_RESERVED, PFL_BUSY)
+        if state != PFL_BUSY:
+            self.n_busy += 1
+        s.checked_out = pfl_now_ns()
+        s.uses += 1
+        self.acquires += 1
+
+    cdef int _return(self, uint32_t i, object conn, list calls) except -1:
+        """A connection is available in slot ``i`` (BUSY, CREATING or
+        RESERVED): hand it to a waiter that is owed one, else make it IDLE and
+        wake a waiter to come and take it."""
+        cdef Slot *s = self._slot(i)
+        cdef uint32_t state = pfl_state(self.fl, i)
+        cdef _Waiter first
+        if self.n_waiting:
+            first = self.waiters[0]
+            if first.is_ticket or _clock() - first.started >= self._handoff_after:
+                self.waiters.popleft()
+                self.n_waiting -= 1
+                self._hand_out(i, state)
+                if s.ref != NULL and s.conn != NULL:
+                    Py_DECREF(<object>s.conn)
+                    s.conn = NULL
+                self._count_wait(first)
+                first.state = _HANDED
+                first.conn = conn
+                self._wake(first, calls)
+                return 0
+        if s.conn == NULL:
+            Py_INCREF(conn)
+            s.conn = <PyObject *>conn
+        if state == PFL_BUSY:
+            self.n_busy -= 1
+            pfl_push(self.fl, i)
+        elif state == PFL_CREATING:
+            self.n_creating -= 1
+            pfl_fill(self.fl, i)
+        elif state == PFL_RESERVED:
+            self.n_reserved -= 1
+            pfl_unclaim(self.fl, i)
+        self.n_idle += 1
+        self._notify_one()
+        return 0
+
+    cdef int _notify_one(self) except -1:
+        """Wakes the first thread waiter not woken already, to retry."""
+        cdef _Waiter w
+        for w in self.waiters:
+            if not w.notified and not w.is_ticket:
+                w.notified = True
+                w.lock.release()
+                return 0
+        return 0
+
+    cdef int _leave(self, _Waiter waiter) except -1:
+        """Removes a waiter that gives up; passes on a wake-up it received."""
+        self.waiters.remove(waiter)
+        self.n_waiting -= 1
+        waiter.state = _DONE
+        if waiter.notified and self.n_idle:
+            self._notify_one()
+        return 0
+
+    cdef void _count_wait(self, _Waiter waiter) noexcept:
+        cdef double waited = _clock() - waiter.started
+        self.waits += 1
+        self.wait_time += waited
+        if waited > self.wait_time_max:
+            self.wait_time_max = waited
+
+    cdef int _wake(self, _Waiter waiter, list calls) except -1:
+        if waiter.is_ticket:
+            calls.append(waiter)
+        else:
+            waiter.lock.release()
+        return 0
+
+    cdef int _empty(self, uint32_t i, uint32_t state) except -1:
+        """``state`` -> EMPTY: forgets the object and frees the slot."""
+        cdef Slot *s = self._slot(i)
+        cdef PyObject *conn = s.conn
+        cdef PyObject *ref = s.ref
+        if state == PFL_IDLE:
+            self.n_idle -= 1
+        elif state == PFL_BUSY:
+            self.n_busy -= 1
+        elif state == PFL_CREATING:
+            self.n_creating -= 1
+        elif state == PFL_RESERVED:
+            self.n_reserved -= 1
+        if s.key != 0 and _map_get(&self.where, s.key) == i:
+            _map_del(&self.where, s.key)
+        s.key = 0
+        s.conn = NULL
+        s.ref = NULL
+        self._size -= 1
+        pfl_make_empty(self.fl, i, state)
+        # Last: dropping references can run arbitrary code.
+        Py_XDECREF(ref)
+        Py_XDECREF(conn)
+        return 0
+
+    cdef object _weakref_for(self, object conn, uint32_t i):
+        try:
+            return PyWeakref_NewRef(conn, _Reaper(self.self_ref, i))
+        except TypeError:  # the type allows no weak references
+            return None
+
+    cdef _finalized(self, uint32_t i, object ref):
+        """A borrowed object died without being returned (in any thread, at
+        any allocation). Core operations call out to Python code only where
+        their state is consistent, so the slot is reaped at once."""
+        cdef Slot *s
+        if i < self.nsegs * PFL_SEG_SIZE:
+            s = self._slot(i)
+            if s.ref == <PyObject *>ref and s.key != 0:
+                if _map_get(&self.where, s.key) == i:
+                    _map_del(&self.where, s.key)
+                s.key = 0
+        self.dead.append((i, ref))
+        self._reap()
+        self._run(None)
+
+    cdef int _reap(self) except -1:
+        cdef list dead = self.dead
+        cdef uint32_t i
+        cdef Slot *s
+        self.dead = []
+        for index, ref in dead:
+            i = index
+            if i >= self.nsegs * PFL_SEG_SIZE:
+                continue
+            s = self._slot(i)
+            if pfl_state(self.fl, i) != PFL_BUSY or s.ref != <PyObject *>ref:
+                continue  # the slot moved on (discarded, refilled, forked)
+            self._empty(i, PFL_BUSY)
+            self.abandoned += 1
+            self.abandoned_slots.append(i)
+        return 0
+
+    cdef int _run(self, list calls) except -1:
+        """Runs ticket callbacks and hooks collected during an operation."""
+        cdef WaiterTicket ticket
+        cdef list reaped
+        if calls:
+            for ticket in calls:
+                ticket._callback(ticket)
+        if self.abandoned_slots:
+            reaped = self.abandoned_slots
+            self.abandoned_slots = []
+            if self._on_abandon is not None:
+                for i in reaped:
+                    self._on_abandon(i)
+        return 0
+
+    cdef _forget_after_fork(self):
+        """In a child process: drop every slot without closing or finalizing
+        its object (they belong to the parent), start with fresh locks."""
+        self._free_storage(True)
+        self._reset_state()
