@@ -38,6 +38,9 @@ cimport cython
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.weakref cimport PyWeakref_NewRef
+
+cdef extern from "Python.h":
+    object PyObject_CallMethodNoArgs(object obj, object name)
 from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport calloc, free
 
@@ -90,6 +93,17 @@ cdef extern from "pypool_freelist.h" nogil:
 
 __all__ = [
     "BUSY",
+    "CHECK",
+    "CLOSED",
+    "EXPIRED",
+    "IDLE_TOO_LONG",
+    "OK",
+    "REASONS",
+    "RESET_FAILED",
+    "SHRUNK",
+    "STALE",
+    "USED_UP",
+    "PoolBase",
     "CREATING",
     "DEFAULT_HANDOFF_AFTER",
     "EMPTY",
@@ -106,6 +120,39 @@ IDLE = 2
 BUSY = 3
 RESERVED = 4
 _STATE_NAMES = ("EMPTY", "CREATING", "IDLE", "BUSY", "RESERVED")
+
+# Verdicts on a connection at hand-out and at return (see the Python core).
+cdef enum:
+    _OK = 0
+    _CHECK = 1
+    _EXPIRED = 2
+    _IDLE_TOO_LONG = 3
+    _USED_UP = 4
+    _STALE = 5
+    _SHRUNK = 6
+    _RESET_FAILED = 7
+    _CLOSED_POOL = 8
+
+OK = _OK
+CHECK = _CHECK
+EXPIRED = _EXPIRED
+IDLE_TOO_LONG = _IDLE_TOO_LONG
+USED_UP = _USED_UP
+STALE = _STALE
+SHRUNK = _SHRUNK
+RESET_FAILED = _RESET_FAILED
+CLOSED = _CLOSED_POOL
+REASONS = (
+    "ok",
+    "check",
+    "expired",
+    "idle",
+    "used_up",
+    "stale",
+    "shrunk",
+    "reset_failed",
+    "closed",
+)
 
 SEGMENT = PFL_SEG_SIZE
 MAX_SIZE = PFL_MAX_SLOTS
@@ -139,6 +186,21 @@ cdef double _check_timeout(object timeout) except -2.0:
     return <double>float(timeout)
 
 
+cdef double _check_seconds(str name, object value) except -1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:  # rejects NaN too
+        raise ConfigurationError(f"{name} must be >= 0 seconds, not {value!r}")
+    return <double>float(value)
+
+
+cdef inline int64_t _ns(double seconds) noexcept:
+    """Seconds to clock nanoseconds, saturating (inf: never)."""
+    if seconds >= 9.2e9:
+        return <int64_t>0x7FFFFFFFFFFFFFFF
+    return <int64_t>(seconds * 1e9)
+
+
 cdef object _check_int(str name, object value, object low, object high):
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__}")
@@ -158,6 +220,7 @@ ctypedef struct Slot:
     int64_t returned
     uint64_t uses
     int64_t generation
+    int64_t expires     # end of its lifetime (0: none)
 
 
 # ------------------------------------------------------ address -> slot map
@@ -419,6 +482,11 @@ cdef class CorePool:
     cdef uint64_t timeouts
     cdef uint64_t abandoned
     cdef int64_t _generation
+    cdef double _max_idle
+    cdef int64_t max_idle_ns       # 0: off
+    cdef uint64_t _max_uses        # 0: off
+    cdef object _check_after
+    cdef int64_t check_after_ns    # -1: never
     cdef list dead                 # [(slot, ref)] finalized while borrowed
     cdef list abandoned_slots      # reaped; on_abandon not yet called
     cdef object self_ref
@@ -454,6 +522,11 @@ cdef class CorePool:
         self._on_abandon = on_abandon
         self._closed = False
         self._generation = 0
+        self._max_idle = 0.0
+        self.max_idle_ns = 0
+        self._max_uses = 0
+        self._check_after = None
+        self.check_after_ns = -1
         self.self_ref = weakref.ref(self)
         self._reset_state()
         _live_cores.add(self)
@@ -562,6 +635,67 @@ cdef class CorePool:
         return self._generation
 
     @property
+    def max_idle(self):
+        """Seconds idle after which a connection is retired at hand-out
+        instead of handed out (0: never); may be set."""
+        return self._max_idle
+
+    @max_idle.setter
+    def max_idle(self, value):
+        self._max_idle = _check_seconds("max_idle", value)
+        self.max_idle_ns = _ns(self._max_idle)
+
+    @property
+    def max_uses(self):
+        """Hand-outs after which a connection is retired (0: no limit); may
+        be set."""
+        return self._max_uses
+
+    @max_uses.setter
+    def max_uses(self, value):
+        self._max_uses = _check_int("max_uses", value, 0, 2**62)
+
+    @property
+    def check_after(self):
+        """Seconds idle after which a connection must be checked before it is
+        handed out (None: never); may be set."""
+        return self._check_after
+
+    @check_after.setter
+    def check_after(self, value):
+        if value is None:
+            self._check_after = None
+            self.check_after_ns = -1
+        else:
+            self._check_after = _check_seconds("check_after", value)
+            self.check_after_ns = _ns(self._check_after)
+
+    def verdict(self, slot, checkout):
+        """What the thresholds say of the connection in ``slot``, at hand-out
+        (``checkout``) or at return: OK, CHECK, or a reason to retire it."""
+        return self._verdict(self._slot_at(slot, PFL_NIL), checkout, pfl_now_ns())
+
+    cdef int _verdict(self, uint32_t i, bint checkout, int64_t now) noexcept:
+        cdef Slot *s = self._slot(i)
+        cdef int64_t idle
+        if s.expires and now >= s.expires:
+            return _EXPIRED
+        # At hand-out ``uses`` counts this hand-out already.
+        if self._max_uses and s.uses >= self._max_uses + checkout:
+            return _USED_UP
+        if s.generation < self._generation:
+            return _STALE
+        if checkout:
+            idle = now - s.returned
+            if self.max_idle_ns and idle >= self.max_idle_ns:
+                return _IDLE_TOO_LONG
+            if self.check_after_ns >= 0 and idle >= self.check_after_ns:
+                return _CHECK
+        elif self._size > self._max_size:
+            return _SHRUNK
+        return _OK
+
+    @property
     def size(self):
         """Slots in use: idle, borrowed, being connected or claimed."""
         return self._size
@@ -622,10 +756,14 @@ cdef class CorePool:
         """Takes the next idle slot (IDLE -> BUSY) and returns its object,
         or None."""
         cdef uint32_t i = pfl_pop(self.fl)
-        cdef Slot *s
         if i == PFL_NIL:
             return None
-        s = self._slot(i)
+        return self._take(i)
+
+    cdef inline object _take(self, uint32_t i):
+        """The object of slot ``i``, just popped (now BUSY): stamp, count,
+        and keep only a weak reference where the type allows one."""
+        cdef Slot *s = self._slot(i)
         self.n_idle -= 1
         self.n_busy += 1
         s.checked_out = pfl_now_ns()
@@ -643,12 +781,7 @@ cdef class CorePool:
         """An idle connection, now, or None. Never waits."""
         if self._closed:
             raise PoolClosed("the pool is closed")
-        conn = self._pop()
-        if self.dead:
-            self._reap()
-        if self.abandoned_slots:
-            self._run(None)
-        return conn
+        return self._pop()
 
     @cython.always_allow_keywords(False)
     def release(self, conn, /):
@@ -659,6 +792,10 @@ cdef class CorePool:
         Raises :class:`NotBorrowed` (changing nothing) for an object that is
         not borrowed from this pool.
         """
+        return self._release(conn, pfl_now_ns()) == 1
+
+    cdef int _release(self, object conn, int64_t now) except -1:
+        """release(): 1 when taken back, 0 when the pool is closed."""
         cdef uint32_t i = _map_get(&self.where, <uintptr_t><PyObject *>conn)
         cdef Slot *s
         cdef list calls
@@ -667,8 +804,8 @@ cdef class CorePool:
         s = self._slot(i)
         if self._closed:
             self._empty(i, PFL_BUSY)
-            return False
-        s.returned = pfl_now_ns()
+            return 0
+        s.returned = now
         if self.n_waiting == 0:
             if s.ref != NULL:
                 Py_INCREF(conn)
@@ -680,10 +817,7 @@ cdef class CorePool:
             calls = []
             self._return(i, conn, calls)
             self._run(calls)
-        if self.dead:
-            self._reap()
-            self._run(None)
-        return True
+        return 1
 
     def acquire(self, timeout=None):
         """A connection, waiting up to ``timeout`` seconds (None: no limit).
@@ -852,15 +986,17 @@ cdef class CorePool:
         self.nsegs += 1
         return 0
 
-    def fill(self, slot, conn):
+    def fill(self, slot, conn, lifetime=None):
         """Puts a new connection into a reserved (CREATING) slot.
 
-        It becomes IDLE, or goes straight to a waiter. If the pool was closed
-        meanwhile the slot is freed and :class:`PoolClosed` raised: the caller
-        must close the connection.
+        It becomes IDLE, or goes straight to a waiter. ``lifetime`` (seconds)
+        ends it that long after now (see :meth:`verdict`). If the pool was
+        closed meanwhile the slot is freed and :class:`PoolClosed` raised: the
+        caller must close the connection.
         """
         if conn is None:
             raise TypeError("a connection cannot be None")
+        cdef double life = -1.0 if lifetime is None else _check_seconds("lifetime", lifetime)
         cdef uint32_t i = self._slot_at(slot, PFL_CREATING)
         cdef uint32_t other = _map_get(&self.where, <uintptr_t><PyObject *>conn)
         cdef Slot *s
@@ -882,6 +1018,7 @@ cdef class CorePool:
         s.checked_out = 0
         s.uses = 0
         s.generation = self._generation
+        s.expires = 0 if life < 0 else s.created + max(_ns(life), 1)
         _map_put(&self.where, s.key, i)
         self._return(i, conn, calls)
         self._run(calls)
@@ -949,8 +1086,8 @@ cdef class CorePool:
         raise NotBorrowed("this object is not in this pool")
 
     def slot_info(self, slot):
-        """``(state, created, checked_out, returned, uses, generation)`` of a
-        slot; times are :meth:`now` values (0.0: never)."""
+        """``(state, created, checked_out, returned, uses, generation,
+        expires)`` of a slot; times are :meth:`now` values (0.0: never)."""
         cdef uint32_t i = self._slot_at(slot, PFL_NIL)
         cdef Slot *s = self._slot(i)
         return (
@@ -960,6 +1097,7 @@ cdef class CorePool:
             _seconds(s.returned),
             s.uses,
             s.generation,
+            _seconds(s.expires),
         )
 
     def slots(self, state=None):
@@ -1129,7 +1267,8 @@ cdef class CorePool:
     cdef int _wake(self, _Waiter waiter, list calls) except -1:
         if waiter.is_ticket:
             calls.append(waiter)
-        else:
+        elif not waiter.notified:  # a waiter woken to retry is awake already
+            waiter.notified = True
             waiter.lock.release()
         return 0
 
@@ -1216,3 +1355,197 @@ cdef class CorePool:
         its object (they belong to the parent), start with fresh locks."""
         self._free_storage(True)
         self._reset_state()
+
+
+# ------------------------------------------------------------ pool hot path
+
+cdef class _Lease:
+    """``with pool.connection() as conn``: a connection, given back on exit
+    (also when the block raises)."""
+
+    cdef PoolBase _pool
+    cdef object _timeout
+    cdef object _conn
+
+    def __enter__(self):
+        if self._conn is not None:
+            raise PoolError("this connection() block is in use already")
+        self._conn = self._pool._acquire(self._timeout)
+        return self._conn
+
+    def __exit__(self, *exc_info):
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            self._pool._release(conn)
+
+
+cdef class PoolBase:
+    """The hot path of a pool over a :class:`CorePool`: acquire, release and
+    connection().
+
+    A healthy connection used recently is handed out and taken back by this
+    class alone, on the verdicts of the core's thresholds. The policy layer,
+    a subclass, is called only for what needs I/O or judgement:
+
+    - ``_vet(conn)`` checks a connection idle longer than ``check_after``
+      before it is handed out, and returns None if it is fine or the
+      exception that shows it is not;
+    - ``_retire(conn, reason, exc)`` takes a connection the pool dropped (its
+      slot is free already; ``reason`` is one of the verdicts, CHECK for a
+      failed check) and must close it;
+    - ``_timed_out(exc)`` returns the exception to raise in a caller whose
+      wait timed out.
+
+    ``reset`` runs on every return before the connection is idle again: a
+    method name (``"rollback"``: ``conn.rollback()``), a callable
+    ``reset(conn)``, or None.
+    """
+
+    cdef readonly CorePool _core
+    cdef double _timeout
+    cdef object _reset_name
+    cdef object _reset_fn
+
+    def __init__(self, CorePool core, timeout=30.0, reset=None):
+        self._core = core
+        self._timeout = 30.0
+        self._reset_name = None
+        self._reset_fn = None
+        self._set_timeout(timeout)
+        self._set_reset(reset)
+
+    def _set_timeout(self, timeout):
+        cdef double wait_for = _check_timeout(timeout)
+        if wait_for < 0:
+            raise ConfigurationError("timeout must be a number of seconds (inf: no limit)")
+        self._timeout = wait_for
+
+    def _set_reset(self, reset):
+        if reset is None or isinstance(reset, str):
+            self._reset_name = reset
+            self._reset_fn = None
+        elif callable(reset):
+            self._reset_name = None
+            self._reset_fn = reset
+        else:
+            raise ConfigurationError("reset must be a method name, a callable or None")
+
+    def acquire(self, timeout=None):
+        """A connection, yours until you give it back with :meth:`release`.
+
+        You must give it back (or use :meth:`connection`): failing to do so
+        depletes the pool. Waits up to ``timeout`` seconds (None: the pool's
+        timeout) for one, then raises :class:`PoolTimeout`; raises
+        :class:`TooManyRequests` when the wait queue is full and
+        :class:`PoolClosed` when the pool is closed.
+        """
+        return self._acquire(timeout)
+
+    cdef object _acquire(self, object timeout):
+        cdef CorePool core = self._core
+        cdef uint32_t i
+        cdef int verdict
+        if timeout is not None:
+            _check_timeout(timeout)
+        if core._closed:
+            raise PoolClosed("the pool is closed")
+        i = pfl_pop(core.fl)
+        if i == PFL_NIL:
+            return self._acquire_slow(None, PFL_NIL, _OK, timeout)
+        conn = core._take(i)
+        verdict = core._verdict(i, True, core._slot(i).checked_out)
+        if verdict == _OK:
+            return conn
+        return self._acquire_slow(conn, i, verdict, timeout)
+
+    cdef object _acquire_slow(self, object conn, uint32_t i, int verdict, object timeout):
+        cdef CorePool core = self._core
+        cdef double wait_for = self._timeout if timeout is None else _check_timeout(timeout)
+        cdef double deadline = _clock() + wait_for
+        while True:
+            if conn is None:
+                try:
+                    conn = core.acquire(max(0.0, deadline - _clock()))
+                except PoolTimeout as exc:
+                    error = self._timed_out(exc)
+                else:
+                    error = None
+                if error is not None:
+                    raise error
+                i = core._slot_of_borrowed(conn)
+                verdict = core._verdict(i, True, pfl_now_ns())
+            if verdict == _OK:
+                return conn
+            if verdict == _CHECK:
+                failure = self._vet(conn)
+                if failure is None:
+                    return conn
+                core.discard(conn)
+                self._retire(conn, _CHECK, failure)
+            else:
+                core.discard(conn)
+                self._retire(conn, verdict, None)
+            conn = core.try_acquire()
+            if conn is not None:
+                i = core._slot_of_borrowed(conn)
+                verdict = core._verdict(i, True, pfl_now_ns())
+
+    @cython.always_allow_keywords(False)
+    def release(self, conn, /):
+        """Gives back a connection from :meth:`acquire`.
+
+        It is reset, and retired instead of kept if the thresholds say so.
+        Raises :class:`NotBorrowed` (changing nothing) for a connection not
+        borrowed from this pool, or given back already.
+        """
+        self._release(conn)
+
+    cdef int _release(self, object conn) except -1:
+        cdef CorePool core = self._core
+        cdef uint32_t i = _map_get(&core.where, <uintptr_t><PyObject *>conn)
+        cdef int verdict
+        cdef int64_t now
+        if i == PFL_NIL or pfl_state(core.fl, i) != PFL_BUSY:
+            i = core._slot_of_borrowed(conn)  # raises with the right message
+        if core._closed:
+            core._empty(i, PFL_BUSY)
+            self._retire(conn, _CLOSED_POOL, None)
+            return 0
+        if self._reset_name is not None or self._reset_fn is not None:
+            try:
+                if self._reset_fn is not None:
+                    self._reset_fn(conn)
+                else:
+                    PyObject_CallMethodNoArgs(conn, self._reset_name)
+            except BaseException as exc:
+                core.discard(conn)
+                self._retire(conn, _RESET_FAILED, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return 0
+        now = pfl_now_ns()
+        verdict = core._verdict(i, False, now)
+        if verdict != _OK:
+            core.discard(conn)
+            self._retire(conn, verdict, None)
+        elif core._release(conn, now) == 0:
+            self._retire(conn, _CLOSED_POOL, None)
+        return 0
+
+    def connection(self, timeout=None):
+        """``with pool.connection() as conn:`` a connection from
+        :meth:`acquire`, given back on exit (also when the block raises)."""
+        cdef _Lease lease = _Lease.__new__(_Lease)
+        lease._pool = self
+        lease._timeout = timeout
+        return lease
+
+    def _vet(self, conn):
+        return None
+
+    def _retire(self, conn, reason, exc):
+        pass
+
+    def _timed_out(self, exc):
+        return exc

@@ -46,6 +46,12 @@
 #ifndef PYPOOL_FREELIST_H
 #define PYPOOL_FREELIST_H
 
+/* clock_gettime() under a strict -std=c11 (Python.h, when included first,
+ * has made the same request already). */
+#if !defined(_WIN32) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
+#  define _POSIX_C_SOURCE 200809L
+#endif
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

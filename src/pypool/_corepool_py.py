@@ -49,6 +49,17 @@ from .errors import (
 
 __all__ = [
     "BUSY",
+    "CHECK",
+    "CLOSED",
+    "EXPIRED",
+    "IDLE_TOO_LONG",
+    "OK",
+    "REASONS",
+    "RESET_FAILED",
+    "SHRUNK",
+    "STALE",
+    "USED_UP",
+    "PoolBase",
     "CREATING",
     "DEFAULT_HANDOFF_AFTER",
     "EMPTY",
@@ -66,6 +77,30 @@ IDLE: Final = 2
 BUSY: Final = 3
 RESERVED: Final = 4
 _STATE_NAMES: Final = ("EMPTY", "CREATING", "IDLE", "BUSY", "RESERVED")
+
+# Verdicts on a connection at hand-out and at return (the policy thresholds
+# the core holds decide them); every one but OK and CHECK retires it.
+OK: Final = 0
+CHECK: Final = 1  # idle longer than check_after: check it before hand-out
+EXPIRED: Final = 2  # older than its lifetime
+IDLE_TOO_LONG: Final = 3  # idle longer than max_idle
+USED_UP: Final = 4  # handed out max_uses times
+STALE: Final = 5  # made before the last advance_generation()
+SHRUNK: Final = 6  # returned while the pool is over max_size
+RESET_FAILED: Final = 7  # its reset raised
+CLOSED: Final = 8  # returned after close()
+#: Names of the verdicts, for logs and statistics.
+REASONS: Final = (
+    "ok",
+    "check",
+    "expired",
+    "idle",
+    "used_up",
+    "stale",
+    "shrunk",
+    "reset_failed",
+    "closed",
+)
 
 #: Slots are added in segments of this many (the native core allocates them so).
 SEGMENT: Final = 64
@@ -101,6 +136,14 @@ def _check_timeout(timeout: object) -> float | None:
     return float(timeout)
 
 
+def _check_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value >= 0:  # rejects NaN too
+        raise ConfigurationError(f"{name} must be >= 0 seconds, not {value!r}")
+    return float(value)
+
+
 def _check_int(name: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__}")
@@ -122,6 +165,7 @@ class _Slot:
         "returned",
         "uses",
         "generation",
+        "expires",
     )
 
     def __init__(self, index: int) -> None:
@@ -136,6 +180,7 @@ class _Slot:
         self.returned = 0.0
         self.uses = 0
         self.generation = 0
+        self.expires = 0.0  # end of its lifetime (0.0: none)
 
     def borrowed(self) -> Any:
         """The object of a BUSY slot (None if it was finalized)."""
@@ -297,6 +342,9 @@ class CorePool:
         self._on_abandon = on_abandon
         self._closed = False
         self._generation = 0
+        self._max_idle = 0.0
+        self._max_uses = 0
+        self._check_after: float | None = None
         self._reset_state()
         _live_cores.add(self)
 
@@ -370,6 +418,42 @@ class CorePool:
             self._check_open()
             self._generation += 1
             return self._generation
+
+    @property
+    def max_idle(self) -> float:
+        """Seconds idle after which a connection is retired at hand-out
+        instead of handed out (0: never); may be set."""
+        return self._max_idle
+
+    @max_idle.setter
+    def max_idle(self, value: float) -> None:
+        self._max_idle = _check_seconds("max_idle", value)
+
+    @property
+    def max_uses(self) -> int:
+        """Hand-outs after which a connection is retired (0: no limit); may
+        be set."""
+        return self._max_uses
+
+    @max_uses.setter
+    def max_uses(self, value: int) -> None:
+        self._max_uses = _check_int("max_uses", value, 0, 2**62)
+
+    @property
+    def check_after(self) -> float | None:
+        """Seconds idle after which a connection must be checked before it is
+        handed out (None: never); may be set."""
+        return self._check_after
+
+    @check_after.setter
+    def check_after(self, value: float | None) -> None:
+        self._check_after = None if value is None else _check_seconds("check_after", value)
+
+    def verdict(self, slot: int, checkout: bool) -> int:
+        """What the thresholds say of the connection in ``slot``, at hand-out
+        (``checkout``) or at return: OK, CHECK, or a reason to retire it."""
+        with self._mutex:
+            return self._verdict(self._slot_at(slot, None), checkout)
 
     @property
     def size(self) -> int:
@@ -610,15 +694,17 @@ class CorePool:
             self._n_creating += 1
             return index
 
-    def fill(self, slot: int, conn: Any) -> None:
+    def fill(self, slot: int, conn: Any, lifetime: float | None = None) -> None:
         """Puts a new connection into a reserved (CREATING) slot.
 
-        It becomes IDLE, or goes straight to a waiter. If the pool was closed
-        meanwhile the slot is freed and :class:`PoolClosed` raised: the caller
-        must close the connection.
+        It becomes IDLE, or goes straight to a waiter. ``lifetime`` (seconds)
+        ends it that long after now (see :meth:`verdict`). If the pool was
+        closed meanwhile the slot is freed and :class:`PoolClosed` raised: the
+        caller must close the connection.
         """
         if conn is None:
             raise TypeError("a connection cannot be None")
+        life = None if lifetime is None else _check_seconds("lifetime", lifetime)
         calls: list[Callable[[], object]] = []
         with self._mutex:
             s = self._slot_at(slot, CREATING)
@@ -636,6 +722,7 @@ class CorePool:
             s.checked_out = 0.0
             s.uses = 0
             s.generation = self._generation
+            s.expires = 0.0 if life is None else now + life
             self._where[id(conn)] = s.index
             self._return_locked(s, conn, calls)
         self._run(calls)
@@ -707,12 +794,20 @@ class CorePool:
                     return index
         raise NotBorrowed("this object is not in this pool")
 
-    def slot_info(self, slot: int) -> tuple[int, float, float, float, int, int]:
-        """``(state, created, checked_out, returned, uses, generation)`` of a
-        slot; times are :meth:`now` values (0.0: never)."""
+    def slot_info(self, slot: int) -> tuple[int, float, float, float, int, int, float]:
+        """``(state, created, checked_out, returned, uses, generation,
+        expires)`` of a slot; times are :meth:`now` values (0.0: never)."""
         with self._mutex:
             s = self._slot_at(slot, None)
-            return (s.state, s.created, s.checked_out, s.returned, s.uses, s.generation)
+            return (
+                s.state,
+                s.created,
+                s.checked_out,
+                s.returned,
+                s.uses,
+                s.generation,
+                s.expires,
+            )
 
     def slots(self, state: int | None = None) -> list[int]:
         """Indices of the slots in ``state`` (all slots when None), ascending."""
@@ -783,6 +878,25 @@ class CorePool:
             if s.conn is conn:
                 raise NotBorrowed("this connection was returned already")
         raise NotBorrowed("this object was not borrowed from this pool")
+
+    def _verdict(self, s: _Slot, checkout: bool) -> int:
+        now = _clock()
+        if s.expires and now >= s.expires:
+            return EXPIRED
+        # At hand-out ``uses`` counts this hand-out already.
+        if self._max_uses and s.uses >= self._max_uses + checkout:
+            return USED_UP
+        if s.generation < self._generation:
+            return STALE
+        if checkout:
+            idle = now - s.returned
+            if self._max_idle and idle >= self._max_idle:
+                return IDLE_TOO_LONG
+            if self._check_after is not None and idle >= self._check_after:
+                return CHECK
+        elif self._size > self._max_size:
+            return SHRUNK
+        return OK
 
     def _grow_locked(self) -> None:
         base = len(self._slots)
@@ -878,7 +992,8 @@ class CorePool:
         if isinstance(waiter, WaiterTicket):
             callback = waiter._callback
             calls.append(lambda: callback(waiter))
-        else:
+        elif not waiter.notified:  # a waiter woken to retry is awake already
+            waiter.notified = True
             waiter.lock.release()
 
     def _empty_locked(self, s: _Slot, state: int) -> None:
@@ -952,3 +1067,157 @@ class CorePool:
             if held is not None:
                 _keep_forever(held)
         self._reset_state()
+
+
+class _Lease:
+    """``with pool.connection() as conn``: a connection, given back on exit
+    (also when the block raises)."""
+
+    __slots__ = ("_pool", "_timeout", "_conn")
+
+    def __init__(self, pool: PoolBase, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    def __enter__(self) -> Any:
+        if self._conn is not None:
+            raise PoolError("this connection() block is in use already")
+        self._conn = self._pool.acquire(self._timeout)
+        return self._conn
+
+    def __exit__(self, *exc_info: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn)
+
+
+class PoolBase:
+    """The hot path of a pool over a :class:`CorePool`: acquire, release and
+    connection().
+
+    A healthy connection used recently is handed out and taken back by this
+    class alone, on the verdicts of the core's thresholds. The policy layer,
+    a subclass, is called only for what needs I/O or judgement:
+
+    - ``_vet(conn)`` checks a connection idle longer than ``check_after``
+      before it is handed out, and returns None if it is fine or the
+      exception that shows it is not;
+    - ``_retire(conn, reason, exc)`` takes a connection the pool dropped (its
+      slot is free already; ``reason`` is one of the verdicts, CHECK for a
+      failed check) and must close it;
+    - ``_timed_out(exc)`` returns the exception to raise in a caller whose
+      wait timed out.
+
+    ``reset`` runs on every return before the connection is idle again: a
+    method name (``"rollback"``: ``conn.rollback()``), a callable
+    ``reset(conn)``, or None.
+    """
+
+    def __init__(self, core: CorePool, timeout: float = 30.0, reset: Any = None) -> None:
+        self._core = core
+        self._timeout = 30.0
+        self._reset_name: str | None = None
+        self._reset_fn: Callable[[Any], object] | None = None
+        self._set_timeout(timeout)
+        self._set_reset(reset)
+
+    def _set_timeout(self, timeout: float) -> None:
+        wait_for = _check_timeout(timeout)
+        if wait_for is None:
+            raise ConfigurationError("timeout must be a number of seconds (inf: no limit)")
+        self._timeout = wait_for
+
+    def _set_reset(self, reset: Any) -> None:
+        if reset is None or isinstance(reset, str):
+            self._reset_name, self._reset_fn = reset, None
+        elif callable(reset):
+            self._reset_name, self._reset_fn = None, reset
+        else:
+            raise ConfigurationError("reset must be a method name, a callable or None")
+
+    def acquire(self, timeout: float | None = None) -> Any:
+        """A connection, yours until you give it back with :meth:`release`.
+
+        You must give it back (or use :meth:`connection`): failing to do so
+        depletes the pool. Waits up to ``timeout`` seconds (None: the pool's
+        timeout) for one, then raises :class:`PoolTimeout`; raises
+        :class:`TooManyRequests` when the wait queue is full and
+        :class:`PoolClosed` when the pool is closed.
+        """
+        core = self._core
+        wait_for = self._timeout if timeout is None else _check_timeout(timeout)
+        assert wait_for is not None
+        deadline = _clock() + wait_for
+        conn = core.try_acquire()
+        while True:
+            if conn is None:
+                try:
+                    conn = core.acquire(max(0.0, deadline - _clock()))
+                except PoolTimeout as exc:
+                    error = self._timed_out(exc)
+                else:
+                    error = None
+                if error is not None:
+                    raise error
+            verdict = core.verdict(core.slot_of(conn), True)
+            if verdict == OK:
+                return conn
+            if verdict == CHECK:
+                failure = self._vet(conn)
+                if failure is None:
+                    return conn
+                core.discard(conn)
+                self._retire(conn, CHECK, failure)
+            else:
+                core.discard(conn)
+                self._retire(conn, verdict, None)
+            conn = core.try_acquire()
+
+    def release(self, conn: Any, /) -> None:
+        """Gives back a connection from :meth:`acquire`.
+
+        It is reset, and retired instead of kept if the thresholds say so.
+        Raises :class:`NotBorrowed` (changing nothing) for a connection not
+        borrowed from this pool, or given back already.
+        """
+        core = self._core
+        with core._mutex:
+            index = core._slot_of_borrowed(conn).index
+            closed = core._closed
+        if closed:
+            core.release(conn)
+            self._retire(conn, CLOSED, None)
+            return
+        if self._reset_name is not None or self._reset_fn is not None:
+            try:
+                if self._reset_fn is not None:
+                    self._reset_fn(conn)
+                else:
+                    getattr(conn, self._reset_name)()  # type: ignore[arg-type]
+            except BaseException as exc:
+                core.discard(conn)
+                self._retire(conn, RESET_FAILED, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return
+        verdict = core.verdict(index, False)
+        if verdict != OK:
+            core.discard(conn)
+            self._retire(conn, verdict, None)
+        elif not core.release(conn):
+            self._retire(conn, CLOSED, None)
+
+    def connection(self, timeout: float | None = None) -> _Lease:
+        """``with pool.connection() as conn:`` a connection from
+        :meth:`acquire`, given back on exit (also when the block raises)."""
+        return _Lease(self, timeout)
+
+    def _vet(self, conn: Any) -> BaseException | None:
+        return None
+
+    def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
+        pass
+
+    def _timed_out(self, exc: PoolTimeout) -> BaseException:
+        return exc
