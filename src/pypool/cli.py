@@ -1,0 +1,829 @@
+"""The ``pypool`` command (also ``python -m pypool``).
+
+``pypool bench`` measures the core's hot path against a floor and a reference
+pool, in one interleaved run:
+
+* **uncontended**: one thread, the cycle ``conn = try_acquire(); release(conn)``
+  repeated in batches; the result is nanoseconds per cycle. The floor is
+  ``lst.append(lst.pop())`` on a one-element list, the least a cycle of two
+  calls can cost in this interpreter.
+* **threads**: T threads share 4 connections, each doing ``acquire(timeout)``
+  and ``release()`` in a loop; all start together on a barrier and the clock
+  runs from the barrier to the last thread's end. The result is cycles per
+  second, all threads together.
+
+The contenders are measured round-robin (each round visits every contender, in
+a rotated order), so that a noisy machine slows all of them alike; each table
+shows the median over the rounds and the spread (min-max). Nothing is
+subtracted from the times.
+
+``--json FILE`` writes the results in this form (schema ``pypool-bench/1``)::
+
+    {
+      "schema": "pypool-bench/1",
+      "complete": true,            # false when interrupted (Ctrl-C)
+      "rounds_done": 7,            # rounds measured completely
+      "environment": {
+        "python": "3.12.1", "implementation": "cpython",
+        "pypool": "0.1.0", "core": "native",   # pypool.CORE
+        "platform": "Linux-...", "machine": "x86_64",
+        "cpu_count": 8,            # os.cpu_count()
+        "cpus_usable": 8,          # CPUs this process may run on, or null
+        "switch_interval": 0.005,  # sys.getswitchinterval()
+        "started": "2025-01-31T12:00:00+00:00"
+      },
+      "settings": {
+        "rounds": 7, "threads": [1, 2, 4, 8, 16], "connections": 4,
+        "batch": 10000,            # cycles per uncontended sample
+        "batches_per_round": 3,    # uncontended samples per contender per round
+        "thread_run_seconds": 0.2, # target length of one threaded run
+        "quick": false
+      },
+      "contenders": [              # every known contender, usable or not
+        {"name": "native", "description": "...", "available": true, "reason": null}
+      ],
+      "results": [                 # one per contender and measurement
+        {"benchmark": "uncontended", "contender": "python", "threads": 1,
+         "unit": "ns/cycle", "cycles": 10000,       # cycles per sample
+         "samples": [1510.2, ...], "median": 1512.0, "min": 1500.1, "max": 1530.7,
+         "q1": 1505.0, "q3": 1520.0,
+         "vs_floor": 54.2},                        # median / the floor's median
+        {"benchmark": "threads", "contender": "python", "threads": 4,
+         "unit": "cycles/s", "cycles": 400000,     # cycles per run, all threads
+         "samples": [...], "median": ..., "min": ..., "max": ..., "q1": ..., "q3": ...,
+         "vs_floor": null}
+      ],
+      "failures": [                # measurements that raised, each left out
+        {"what": "python, 8 threads", "error": "PoolTimeout: ..."}
+      ],
+      "native_vs_python": {        # null when either core is missing
+        "uncontended_time": 0.05,  # native ns/cycle / python ns/cycle
+        "threads_throughput": [{"threads": 1, "ratio": 12.5}, ...]
+      }
+    }
+
+New contenders (the full ``Pool``, other pools) are added to :data:`CONTENDERS`
+with :func:`register`; new commands get a subparser in :func:`build_parser`
+and a function in :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import importlib
+import json
+import os
+import platform
+import queue
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any, NoReturn, TextIO
+
+__all__ = ["CONTENDERS", "Contender", "FakeConnection", "Handles", "main", "register"]
+
+SCHEMA = "pypool-bench/1"
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Connections in every pool measured (the floor's list holds one).
+CONNECTIONS = 4
+#: The timeout given to ``acquire`` in threaded runs; never reached in a sane run.
+ACQUIRE_TIMEOUT = 30.0
+DEFAULT_THREADS = (1, 2, 4, 8, 16)
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True)
+class _Settings:
+    rounds: int
+    batch: int
+    batches_per_round: int
+    thread_run_seconds: float
+
+
+# Defaults finish in well under a minute on a 2-core machine; --quick in seconds.
+_FULL = _Settings(rounds=7, batch=10_000, batches_per_round=3, thread_run_seconds=0.2)
+_QUICK = _Settings(rounds=2, batch=500, batches_per_round=1, thread_run_seconds=0.01)
+
+
+# ------------------------------------------------------------------ contenders
+
+
+class FakeConnection:
+    """Stands in for a database connection: a plain object."""
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Handles:
+    """What a contender's setup returns: the calls a benchmark makes.
+
+    ``try_acquire()`` is the uncontended cycle's checkout: it must return a
+    connection at once while one is idle (a pool without a non-blocking
+    checkout gives its ordinary one). ``acquire(timeout)`` waits; None means
+    the contender cannot wait, and then it takes no part in threaded runs.
+    ``close()`` runs when the benchmark is done with it.
+    """
+
+    try_acquire: Callable[[], Any]
+    release: Callable[[Any], object]
+    acquire: Callable[[float], Any] | None = None
+    close: Callable[[], object] = _nothing
+
+
+def _usable() -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A thing to measure.
+
+    ``setup(connections)`` builds it, holding that many connections, and
+    returns its :class:`Handles`. ``check()`` returns None when the contender
+    can run here, or a short reason why not (a missing extension or package).
+    """
+
+    name: str
+    description: str
+    setup: Callable[[int], Handles]
+    check: Callable[[], str | None] = _usable
+
+
+def _floor_setup(connections: int) -> Handles:
+    lst = [FakeConnection()]
+    return Handles(lst.pop, lst.append)
+
+
+def _core_check(module: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            return f"{module} cannot be imported ({exc})"
+        return None
+
+    return check
+
+
+def _core_setup(module: str) -> Callable[[int], Handles]:
+    def setup(connections: int) -> Handles:
+        pool = importlib.import_module(module).CorePool(connections)
+        for _ in range(connections):
+            pool.fill(pool.reserve(), FakeConnection())
+        return Handles(pool.try_acquire, pool.release, pool.acquire, pool.close)
+
+    return setup
+
+
+def _queue_setup(connections: int) -> Handles:
+    q: queue.Queue[FakeConnection] = queue.Queue(connections)
+    for _ in range(connections):
+        q.put(FakeConnection())
+    return Handles(q.get_nowait, q.put, functools.partial(q.get, True))
+
+
+#: The registry, in table order. The floor, when present, comes first.
+CONTENDERS: list[Contender] = [
+    Contender("floor", "lst.append(lst.pop()) on a one-element list", _floor_setup),
+    Contender(
+        "native",
+        "pypool._corepool.CorePool (compiled core)",
+        _core_setup("pypool._corepool"),
+        _core_check("pypool._corepool"),
+    ),
+    Contender(
+        "python",
+        "pypool._corepool_py.CorePool (pure-Python core)",
+        _core_setup("pypool._corepool_py"),
+        _core_check("pypool._corepool_py"),
+    ),
+    Contender("queue", "queue.Queue: get() / put()", _queue_setup),
+]
+
+
+def register(contender: Contender) -> None:
+    """Adds a contender (or replaces the one of the same name)."""
+    for i, known in enumerate(CONTENDERS):
+        if known.name == contender.name:
+            CONTENDERS[i] = contender
+            return
+    CONTENDERS.append(contender)
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def _uncontended_ns(handles: Handles, cycles: int) -> float:
+    """Nanoseconds per ``try_acquire`` + ``release`` cycle over one batch."""
+    acquire, release = handles.try_acquire, handles.release
+    t0 = time.perf_counter_ns()
+    for _ in repeat(None, cycles):
+        release(acquire())
+    return (time.perf_counter_ns() - t0) / cycles
+
+
+class _WorkerFailed(Exception):
+    pass
+
+
+def _threaded_seconds(handles: Handles, threads: int, per_thread: int) -> float:
+    """Seconds for ``threads`` threads to do ``per_thread`` cycles each,
+    from the moment all are released by the barrier to the last one's end."""
+    acquire, release = handles.acquire, handles.release
+    assert acquire is not None
+    started: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(threads + 1, action=lambda: started.append(time.perf_counter_ns()))
+
+    def work() -> None:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            return
+        try:
+            for _ in repeat(None, per_thread):
+                release(acquire(ACQUIRE_TIMEOUT))
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        barrier.wait()
+        for w in workers:
+            w.join()
+    except BaseException:
+        barrier.abort()
+        raise
+    ended = time.perf_counter_ns()
+    if errors:
+        exc = errors[0]
+        raise _WorkerFailed(f"{type(exc).__name__}: {exc}") from exc
+    return max(ended - started[0], 1) / 1e9
+
+
+def _calibrate(handles: Handles, threads: int, seconds: float) -> int:
+    """Cycles per thread for a threaded run of about ``seconds``."""
+    per_thread = max(20, 2000 // threads)
+    while True:
+        elapsed = _threaded_seconds(handles, threads, per_thread)
+        if elapsed >= seconds / 8 or per_thread >= 10**8:
+            break
+        per_thread *= 4 if elapsed < seconds / 64 else 2
+    return max(10, round(per_thread * seconds / elapsed))
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    if len(samples) >= 2:
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    else:
+        q1 = q3 = samples[0]
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "q1": q1,
+        "q3": q3,
+    }
+
+
+@dataclass
+class _Series:
+    benchmark: str  # "uncontended" or "threads"
+    contender: str
+    threads: int
+    unit: str
+    cycles: int = 0
+    samples: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """A bench run's settings and everything measured so far."""
+
+    settings: _Settings
+    threads: list[int]
+    contenders: list[Contender]
+    skipped: dict[str, str]
+    quick: bool
+    started: str
+    rounds_done: int = 0
+    complete: bool = False
+    uncontended: dict[str, _Series] = field(default_factory=dict)
+    threaded: dict[tuple[str, int], _Series] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # what failed -> the error
+    broken: set[tuple[str, int]] = field(default_factory=set)  # (contender, threads) failed
+
+
+class _Progress:
+    """One overwritten status line on stderr, only when it is a terminal."""
+
+    def __init__(self) -> None:
+        self.on = sys.stderr.isatty()
+
+    def show(self, text: str) -> None:
+        if self.on:
+            sys.stderr.write(f"\r\x1b[K{text}")
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        self.show("")
+
+
+def _measure(run: _Run, handles: dict[str, Handles], progress: _Progress) -> None:
+    settings = run.settings
+    by_name = {c.name: c for c in run.contenders}
+    names = list(by_name)
+
+    def failed(name: str, threads: int, exc: _WorkerFailed) -> None:
+        # Only this thread count is lost: the contender is rebuilt, in case
+        # the failure left its pool in a bad state, and measuring goes on.
+        run.failed[f"{name}, {threads} threads"] = str(exc)
+        run.broken.add((name, threads))
+        old = handles[name]
+        handles[name] = by_name[name].setup(CONNECTIONS)
+        with contextlib.suppress(Exception):
+            old.close()
+
+    for name in names:
+        run.uncontended[name] = _Series("uncontended", name, 1, "ns/cycle", settings.batch)
+        _uncontended_ns(handles[name], settings.batch)  # warm-up, not recorded
+    waiting = [name for name in names if handles[name].acquire is not None]
+    per_thread: dict[tuple[str, int], int] = {}
+    for name in waiting:
+        for t in run.threads:
+            progress.show(f"calibrating {name}, {t} threads")
+            run.threaded[name, t] = _Series("threads", name, t, "cycles/s")
+            try:
+                per_thread[name, t] = _calibrate(handles[name], t, settings.thread_run_seconds)
+            except _WorkerFailed as exc:
+                failed(name, t, exc)
+                continue
+            run.threaded[name, t].cycles = per_thread[name, t] * t
+
+    for r in range(settings.rounds):
+        shift = r % len(names)
+        order = names[shift:] + names[:shift]
+        for b in range(settings.batches_per_round):
+            progress.show(f"round {r + 1}/{settings.rounds}: uncontended ({b + 1})")
+            for name in order:
+                ns = _uncontended_ns(handles[name], settings.batch)
+                run.uncontended[name].samples.append(ns)
+        for t in run.threads:
+            progress.show(f"round {r + 1}/{settings.rounds}: {t} threads")
+            for name in order:
+                if name not in waiting or (name, t) in run.broken:
+                    continue
+                n = per_thread[name, t]
+                try:
+                    elapsed = _threaded_seconds(handles[name], t, n)
+                except _WorkerFailed as exc:
+                    failed(name, t, exc)
+                    continue
+                run.threaded[name, t].samples.append(n * t / elapsed)
+        run.rounds_done = r + 1
+    progress.clear()
+    run.complete = True
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def _median(series: _Series | None) -> float | None:
+    if series is None or not series.samples:
+        return None
+    return statistics.median(series.samples)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _fmt_ratio(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if value < 100 else f"{value:.0f}"
+
+
+def _table(rows: list[list[str]], right: Sequence[bool]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if r else cell.ljust(width)
+            for cell, width, r in zip(row, widths, right, strict=True)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _environment(started: str) -> dict[str, Any]:
+    import pypool
+
+    try:
+        usable: int | None = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = None
+    return {
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "pypool": pypool.__version__,
+        "core": pypool.CORE,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "switch_interval": sys.getswitchinterval(),
+        "started": started,
+    }
+
+
+def _report(run: _Run, out: TextIO) -> None:
+    env = _environment(run.started)
+    cpus = env["cpus_usable"] or env["cpu_count"]
+    s = run.settings
+    print(
+        f"pypool bench: pypool {env['pypool']} (CORE={env['core']}), "
+        f"{env['implementation']} {env['python']}, {env['platform']}, {cpus} CPUs",
+        file=out,
+    )
+    state = "" if run.complete else " (interrupted)"
+    print(
+        f"{run.rounds_done}/{s.rounds} rounds{state}, contenders interleaved; "
+        f"median over rounds, spread = min-max",
+        file=out,
+    )
+    for name, reason in run.skipped.items():
+        print(f"skipped {name}: {reason}", file=out)
+    for name, reason in run.failed.items():
+        print(f"failed {name}: {reason}", file=out)
+
+    names = [c.name for c in run.contenders if c.name in run.uncontended]
+    floor = _median(run.uncontended.get("floor"))
+    python = _median(run.uncontended.get("python"))
+    print(file=out)
+    print(
+        f"Uncontended cycle: try_acquire() + release(), 1 thread, {CONNECTIONS} connections "
+        f"({s.batch} cycles per sample)",
+        file=out,
+    )
+    rows = [["contender", "ns/cycle", "spread", "x floor", "x python"]]
+    for name in names:
+        series = run.uncontended[name]
+        med = _median(series)
+        if med is None:
+            rows.append([name, "-", "-", "-", "-"])
+            continue
+        spread = f"{min(series.samples):.1f}-{max(series.samples):.1f}"
+        rows.append(
+            [
+                name,
+                f"{med:.1f}",
+                spread,
+                _fmt_ratio(_ratio(med, floor)),
+                _fmt_ratio(_ratio(med, python)),
+            ]
+        )
+    for line in _table(rows, [False, True, True, True, True]):
+        print(line, file=out)
+    native = _median(run.uncontended.get("native"))
+    ratio = _ratio(native, python)
+    if ratio is not None:
+        print(
+            f"native/python: {ratio:.3f} of the time ({1 / ratio:.1f}x as fast)",
+            file=out,
+        )
+
+    thread_names = [c.name for c in run.contenders if (c.name, run.threads[0]) in run.threaded]
+    if not thread_names:
+        return
+    lo, hi = run.threads[0], run.threads[-1]
+    print(file=out)
+    print(
+        f"Throughput: acquire(timeout) + release(), cycles/s of all threads together, "
+        f"N threads sharing {CONNECTIONS} connections",
+        file=out,
+    )
+    header = ["contender", *(f"{t} thr" for t in run.threads), f"kept {hi}/{lo}", "spread"]
+    rows = [header]
+    for name in thread_names:
+        row = [name]
+        worst = 0.0
+        for t in run.threads:
+            series = run.threaded[name, t]
+            med = _median(series)
+            row.append("-" if med is None else f"{med:,.0f}")
+            if med:
+                worst = max(worst, (max(series.samples) - min(series.samples)) / med)
+        kept = _ratio(_median(run.threaded[name, hi]), _median(run.threaded[name, lo]))
+        row.append("-" if kept is None else f"{kept * 100:.0f}%")
+        row.append(f"{worst * 100:.0f}%")
+        rows.append(row)
+    for line in _table(rows, [False, *([True] * (len(header) - 1))]):
+        print(line, file=out)
+    print(
+        f"kept {hi}/{lo}: throughput at {hi} threads as % of the same contender's at {lo}; "
+        "spread: the widest (max-min)/median over the thread counts",
+        file=out,
+    )
+    if "floor" in run.uncontended:
+        print("(the floor cannot wait, so it takes no part in threaded runs)", file=out)
+    n, p = "native", "python"
+    ratios = [
+        (t, _ratio(_median(run.threaded.get((n, t))), _median(run.threaded.get((p, t)))))
+        for t in run.threads
+    ]
+    if all(r is not None for _, r in ratios):
+        text = ", ".join(f"{t} thr {r:.1f}x" for t, r in ratios if r is not None)
+        print(f"native/python throughput: {text}", file=out)
+
+
+def _result(series: _Series, floor: float | None) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "benchmark": series.benchmark,
+        "contender": series.contender,
+        "threads": series.threads,
+        "unit": series.unit,
+        "cycles": series.cycles,
+        "samples": list(series.samples),
+    }
+    if series.samples:
+        result.update(_summary(series.samples))
+    else:
+        result.update(dict.fromkeys(("median", "min", "max", "q1", "q3")))
+    result["vs_floor"] = (
+        _ratio(_median(series), floor) if series.benchmark == "uncontended" else None
+    )
+    return result
+
+
+def _json(run: _Run) -> dict[str, Any]:
+    floor = _median(run.uncontended.get("floor"))
+    results = [
+        _result(run.uncontended[c.name], floor) for c in run.contenders if c.name in run.uncontended
+    ]
+    results += [
+        _result(run.threaded[c.name, t], None)
+        for c in run.contenders
+        for t in run.threads
+        if (c.name, t) in run.threaded
+    ]
+    native_vs_python: dict[str, Any] | None = None
+    if "native" in run.uncontended and "python" in run.uncontended:
+        native_vs_python = {
+            "uncontended_time": _ratio(
+                _median(run.uncontended["native"]), _median(run.uncontended["python"])
+            ),
+            "threads_throughput": [
+                {
+                    "threads": t,
+                    "ratio": _ratio(
+                        _median(run.threaded.get(("native", t))),
+                        _median(run.threaded.get(("python", t))),
+                    ),
+                }
+                for t in run.threads
+            ],
+        }
+    s = run.settings
+    return {
+        "schema": SCHEMA,
+        "complete": run.complete,
+        "rounds_done": run.rounds_done,
+        "environment": _environment(run.started),
+        "settings": {
+            "rounds": s.rounds,
+            "threads": list(run.threads),
+            "connections": CONNECTIONS,
+            "batch": s.batch,
+            "batches_per_round": s.batches_per_round,
+            "thread_run_seconds": s.thread_run_seconds,
+            "quick": run.quick,
+        },
+        "contenders": [
+            {
+                "name": c.name,
+                "description": c.description,
+                "available": c.name not in run.skipped,
+                "reason": run.skipped.get(c.name),
+            }
+            for c in CONTENDERS
+            if c in run.contenders or c.name in run.skipped
+        ],
+        "results": results,
+        "failures": [{"what": what, "error": error} for what, error in run.failed.items()],
+        "native_vs_python": native_vs_python,
+    }
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _bench(args: argparse.Namespace) -> int:
+    base = _QUICK if args.quick else _FULL
+    settings = _Settings(
+        rounds=args.rounds if args.rounds is not None else base.rounds,
+        batch=base.batch,
+        batches_per_round=base.batches_per_round,
+        thread_run_seconds=base.thread_run_seconds,
+    )
+    wanted = args.contenders or [c.name for c in CONTENDERS]
+    contenders: list[Contender] = []
+    skipped: dict[str, str] = {}
+    for c in CONTENDERS:
+        if c.name not in wanted:
+            continue
+        reason = c.check()
+        if reason is None:
+            contenders.append(c)
+        else:
+            skipped[c.name] = reason
+    run = _Run(
+        settings=settings,
+        threads=args.threads,
+        contenders=[],
+        skipped=skipped,
+        quick=args.quick,
+        started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    handles: dict[str, Handles] = {}
+    progress = _Progress()
+    interrupted = False
+    try:
+        for c in contenders:
+            try:
+                handles[c.name] = c.setup(CONNECTIONS)
+            except Exception as exc:
+                skipped[c.name] = f"setup failed: {type(exc).__name__}: {exc}"
+                continue
+            run.contenders.append(c)
+        if not run.contenders:
+            reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
+            print(f"pypool bench: nothing to measure ({reasons})", file=sys.stderr)
+            return EXIT_FAILED
+        _measure(run, handles, progress)
+    except KeyboardInterrupt:
+        interrupted = True
+        progress.clear()
+        print("pypool bench: interrupted; results so far:", file=sys.stderr)
+    if not interrupted:
+        for h in handles.values():
+            h.close()
+    _report(run, sys.stdout)
+    sys.stdout.flush()
+    if args.json is not None:
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(_json(run), f, indent=2)
+                f.write("\n")
+        except OSError as exc:
+            print(f"pypool bench: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILED
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if run.failed else EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"bench": _bench}
+
+
+# ------------------------------------------------------------------ arguments
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad command line as one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _positive(text: str, high: int = 10**6) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {high}, got {value}")
+    return value
+
+
+def _thread_counts(text: str) -> list[int]:
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            raise argparse.ArgumentTypeError(f"expected thread counts like 1,2,4, got {text!r}")
+        counts.append(_positive(part, MAX_THREADS))
+    return sorted(set(counts))
+
+
+def _contender_names(text: str) -> list[str]:
+    known = [c.name for c in CONTENDERS]
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown contender {', '.join(unknown) or repr(text)} (known: {', '.join(known)})"
+        )
+    return names
+
+
+def _json_path(text: str) -> str:
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"directory {os.path.dirname(text)!r} does not exist")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    return text
+
+
+def _version() -> str:
+    import pypool
+
+    return f"pypool {pypool.__version__} (core: {pypool.CORE})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pypool", description="pypool: a database connection pool.")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure the core's hot path against a floor and queue.Queue",
+        description=(
+            "Measure the uncontended acquire/release cycle (ns/cycle) and the throughput "
+            f"of 1-16 threads sharing {CONNECTIONS} connections (cycles/s), for the native "
+            "core, the Python core, queue.Queue and the floor lst.append(lst.pop()), "
+            "interleaved round by round. Ctrl-C prints the results so far."
+        ),
+    )
+    bench.add_argument(
+        "--rounds",
+        type=_positive,
+        metavar="N",
+        help=f"rounds over all contenders (default {_FULL.rounds}, with --quick {_QUICK.rounds})",
+    )
+    bench.add_argument(
+        "--threads",
+        type=_thread_counts,
+        default=list(DEFAULT_THREADS),
+        metavar="LIST",
+        help="thread counts for the throughput table (default 1,2,4,8,16)",
+    )
+    bench.add_argument(
+        "--contenders",
+        type=_contender_names,
+        metavar="LIST",
+        help=f"measure only these (default all: {','.join(c.name for c in CONTENDERS)})",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="tiny counts, a few seconds (for tests)"
+    )
+    bench.add_argument(
+        "--json", type=_json_path, metavar="FILE", help=f"also write the results ({SCHEMA})"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``pypool`` command; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.error(f"a command is required ({', '.join(COMMANDS)}); see pypool --help")
+    except _UsageError as exc:
+        print(f"pypool: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
