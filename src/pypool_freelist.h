@@ -377,14 +377,16 @@ static inline uint32_t pfl_pop(pfl_list *fl)
         pfl_link *l = pfl__link(fl, i);
         uint32_t w = atomic_load_explicit(&l->word, memory_order_acquire);
         for (;;) {
-            /* The index came off the list: PFL_LISTED goes in the same step. */
-            uint32_t nw = (w == (PFL_IDLE | PFL_LISTED)) ? PFL_BUSY
-                                                         : (w & ~PFL_LISTED);
+            /* The index came off the list: PFL_LISTED goes in the same step.
+             * Only an IDLE slot is taken; anything else is a stale index
+             * (claimed or retired while listed), dropped. */
+            int take = (w == (PFL_IDLE | PFL_LISTED));
+            uint32_t nw = take ? PFL_BUSY : (w & ~PFL_LISTED);
             if (atomic_compare_exchange_weak_explicit(
                     &l->word, &w, nw, memory_order_acq_rel, memory_order_acquire)) {
-                if (nw == PFL_BUSY)
+                if (take)
                     return i;
-                break;  /* stale index: claimed or retired while listed */
+                break;
             }
         }
     }
