@@ -9,6 +9,7 @@ extension is absent, on interpreters other than CPython, or when
 from __future__ import annotations
 
 from ._core import CORE, CorePool, WaiterTicket
+from .pool import Pool
 from .errors import (
     ConfigurationError,
     InvalidSlot,
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidSlot",
     "NotBorrowed",
     "PoolClosed",
+    "Pool",
     "PoolError",
     "PoolTimeout",
     "TooManyRequests",

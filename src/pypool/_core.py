@@ -11,7 +11,18 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-__all__ = ("BUSY", "CORE", "CREATING", "EMPTY", "IDLE", "RESERVED", "CorePool", "WaiterTicket")
+__all__ = (
+    "BUSY",
+    "CORE",
+    "CREATING",
+    "EMPTY",
+    "IDLE",
+    "REASONS",
+    "RESERVED",
+    "CorePool",
+    "PoolBase",
+    "WaiterTicket",
+)
 
 _REQUESTED = os.environ.get("PYPOOL_CORE", "")
 if _REQUESTED not in ("", "native", "python"):
@@ -25,19 +36,19 @@ NO_EXTENSIONS = (
 
 CORE: str
 if TYPE_CHECKING:  # the Python core is the type source
-    from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, RESERVED, CorePool, WaiterTicket
+    from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
 elif NO_EXTENSIONS:
-    from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, RESERVED, CorePool, WaiterTicket
+    from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
 
     CORE = "python"
 else:
     try:
-        from ._corepool import BUSY, CREATING, EMPTY, IDLE, RESERVED, CorePool, WaiterTicket
+        from ._corepool import BUSY, CREATING, EMPTY, IDLE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
 
         CORE = "native"
     except ImportError:
         if _REQUESTED == "native":
             raise
-        from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, RESERVED, CorePool, WaiterTicket
+        from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
 
         CORE = "python"

@@ -1,0 +1,236 @@
+"""The pool's policy, shared by the sync :class:`pypool.Pool` and its asyncio
+twin: settings and their validation, when to connect, the lifetime of a new
+connection, what a timed-out caller is told, and the counters.
+
+The hot path (hand-out and return of a healthy connection) is not here: it
+lives in the core (:class:`pypool._core.PoolBase` and its verdicts). This
+object is consulted only off the hot path, by the shells that do the I/O
+(threads for :class:`Pool`, tasks for the asyncio pool).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigurationError, PoolTimeout
+
+logger = logging.getLogger("pypool")
+
+#: max_lifetime is shortened by up to this fraction, at random, for each new
+#: connection, so that connections made together do not expire together.
+LIFETIME_JITTER = 0.05
+
+_names = itertools.count(1)
+
+
+def _seconds(name: str, value: object, *, allow_none: bool, allow_zero: bool = True) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise ConfigurationError(f"{name} must be a number of seconds, not None")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"{name} must be a number of seconds, not {type(value).__name__} ({value!r})"
+        )
+    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
+        low = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"{name} must be {low} seconds, not {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__} ({value!r})")
+    if value < low:
+        raise ConfigurationError(f"{name} must be >= {low}, not {value}")
+    return value
+
+
+def _hook(name: str, value: object, *, allow_false: bool = False) -> Any:
+    if value is None or (allow_false and value is False) or callable(value):
+        return value
+    allowed = "a callable, None or False" if allow_false else "a callable or None"
+    raise ConfigurationError(f"{name} must be {allowed}, not {type(value).__name__}")
+
+
+def check_sizes(min_size: object, max_size: object) -> tuple[int, int]:
+    """Validated ``(min_size, max_size)``."""
+    lo = _count("min_size", min_size, 0)
+    hi = _count("max_size", max_size, 1)
+    if lo > hi:
+        raise ConfigurationError(
+            f"min_size ({lo}) must not exceed max_size ({hi}): lower min_size or raise max_size"
+        )
+    return lo, hi
+
+
+class Settings:
+    """Every setting of a pool, validated once, in one place."""
+
+    def __init__(
+        self,
+        factory: object,
+        *,
+        adapter: object,
+        min_size: object,
+        max_size: object,
+        timeout: object,
+        max_waiting: object,
+        max_lifetime: object,
+        max_idle: object,
+        max_uses: object,
+        check: object,
+        check_after: object,
+        reset: object,
+        configure: object,
+        num_workers: object,
+        name: object,
+        lifo: object,
+    ) -> None:
+        if not callable(factory):
+            hint = ""
+            if isinstance(factory, str):
+                hint = (
+                    ": pass a function that connects, for example "
+                    "pypool.dbapi.connect_factory(driver.connect, dsn)"
+                )
+            raise ConfigurationError(
+                f"factory must be a callable returning a new connection, "
+                f"not {type(factory).__name__}{hint}"
+            )
+        self.factory: Callable[[], Any] = factory
+        for attr in ("reset_for", "check", "is_broken", "close"):
+            if not callable(getattr(adapter, attr, None)):
+                raise ConfigurationError(
+                    f"adapter {adapter!r} has no {attr}(): pass pypool.dbapi or another adapter"
+                )
+        self.adapter: Any = adapter
+        self.min_size, self.max_size = check_sizes(min_size, max_size)
+        wait = _seconds("timeout", timeout, allow_none=False, allow_zero=False)
+        assert wait is not None
+        self.timeout: float = wait
+        self.max_waiting = _count("max_waiting", max_waiting, 0)
+        life = _seconds("max_lifetime", max_lifetime, allow_none=True, allow_zero=False)
+        self.max_lifetime: float | None = None if life is None or math.isinf(life) else life
+        idle = _seconds("max_idle", max_idle, allow_none=True)
+        self.max_idle: float = 0.0 if idle is None or math.isinf(idle) else idle
+        self.max_uses = _count("max_uses", max_uses, 0)
+        self.check = _hook("check", check, allow_false=True)
+        self.check_after = _seconds("check_after", check_after, allow_none=True)
+        if isinstance(reset, str):
+            if not reset.isidentifier():
+                raise ConfigurationError(f"reset names a method: {reset!r} is not a method name")
+            self.reset: Any = reset
+        else:
+            self.reset = _hook("reset", reset, allow_false=True)
+        self.configure = _hook("configure", configure)
+        self.num_workers = _count("num_workers", num_workers, 1)
+        if name is not None and not isinstance(name, str):
+            raise ConfigurationError(f"name must be a str or None, not {type(name).__name__}")
+        self.name: str = name if name is not None else f"pool-{next(_names)}"
+        if not isinstance(lifo, bool):
+            raise ConfigurationError(f"lifo must be True or False, not {lifo!r}")
+        self.lifo = lifo
+
+
+class Policy:
+    """Decisions and counters shared by the sync and async pools."""
+
+    def __init__(self, settings: Settings, core: Any) -> None:
+        self.settings = settings
+        self.core = core
+        self.min_size = settings.min_size
+        self.lock = threading.Lock()  # guards the counters below
+        self.last_error: BaseException | None = None
+        self.last_error_at = 0.0
+        self.connects = 0  # attempts
+        self.connect_errors = 0
+        self.created = 0
+        self.closed = 0
+        self.retired: dict[str, int] = {}
+        self.connect_time = 0.0
+
+    # -------------------------------------------------------------- connect
+
+    def wants_connection(self) -> bool:
+        """True while a connect is needed: callers wait that the connects in
+        flight will not serve, or the pool is under min_size. (Callers of
+        reserve() re-check under the core's own limit.)"""
+        core = self.core
+        if core.closed or core.size >= core.max_size:
+            return False
+        return core.waiting > core.connecting or core.size < self.min_size
+
+    def lifetime(self) -> float | None:
+        """The lifetime of a new connection: max_lifetime less a random jitter."""
+        life = self.settings.max_lifetime
+        if life is None:
+            return None
+        return life * (1.0 - LIFETIME_JITTER * random.random())
+
+    def connected(self, seconds: float) -> None:
+        with self.lock:
+            self.connects += 1
+            self.created += 1
+            self.connect_time += seconds
+            self.last_error = None
+
+    def connect_failed(self, exc: BaseException) -> None:
+        with self.lock:
+            self.connects += 1
+            self.connect_errors += 1
+            self.last_error = exc
+            self.last_error_at = time.monotonic()
+        logger.warning("pool %r: connection failed: %s", self.settings.name, _one_line(exc))
+
+    # --------------------------------------------------------------- retire
+
+    def retired_one(self, reason: str, exc: BaseException | None) -> None:
+        with self.lock:
+            self.retired[reason] = self.retired.get(reason, 0) + 1
+            self.closed += 1
+        if exc is not None:
+            logger.warning(
+                "pool %r: connection discarded (%s): %s",
+                self.settings.name,
+                reason,
+                _one_line(exc),
+            )
+        else:
+            logger.debug("pool %r: connection retired (%s)", self.settings.name, reason)
+
+    # ------------------------------------------------------------- timeouts
+
+    def timeout_error(self, exc: PoolTimeout) -> PoolTimeout:
+        """What a caller whose wait timed out is told: the pool's state, and
+        the last connection error as the cause."""
+        error = PoolTimeout(f"pool {self.settings.name!r}: {exc}")
+        cause = self.last_error
+        if cause is not None:
+            error.__cause__ = cause
+        return error
+
+    # ---------------------------------------------------------------- stats
+
+    def counters(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "connects": self.connects,
+                "connect_errors": self.connect_errors,
+                "connections_created": self.created,
+                "connections_closed": self.closed,
+                "connect_time": self.connect_time,
+                "retired": dict(self.retired),
+            }
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
