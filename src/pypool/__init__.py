@@ -18,7 +18,9 @@ from .errors import (
     PoolError,
     PoolTimeout,
     TooManyRequests,
+    UnusableConnection,
 )
+from . import dbapi
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,8 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "TooManyRequests",
+    "UnusableConnection",
     "WaiterTicket",
+    "dbapi",
     "__version__",
 ]

@@ -232,5 +232,8 @@ class Policy:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, passwords masked."""
+    from .dbapi import mask_dsn
+
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    return f"{type(exc).__name__}: {mask_dsn(text[0]) if text else ''}"

@@ -14,6 +14,7 @@ __all__ = [
     "PoolError",
     "PoolTimeout",
     "TooManyRequests",
+    "UnusableConnection",
 ]
 
 
@@ -74,5 +75,12 @@ class InvalidSlot(PoolError, ValueError):
 
 class ConfigurationError(PoolError, ValueError):
     """A setting is invalid; the message says which and what to change."""
+
+    __module__ = "pypool"
+
+
+class UnusableConnection(PoolError):
+    """A reset or check found the connection closed, broken or busy: the pool
+    discards it."""
 
     __module__ = "pypool"

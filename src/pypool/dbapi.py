@@ -1,0 +1,712 @@
+"""The generic DB-API 2 adapter: driver knowledge for blocking connections.
+
+Pass the module itself to the pool (``Pool(factory, adapter=pypool.dbapi)``): the
+module-level functions below are the adapter interface, and they delegate to one
+default :class:`DBAPIAdapter`. Driver-specific adapters (``pypool.psycopg``, ...)
+subclass :class:`DBAPIAdapter` and override what they know better.
+
+The interface
+=============
+
+``reset_for(conn)``
+    The reset plan for connections like ``conn``, asked once per pool: the string
+    ``"rollback"`` (the pool calls ``conn.rollback()`` itself, its fastest path), a
+    function ``reset(conn)``, or ``None`` (no reset). A reset either leaves no open
+    or failed transaction behind or raises, and the pool then discards the
+    connection.
+``check(conn)``
+    Raises if the connection is unusable; leaves it as it was (no transaction
+    left open).
+``is_broken(conn, exc=None)``
+    True when the connection must be discarded, False when only a query failed.
+``close(conn)``
+    Closes; an error is logged (logger ``"pypool"``, level WARNING), never raised.
+``connect_factory(connect, *args, connect_timeout=10.0, io_timeout=30.0, **kwargs)``
+    A zero-argument factory for ``Pool(factory, ...)`` that calls
+    ``connect(*args, **kwargs)`` with the driver's time bounds added.
+
+What reset and check do
+=======================
+
+=========  =====================================  ==========================================
+driver     reset (on every return to the pool)    check (before hand-out, when idle long)
+=========  =====================================  ==========================================
+sqlite3    ``rollback()`` if ``in_transaction``;  ``SELECT 1``; raises once closed.
+           raises once closed (no round trip).
+psycopg 3  ``rollback()`` if libpq's transaction  An empty query in autocommit (as
+           status is INTRANS or INERROR, nothing  psycopg_pool's ``check_connection``):
+           if IDLE (read locally); raises if the  one round trip, no transaction.
+           connection is closed or broken, or a
+           command is still in progress (ACTIVE).
+psycopg2   as psycopg 3, from                     ``SELECT 1`` in autocommit (switching
+           ``get_transaction_status()`` and       autocommit costs no round trip).
+           ``closed``.
+PyMySQL    raises if not ``open``; no round trip  ``ping(reconnect=False)``.
+           only in autocommit mode with no
+           transaction flagged (see below); else
+           ``rollback()``.
+other      ``"rollback"`` (the pool calls         ``ping()`` if the connection has one, else
+           ``conn.rollback()``).                  a cursor ``SELECT 1``, then a rollback
+                                                  unless ``conn.autocommit`` is True.
+=========  =====================================  ==========================================
+
+A reset ends the transaction, nothing more. It does not clear session state:
+settings made with ``SET``, temporary tables, prepared statements, ``LISTEN``
+registrations, advisory or named locks (``pg_advisory_lock``, MySQL
+``GET_LOCK``), MySQL ``LOCK TABLES``, user variables, the current schema or
+database all survive it and reach the next borrower. Clearing them (``DISCARD
+ALL``, ``COM_RESET_CONNECTION``) costs a round trip and invalidates
+driver-side caches; it belongs to a driver-specific hygiene policy, not to this
+module. sqlite3 in the ``autocommit=False`` mode of Python 3.12+ always has a
+transaction open by design: its reset rolls back, which opens a new, empty one.
+
+PyMySQL keeps ``server_status`` from the last OK or EOF packet, and its
+``SERVER_STATUS_IN_TRANS`` bit is *not* a reliable "a transaction is open" when
+autocommit is off: a transaction that has only read (and holds a snapshot)
+is not flagged, and an error packet carries no status, so a statement that
+starts a transaction and then fails (a duplicate key in a multi-row INSERT)
+leaves the stale "no transaction" flag behind. So with autocommit off (PyMySQL's
+default) the reset always rolls back (one round trip). With autocommit on, a
+transaction can only start with an explicit ``BEGIN`` / ``START TRANSACTION``
+(or ``SET autocommit=0``), whose OK packet does update the flags; the reset
+skips the round trip when the AUTOCOMMIT bit is set and neither IN_TRANS,
+IN_TRANS_READONLY nor MORE_RESULTS_EXISTS is, and no unbuffered result is
+pending.
+
+What is bounded in time
+=======================
+
+``connect_factory`` adds these (a value the caller passed wins: a keyword
+argument, a keyword in a DSN string, or ``PGCONNECT_TIMEOUT`` for libpq):
+
+=========  =================================================================
+driver     keyword arguments added
+=========  =================================================================
+psycopg 3  ``connect_timeout`` (whole seconds, at least 2, as libpq wants);
+psycopg2   with ``io_timeout``: ``keepalives=1``, ``keepalives_idle`` (half of
+           it), ``keepalives_interval`` and ``keepalives_count=3`` (the rest),
+           so a dead peer of an idle connection is noticed within about
+           ``io_timeout``; ``tcp_user_timeout`` (milliseconds, libpq 12+), so
+           data the peer never acknowledges fails the call after
+           ``io_timeout``. A long query on a healthy network is not cut off.
+PyMySQL    ``connect_timeout``; with ``io_timeout``: ``read_timeout`` and
+           ``write_timeout``. Note that ``read_timeout`` bounds every wait for
+           the server, so a query running longer than ``io_timeout`` fails with
+           error 2013 and its connection is discarded: raise ``io_timeout`` (or
+           pass ``None``) for long queries.
+sqlite3    ``timeout`` (the busy timeout: how long a statement waits for a
+           lock) from ``io_timeout``, and ``check_same_thread=False``: the
+           pool connects on a worker thread and hands connections to other
+           threads, one at a time.
+other      nothing: the arguments pass through unchanged, and the pool cannot
+           bound the driver's I/O. Use the driver's own timeout options (best
+           effort); a check or reset may then block as long as the driver does.
+=========  =================================================================
+
+The driver of ``connect`` is told from ``connect.__module__`` (``psycopg.*``,
+``psycopg2.*``, ``pymysql.*``, ``sqlite3``), so a wrapper keeps the detection if
+it copies ``__module__`` (``functools.wraps`` does). The driver of a connection
+is told from the modules of its class and base classes.
+
+Heuristics
+==========
+
+``is_broken`` trusts what a known driver records: psycopg 3 ``broken`` or
+``closed``; psycopg2 ``closed`` (2 after a lost connection); PyMySQL ``not
+open``, or an ``exc`` that is its ``InterfaceError`` or carries a
+connection-lost code (1053, 1927, 2003, 2006, 2013, 2014, 2055, 4031); sqlite3
+closed. For other drivers a connection is broken when its ``closed`` attribute
+is truthy, or when ``exc`` is an ``InterfaceError`` or an ``OperationalError``
+(matched by class name anywhere in its class hierarchy, since every DB-API
+driver defines its own). That second rule may discard a good connection (an
+``OperationalError`` can be a lock timeout or a cancelled statement), which
+costs a reconnect; keeping a broken one would cost the next borrower an error.
+No reset can notice a connection the server closed while it sat idle without a
+round trip: that is what ``check`` (with the pool's ``check_after``) is for.
+
+Texts this module logs or raises pass through :func:`mask_dsn`, and the repr of a
+factory shows no password.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeAlias
+
+from .errors import UnusableConnection
+
+__all__ = [
+    "ConnectFactory",
+    "DBAPIAdapter",
+    "ResetPlan",
+    "UnusableConnection",
+    "check",
+    "close",
+    "connect_factory",
+    "is_broken",
+    "mask_dsn",
+    "reset_for",
+]
+
+logger = logging.getLogger("pypool")
+
+#: What ``reset_for`` returns: ``"rollback"``, a function ``reset(conn)``, or None.
+ResetPlan: TypeAlias = "str | Callable[[Any], None] | None"
+
+
+# ------------------------------------------------------------------ masking
+
+_SECRET_KEY = r"(?:[\w.-]*password|passwd|pwd|[\w.-]*passphrase|[\w.-]*secret)"
+# scheme://user:password@host -> scheme://user:***@host (up to the last "@" of
+# the run: a password with an unescaped "@" is masked whole; masking too much
+# is harmless, too little is not).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@?#]*:)\S*@")
+# password=secret, password='a b', ?password=x&..., PWD=x;...
+_KV_PASSWORD = re.compile(
+    r"(?i)(?<![\w.-])(" + _SECRET_KEY + r")(\s*=\s*)"
+    r"(?:'(?:[^'\\]|\\.)*(?:'|$)|\"(?:[^\"\\]|\\.)*(?:\"|$)"
+    r"|(?:\\.|[^\s\\&;]|[&;](?![\w.-]+=))+)"
+)
+# 'password': 'secret' (the repr of a dict)
+_DICT_PASSWORD = re.compile(
+    r"(?i)(['\"])(" + _SECRET_KEY + r")\1(\s*:\s*)b?"
+    r"(?:'(?:[^'\\]|\\.)*(?:'|$)|\"(?:[^\"\\]|\\.)*(?:\"|$))"
+)
+_SECRET_KWARG = re.compile(r"(?i)pass|pwd|secret")
+
+
+def mask_dsn(text: str) -> str:
+    """``text`` with every password in it replaced by ``***``.
+
+    Masks the password of URLs (``postgresql://u:***@h/db``), of key=value
+    DSNs and query strings (``password=***``, quoted values included, and
+    ``sslpassword``, ``passwd``, ``pwd``), and of dict reprs
+    (``'password': '***'``). Use it on any text that may hold a DSN before it is
+    logged or put into an exception.
+    """
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    text = _KV_PASSWORD.sub(r"\1\2***", text)
+    return _DICT_PASSWORD.sub(r"\1\2\1\3'***'", text)
+
+
+def _masked_repr(key: str | None, value: Any) -> str:
+    if key is not None and _SECRET_KWARG.search(key) and value is not None:
+        return "'***'"
+    return mask_dsn(repr(value))
+
+
+# ------------------------------------------------------------------ drivers
+
+SQLITE3: Final = "sqlite3"
+PSYCOPG: Final = "psycopg"
+PSYCOPG2: Final = "psycopg2"
+PYMYSQL: Final = "pymysql"
+_KNOWN = frozenset({SQLITE3, PSYCOPG, PSYCOPG2, PYMYSQL})
+
+# libpq PGTransactionStatusType (psycopg 3 TransactionStatus, psycopg2
+# TRANSACTION_STATUS_*): the same numbers in both drivers.
+_PQ_IDLE: Final = 0
+_PQ_ACTIVE: Final = 1
+_PQ_INTRANS: Final = 2
+_PQ_INERROR: Final = 3
+_PQ_STATUS_NAMES: Final = {0: "IDLE", 1: "ACTIVE", 2: "INTRANS", 3: "INERROR", 4: "UNKNOWN"}
+
+# MySQL server status flags (pymysql.constants.SERVER_STATUS).
+_MY_IN_TRANS: Final = 0x0001
+_MY_AUTOCOMMIT: Final = 0x0002
+_MY_MORE_RESULTS: Final = 0x0008
+_MY_IN_TRANS_READONLY: Final = 0x2000
+_MY_NEEDS_ROLLBACK: Final = _MY_IN_TRANS | _MY_MORE_RESULTS | _MY_IN_TRANS_READONLY
+
+#: MySQL / MariaDB error codes that mean the connection is gone.
+MYSQL_CONNECTION_LOST_CODES: Final = frozenset(
+    {
+        1053,  # ER_SERVER_SHUTDOWN
+        1927,  # ER_CONNECTION_KILLED (MariaDB)
+        2003,  # CR_CONN_HOST_ERROR
+        2006,  # CR_SERVER_GONE_ERROR
+        2013,  # CR_SERVER_LOST
+        2014,  # CR_COMMANDS_OUT_OF_SYNC: the protocol state is lost
+        2055,  # CR_SERVER_LOST_EXTENDED
+        4031,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+    }
+)
+
+
+def _package(module: object) -> str:
+    """``"psycopg"`` for ``"psycopg.connection"``, ``"sqlite3"`` for ``"_sqlite3"``."""
+    if not isinstance(module, str):
+        return ""
+    return module.partition(".")[0].lstrip("_")
+
+
+def driver_of_connection(conn: Any) -> str | None:
+    """The known driver whose class (or a base class of it) made ``conn``."""
+    for cls in type(conn).__mro__:
+        package = _package(cls.__module__)
+        if package in _KNOWN:
+            return package
+    return None
+
+
+def driver_of_connect(connect: Callable[..., Any]) -> str | None:
+    """The known driver of a connect function, from its ``__module__``."""
+    target: Any = connect
+    while isinstance(target, functools.partial):
+        target = target.func
+    package = _package(getattr(target, "__module__", None))
+    return package if package in _KNOWN else None
+
+
+# ------------------------------------------------------------------ resets
+# Plain functions, not methods: the pool calls one on every return.
+
+
+def _reset_sqlite3(conn: Any) -> None:
+    """Rolls back an open transaction. Raises ``sqlite3.ProgrammingError``
+    once the connection is closed (``in_transaction`` does)."""
+    if conn.in_transaction:
+        conn.rollback()
+        # With autocommit=True (3.12+) rollback() does nothing, even inside a
+        # transaction the application began with BEGIN; with autocommit=False
+        # a new, empty transaction is opened at once, by design.
+        if conn.in_transaction and getattr(conn, "autocommit", None) is not False:
+            conn.execute("ROLLBACK")
+
+
+def _reset_psycopg(conn: Any) -> None:
+    """Rolls back an open or failed transaction, read from libpq without a
+    round trip; raises if the connection is closed, broken or busy."""
+    pgconn = conn.pgconn
+    status = pgconn.transaction_status
+    if status == _PQ_IDLE:
+        return
+    if status in (_PQ_INTRANS, _PQ_INERROR):
+        conn.rollback()
+        status = pgconn.transaction_status
+        if status == _PQ_IDLE:
+            return
+    raise UnusableConnection(
+        f"psycopg connection returned in transaction status {_PQ_STATUS_NAMES.get(status, status)}"
+        " (closed, broken or busy): discarded"
+    )
+
+
+def _reset_psycopg2(conn: Any) -> None:
+    """As :func:`_reset_psycopg`, for psycopg2."""
+    if conn.closed:
+        raise UnusableConnection("psycopg2 connection is closed: discarded")
+    status = conn.get_transaction_status()
+    if status == _PQ_IDLE:
+        return
+    if status in (_PQ_INTRANS, _PQ_INERROR):
+        conn.rollback()
+        status = conn.get_transaction_status()
+        if status != _PQ_IDLE and not conn.closed:
+            # In autocommit mode psycopg2's rollback() ignores a transaction
+            # the application began with an explicit BEGIN.
+            with conn.cursor() as cur:
+                cur.execute("ROLLBACK")
+            status = conn.get_transaction_status()
+        if status == _PQ_IDLE:
+            return
+    raise UnusableConnection(
+        f"psycopg2 connection returned in transaction status "
+        f"{_PQ_STATUS_NAMES.get(status, status)} (broken or busy): discarded"
+    )
+
+
+def _reset_pymysql(conn: Any) -> None:
+    """Rolls back unless autocommit is on and no transaction is flagged;
+    raises if the connection is closed. See the module docstring for why the
+    flags are trusted only in autocommit mode."""
+    if not conn.open:
+        raise UnusableConnection("PyMySQL connection is closed: discarded")
+    status = conn.server_status
+    if status & _MY_AUTOCOMMIT and not status & _MY_NEEDS_ROLLBACK:
+        pending = getattr(conn, "_result", None)
+        if pending is None or not getattr(pending, "unbuffered_active", False):
+            return
+    conn.rollback()
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _check_psycopg(conn: Any) -> None:
+    # psycopg_pool's check_connection: an empty query, in autocommit so that it
+    # opens no transaction (switching autocommit is local, no round trip).
+    if conn.autocommit or conn.pgconn.transaction_status != _PQ_IDLE:
+        conn.execute("")
+        return
+    conn.autocommit = True
+    try:
+        conn.execute("")
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
+
+
+def _check_psycopg2(conn: Any) -> None:
+    if conn.closed:
+        raise UnusableConnection("psycopg2 connection is closed")
+
+    def select_one() -> None:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+
+    if conn.autocommit or conn.get_transaction_status() != _PQ_IDLE:
+        select_one()
+        return
+    conn.autocommit = True  # local: psycopg2 sends BEGIN itself, later
+    try:
+        select_one()
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
+
+
+def _check_sqlite3(conn: Any) -> None:
+    # A SELECT opens no transaction in sqlite3's default (legacy) mode.
+    conn.execute("SELECT 1").close()
+
+
+def _check_pymysql(conn: Any) -> None:
+    conn.ping(reconnect=False)
+
+
+def _check_generic(conn: Any) -> None:
+    ping = getattr(conn, "ping", None)
+    if callable(ping):
+        if ping() is False:
+            raise UnusableConnection(f"{type(conn).__name__}.ping() returned False")
+        return
+    cur = conn.cursor()
+    try:
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    finally:
+        cur.close()
+    if getattr(conn, "autocommit", None) is not True:
+        conn.rollback()
+
+
+# ------------------------------------------------------------------ broken
+
+
+def _class_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _broken_psycopg(conn: Any, exc: BaseException | None) -> bool:
+    return bool(conn.broken or conn.closed)
+
+
+def _broken_psycopg2(conn: Any, exc: BaseException | None) -> bool:
+    return bool(conn.closed)
+
+
+def _broken_sqlite3(conn: Any, exc: BaseException | None) -> bool:
+    try:
+        conn.in_transaction  # noqa: B018 - raises once the connection is closed
+    except Exception:
+        return True
+    return False
+
+
+def _broken_pymysql(conn: Any, exc: BaseException | None) -> bool:
+    if not conn.open:
+        return True
+    if exc is None:
+        return False
+    names = _class_names(exc)
+    if "InterfaceError" in names:
+        return True
+    if "OperationalError" in names or "InternalError" in names:
+        args: tuple[Any, ...] = exc.args
+        return bool(args) and args[0] in MYSQL_CONNECTION_LOST_CODES
+    return False
+
+
+def _broken_generic(conn: Any, exc: BaseException | None) -> bool:
+    try:
+        if getattr(conn, "closed", False):
+            return True
+    except Exception:  # a property that fails on a dead connection
+        return True
+    if exc is None:
+        return False
+    names = _class_names(exc)
+    return "InterfaceError" in names or "OperationalError" in names
+
+
+# ------------------------------------------------------------------ factory
+
+# Parameter names of a driver's connect, in positional order: a bound given
+# positionally counts as passed.
+_POSITIONAL: Final[Mapping[str, tuple[str, ...]]] = {
+    SQLITE3: ("database", "timeout", "detect_types", "isolation_level", "check_same_thread"),
+    PSYCOPG: ("conninfo",),
+    PSYCOPG2: ("dsn",),
+    PYMYSQL: (),
+}
+
+
+class ConnectFactory:
+    """A zero-argument callable that calls ``connect(*args, **kwargs)``.
+
+    ``kwargs`` holds the caller's keyword arguments plus the time bounds the
+    adapter added; ``added`` names the added ones. The repr masks passwords.
+    """
+
+    __slots__ = ("__weakref__", "added", "args", "connect", "driver", "kwargs")
+
+    def __init__(
+        self,
+        connect: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        driver: str | None,
+        added: frozenset[str] = frozenset(),
+    ) -> None:
+        self.connect = connect
+        self.args = args
+        self.kwargs = kwargs
+        self.driver = driver
+        self.added = added
+
+    def __call__(self) -> Any:
+        return self.connect(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        target: Any = self.connect
+        name = getattr(target, "__qualname__", None) or type(target).__name__
+        module = getattr(target, "__module__", None)
+        if module:
+            name = f"{module}.{name}"
+        params = [_masked_repr(None, a) for a in self.args]
+        params += [f"{k}={_masked_repr(k, v)}" for k, v in self.kwargs.items()]
+        return f"<pypool.dbapi.ConnectFactory {name}({', '.join(params)})>"
+
+
+def _libpq_version(driver: str) -> int:
+    try:
+        if driver == PSYCOPG:
+            return int(sys.modules["psycopg"].pq.version())
+        return int(sys.modules["psycopg2"].extensions.libpq_version())
+    except Exception:
+        return 0
+
+
+def _dsn_keys(driver: str, dsn: object) -> frozenset[str]:
+    """The keywords a libpq DSN string sets (empty if it cannot be parsed)."""
+    if not isinstance(dsn, str) or not dsn:
+        return frozenset()
+    try:
+        if driver == PSYCOPG:
+            from psycopg.conninfo import conninfo_to_dict
+
+            return frozenset(conninfo_to_dict(dsn))
+        from psycopg2.extensions import parse_dsn
+
+        return frozenset(parse_dsn(dsn))
+    except Exception:  # the driver will report a bad DSN when connecting
+        return frozenset()
+
+
+def _libpq_bounds(
+    driver: str, connect_timeout: float | None, io_timeout: float | None
+) -> dict[str, Any]:
+    bounds: dict[str, Any] = {}
+    if connect_timeout is not None and "PGCONNECT_TIMEOUT" not in os.environ:
+        bounds["connect_timeout"] = max(2, math.ceil(connect_timeout))
+    if io_timeout is not None:
+        count = 3
+        idle = max(1, int(io_timeout // 2))
+        interval = max(1, int((io_timeout - idle) // count))
+        bounds.update(
+            keepalives=1,
+            keepalives_idle=idle,
+            keepalives_interval=interval,
+            keepalives_count=count,
+        )
+        if _libpq_version(driver) >= 120000:
+            bounds["tcp_user_timeout"] = max(1, int(io_timeout * 1000))
+    return bounds
+
+
+# ------------------------------------------------------------------ adapter
+
+
+class DBAPIAdapter:
+    """Driver knowledge for blocking DB-API 2 connections.
+
+    The methods are the adapter interface; ``pypool.dbapi``'s module-level
+    functions delegate to one default instance. Subclass it to teach the pool
+    about another driver, or to change what a known one does.
+    """
+
+    name = "dbapi"
+
+    _resets: Mapping[str, Callable[[Any], None]] = {
+        SQLITE3: _reset_sqlite3,
+        PSYCOPG: _reset_psycopg,
+        PSYCOPG2: _reset_psycopg2,
+        PYMYSQL: _reset_pymysql,
+    }
+    _checks: Mapping[str, Callable[[Any], None]] = {
+        SQLITE3: _check_sqlite3,
+        PSYCOPG: _check_psycopg,
+        PSYCOPG2: _check_psycopg2,
+        PYMYSQL: _check_pymysql,
+    }
+    _broken: Mapping[str, Callable[[Any, BaseException | None], bool]] = {
+        SQLITE3: _broken_sqlite3,
+        PSYCOPG: _broken_psycopg,
+        PSYCOPG2: _broken_psycopg2,
+        PYMYSQL: _broken_pymysql,
+    }
+
+    def driver(self, conn: Any) -> str | None:
+        """The known driver of ``conn`` (``"psycopg"``, ``"psycopg2"``,
+        ``"pymysql"``, ``"sqlite3"``), or None."""
+        return driver_of_connection(conn)
+
+    def reset_for(self, conn: Any) -> ResetPlan:
+        """The reset plan for connections like ``conn``: ``"rollback"`` or a
+        function ``reset(conn)`` that raises when the connection must go."""
+        rollback = getattr(type(conn), "rollback", None)
+        if inspect.iscoroutinefunction(rollback):
+            raise TypeError(
+                f"{type(conn).__name__} is an asyncio connection: pypool.dbapi handles"
+                " blocking connections only"
+            )
+        driver = self.driver(conn)
+        if driver is None:
+            return "rollback"
+        return self._resets[driver]
+
+    def check(self, conn: Any) -> None:
+        """Raises if ``conn`` is unusable; leaves no transaction open."""
+        driver = self.driver(conn)
+        (_check_generic if driver is None else self._checks[driver])(conn)
+
+    def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
+        """True if ``conn`` must be discarded (after ``exc``, if given); False
+        if it is fine and only a query failed."""
+        driver = self.driver(conn)
+        return (_broken_generic if driver is None else self._broken[driver])(conn, exc)
+
+    def close(self, conn: Any) -> None:
+        """Closes ``conn``; an error is logged, not raised."""
+        try:
+            conn.close()
+        except Exception as exc:
+            logger.warning(
+                "error closing a %s connection: %s: %s",
+                type(conn).__name__,
+                type(exc).__name__,
+                mask_dsn(str(exc)),
+            )
+
+    def time_bounds(
+        self,
+        driver: str | None,
+        connect_timeout: float | None,
+        io_timeout: float | None,
+    ) -> dict[str, Any]:
+        """The keyword arguments that bound ``driver``'s connect and I/O."""
+        if driver in (PSYCOPG, PSYCOPG2):
+            return _libpq_bounds(driver, connect_timeout, io_timeout)
+        if driver == PYMYSQL:
+            bounds: dict[str, Any] = {}
+            if connect_timeout is not None:
+                bounds["connect_timeout"] = connect_timeout
+            if io_timeout is not None:
+                bounds["read_timeout"] = io_timeout
+                bounds["write_timeout"] = io_timeout
+            return bounds
+        if driver == SQLITE3:
+            bounds = {"check_same_thread": False}
+            if io_timeout is not None:
+                bounds["timeout"] = io_timeout
+            return bounds
+        return {}
+
+    def connect_factory(
+        self,
+        connect: Callable[..., Any],
+        *args: Any,
+        connect_timeout: float | None = 10.0,
+        io_timeout: float | None = 30.0,
+        **kwargs: Any,
+    ) -> ConnectFactory:
+        """A zero-argument factory calling ``connect(*args, **kwargs)`` with the
+        driver's time bounds added where the caller gave none."""
+        for label, value in (("connect_timeout", connect_timeout), ("io_timeout", io_timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{label} must be a positive number or None, not {value!r}")
+        driver = driver_of_connect(connect)
+        bounds = self.time_bounds(driver, connect_timeout, io_timeout)
+        given = set(kwargs)
+        given.update(_POSITIONAL.get(driver or "", ())[: len(args)])
+        if driver in (PSYCOPG, PSYCOPG2):
+            dsn = args[0] if args else kwargs.get("conninfo" if driver == PSYCOPG else "dsn")
+            given.update(_dsn_keys(driver, dsn))
+        added = {key: value for key, value in bounds.items() if key not in given}
+        return ConnectFactory(
+            connect,
+            args,
+            {**kwargs, **added},
+            driver=driver,
+            added=frozenset(added),
+        )
+
+
+_default = DBAPIAdapter()
+
+
+# ------------------------------------------------------------------ the module interface
+
+
+def reset_for(conn: Any) -> ResetPlan:
+    """The reset plan for connections like ``conn`` (see the module docstring)."""
+    return _default.reset_for(conn)
+
+
+def check(conn: Any) -> None:
+    """Raises if ``conn`` is unusable; leaves it as it was."""
+    _default.check(conn)
+
+
+def is_broken(conn: Any, exc: BaseException | None = None) -> bool:
+    """True if ``conn`` must be discarded, False if only a query failed."""
+    return _default.is_broken(conn, exc)
+
+
+def close(conn: Any) -> None:
+    """Closes ``conn``, logging (never raising) an error."""
+    _default.close(conn)
+
+
+def connect_factory(
+    connect: Callable[..., Any],
+    *args: Any,
+    connect_timeout: float | None = 10.0,
+    io_timeout: float | None = 30.0,
+    **kwargs: Any,
+) -> ConnectFactory:
+    """A zero-argument factory for ``Pool(factory, ...)`` calling
+    ``connect(*args, **kwargs)`` with the driver's time bounds added."""
+    return _default.connect_factory(
+        connect, *args, connect_timeout=connect_timeout, io_timeout=io_timeout, **kwargs
+    )

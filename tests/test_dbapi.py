@@ -1,0 +1,852 @@
+"""The generic DB-API adapter against real drivers and servers.
+
+sqlite3 tests need nothing. The ``db`` tests use PostgreSQL (``dsn`` fixture,
+``PYPOOL_TEST_DSN``) through psycopg 3 and psycopg2, and MySQL/MariaDB
+(``mysql_params`` below, ``PYPOOL_TEST_MYSQL``, a ``mysql://user:pw@host:port/db``
+URL) through PyMySQL. An unreachable server skips them, unless
+``PYPOOL_REQUIRE_DB=1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from pypool import dbapi
+
+# ------------------------------------------------------------------ helpers
+
+
+def table_name() -> str:
+    return f"pypool_dbapi_{uuid.uuid4().hex[:12]}"
+
+
+class Recorder:
+    """Wraps a real driver connect and records the arguments that reach it."""
+
+    def __init__(self, connect: Callable[..., Any]) -> None:
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+        @functools.wraps(connect)
+        def recording_connect(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((args, dict(kwargs)))
+            return connect(*args, **kwargs)
+
+        self.connect = recording_connect
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        assert self.calls, "connect was not called"
+        return self.calls[-1][1]
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        assert self.calls, "connect was not called"
+        return self.calls[-1][0]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------ mask_dsn
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql://u:secret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgres://u:s%40c:r@h/db?sslmode=require", "postgres://u:***@h/db?sslmode=require"),
+        ("mysql+pymysql://root:p@ss@host/db", "mysql+pymysql://root:***@host/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://h:5432/db", "postgresql://h:5432/db"),
+        ("host=h password=secret dbname=x", "host=h password=*** dbname=x"),
+        ("host=h password='se cret \\' x' dbname=x", "host=h password=*** dbname=x"),
+        ("host=h PASSWORD = secret", "host=h PASSWORD = ***"),
+        ("sslpassword=key1 user=u", "sslpassword=*** user=u"),
+        (
+            "postgresql://u@h/db?password=pw&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        ("DRIVER=x;PWD=abc;UID=u", "DRIVER=x;PWD=***;UID=u"),
+        ("{'user': 'u', 'passwd': b'pw'}", "{'user': 'u', 'passwd': '***'}"),
+        (
+            'password authentication failed for user "u"',
+            'password authentication failed for user "u"',
+        ),
+    ],
+)
+def test_mask_dsn(text: str, expected: str) -> None:
+    assert dbapi.mask_dsn(text) == expected
+
+
+def test_mask_dsn_never_leaks_the_password() -> None:
+    for password in ("s3cr3t", "a&b=c", "p@ss:w/rd", "x;y"):
+        for text in (
+            f"postgresql://user:{password}@db.example/app",
+            f"host=db password={password} user=u",
+            f"host=db password='{password}' user=u",
+        ):
+            masked = dbapi.mask_dsn(text)
+            assert password not in masked, masked
+            assert "***" in masked
+
+
+# ------------------------------------------------------------------ sqlite3
+
+
+@pytest.fixture
+def lite(tmp_path: Any) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(str(tmp_path / "test.db"))
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    yield conn
+    conn.close()
+
+
+def test_sqlite3_reset_plan(lite: sqlite3.Connection) -> None:
+    plan = dbapi.reset_for(lite)
+    assert callable(plan)  # a function, not "rollback"
+    assert dbapi.DBAPIAdapter().driver(lite) == "sqlite3"
+
+
+def test_sqlite3_reset_rolls_back(lite: sqlite3.Connection) -> None:
+    reset = dbapi.reset_for(lite)
+    assert callable(reset)
+    lite.execute("INSERT INTO t VALUES (1)")
+    assert lite.in_transaction
+    reset(lite)
+    assert not lite.in_transaction
+    assert lite.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    reset(lite)  # idle: nothing to do
+    assert not lite.in_transaction
+
+
+def test_sqlite3_reset_after_failed_statement(lite: sqlite3.Connection) -> None:
+    reset = dbapi.reset_for(lite)
+    assert callable(reset)
+    lite.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(sqlite3.IntegrityError):
+        lite.execute("INSERT INTO t VALUES (1)")
+    reset(lite)
+    assert not lite.in_transaction
+    assert lite.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_sqlite3_reset_explicit_begin_in_autocommit_mode(lite: sqlite3.Connection) -> None:
+    lite.isolation_level = None  # the legacy autocommit mode
+    reset = dbapi.reset_for(lite)
+    assert callable(reset)
+    lite.execute("BEGIN")
+    lite.execute("INSERT INTO t VALUES (1)")
+    reset(lite)
+    assert not lite.in_transaction
+    assert lite.execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sqlite3 autocommit attribute is 3.12+")
+def test_sqlite3_reset_pep249_autocommit_attribute(tmp_path: Any) -> None:
+    for mode in (True, False):
+        connect: Any = sqlite3.connect  # autocommit= is 3.12+
+        conn = connect(str(tmp_path / f"ac{mode}.db"), autocommit=mode)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER)")
+            conn.commit()
+            if mode:
+                conn.execute("BEGIN")
+            conn.execute("INSERT INTO t VALUES (1)")
+            reset = dbapi.reset_for(conn)
+            assert callable(reset)
+            reset(conn)
+            # autocommit=False keeps a (new, empty) transaction open by design
+            assert conn.in_transaction is (not mode)
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+        finally:
+            conn.close()
+
+
+def test_sqlite3_check(lite: sqlite3.Connection) -> None:
+    dbapi.check(lite)
+    assert not lite.in_transaction
+    assert not dbapi.is_broken(lite)
+
+
+def test_sqlite3_closed_is_broken(lite: sqlite3.Connection) -> None:
+    lite.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        dbapi.check(lite)
+    assert dbapi.is_broken(lite)
+    reset = dbapi.reset_for(lite)
+    assert callable(reset)
+    with pytest.raises(sqlite3.ProgrammingError):
+        reset(lite)
+    dbapi.close(lite)  # closing again is harmless
+
+
+def test_sqlite3_failed_query_is_not_broken(lite: sqlite3.Connection) -> None:
+    with pytest.raises(sqlite3.OperationalError) as info:
+        lite.execute("SELEC 1")
+    assert not dbapi.is_broken(lite, info.value)
+    dbapi.check(lite)
+
+
+def test_sqlite3_connect_factory(tmp_path: Any) -> None:
+    rec = Recorder(sqlite3.connect)
+    factory = dbapi.connect_factory(rec.connect, str(tmp_path / "f.db"), io_timeout=7.0)
+    assert factory.driver == "sqlite3"
+    conn = factory()
+    try:
+        assert rec.kwargs == {"timeout": 7.0, "check_same_thread": False}
+        # the pool connects on one thread and hands out on others
+        result: list[Any] = []
+        worker = threading.Thread(target=lambda: result.append(conn.execute("SELECT 1").fetchone()))
+        worker.start()
+        worker.join()
+        assert result == [(1,)]
+    finally:
+        conn.close()
+
+
+def test_sqlite3_connect_factory_explicit_wins(tmp_path: Any) -> None:
+    rec = Recorder(sqlite3.connect)
+    path = str(tmp_path / "f.db")
+    dbapi.connect_factory(rec.connect, path, timeout=1.5, check_same_thread=True)().close()
+    assert rec.kwargs == {"timeout": 1.5, "check_same_thread": True}
+    dbapi.connect_factory(rec.connect, path, 2.5)().close()  # timeout given positionally
+    assert rec.args == (path, 2.5)
+    assert rec.kwargs == {"check_same_thread": False}
+    dbapi.connect_factory(rec.connect, path, io_timeout=None)().close()
+    assert rec.kwargs == {"check_same_thread": False}
+
+
+# ------------------------------------------------------------------ generic drivers
+
+
+class OtherConnection:
+    """A connection of a driver this module does not know: a thin real
+    wrapper around sqlite3 with the DB-API surface only."""
+
+    def __init__(self, path: str) -> None:
+        self._conn = sqlite3.connect(path)
+        self.rollbacks = 0
+        self.closed = False
+
+    def cursor(self) -> sqlite3.Cursor:
+        return self._conn.cursor()
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def rollback(self) -> None:
+        self.rollbacks += 1
+        self._conn.rollback()
+
+    def close(self) -> None:
+        self.closed = True
+        self._conn.close()
+
+
+class OperationalError(Exception):
+    """Named like every DB-API driver's connection-level error."""
+
+
+class ProgrammingError(Exception):
+    pass
+
+
+def test_generic_adapter(tmp_path: Any) -> None:
+    conn = OtherConnection(str(tmp_path / "g.db"))
+    assert dbapi.DBAPIAdapter().driver(conn) is None
+    assert dbapi.reset_for(conn) == "rollback"
+    dbapi.check(conn)
+    assert conn.rollbacks == 1  # not in autocommit: the check ends its transaction
+    assert not conn._conn.in_transaction
+    assert not dbapi.is_broken(conn)
+    assert not dbapi.is_broken(conn, ProgrammingError("syntax"))
+    assert dbapi.is_broken(conn, OperationalError("server closed the connection"))
+    conn.close()
+    assert dbapi.is_broken(conn)
+
+
+def test_generic_connect_factory_passes_through(tmp_path: Any) -> None:
+    def connect(path: str, **kwargs: Any) -> OtherConnection:
+        assert kwargs == {"flag": 1}
+        return OtherConnection(path)
+
+    factory = dbapi.connect_factory(connect, str(tmp_path / "g.db"), flag=1)
+    assert factory.driver is None and factory.kwargs == {"flag": 1}
+    factory().close()
+
+
+def test_asyncio_connection_refused() -> None:
+    class AsyncConnection:
+        async def rollback(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="asyncio"):
+        dbapi.reset_for(AsyncConnection())
+
+
+class FailingClose:
+    def close(self) -> None:
+        raise RuntimeError("cannot close postgresql://app:hunter2@db/app password=hunter2")
+
+
+def test_close_logs_masked(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pypool"):
+        dbapi.close(FailingClose())
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "RuntimeError" in message and "***" in message
+    assert "hunter2" not in message
+
+
+def test_factory_repr_hides_passwords() -> None:
+    def connect(*args: Any, **kwargs: Any) -> None:
+        pass
+
+    factory = dbapi.connect_factory(
+        connect,
+        "postgresql://app:hunter2@db/app",
+        dsn="host=db password=hunter2",
+        password="hunter2",
+        passwd=b"hunter2",
+        user="app",
+    )
+    text = repr(factory)
+    assert "hunter2" not in text
+    assert "user='app'" in text and "password='***'" in text and "app:***@db" in text
+
+
+def test_bad_timeouts() -> None:
+    with pytest.raises(ValueError, match="io_timeout"):
+        dbapi.connect_factory(sqlite3.connect, ":memory:", io_timeout=0)
+    with pytest.raises(ValueError, match="connect_timeout"):
+        dbapi.connect_factory(sqlite3.connect, ":memory:", connect_timeout=-1)
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+def _pg_terminate(dsn: str, pid: int) -> None:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        wait_until(
+            lambda: (
+                admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+                == (0,)
+            )
+        )
+
+
+@pytest.fixture
+def pg_table(dsn: str) -> Iterator[str]:
+    import psycopg
+
+    name = table_name()
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE TABLE {name} (id int PRIMARY KEY)")
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def pg3(dsn: str) -> Iterator[Any]:
+    psycopg = pytest.importorskip("psycopg")
+    conn = psycopg.connect(dsn)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def pg2(dsn: str) -> Iterator[Any]:
+    psycopg2 = pytest.importorskip("psycopg2")
+    conn = psycopg2.connect(dsn)
+    yield conn
+    conn.close()
+
+
+def pg3_status(conn: Any) -> str:
+    return str(conn.info.transaction_status.name)
+
+
+@pytest.mark.db
+class TestPsycopg:
+    def test_reset_plan(self, pg3: Any) -> None:
+        plan = dbapi.reset_for(pg3)
+        assert callable(plan)  # a function, not "rollback"
+
+    def test_reset_rolls_back(self, pg3: Any, pg_table: str) -> None:
+        reset = dbapi.reset_for(pg3)
+        assert callable(reset)
+        pg3.execute(f"INSERT INTO {pg_table} VALUES (1)")
+        assert pg3_status(pg3) == "INTRANS"
+        reset(pg3)
+        assert pg3_status(pg3) == "IDLE"
+        assert pg3.execute(f"SELECT count(*) FROM {pg_table}").fetchone() == (0,)
+        pg3.rollback()
+
+    def test_reset_after_failed_statement(self, pg3: Any) -> None:
+        reset = dbapi.reset_for(pg3)
+        assert callable(reset)
+        with pytest.raises(pg3.ProgrammingError):
+            pg3.execute("SELEC 1")
+        assert pg3_status(pg3) == "INERROR"
+        assert not dbapi.is_broken(pg3)
+        reset(pg3)
+        assert pg3_status(pg3) == "IDLE"
+        assert pg3.execute("SELECT 1").fetchone() == (1,)
+        pg3.rollback()
+
+    def test_reset_explicit_begin_in_autocommit(self, pg3: Any, pg_table: str) -> None:
+        pg3.autocommit = True
+        reset = dbapi.reset_for(pg3)
+        assert callable(reset)
+        pg3.execute("BEGIN")
+        pg3.execute(f"INSERT INTO {pg_table} VALUES (1)")
+        reset(pg3)
+        assert pg3_status(pg3) == "IDLE"
+        assert pg3.execute(f"SELECT count(*) FROM {pg_table}").fetchone() == (0,)
+
+    def test_check(self, pg3: Any) -> None:
+        dbapi.check(pg3)
+        assert pg3_status(pg3) == "IDLE"
+        assert pg3.autocommit is False
+        pg3.autocommit = True
+        dbapi.check(pg3)
+        assert pg3_status(pg3) == "IDLE" and pg3.autocommit is True
+
+    def test_killed_backend(self, dsn: str, pg3: Any) -> None:
+        _pg_terminate(dsn, pg3.info.backend_pid)
+        with pytest.raises(pg3.OperationalError) as info:
+            dbapi.check(pg3)
+        assert dbapi.is_broken(pg3, info.value)
+        assert dbapi.is_broken(pg3)
+        reset = dbapi.reset_for(pg3)
+        assert callable(reset)
+        with pytest.raises(dbapi.UnusableConnection):
+            reset(pg3)
+        dbapi.close(pg3)
+        dbapi.close(pg3)
+
+    def test_failed_query_is_not_broken(self, pg3: Any) -> None:
+        with pytest.raises(pg3.ProgrammingError) as info:
+            pg3.execute("SELEC 1")
+        assert not dbapi.is_broken(pg3, info.value)
+        pg3.rollback()
+        dbapi.check(pg3)
+
+    def test_connect_factory(self, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        import psycopg
+
+        monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+        rec = Recorder(psycopg.connect)
+        factory = dbapi.connect_factory(rec.connect, dsn, connect_timeout=4.2, io_timeout=12)
+        assert factory.driver == "psycopg"
+        with factory() as conn:
+            expected = {
+                "connect_timeout": 5,
+                "keepalives": 1,
+                "keepalives_idle": 6,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
+            }
+            if psycopg.pq.version() >= 120000:
+                expected["tcp_user_timeout"] = 12000
+            assert rec.kwargs == expected
+            assert rec.args == (dsn,)
+            params = {o.keyword: o.val for o in conn.pgconn.info}
+            for key, value in expected.items():
+                assert params[key.encode()] == str(value).encode()
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+    def test_connect_factory_explicit_wins(self, dsn: str) -> None:
+        import psycopg
+
+        rec = Recorder(psycopg.connect)
+        sep = "&" if "?" in dsn else "?"
+        factory = dbapi.connect_factory(
+            rec.connect, f"{dsn}{sep}connect_timeout=3", keepalives_idle=7, io_timeout=None
+        )
+        with factory() as conn:
+            assert rec.kwargs == {"keepalives_idle": 7}
+            params = {o.keyword: o.val for o in conn.pgconn.info}
+            assert params[b"connect_timeout"] == b"3"
+            assert params[b"keepalives_idle"] == b"7"
+
+    def test_connect_timeout_from_environment_wins(
+        self, dsn: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import psycopg
+
+        monkeypatch.setenv("PGCONNECT_TIMEOUT", "4")
+        rec = Recorder(psycopg.connect)
+        with dbapi.connect_factory(rec.connect, dsn)() as conn:
+            assert "connect_timeout" not in rec.kwargs
+            params = {o.keyword: o.val for o in conn.pgconn.info}
+            assert params[b"connect_timeout"] == b"4"
+
+
+@pytest.mark.db
+class TestPsycopg2:
+    def test_reset_plan(self, pg2: Any) -> None:
+        plan = dbapi.reset_for(pg2)
+        assert callable(plan)  # a function, not "rollback"
+
+    def test_reset_rolls_back(self, pg2: Any, pg_table: str) -> None:
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INTRANS
+
+        reset = dbapi.reset_for(pg2)
+        assert callable(reset)
+        with pg2.cursor() as cur:
+            cur.execute(f"INSERT INTO {pg_table} VALUES (1)")
+        assert pg2.info.transaction_status == TRANSACTION_STATUS_INTRANS
+        reset(pg2)
+        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
+        with pg2.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {pg_table}")
+            assert cur.fetchone() == (0,)
+        pg2.rollback()
+
+    def test_reset_after_failed_statement(self, pg2: Any) -> None:
+        import psycopg2
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
+
+        reset = dbapi.reset_for(pg2)
+        assert callable(reset)
+        with pytest.raises(psycopg2.ProgrammingError), pg2.cursor() as cur:
+            cur.execute("SELEC 1")
+        assert pg2.info.transaction_status == TRANSACTION_STATUS_INERROR
+        reset(pg2)
+        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
+        with pg2.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        pg2.rollback()
+
+    def test_reset_explicit_begin_in_autocommit(self, pg2: Any, pg_table: str) -> None:
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+
+        pg2.autocommit = True
+        reset = dbapi.reset_for(pg2)
+        assert callable(reset)
+        with pg2.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute(f"INSERT INTO {pg_table} VALUES (1)")
+        reset(pg2)  # psycopg2's rollback() alone ignores this transaction
+        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
+        with pg2.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {pg_table}")
+            assert cur.fetchone() == (0,)
+
+    def test_check(self, pg2: Any) -> None:
+        from psycopg2.extensions import TRANSACTION_STATUS_IDLE
+
+        dbapi.check(pg2)
+        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
+        assert pg2.autocommit is False
+        pg2.autocommit = True
+        dbapi.check(pg2)
+        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
+        assert pg2.autocommit is True
+
+    def test_killed_backend(self, dsn: str, pg2: Any) -> None:
+        import psycopg2
+
+        _pg_terminate(dsn, pg2.get_backend_pid())
+        with pytest.raises(psycopg2.OperationalError) as info:
+            dbapi.check(pg2)
+        assert dbapi.is_broken(pg2, info.value)
+        assert dbapi.is_broken(pg2)
+        reset = dbapi.reset_for(pg2)
+        assert callable(reset)
+        with pytest.raises(dbapi.UnusableConnection):
+            reset(pg2)
+        with pytest.raises(dbapi.UnusableConnection):
+            dbapi.check(pg2)
+        dbapi.close(pg2)
+        dbapi.close(pg2)
+
+    def test_failed_query_is_not_broken(self, pg2: Any) -> None:
+        import psycopg2
+
+        with pytest.raises(psycopg2.ProgrammingError) as info, pg2.cursor() as cur:
+            cur.execute("SELEC 1")
+        assert not dbapi.is_broken(pg2, info.value)
+        pg2.rollback()
+        dbapi.check(pg2)
+
+    def test_connect_factory(self, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        import psycopg2
+        import psycopg2.extensions
+
+        monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+        rec = Recorder(psycopg2.connect)
+        factory = dbapi.connect_factory(rec.connect, dsn)
+        assert factory.driver == "psycopg2"
+        conn = factory()
+        try:
+            expected = {
+                "connect_timeout": 10,
+                "keepalives": 1,
+                "keepalives_idle": 15,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+            }
+            if psycopg2.extensions.libpq_version() >= 120000:
+                expected["tcp_user_timeout"] = 30000
+            assert rec.kwargs == expected
+            params = psycopg2.extensions.parse_dsn(conn.dsn)
+            for key, value in expected.items():
+                assert params[key] == str(value)
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                assert cur.fetchone() == (1,)
+            conn.rollback()
+        finally:
+            conn.close()
+
+    def test_connect_factory_explicit_wins(self, dsn: str) -> None:
+        import psycopg2
+
+        rec = Recorder(psycopg2.connect)
+        parts = urlsplit(dsn)
+        kv = f"host={parts.hostname} port={parts.port or 5432} dbname={parts.path.lstrip('/')}"
+        kv += f" user={unquote(parts.username or 'postgres')} connect_timeout=3"
+        if parts.password:
+            kv += f" password={unquote(parts.password)}"
+        conn = dbapi.connect_factory(rec.connect, kv, keepalives_count=9, io_timeout=None)()
+        try:
+            assert rec.kwargs == {"keepalives_count": 9}
+        finally:
+            conn.close()
+
+
+# ------------------------------------------------------------------ MariaDB / MySQL
+
+DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
+
+
+@pytest.fixture(scope="session")
+def mysql_params() -> dict[str, Any]:
+    """``pymysql.connect`` arguments for the MySQL/MariaDB test database
+    (``PYPOOL_TEST_MYSQL``); skipped when unreachable, unless
+    ``PYPOOL_REQUIRE_DB=1``."""
+    pymysql = pytest.importorskip("pymysql")
+    parts = urlsplit(os.environ.get("PYPOOL_TEST_MYSQL", DEFAULT_MYSQL))
+    params: dict[str, Any] = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 3306,
+        "user": unquote(parts.username or "root"),
+        "password": unquote(parts.password or ""),
+        "database": parts.path.lstrip("/") or "test",
+    }
+    shown = f"{params['host']}:{params['port']}/{params['database']}"  # no credentials
+    problem = None
+    try:
+        with socket.create_connection((params["host"], params["port"]), timeout=3):
+            pass
+        pymysql.connect(**params, connect_timeout=3).close()
+    except Exception as exc:  # any error means "not usable"
+        problem = dbapi.mask_dsn(f"{type(exc).__name__}: {exc}")
+    if problem is not None:
+        if os.environ.get("PYPOOL_REQUIRE_DB") == "1":
+            pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the database {shown} is unusable: {problem}")
+        pytest.skip(f"database {shown} unusable: {problem}")
+    return params
+
+
+@pytest.fixture
+def my(mysql_params: dict[str, Any]) -> Iterator[Any]:
+    import pymysql
+
+    conn = pymysql.connect(**mysql_params)
+    yield conn
+    if conn.open:
+        conn.close()
+
+
+@pytest.fixture
+def my_admin(mysql_params: dict[str, Any]) -> Iterator[Any]:
+    import pymysql
+
+    conn = pymysql.connect(**mysql_params, autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def my_table(my_admin: Any) -> Iterator[str]:
+    name = table_name()
+    with my_admin.cursor() as cur:
+        cur.execute(f"CREATE TABLE {name} (id INT PRIMARY KEY) ENGINE=InnoDB")
+    yield name
+    with my_admin.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def my_query(conn: Any, sql: str) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchone()
+
+
+def in_transaction(conn: Any) -> bool:
+    """What the server says (``@@in_transaction``, MariaDB and MySQL 5.7+)."""
+    return bool(my_query(conn, "SELECT @@in_transaction")[0])
+
+
+def rollbacks(conn: Any) -> int:
+    return int(my_query(conn, "SHOW SESSION STATUS LIKE 'Com_rollback'")[1])
+
+
+@pytest.mark.db
+class TestPyMySQL:
+    def test_reset_plan(self, my: Any) -> None:
+        plan = dbapi.reset_for(my)
+        assert callable(plan)  # a function, not "rollback"
+
+    def test_reset_rolls_back(self, my: Any, my_table: str) -> None:
+        reset = dbapi.reset_for(my)
+        assert callable(reset)
+        my_query(my, f"INSERT INTO {my_table} VALUES (1)")
+        reset(my)
+        assert not in_transaction(my)
+        assert my_query(my, f"SELECT count(*) FROM {my_table}") == (0,)
+        my.rollback()
+
+    def test_reset_after_failed_statement(self, my: Any, my_table: str) -> None:
+        """A failing first statement opens a transaction the OK-packet flags
+        never report (an error packet carries no status)."""
+        import pymysql
+
+        reset = dbapi.reset_for(my)
+        assert callable(reset)
+        with pytest.raises(pymysql.IntegrityError) as info:
+            my_query(my, f"INSERT INTO {my_table} VALUES (2), (2)")
+        assert not dbapi.is_broken(my, info.value)
+        reset(my)
+        assert not in_transaction(my)
+        assert my_query(my, "SELECT 1") == (1,)
+        my.rollback()
+
+    def test_reset_ends_read_only_snapshot(self, my: Any, my_admin: Any, my_table: str) -> None:
+        """A transaction that only read is not flagged IN_TRANS, yet holds a
+        snapshot: the reset must still end it (autocommit off)."""
+        reset = dbapi.reset_for(my)
+        assert callable(reset)
+        assert my_query(my, f"SELECT count(*) FROM {my_table}") == (0,)
+        my_query(my_admin, f"INSERT INTO {my_table} VALUES (1)")
+        assert my_query(my, f"SELECT count(*) FROM {my_table}") == (0,)  # the snapshot
+        reset(my)
+        assert my_query(my, f"SELECT count(*) FROM {my_table}") == (1,)
+        my.rollback()
+
+    def test_reset_in_autocommit_skips_round_trip(self, my: Any, my_table: str) -> None:
+        my.autocommit(True)
+        reset = dbapi.reset_for(my)
+        assert callable(reset)
+        before = rollbacks(my)
+        reset(my)
+        assert rollbacks(my) == before  # no ROLLBACK sent
+        my_query(my, "BEGIN")
+        my_query(my, f"INSERT INTO {my_table} VALUES (1)")
+        reset(my)
+        assert rollbacks(my) == before + 1
+        assert not in_transaction(my)
+        assert my_query(my, f"SELECT count(*) FROM {my_table}") == (0,)
+
+    def test_check(self, my: Any) -> None:
+        dbapi.check(my)
+        assert not in_transaction(my)
+        assert not dbapi.is_broken(my)
+
+    def test_killed_connection(self, my: Any, my_admin: Any) -> None:
+        import pymysql
+
+        my_query(my_admin, f"KILL {my.thread_id()}")
+        with pytest.raises(pymysql.err.OperationalError) as info:
+            dbapi.check(my)
+        assert dbapi.is_broken(my, info.value)
+        assert dbapi.is_broken(my)
+        reset = dbapi.reset_for(my)
+        assert callable(reset)
+        with pytest.raises(dbapi.UnusableConnection):
+            reset(my)
+        dbapi.close(my)
+
+    def test_close_swallows_errors(self, my: Any, caplog: pytest.LogCaptureFixture) -> None:
+        my.close()
+        with caplog.at_level(logging.WARNING, logger="pypool"):
+            dbapi.close(my)  # PyMySQL raises "Already closed"
+        assert any("Already closed" in r.getMessage() for r in caplog.records)
+
+    def test_failed_query_is_not_broken(self, my: Any) -> None:
+        import pymysql
+
+        with pytest.raises(pymysql.err.ProgrammingError) as info:
+            my_query(my, "SELEC 1")
+        assert not dbapi.is_broken(my, info.value)
+        dbapi.check(my)
+
+    def test_lost_connection_codes(self, my: Any) -> None:
+        import pymysql
+
+        assert dbapi.is_broken(my, pymysql.err.OperationalError(2013, "Lost connection"))
+        assert dbapi.is_broken(my, pymysql.err.InterfaceError(0, ""))
+        assert not dbapi.is_broken(my, pymysql.err.OperationalError(1205, "Lock wait timeout"))
+
+    def test_connect_factory(self, mysql_params: dict[str, Any]) -> None:
+        import pymysql
+
+        rec = Recorder(pymysql.connect)
+        factory = dbapi.connect_factory(rec.connect, **mysql_params, io_timeout=20)
+        assert factory.driver == "pymysql"
+        conn = factory()
+        try:
+            added = {k: v for k, v in rec.kwargs.items() if k not in mysql_params}
+            assert added == {"connect_timeout": 10.0, "read_timeout": 20, "write_timeout": 20}
+            assert conn._read_timeout == 20 and conn._write_timeout == 20
+            assert my_query(conn, "SELECT 1") == (1,)
+            conn.rollback()
+        finally:
+            conn.close()
+
+    def test_connect_factory_explicit_wins(self, mysql_params: dict[str, Any]) -> None:
+        import pymysql
+
+        rec = Recorder(pymysql.connect)
+        conn = dbapi.connect_factory(rec.connect, **mysql_params, read_timeout=99)()
+        try:
+            assert rec.kwargs["read_timeout"] == 99
+            assert rec.kwargs["write_timeout"] == 30.0
+        finally:
+            conn.close()
+
+    def test_factory_repr_hides_password(self, mysql_params: dict[str, Any]) -> None:
+        import pymysql
+
+        factory = dbapi.connect_factory(pymysql.connect, **{**mysql_params, "password": "pw-xyz"})
+        assert "pw-xyz" not in repr(factory)
+        assert "password='***'" in repr(factory)
