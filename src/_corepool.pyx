@@ -481,6 +481,7 @@ cdef class CorePool:
     cdef double wait_time_max
     cdef uint64_t timeouts
     cdef uint64_t abandoned
+    cdef int64_t use_time_ns       # borrowed, over every return and discard
     cdef int64_t _generation
     cdef double _max_idle
     cdef int64_t max_idle_ns       # 0: off
@@ -551,6 +552,7 @@ cdef class CorePool:
         self.wait_time_max = 0.0
         self.timeouts = 0
         self.abandoned = 0
+        self.use_time_ns = 0
         self.dead = []
         self.abandoned_slots = []
         return 0
@@ -737,6 +739,7 @@ cdef class CorePool:
             "wait_time_max": self.wait_time_max,
             "timeouts": self.timeouts,
             "abandoned": self.abandoned,
+            "use_time": _seconds(self.use_time_ns),
             "size": self._size,
             "idle": self.n_idle,
             "in_use": self.n_busy,
@@ -806,6 +809,7 @@ cdef class CorePool:
             self._empty(i, PFL_BUSY)
             return 0
         s.returned = now
+        self.use_time_ns += now - s.checked_out
         if self.n_waiting == 0:
             if s.ref != NULL:
                 Py_INCREF(conn)
@@ -1018,7 +1022,7 @@ cdef class CorePool:
         s.checked_out = 0
         s.uses = 0
         s.generation = self._generation
-        s.expires = 0 if life < 0 else s.created + max(_ns(life), 1)
+        s.expires = 0 if life < 0 else s.created + _ns(life)  # created > 0: never 0
         _map_put(&self.where, s.key, i)
         self._return(i, conn, calls)
         self._run(calls)
@@ -1033,7 +1037,9 @@ cdef class CorePool:
 
         The caller keeps the connection and closes it. Works after close().
         """
-        self._empty(self._slot_of_borrowed(conn), PFL_BUSY)
+        cdef uint32_t i = self._slot_of_borrowed(conn)
+        self.use_time_ns += pfl_now_ns() - self._slot(i).checked_out
+        self._empty(i, PFL_BUSY)
 
     # ------------------------------------------------------------ maintenance
 
@@ -1406,12 +1412,14 @@ cdef class PoolBase:
     cdef double _timeout
     cdef object _reset_name
     cdef object _reset_fn
+    cdef bint _observe
 
     def __init__(self, CorePool core, timeout=30.0, reset=None):
         self._core = core
         self._timeout = 30.0
         self._reset_name = None
         self._reset_fn = None
+        self._observe = False
         self._set_timeout(timeout)
         self._set_reset(reset)
 
@@ -1420,6 +1428,12 @@ cdef class PoolBase:
         if wait_for < 0:
             raise ConfigurationError("timeout must be a number of seconds (inf: no limit)")
         self._timeout = wait_for
+
+    def _set_observe(self, observe):
+        """With ``observe`` on, ``_checked_out(conn)`` runs after every
+        hand-out and ``_checking_in(conn)`` before every return (for leak
+        reports and events); off, the hot path calls no Python code."""
+        self._observe = bool(observe)
 
     def _set_reset(self, reset):
         if reset is None or isinstance(reset, str):
@@ -1456,6 +1470,8 @@ cdef class PoolBase:
         conn = core._take(i)
         verdict = core._verdict(i, True, core._slot(i).checked_out)
         if verdict == _OK:
+            if self._observe:
+                self._checked_out(conn)
             return conn
         return self._acquire_slow(conn, i, verdict, timeout)
 
@@ -1476,10 +1492,14 @@ cdef class PoolBase:
                 i = core._slot_of_borrowed(conn)
                 verdict = core._verdict(i, True, pfl_now_ns())
             if verdict == _OK:
+                if self._observe:
+                    self._checked_out(conn)
                 return conn
             if verdict == _CHECK:
                 failure = self._vet(conn)
                 if failure is None:
+                    if self._observe:
+                        self._checked_out(conn)
                     return conn
                 core.discard(conn)
                 self._retire(conn, _CHECK, failure)
@@ -1512,6 +1532,8 @@ cdef class PoolBase:
             core._empty(i, PFL_BUSY)
             self._retire(conn, _CLOSED_POOL, None)
             return 0
+        if self._observe:
+            self._checking_in(conn)
         if self._reset_name is not None or self._reset_fn is not None:
             try:
                 if self._reset_fn is not None:
@@ -1543,6 +1565,12 @@ cdef class PoolBase:
 
     def _vet(self, conn):
         return None
+
+    def _checked_out(self, conn):
+        pass
+
+    def _checking_in(self, conn):
+        pass
 
     def _retire(self, conn, reason, exc):
         pass

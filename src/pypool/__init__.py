@@ -12,6 +12,7 @@ from ._core import CORE, CorePool, WaiterTicket
 from .pool import Pool
 from .errors import (
     ConfigurationError,
+    ConnectionFailed,
     InvalidSlot,
     NotBorrowed,
     PoolClosed,
@@ -20,13 +21,14 @@ from .errors import (
     TooManyRequests,
     UnusableConnection,
 )
-from . import dbapi
+from . import dbapi, stats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CORE",
     "ConfigurationError",
+    "ConnectionFailed",
     "CorePool",
     "InvalidSlot",
     "NotBorrowed",
@@ -38,5 +40,6 @@ __all__ = [
     "UnusableConnection",
     "WaiterTicket",
     "dbapi",
+    "stats",
     "__version__",
 ]

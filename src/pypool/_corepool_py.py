@@ -190,14 +190,14 @@ class _Slot:
 
 
 class _Waiter:
-    __slots__ = ("lock", "state", "notified", "conn", "started")
+    __slots__ = ("_lock", "_state", "_notified", "_conn", "_started")
 
     def __init__(self, lock: Any) -> None:
-        self.lock = lock  # held while the waiter sleeps; released to wake it
-        self.state = _WAITING
-        self.notified = False  # woken to retry, without a hand-off
-        self.conn: Any = None
-        self.started = _clock()
+        self._lock = lock  # held while the waiter sleeps; released to wake it
+        self._state = _WAITING
+        self._notified = False  # woken to retry, without a hand-off
+        self._conn: Any = None
+        self._started = _clock()
 
 
 class WaiterTicket(_Waiter):
@@ -220,7 +220,7 @@ class WaiterTicket(_Waiter):
     @property
     def done(self) -> bool:
         """True once the ticket no longer waits (handed, closed or cancelled)."""
-        return self.state != _WAITING
+        return self._state != _WAITING
 
     def result(self) -> Any:
         """The connection handed to this ticket; the caller now owns it.
@@ -230,13 +230,13 @@ class WaiterTicket(_Waiter):
         taken or passed on already.
         """
         with self._core._mutex:
-            if self.state == _HANDED:
-                conn, self.conn = self.conn, None
-                self.state = _DONE
+            if self._state == _HANDED:
+                conn, self._conn = self._conn, None
+                self._state = _DONE
                 return conn
-            if self.state == _CLOSED:
+            if self._state == _CLOSED:
                 raise PoolClosed("the pool was closed while waiting")
-            if self.state == _WAITING:
+            if self._state == _WAITING:
                 raise PoolError("the ticket is still waiting")
             raise PoolError("the ticket's connection was taken or passed on already")
 
@@ -250,26 +250,26 @@ class WaiterTicket(_Waiter):
         core = self._core
         calls: list[Callable[[], object]] = []
         with core._mutex:
-            if self.state == _WAITING:
+            if self._state == _WAITING:
                 core._leave_locked(self)
                 if timed_out:
                     core._timeouts += 1
                 result = True
-            elif self.state == _HANDED:
-                conn, self.conn = self.conn, None
-                self.state = _DONE
+            elif self._state == _HANDED:
+                conn, self._conn = self._conn, None
+                self._state = _DONE
                 slot = core._slot_of_borrowed(conn)
                 core._return_locked(slot, conn, calls)
                 result = True
             else:
-                self.state = _DONE
+                self._state = _DONE
                 result = False
         core._run(calls)
         return result
 
     def __repr__(self) -> str:
         names = ("waiting", "handed", "closed", "done")
-        return f"<WaiterTicket {names[self.state]}>"
+        return f"<WaiterTicket {names[self._state]}>"
 
 
 _live_cores: weakref.WeakSet[CorePool] = weakref.WeakSet()
@@ -368,6 +368,7 @@ class CorePool:
         self._wait_time_max = 0.0
         self._timeouts = 0
         self._abandoned = 0
+        self._use_time = 0.0  # seconds borrowed, over every return and discard
 
     # ------------------------------------------------------------ properties
 
@@ -498,6 +499,7 @@ class CorePool:
                 "wait_time_max": self._wait_time_max,
                 "timeouts": self._timeouts,
                 "abandoned": self._abandoned,
+                "use_time": self._use_time,
                 "size": self._size,
                 "idle": self._n_idle,
                 "in_use": self._n_busy,
@@ -538,6 +540,7 @@ class CorePool:
                 result = False
             else:
                 slot.returned = _clock()
+                self._use_time += slot.returned - slot.checked_out
                 self._return_locked(slot, conn, calls)
                 result = True
             if self._dead:
@@ -577,14 +580,14 @@ class CorePool:
         return self._wait(waiter, wait_for)
 
     def _wait(self, waiter: _Waiter, wait_for: float | None) -> Any:
-        deadline = None if wait_for is None else waiter.started + wait_for
+        deadline = None if wait_for is None else waiter._started + wait_for
         try:
             while True:
                 if deadline is None:
-                    woken = waiter.lock.acquire(True, _WAIT_SLICE)
+                    woken = waiter._lock.acquire(True, _WAIT_SLICE)
                 else:
                     remaining = deadline - _clock()
-                    woken = remaining > 0 and waiter.lock.acquire(
+                    woken = remaining > 0 and waiter._lock.acquire(
                         True, min(remaining, _WAIT_SLICE)
                     )
                     if not woken and _clock() >= deadline:
@@ -592,16 +595,16 @@ class CorePool:
                 if not woken:
                     continue
                 with self._mutex:
-                    if waiter.state == _HANDED:
-                        waiter.state = _DONE
-                        conn, waiter.conn = waiter.conn, None
+                    if waiter._state == _HANDED:
+                        waiter._state = _DONE
+                        conn, waiter._conn = waiter._conn, None
                         return conn
-                    if waiter.state == _CLOSED:
-                        waiter.state = _DONE
+                    if waiter._state == _CLOSED:
+                        waiter._state = _DONE
                         raise PoolClosed("the pool was closed while waiting")
                     # Woken to retry: a connection was made idle for us, but a
                     # caller that did not wait may have taken it first.
-                    waiter.notified = False
+                    waiter._notified = False
                     conn = self._pop_locked()
                     if conn is not None:
                         self._leave_locked(waiter)
@@ -610,23 +613,23 @@ class CorePool:
         except BaseException:
             calls: list[Callable[[], object]] = []
             with self._mutex:
-                if waiter.state == _HANDED:  # handed at the moment we were interrupted
-                    conn, waiter.conn = waiter.conn, None
-                    waiter.state = _DONE
+                if waiter._state == _HANDED:  # handed at the moment we were interrupted
+                    conn, waiter._conn = waiter._conn, None
+                    waiter._state = _DONE
                     self._return_locked(self._slot_of_borrowed(conn), conn, calls)
-                elif waiter.state == _WAITING:
+                elif waiter._state == _WAITING:
                     self._leave_locked(waiter)
             self._run(calls)
             raise
 
     def _wait_timed_out(self, waiter: _Waiter, waited: float) -> Any:
         with self._mutex:
-            if waiter.state == _HANDED:  # handed just in time: take it
-                waiter.state = _DONE
-                conn, waiter.conn = waiter.conn, None
+            if waiter._state == _HANDED:  # handed just in time: take it
+                waiter._state = _DONE
+                conn, waiter._conn = waiter._conn, None
                 return conn
-            if waiter.state == _CLOSED:
-                waiter.state = _DONE
+            if waiter._state == _CLOSED:
+                waiter._state = _DONE
                 raise PoolClosed("the pool was closed while waiting")
             self._leave_locked(waiter)
             self._timeouts += 1
@@ -664,8 +667,8 @@ class CorePool:
                     )
                 self._waiters.append(ticket)
             else:
-                ticket.state = _HANDED
-                ticket.conn = conn
+                ticket._state = _HANDED
+                ticket._conn = conn
         if conn is None:
             if self._on_wait is not None:
                 self._on_wait()
@@ -738,7 +741,9 @@ class CorePool:
         The caller keeps the connection and closes it. Works after close().
         """
         with self._mutex:
-            self._empty_locked(self._slot_of_borrowed(conn), BUSY)
+            s = self._slot_of_borrowed(conn)
+            self._use_time += _clock() - s.checked_out
+            self._empty_locked(s, BUSY)
 
     # ------------------------------------------------------------ maintenance
 
@@ -838,7 +843,7 @@ class CorePool:
             self._idle.clear()
             while self._waiters:
                 w = self._waiters.popleft()
-                w.state = _CLOSED
+                w._state = _CLOSED
                 self._wake(w, calls)
         self._run(calls)
         return idle
@@ -942,14 +947,14 @@ class CorePool:
         if waiters:
             first = waiters[0]
             if isinstance(first, WaiterTicket) or (
-                _clock() - first.started >= self._handoff_after
+                _clock() - first._started >= self._handoff_after
             ):
                 waiters.popleft()
                 self._hand_out(s)
                 s.conn = None if s.ref is not None else conn
                 self._count_wait(first)
-                first.state = _HANDED
-                first.conn = conn
+                first._state = _HANDED
+                first._conn = conn
                 self._wake(first, calls)
                 return
         if s.state == BUSY:
@@ -969,20 +974,20 @@ class CorePool:
     def _notify_one(self, calls: list[Callable[[], object]]) -> None:
         """Wakes the first thread waiter not woken already, to retry."""
         for w in self._waiters:
-            if not w.notified and not isinstance(w, WaiterTicket):
-                w.notified = True
-                w.lock.release()
+            if not w._notified and not isinstance(w, WaiterTicket):
+                w._notified = True
+                w._lock.release()
                 return
 
     def _leave_locked(self, waiter: _Waiter) -> None:
         """Removes a waiter that gives up; passes on a wake-up it received."""
         self._waiters.remove(waiter)
-        waiter.state = _DONE
-        if waiter.notified and self._n_idle:
+        waiter._state = _DONE
+        if waiter._notified and self._n_idle:
             self._notify_one([])
 
     def _count_wait(self, waiter: _Waiter) -> None:
-        waited = _clock() - waiter.started
+        waited = _clock() - waiter._started
         self._waits += 1
         self._wait_time += waited
         if waited > self._wait_time_max:
@@ -992,9 +997,9 @@ class CorePool:
         if isinstance(waiter, WaiterTicket):
             callback = waiter._callback
             calls.append(lambda: callback(waiter))
-        elif not waiter.notified:  # a waiter woken to retry is awake already
-            waiter.notified = True
-            waiter.lock.release()
+        elif not waiter._notified:  # a waiter woken to retry is awake already
+            waiter._notified = True
+            waiter._lock.release()
 
     def _empty_locked(self, s: _Slot, state: int) -> None:
         """``state`` -> EMPTY: forgets the object and frees the slot."""
@@ -1119,6 +1124,7 @@ class PoolBase:
         self._timeout = 30.0
         self._reset_name: str | None = None
         self._reset_fn: Callable[[Any], object] | None = None
+        self._observe = False
         self._set_timeout(timeout)
         self._set_reset(reset)
 
@@ -1127,6 +1133,12 @@ class PoolBase:
         if wait_for is None:
             raise ConfigurationError("timeout must be a number of seconds (inf: no limit)")
         self._timeout = wait_for
+
+    def _set_observe(self, observe: bool) -> None:
+        """With ``observe`` on, ``_checked_out(conn)`` runs after every
+        hand-out and ``_checking_in(conn)`` before every return (for leak
+        reports and events); off, the hot path calls no Python code."""
+        self._observe = bool(observe)
 
     def _set_reset(self, reset: Any) -> None:
         if reset is None or isinstance(reset, str):
@@ -1162,10 +1174,14 @@ class PoolBase:
                     raise error
             verdict = core.verdict(core.slot_of(conn), True)
             if verdict == OK:
+                if self._observe:
+                    self._checked_out(conn)
                 return conn
             if verdict == CHECK:
                 failure = self._vet(conn)
                 if failure is None:
+                    if self._observe:
+                        self._checked_out(conn)
                     return conn
                 core.discard(conn)
                 self._retire(conn, CHECK, failure)
@@ -1189,6 +1205,8 @@ class PoolBase:
             core.release(conn)
             self._retire(conn, CLOSED, None)
             return
+        if self._observe:
+            self._checking_in(conn)
         if self._reset_name is not None or self._reset_fn is not None:
             try:
                 if self._reset_fn is not None:
@@ -1215,6 +1233,12 @@ class PoolBase:
 
     def _vet(self, conn: Any) -> BaseException | None:
         return None
+
+    def _checked_out(self, conn: Any) -> None:
+        pass
+
+    def _checking_in(self, conn: Any) -> None:
+        pass
 
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         pass

@@ -93,6 +93,10 @@ class Settings:
         num_workers: object,
         name: object,
         lifo: object,
+        leak_timeout: object = None,
+        keepalive: object = None,
+        reconnect_timeout: object = 300.0,
+        reconnect_failed: object = None,
     ) -> None:
         if not callable(factory):
             hint = ""
@@ -138,6 +142,12 @@ class Settings:
         if not isinstance(lifo, bool):
             raise ConfigurationError(f"lifo must be True or False, not {lifo!r}")
         self.lifo = lifo
+        self.leak_timeout = _seconds("leak_timeout", leak_timeout, allow_none=True, allow_zero=False)
+        self.keepalive = _seconds("keepalive", keepalive, allow_none=True, allow_zero=False)
+        reconnect = _seconds("reconnect_timeout", reconnect_timeout, allow_none=False)
+        assert reconnect is not None
+        self.reconnect_timeout: float = reconnect
+        self.reconnect_failed = _hook("reconnect_failed", reconnect_failed)
 
 
 class Policy:
@@ -156,6 +166,8 @@ class Policy:
         self.closed = 0
         self.retired: dict[str, int] = {}
         self.connect_time = 0.0
+        self.outage_since: float | None = None  # first failed connect of an outage
+        self.outage_reported = False
 
     # -------------------------------------------------------------- connect
 
@@ -181,18 +193,40 @@ class Policy:
             self.created += 1
             self.connect_time += seconds
             self.last_error = None
+            self.outage_since = None
+            self.outage_reported = False
 
-    def connect_failed(self, exc: BaseException) -> None:
+    def connect_failed(self, exc: BaseException) -> bool:
+        """Records a failed connect; True when the outage has now lasted
+        longer than reconnect_timeout (reported once per outage)."""
+        now = time.monotonic()
         with self.lock:
             self.connects += 1
             self.connect_errors += 1
             self.last_error = exc
-            self.last_error_at = time.monotonic()
+            self.last_error_at = now
+            if self.outage_since is None:
+                self.outage_since = now
+            give_up = (
+                not self.outage_reported
+                and now - self.outage_since >= self.settings.reconnect_timeout
+            )
+            if give_up:
+                self.outage_reported = True
         logger.warning("pool %r: connection failed: %s", self.settings.name, _one_line(exc))
+        return give_up
+
+    @staticmethod
+    def backoff(previous: float) -> float:
+        """The next pause between failed connects: doubling from 50 ms to 5 s,
+        with the actual sleep drawn from its upper half (jitter)."""
+        return min(max(previous * 2, 0.05), 5.0)
 
     # --------------------------------------------------------------- retire
 
     def retired_one(self, reason: str, exc: BaseException | None) -> None:
+        """Counts a connection closed by the pool, by reason; logs a lost one
+        (failed check or reset) as a warning."""
         with self.lock:
             self.retired[reason] = self.retired.get(reason, 0) + 1
             self.closed += 1

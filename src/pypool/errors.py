@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "ConnectionFailed",
     "InvalidSlot",
     "NotBorrowed",
     "PoolClosed",
@@ -82,5 +83,13 @@ class ConfigurationError(PoolError, ValueError):
 class UnusableConnection(PoolError):
     """A reset or check found the connection closed, broken or busy: the pool
     discards it."""
+
+    __module__ = "pypool"
+
+
+class ConnectionFailed(PoolError):
+    """The pool could not connect, and was asked to fail at once rather than
+    keep trying (``Pool.wait(fail_fast=True)``); the driver's error is the
+    ``__cause__``."""
 
     __module__ = "pypool"

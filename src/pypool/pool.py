@@ -2,24 +2,58 @@
 
 The hot path (``acquire``, ``release``, ``connection()`` of a healthy
 connection) is :class:`PoolBase`, from the core: native code, or its Python
-twin. This module adds what needs I/O or time: connect workers, checks,
-retirement and closing of connections, and the pool's lifecycle.
+twin. This module adds what needs I/O or time, on background threads that
+never hold a lock during I/O:
+
+- connect workers (``num_workers``) make connections while callers wait that
+  the connects in flight will not serve, or while the pool is under
+  ``min_size``; while the database is down they retry with exponential
+  backoff and jitter;
+- one maintenance thread retires idle connections past ``max_idle`` down to
+  ``min_size`` (the oldest first), replaces connections ahead of their
+  lifetime, checks idle ones every ``keepalive`` seconds, and reports
+  connections held longer than ``leak_timeout``.
+
+The threads hold the pool only weakly: a pool nobody references is closed by
+the garbage collector, and one still open at interpreter exit is closed then,
+without waiting.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import random
 import threading
 import time
+import traceback
 import types
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from . import _core
+from . import _core, stats
 from ._policy import Policy, Settings, check_sizes, logger
-from .errors import PoolClosed, PoolTimeout
+from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolTimeout
 
-__all__ = ["Pool"]
+__all__ = ["EVENTS", "Pool"]
 
-_DEFAULT = object()
+T = TypeVar("T")
+
+#: The events a pool emits to listeners added with :meth:`Pool.add_listener`,
+#: and the arguments each listener gets after the pool.
+EVENTS = {
+    "connect": "(pool, conn): a new connection, after configure",
+    "checkout": "(pool, conn): handed out",
+    "checkin": "(pool, conn): given back, before its reset",
+    "reset": "(pool, conn): reset on return succeeded",
+    "close": "(pool, conn, reason): closed by the pool; reason as in stats",
+    "leak": "(pool, info): borrowed longer than leak_timeout; info has the stack",
+    "abandon": "(pool, slot): a borrowed connection was garbage-collected",
+    "reconnect_failed": "(pool,): connects kept failing for reconnect_timeout",
+}
+
+_live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class _PoolMethods:
@@ -48,6 +82,10 @@ class _PoolMethods:
         num_workers: int = 2,
         name: str | None = None,
         lifo: bool = True,
+        leak_timeout: float | None = None,
+        keepalive: float | None = 240.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
         _core: types.ModuleType | None = None,
     ) -> None:
         if adapter is None:
@@ -71,10 +109,13 @@ class _PoolMethods:
             num_workers=num_workers,
             name=name,
             lifo=lifo,
+            leak_timeout=leak_timeout,
+            keepalive=keepalive,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
         )
         core_module = _module_of(type(self))
-        self._workers_ready = threading.Event()
-        self._wake = threading.Condition(threading.Lock())
+        self._fresh_threading()
         core = core_module.CorePool(
             settings.max_size,
             max_waiting=settings.max_waiting,
@@ -85,15 +126,31 @@ class _PoolMethods:
         core.max_idle = settings.max_idle
         core.max_uses = settings.max_uses
         core.check_after = None if settings.check is False else settings.check_after
-        reset_plan = None if settings.reset in (None, False) else settings.reset
-        core_module.PoolBase.__init__(self, core, settings.timeout, reset_plan)  # type: ignore[arg-type]
+        core_module.PoolBase.__init__(self, core, settings.timeout, None)  # type: ignore[arg-type]
         self._settings = settings
         self._policy = Policy(settings, core)
+        self._reset_plan: Any = None if settings.reset in (None, False) else settings.reset
         self._reset_known = settings.reset is not None
-        self._workers: list[threading.Thread] = []
-        self._closing = False
+        self._listeners: dict[str, list[Callable[..., object]]] = {e: [] for e in EVENTS}
+        self._leaks = 0
+        self._interval = _maintenance_interval(settings)
+        self._apply_hot_path()
+        _live_pools.add(self)
         if settings.min_size:
             self.open()
+
+    def _fresh_threading(self) -> None:
+        """The pool's threads and locks, new (at creation and in a forked
+        child, where the parent's threads do not exist)."""
+        self._lock = threading.Lock()  # lifecycle: open, close
+        self._wake = threading.Condition(threading.Lock())  # connect workers sleep here
+        self._ready = threading.Condition(threading.Lock())  # wait() sleeps here
+        self._stop = threading.Event()  # the maintenance thread sleeps here
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self._closing = False
+        self._leases: dict[int, list[Any]] = {}  # slot -> [checked_out, stack, reported]
+        self._last_check: dict[int, float] = {}  # slot -> last keepalive check
 
     # ----------------------------------------------------------- properties
 
@@ -140,51 +197,132 @@ class _PoolMethods:
         return int(self._core.waiting)
 
     def stats(self) -> dict[str, Any]:
-        """The core's counters and gauges, and the pool's connect counters."""
-        result: dict[str, Any] = dict(self._core.stats())
-        result.update(self._policy.counters())
-        result["min_size"] = self._policy.min_size
-        result["name"] = self._settings.name
-        return result
+        """Counters and gauges, named as :mod:`pypool.stats` documents
+        (OpenTelemetry's ``db.client.connection.*`` where one fits)."""
+        core = self._core.stats()
+        counters = self._policy.counters()
+        retired: dict[str, int] = counters["retired"]
+        finished = core["acquires"] - core["in_use"]
+        return {
+            stats.POOL_NAME: self._settings.name,
+            stats.COUNT: {"idle": core["idle"] + core["claimed"], "used": core["in_use"]},
+            stats.MAX: core["max_size"],
+            stats.IDLE_MAX: core["max_size"],
+            stats.IDLE_MIN: self._policy.min_size,
+            stats.PENDING_REQUESTS: core["waiting"],
+            stats.TIMEOUTS: core["timeouts"],
+            stats.CREATE_TIME: {
+                "count": counters["connections_created"],
+                "sum": counters["connect_time"],
+            },
+            stats.WAIT_TIME: {
+                "count": core["acquires"],
+                "sum": core["wait_time"],
+                "max": core["wait_time_max"],
+            },
+            stats.USE_TIME: {"count": finished, "sum": core["use_time"]},
+            stats.CONNECTING: core["connecting"],
+            stats.REQUESTS: core["acquires"],
+            stats.REQUESTS_WAITED: core["waits"],
+            stats.CREATED: counters["connections_created"],
+            stats.CLOSED: counters["connections_closed"],
+            stats.LOST: sum(n for r, n in retired.items() if r in stats.LOST_REASONS),
+            stats.RETIRED: retired,
+            stats.CONNECT_ERRORS: counters["connect_errors"],
+            stats.LEAKS: self._leaks,
+            stats.CORE: self.core,
+        }
 
     # ------------------------------------------------------------ lifecycle
 
-    def open(self) -> None:
-        """Starts the connect workers (also done on first need). Idempotent."""
+    def open(self, wait: bool = False, timeout: float = 30.0, fail_fast: bool = False) -> None:
+        """Starts the connect workers and the maintenance thread (also done on
+        first use). With ``wait``, blocks as :meth:`wait` does. Idempotent."""
         if self._core.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
-        if self._workers_ready.is_set():
-            return
-        with self._wake:
-            if self._workers_ready.is_set():
-                return
-            for i in range(self._settings.num_workers):
-                t = threading.Thread(
-                    target=self._connect_worker,
+        if not self._started:
+            with self._lock:
+                if not self._started and not self._core.closed:
+                    self._start_threads()
+                    self._started = True
+                    logger.info("pool %r opened (%s core)", self.name, self.core)
+        if wait:
+            self.wait(timeout, fail_fast=fail_fast)
+
+    def _start_threads(self) -> None:
+        ref = weakref.ref(self)
+        for i in range(self._settings.num_workers):
+            self._threads.append(
+                threading.Thread(
+                    target=_connect_worker,
+                    args=(ref,),
                     name=f"pypool-{self.name}-connect-{i}",
                     daemon=True,
                 )
-                t.start()
-                self._workers.append(t)
-            self._workers_ready.set()
-            self._wake.notify_all()
-        logger.info("pool %r opened (%s core)", self.name, self.core)
+            )
+        self._threads.append(
+            threading.Thread(
+                target=_maintenance_worker,
+                args=(ref,),
+                name=f"pypool-{self.name}-maintenance",
+                daemon=True,
+            )
+        )
+        for t in self._threads:
+            t.start()
+
+    def wait(self, timeout: float = 30.0, fail_fast: bool = False) -> None:
+        """Blocks until ``min_size`` connections are open, for a service that
+        must not start against a dead database. Raises :class:`PoolTimeout`
+        (with the last connection error as its cause) after ``timeout``
+        seconds, or with ``fail_fast`` :class:`ConnectionFailed` at the first
+        failed connect."""
+        self.open()
+        policy = self._policy
+        errors_before = policy.counters()["connect_errors"]
+        deadline = time.monotonic() + timeout
+        with self._ready:
+            while True:
+                core = self._core
+                if core.closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                if core.idle + core.in_use + core.claimed >= policy.min_size:
+                    return
+                if fail_fast and policy.counters()["connect_errors"] > errors_before:
+                    raise ConnectionFailed(
+                        f"pool {self.name!r}: could not connect"
+                    ) from policy.last_error
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    error = PoolTimeout(
+                        f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
+                        f"{policy.min_size} connections ready after {timeout:.3f} s"
+                    )
+                    raise error from policy.last_error
+                self._ready.wait(min(remaining, 0.5))
 
     def close(self, timeout: float = 5.0) -> None:
         """Closes the pool: idle connections at once, borrowed ones when they
         are returned; callers still waiting get :class:`PoolClosed`. Waits up
-        to ``timeout`` seconds for connects in flight to end. Idempotent."""
-        if self._closing:
-            return
-        self._closing = True
+        to ``timeout`` seconds for the pool's threads (and connects in
+        flight) to end. Idempotent."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
         idle = self._core.close()
+        self._stop.set()
         with self._wake:
             self._wake.notify_all()
+        with self._ready:
+            self._ready.notify_all()
         for conn in idle:
             self._close_connection(conn, "closed", None)
         deadline = time.monotonic() + timeout
-        for t in self._workers:
-            t.join(max(0.0, deadline - time.monotonic()))
+        me = threading.current_thread()
+        for t in self._threads:
+            if t is not me:
+                t.join(max(0.0, deadline - time.monotonic()))
         # A connection handed to a waiter that then gave up is passed on as idle.
         for conn in self._core.close():
             self._close_connection(conn, "closed", None)
@@ -198,14 +336,14 @@ class _PoolMethods:
         self.close()
 
     def __del__(self) -> None:
-        # Without close(), idle connections would only go with the core.
-        if not getattr(self, "_closing", True):
-            try:
-                self.close(timeout=0)
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
+        if getattr(self, "_closing", True) or not hasattr(self, "_core"):
+            return
+        try:
+            self.close(timeout=0)
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
 
-    # ---------------------------------------------------------- resizing
+    # --------------------------------------------------------- resizing
 
     def resize(self, min_size: int, max_size: int) -> None:
         """Changes the sizes while the pool is in use. Growth happens on
@@ -215,39 +353,141 @@ class _PoolMethods:
         lo, hi = check_sizes(min_size, max_size)
         self._core.max_size = hi
         self._policy.min_size = lo
-        self._shrink_to(hi)
-        self._wake_workers()
+        self._retire_idle(lambda info: True, "shrunk", keep=hi)
         if lo:
             self.open()
-
-    def _shrink_to(self, max_size: int) -> None:
-        core = self._core
-        # Oldest returned first: the hot connections stay.
-        idle = sorted(core.slots(_core.IDLE), key=lambda i: core.slot_info(i)[3])
-        for index in idle:
-            if core.size <= max_size:
-                break
-            conn = core.claim(index)
-            if conn is not None:
-                core.retire(index)
-                self._close_connection(conn, "shrunk", None)
+        self._wake_workers()
 
     def drain(self) -> None:
         """Replaces every connection: idle ones now, borrowed ones when they
         are returned. New ones are made as needed (and up to ``min_size``)."""
-        core = self._core
-        core.advance_generation()
-        for index in core.slots(_core.IDLE):
-            conn = core.claim(index)
-            if conn is not None:
-                core.retire(index)
-                self._close_connection(conn, "drained", None)
+        generation = self._core.advance_generation()
+        self._retire_idle(lambda info: info[5] < generation, "drained", keep=0)
         self._wake_workers()
 
     def invalidate(self) -> None:
         """Marks every connection made before now for replacement at its next
         hand-out or return (for example after the database restarted)."""
         self._core.advance_generation()
+
+    def discard(self, conn: Any, exc: BaseException | None = None) -> None:
+        """Closes a borrowed connection you know is broken, instead of giving
+        it back; the pool makes a new one as needed."""
+        slot = self._core.slot_of(conn)
+        self._core.discard(conn)
+        self._leases.pop(slot, None)
+        self._close_connection(conn, "broken" if exc is not None else "discarded", exc)
+        self._wake_workers()
+
+    # ------------------------------------------------------------- retry
+
+    def run(
+        self,
+        fn: Callable[[Any], T],
+        *,
+        retries: int = 2,
+        backoff: float = 0.1,
+        timeout: float | None = None,
+    ) -> T:
+        """Runs ``fn(conn)`` on a pooled connection and returns its result;
+        if the *connection* breaks (the adapter's ``is_broken`` says so), the
+        connection is discarded and ``fn`` runs again on a fresh one, up to
+        ``retries`` times, after ``backoff``, ``2 * backoff``, ... seconds
+        (with jitter).
+
+        Only for work that is safe to repeat: a broken connection may have
+        committed the work before it broke. An exception from ``fn`` on a
+        healthy connection (a failed query, a constraint violation) is raised
+        at once, never retried; so is the last failure once retries run out.
+        ``timeout`` bounds each acquire.
+        """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
+        attempt = 0
+        while True:
+            conn = self.acquire(timeout)
+            try:
+                result = fn(conn)
+            except Exception as exc:
+                broken = self._is_broken(conn, exc)
+                if broken:
+                    self.discard(conn, exc)
+                else:
+                    self.release(conn)
+                if not broken or attempt >= retries:
+                    raise
+                attempt += 1
+                logger.info(
+                    "pool %r: connection broke during run(), retry %d of %d",
+                    self.name,
+                    attempt,
+                    retries,
+                )
+                time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + 0.5 * random.random()))
+                continue
+            except BaseException:
+                self.release(conn)
+                raise
+            self.release(conn)
+            return result
+
+    def _is_broken(self, conn: Any, exc: BaseException) -> bool:
+        try:
+            return bool(self._settings.adapter.is_broken(conn, exc))
+        except Exception:
+            logger.exception("pool %r: adapter.is_broken() failed", self.name)
+            return True
+
+    # ------------------------------------------------------------ events
+
+    def add_listener(self, event: str, listener: Callable[..., object]) -> None:
+        """Calls ``listener(pool, ...)`` on ``event`` (see :data:`EVENTS`).
+        An exception in a listener is logged and never breaks the pool.
+        Checkout and checkin listeners put Python code on the hot path."""
+        if event not in EVENTS:
+            raise ConfigurationError(f"unknown event {event!r}: one of {', '.join(EVENTS)}")
+        if not callable(listener):
+            raise ConfigurationError("listener must be callable")
+        self._listeners[event].append(listener)
+        self._apply_hot_path()
+
+    def remove_listener(self, event: str, listener: Callable[..., object]) -> None:
+        if event not in EVENTS:
+            raise ConfigurationError(f"unknown event {event!r}: one of {', '.join(EVENTS)}")
+        try:
+            self._listeners[event].remove(listener)
+        except ValueError:
+            raise ConfigurationError(f"{listener!r} does not listen to {event!r}") from None
+        self._apply_hot_path()
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for listener in self._listeners[event]:
+            try:
+                listener(self, *args)
+            except Exception:
+                logger.exception("pool %r: %s listener %r failed", self.name, event, listener)
+
+    def _apply_hot_path(self) -> None:
+        """Puts Python hooks on the hot path only when something needs them."""
+        listeners = self._listeners
+        self._set_observe(
+            self._settings.leak_timeout is not None
+            or bool(listeners["checkout"])
+            or bool(listeners["checkin"])
+        )
+        plan = self._reset_plan
+        if plan is not None and listeners["reset"]:
+            inner = plan
+
+            def reset_and_tell(conn: Any) -> None:
+                if isinstance(inner, str):
+                    getattr(conn, inner)()
+                else:
+                    inner(conn)
+                self._emit("reset", conn)
+
+            plan = reset_and_tell
+        self._set_reset(plan)
 
     # ------------------------------------------------------------- hooks
 
@@ -262,93 +502,232 @@ class _PoolMethods:
             return exc
         return None
 
+    def _checked_out(self, conn: Any) -> None:
+        if self._settings.leak_timeout is not None:
+            core = self._core
+            slot = core.slot_of(conn)
+            self._leases[slot] = [core.slot_info(slot)[2], _caller_stack(), False]
+        if self._listeners["checkout"]:
+            self._emit("checkout", conn)
+
+    def _checking_in(self, conn: Any) -> None:
+        if self._leases:
+            self._leases.pop(self._core.slot_of(conn), None)
+        if self._listeners["checkin"]:
+            self._emit("checkin", conn)
+
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         self._close_connection(conn, _core.REASONS[reason], exc)
         self._wake_workers()
 
     def _timed_out(self, exc: PoolTimeout) -> BaseException:
-        if not self._workers_ready.is_set() and not self._core.closed:
-            self.open()
         return self._policy.timeout_error(exc)
 
     def _on_wait(self) -> None:
-        if not self._workers_ready.is_set():
+        if not self._started:
             self.open()
         self._wake_workers()
 
     def _on_abandon(self, slot: int) -> None:
+        self._leases.pop(slot, None)
         self._policy.retired_one("abandoned", None)
         logger.warning(
             "pool %r: a borrowed connection was garbage-collected without being "
-            "returned (slot %d); return connections with release() or use "
+            "returned (slot %d); give connections back with release(), or use "
             "connection()",
             self.name,
             slot,
         )
+        self._emit("abandon", slot)
         self._wake_workers()
 
-    # ----------------------------------------------------------- workers
+    # ----------------------------------------------------------- connects
 
     def _wake_workers(self) -> None:
         if self._policy.wants_connection():
+            if not self._started and not self._core.closed:
+                self.open()
             with self._wake:
                 self._wake.notify()
 
-    def _connect_worker(self) -> None:
-        policy = self._policy
-        core = self._core
-        backoff = 0.0
-        while True:
-            with self._wake:
-                while not core.closed and not policy.wants_connection():
-                    self._wake.wait(1.0)
-            if core.closed:
-                return
-            # Re-check demand at the last moment: a connection returned
-            # meanwhile may have served the waiter.
-            slot = core.reserve() if policy.wants_connection() else None
-            if slot is None:
-                continue
-            ok = self._connect_into(slot)
-            if ok:
-                backoff = 0.0
-            else:
-                backoff = min(max(backoff * 2, 0.05), 5.0)
-                with self._wake:
-                    self._wake.wait(backoff * (0.5 + 0.5 * _jitter()))
-
     def _connect_into(self, slot: int) -> bool:
+        """Connects into a reserved slot; False (the slot abandoned) when the
+        factory or configure failed."""
         settings = self._settings
         core = self._core
         started = time.monotonic()
+        conn = None
         try:
             conn = settings.factory()
-        except Exception as exc:
-            core.abandon(slot)
-            self._policy.connect_failed(exc)
-            return False
-        try:
             if settings.configure is not None:
                 settings.configure(conn)
             if not self._reset_known:
-                plan = settings.adapter.reset_for(conn)
-                self._set_reset(plan)
+                self._reset_plan = settings.adapter.reset_for(conn)
                 self._reset_known = True
+                self._apply_hot_path()
         except Exception as exc:
             core.abandon(slot)
-            self._policy.connect_failed(exc)
-            settings.adapter.close(conn)
+            if conn is not None:
+                settings.adapter.close(conn)
+            if self._policy.connect_failed(exc):
+                self._reconnect_failed()
+            self._tell_ready()
             return False
         self._policy.connected(time.monotonic() - started)
+        self._emit("connect", conn)
         try:
             core.fill(slot, conn, self._policy.lifetime())
         except PoolClosed:
             self._close_connection(conn, "closed", None)
+        self._tell_ready()
         return True
+
+    def _reconnect_failed(self) -> None:
+        logger.error(
+            "pool %r: could not connect for %.1f s (reconnect_timeout); still trying",
+            self.name,
+            self._settings.reconnect_timeout,
+        )
+        callback = self._settings.reconnect_failed
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("pool %r: reconnect_failed callback failed", self.name)
+        self._emit("reconnect_failed")
+
+    def _tell_ready(self) -> None:
+        with self._ready:
+            self._ready.notify_all()
 
     def _close_connection(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         self._policy.retired_one(reason, exc)
+        self._emit("close", conn, reason)
         self._settings.adapter.close(conn)
+
+    # -------------------------------------------------------- maintenance
+
+    def _maintain(self) -> None:
+        """One pass of the maintenance thread."""
+        settings = self._settings
+        core = self._core
+        now = core.now()
+        if settings.max_idle:
+            max_idle = settings.max_idle
+            self._retire_idle(
+                lambda info: now - info[3] >= max_idle, "idle", keep=self._policy.min_size
+            )
+        if settings.max_lifetime is not None:
+            self._replace_expiring(now)
+        if settings.keepalive is not None:
+            self._keep_alive(now)
+        if settings.leak_timeout is not None:
+            self._report_leaks(now)
+        self._wake_workers()
+
+    def _retire_idle(self, due: Callable[[tuple[Any, ...]], bool], reason: str, keep: int) -> None:
+        """Closes idle connections for which ``due(slot_info)`` holds, the
+        longest idle first, while more than ``keep`` are open. Each is
+        claimed alone, so borrowers keep taking the others."""
+        core = self._core
+        infos = [(i, core.slot_info(i)) for i in core.slots(_core.IDLE)]
+        for index, info in sorted(infos, key=lambda item: item[1][3]):
+            if core.size <= keep:
+                break
+            if not due(info):
+                continue
+            conn = core.claim(index)
+            if conn is not None:
+                core.retire(index)
+                self._close_connection(conn, reason, None)
+
+    def _replace_expiring(self, now: float) -> None:
+        """Replaces idle connections close to the end of their lifetime, two
+        at a time: the replacement first where max_size leaves room (then the
+        pool never dips), else the old one first (the pool dips by one)."""
+        core = self._core
+        life = self._settings.max_lifetime
+        assert life is not None
+        lead = min(60.0, 0.1 * life) + 2 * self._interval
+        infos = [(i, core.slot_info(i)) for i in core.slots(_core.IDLE)]
+        expiring = sorted(
+            ((i, info) for i, info in infos if info[6] and info[6] - now <= lead),
+            key=lambda item: item[1][6],
+        )
+        for index, _info in expiring[:2]:
+            needed = core.size - 1 < self._policy.min_size or core.waiting > 0
+            new_slot = core.reserve() if needed else None
+            if new_slot is not None and not self._connect_into(new_slot):
+                return  # the database is away: keep the old one meanwhile
+            conn = core.claim(index)
+            if conn is None:
+                continue  # borrowed meanwhile: retired at its return or next hand-out
+            core.retire(index)
+            self._close_connection(conn, "expired", None)
+            if needed and new_slot is None:
+                slot = core.reserve()
+                if slot is not None:
+                    self._connect_into(slot)
+
+    def _keep_alive(self, now: float) -> None:
+        """Checks idle connections unused for ``keepalive`` seconds, so that a
+        firewall or a server idle timeout does not cut them silently."""
+        core = self._core
+        keepalive = self._settings.keepalive
+        assert keepalive is not None
+        for index in core.slots(_core.IDLE):
+            info = core.slot_info(index)
+            last = max(info[3], self._last_check.get(index, 0.0))
+            if now - last < keepalive:
+                continue
+            conn = core.claim(index)
+            if conn is None:
+                continue
+            failure = self._vet(conn)
+            if failure is None:
+                self._last_check[index] = core.now()
+                if not core.restore(index):
+                    self._close_connection(conn, "closed", None)
+            else:
+                core.retire(index)
+                self._last_check.pop(index, None)
+                self._close_connection(conn, "check", failure)
+
+    def _report_leaks(self, now: float) -> None:
+        core = self._core
+        leak_timeout = self._settings.leak_timeout
+        assert leak_timeout is not None
+        for slot, lease in list(self._leases.items()):
+            checked_out, stack, reported = lease
+            info = core.slot_info(slot)
+            if info[0] != _core.BUSY or info[2] != checked_out:
+                self._leases.pop(slot, None)  # returned or lost meanwhile
+                continue
+            held = now - checked_out
+            if reported or held < leak_timeout:
+                continue
+            lease[2] = True
+            self._leaks += 1
+            where = "".join(traceback.format_list(stack))
+            logger.warning(
+                "pool %r: a connection has been borrowed for %.1f s (leak_timeout %.1f s); "
+                "it was taken at:\n%s",
+                self.name,
+                held,
+                leak_timeout,
+                where,
+            )
+            self._emit("leak", {"slot": slot, "held": held, "stack": stack})
+
+    # --------------------------------------------------------------- fork
+
+    def _after_fork_in_child(self) -> None:
+        """The core forgot the parent's connections; forget the parent's
+        threads and locks too. New threads start on first use."""
+        closing = self._closing
+        self._fresh_threading()
+        self._closing = closing
+        self._policy.lock = threading.Lock()
 
     def __repr__(self) -> str:
         core = self._core
@@ -360,10 +739,97 @@ class _PoolMethods:
         )
 
 
-def _jitter() -> float:
-    import random
+# ------------------------------------------------------------------ threads
+# They hold the pool weakly, dropping even that while they sleep.
 
-    return random.random()
+
+def _connect_worker(ref: weakref.ref[Any]) -> None:
+    backoff = 0.0
+    while True:
+        pool = ref()
+        if pool is None or pool._closing:
+            return
+        wake = pool._wake
+        with wake:
+            if not pool._policy.wants_connection():
+                del pool
+                wake.wait(1.0)
+                continue
+        # Re-check at the last moment: a connection returned meanwhile may
+        # have served the waiter.
+        slot = pool._core.reserve() if pool._policy.wants_connection() else None
+        if slot is None:
+            continue
+        if pool._connect_into(slot):
+            backoff = 0.0
+            continue
+        backoff = pool._policy.backoff(backoff)
+        del pool
+        with wake:
+            wake.wait(backoff * (0.5 + 0.5 * random.random()))
+
+
+def _maintenance_worker(ref: weakref.ref[Any]) -> None:
+    while True:
+        pool = ref()
+        if pool is None or pool._closing:
+            return
+        try:
+            pool._maintain()
+        except Exception:
+            logger.exception("pool %r: maintenance failed", pool.name)
+        stop, interval = pool._stop, pool._interval
+        del pool
+        if stop.wait(interval):
+            return
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller_stack() -> traceback.StackSummary:
+    """The stack of the code that borrowed a connection, without pypool's
+    own frames."""
+    stack = traceback.extract_stack()
+    while stack and os.path.abspath(stack[-1].filename).startswith(_PACKAGE_DIR):
+        stack.pop()
+    return stack
+
+
+def _maintenance_interval(settings: Settings) -> float:
+    """How often maintenance runs: often enough for the shortest threshold it
+    enforces, at most once a second."""
+    spans = [1.0]
+    if settings.max_idle:
+        spans.append(settings.max_idle / 4)
+    if settings.max_lifetime is not None:
+        spans.append(settings.max_lifetime / 20)
+    if settings.keepalive is not None:
+        spans.append(settings.keepalive / 4)
+    if settings.leak_timeout is not None:
+        spans.append(settings.leak_timeout / 4)
+    return max(0.02, min(spans))
+
+
+def _close_all_at_exit() -> None:
+    for pool in list(_live_pools):
+        try:
+            pool.close(timeout=0)
+        except Exception:  # pragma: no cover
+            pass
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live_pools):
+        pool._after_fork_in_child()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ------------------------------------------------------- one class per core
 
 
 def _core_name(core_type: type) -> str:
@@ -371,10 +837,10 @@ def _core_name(core_type: type) -> str:
 
 
 def _module_of(pool_type: type) -> types.ModuleType:
+    import sys
+
     for base in pool_type.__mro__:
         if base.__name__ == "PoolBase":
-            import sys
-
             return sys.modules[base.__module__]
     raise TypeError(f"{pool_type!r} does not derive from a core's PoolBase")
 
@@ -426,8 +892,8 @@ class Pool(_PoolMethods, _core.PoolBase):  # type: ignore[misc]
     - ``max_lifetime=3600.0``: replace connections hourly (less up to 5% at
       random, so they do not expire together), below common server and
       proxy limits; None: never.
-    - ``max_idle=600.0``: an idle connection older than this is closed
-      rather than handed out; None: never.
+    - ``max_idle=600.0``: idle connections older than this are closed (down
+      to ``min_size``) and never handed out; None: never.
     - ``max_uses=0``: no limit on hand-outs per connection.
     - ``check=None``: the adapter's check (a ping), run before hand-out on
       connections idle more than ``check_after=1.0`` seconds, so a connection
@@ -439,6 +905,14 @@ class Pool(_PoolMethods, _core.PoolBase):  # type: ignore[misc]
       recovering database.
     - ``lifo=True``: reuse the most recently returned connection first, so
       surplus ones go idle and are retired; ``False`` for round-robin.
+    - ``leak_timeout=None``: with a number, a connection borrowed longer is
+      reported once, with the stack that took it (this puts a stack capture
+      on every acquire).
+    - ``keepalive=240.0``: idle connections unused this long are checked, so
+      firewalls and server idle timeouts (often 300 s and more) do not cut
+      them silently; None: never.
+    - ``reconnect_timeout=300.0``: after connects have failed this long,
+      ``reconnect_failed(pool)`` is called (the pool keeps trying).
     """
 
     __new__ = _new  # type: ignore[assignment]
