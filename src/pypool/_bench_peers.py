@@ -42,11 +42,11 @@ import operator
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .cli import Contender, Handles, _core_check, register
 
-__all__ = ["DSN", "DSN_ENV", "FakeDBAPIConnection", "FakeDBAPIModule", "PEERS", "register_all"]
+__all__ = ["DSN", "DSN_ENV", "PEERS", "FakeDBAPIConnection", "FakeDBAPIModule", "register_all"]
 
 #: The environment variable the database contenders read their DSN from.
 DSN_ENV = "PYPOOL_BENCH_DSN"
@@ -272,7 +272,8 @@ def _pypool_pg_setup(connections: int) -> Handles:
 def _sqlalchemy_setup(connections: int) -> Handles:
     from sqlalchemy.pool import QueuePool
 
-    pool = QueuePool(_fake_connect, pool_size=connections, max_overflow=0, timeout=30.0)
+    # SQLAlchemy's type for a creator is its DBAPIConnection protocol.
+    pool = QueuePool(cast(Any, _fake_connect), pool_size=connections, max_overflow=0, timeout=30.0)
     # Connect them all now, so that no measured cycle connects.
     for c in [pool.connect() for _ in range(connections)]:
         c.close()

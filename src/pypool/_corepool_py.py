@@ -1105,8 +1105,9 @@ class PoolBase:
     class alone, on the verdicts of the core's thresholds. The policy layer,
     a subclass, is called only for what needs I/O or judgement:
 
-    - ``_vet(conn)`` checks a connection idle longer than ``check_after``
-      before it is handed out, and returns None if it is fine or the
+    - ``_vet(conn, timeout)`` checks a connection idle longer than
+      ``check_after`` before it is handed out, within ``timeout`` seconds
+      (what is left of the caller's), and returns None if it is fine or the
       exception that shows it is not;
     - ``_retire(conn, reason, exc)`` takes a connection the pool dropped (its
       slot is free already; ``reason`` is one of the verdicts, CHECK for a
@@ -1178,7 +1179,7 @@ class PoolBase:
                     self._checked_out(conn)
                 return conn
             if verdict == CHECK:
-                failure = self._vet(conn)
+                failure = self._vet(conn, max(0.0, deadline - _clock()))
                 if failure is None:
                     if self._observe:
                         self._checked_out(conn)
@@ -1231,7 +1232,7 @@ class PoolBase:
         :meth:`acquire`, given back on exit (also when the block raises)."""
         return _Lease(self, timeout)
 
-    def _vet(self, conn: Any) -> BaseException | None:
+    def _vet(self, conn: Any, timeout: float) -> BaseException | None:
         return None
 
     def _checked_out(self, conn: Any) -> None:

@@ -14,9 +14,12 @@ The interface
     function ``reset(conn)``, or ``None`` (no reset). A reset either leaves no open
     or failed transaction behind or raises, and the pool then discards the
     connection.
-``check(conn)``
+``check(conn, timeout=None)``
     Raises if the connection is unusable; leaves it as it was (no transaction
-    left open).
+    left open). With ``timeout``, the check gives up after that many seconds
+    where the driver allows (psycopg 3, PyMySQL) and the connection is then
+    unusable: the pool passes what is left of the caller's acquire timeout, so
+    a server or network that stopped answering cannot outlast it.
 ``is_broken(conn, exc=None)``
     True when the connection must be discarded, False when only a query failed.
 ``close(conn)``
@@ -35,13 +38,15 @@ sqlite3    ``rollback()`` if ``in_transaction``;  ``SELECT 1``; raises once clos
            raises once closed (no round trip).
 psycopg 3  ``rollback()`` if libpq's transaction  An empty query in autocommit (as
            status is INTRANS or INERROR, nothing  psycopg_pool's ``check_connection``):
-           if IDLE (read locally); raises if the  one round trip, no transaction.
-           connection is closed or broken, or a
-           command is still in progress (ACTIVE).
+           if IDLE (read locally); raises if the  one round trip, no transaction. With a
+           connection is closed or broken, or a   timeout, sent through libpq directly
+           command is still in progress (ACTIVE). and waited for with ``select()``.
 psycopg2   as psycopg 3, from                     ``SELECT 1`` in autocommit (switching
            ``get_transaction_status()`` and       autocommit costs no round trip).
            ``closed``.
-PyMySQL    raises if not ``open``; no round trip  ``ping(reconnect=False)``.
+PyMySQL    raises if not ``open``; no round trip  ``ping(reconnect=False)``; with a
+                                                  timeout, the socket's timeout is
+                                                  lowered to it for the ping.
            only in autocommit mode with no
            transaction flagged (see below); else
            ``rollback()``.
@@ -137,6 +142,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias
 
@@ -340,7 +346,12 @@ def _reset_pymysql(conn: Any) -> None:
 # ------------------------------------------------------------------ checks
 
 
-def _check_psycopg(conn: Any) -> None:
+def _check_psycopg(conn: Any, timeout: float | None = None) -> None:
+    if conn.closed or conn.broken:
+        raise UnusableConnection("psycopg connection is closed or broken")
+    if timeout is not None:
+        _ping_psycopg(conn, timeout)
+        return
     # psycopg_pool's check_connection: an empty query, in autocommit so that it
     # opens no transaction (switching autocommit is local, no round trip).
     if conn.autocommit or conn.pgconn.transaction_status != _PQ_IDLE:
@@ -354,7 +365,40 @@ def _check_psycopg(conn: Any) -> None:
             conn.autocommit = False
 
 
-def _check_psycopg2(conn: Any) -> None:
+def _ping_psycopg(conn: Any, timeout: float) -> None:
+    """An empty query through libpq, answered within ``timeout`` seconds.
+
+    Sent below psycopg's own command machinery, so it opens no transaction
+    whatever the autocommit setting. A connection that does not answer in
+    time is left mid-command: the caller must discard it (the pool does).
+    """
+    import select
+
+    from psycopg import pq
+
+    pgconn = conn.pgconn
+    deadline = time.monotonic() + timeout
+    with conn.lock:
+        pgconn.send_query(b"")
+        while pgconn.flush():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [pgconn.socket], [], remaining)[1]:
+                raise UnusableConnection(f"check could not send within {timeout:.3f} s")
+        while True:
+            pgconn.consume_input()
+            if not pgconn.is_busy():
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([pgconn.socket], [], [], remaining)[0]:
+                raise UnusableConnection(f"check got no answer within {timeout:.3f} s")
+        ok = (pq.ExecStatus.EMPTY_QUERY, pq.ExecStatus.COMMAND_OK)
+        while (result := pgconn.get_result()) is not None:
+            if result.status not in ok:
+                message = (result.error_message or b"").decode("utf-8", "replace").strip()
+                raise UnusableConnection(f"check failed: {mask_dsn(message)}")
+
+
+def _check_psycopg2(conn: Any, timeout: float | None = None) -> None:
     if conn.closed:
         raise UnusableConnection("psycopg2 connection is closed")
 
@@ -374,16 +418,26 @@ def _check_psycopg2(conn: Any) -> None:
             conn.autocommit = False
 
 
-def _check_sqlite3(conn: Any) -> None:
+def _check_sqlite3(conn: Any, timeout: float | None = None) -> None:
     # A SELECT opens no transaction in sqlite3's default (legacy) mode.
     conn.execute("SELECT 1").close()
 
 
-def _check_pymysql(conn: Any) -> None:
-    conn.ping(reconnect=False)
+def _check_pymysql(conn: Any, timeout: float | None = None) -> None:
+    sock = getattr(conn, "_sock", None)
+    if timeout is None or sock is None:
+        conn.ping(reconnect=False)
+        return
+    previous = sock.gettimeout()
+    sock.settimeout(timeout)
+    try:
+        conn.ping(reconnect=False)
+    finally:
+        if conn._sock is sock:  # a failed ping closes (and drops) the socket
+            sock.settimeout(previous)
 
 
-def _check_generic(conn: Any) -> None:
+def _check_generic(conn: Any, timeout: float | None = None) -> None:
     ping = getattr(conn, "ping", None)
     if callable(ping):
         if ping() is False:
@@ -563,7 +617,7 @@ class DBAPIAdapter:
         PSYCOPG2: _reset_psycopg2,
         PYMYSQL: _reset_pymysql,
     }
-    _checks: Mapping[str, Callable[[Any], None]] = {
+    _checks: Mapping[str, Callable[[Any, float | None], None]] = {
         SQLITE3: _check_sqlite3,
         PSYCOPG: _check_psycopg,
         PSYCOPG2: _check_psycopg2,
@@ -595,10 +649,12 @@ class DBAPIAdapter:
             return "rollback"
         return self._resets[driver]
 
-    def check(self, conn: Any) -> None:
-        """Raises if ``conn`` is unusable; leaves no transaction open."""
+    def check(self, conn: Any, timeout: float | None = None) -> None:
+        """Raises if ``conn`` is unusable; leaves no transaction open. With
+        ``timeout``, gives up after that many seconds where the driver allows
+        (then the connection is unusable)."""
         driver = self.driver(conn)
-        (_check_generic if driver is None else self._checks[driver])(conn)
+        (_check_generic if driver is None else self._checks[driver])(conn, timeout)
 
     def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
         """True if ``conn`` must be discarded (after ``exc``, if given); False
@@ -683,9 +739,10 @@ def reset_for(conn: Any) -> ResetPlan:
     return _default.reset_for(conn)
 
 
-def check(conn: Any) -> None:
-    """Raises if ``conn`` is unusable; leaves it as it was."""
-    _default.check(conn)
+def check(conn: Any, timeout: float | None = None) -> None:
+    """Raises if ``conn`` is unusable; leaves it as it was (see the module
+    docstring for what ``timeout`` bounds)."""
+    _default.check(conn, timeout)
 
 
 def is_broken(conn: Any, exc: BaseException | None = None) -> bool:

@@ -131,6 +131,7 @@ class _PoolMethods:
         self._policy = Policy(settings, core)
         self._reset_plan: Any = None if settings.reset in (None, False) else settings.reset
         self._reset_known = settings.reset is not None
+        self._check_takes_timeout = _accepts_timeout(settings.adapter.check)
         self._listeners: dict[str, list[Callable[..., object]]] = {e: [] for e in EVENTS}
         self._leaks = 0
         self._interval = _maintenance_interval(settings)
@@ -491,11 +492,17 @@ class _PoolMethods:
 
     # ------------------------------------------------------------- hooks
 
-    def _vet(self, conn: Any) -> BaseException | None:
+    def _vet(self, conn: Any, timeout: float) -> BaseException | None:
+        """Runs the check within ``timeout`` seconds where the adapter can
+        bound it; None if the connection is fine, else what showed it is not."""
         check = self._settings.check
         try:
             if check is None:
-                self._settings.adapter.check(conn)
+                adapter = self._settings.adapter
+                if self._check_takes_timeout:
+                    adapter.check(conn, timeout=max(timeout, 0.001))
+                else:
+                    adapter.check(conn)
             elif check is not False:
                 check(conn)
         except Exception as exc:
@@ -683,7 +690,7 @@ class _PoolMethods:
             conn = core.claim(index)
             if conn is None:
                 continue
-            failure = self._vet(conn)
+            failure = self._vet(conn, min(self._settings.timeout, 10.0))
             if failure is None:
                 self._last_check[index] = core.now()
                 if not core.restore(index):
@@ -782,6 +789,15 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
         del pool
         if stop.wait(interval):
             return
+
+
+def _accepts_timeout(check: Callable[..., object]) -> bool:
+    import inspect
+
+    try:
+        return "timeout" in inspect.signature(check).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
