@@ -45,10 +45,10 @@ from libc.stdint cimport uint32_t, uint64_t, int64_t, uintptr_t
 from libc.stdlib cimport calloc, free
 
 import _thread
+import math
 import os
 import time
 import weakref
-from collections import deque
 
 from pypool.errors import (
     ConfigurationError,
@@ -74,6 +74,7 @@ cdef extern from "pypool_freelist.h" nogil:
     uint32_t PFL_BUSY
     uint32_t PFL_RESERVED
     int64_t pfl_now_ns()
+    int64_t pfl_monotonic_ns()
     int pfl_init(pfl_list *fl, int fifo)
     void pfl_destroy(pfl_list *fl)
     int pfl_grow(pfl_list *fl)
@@ -156,7 +157,7 @@ REASONS = (
 
 SEGMENT = PFL_SEG_SIZE
 MAX_SIZE = PFL_MAX_SLOTS
-DEFAULT_HANDOFF_AFTER = 0.005
+DEFAULT_HANDOFF_AFTER = 0.002
 cdef double _WAIT_SLICE = 0.05
 
 # Waiter states.
@@ -183,7 +184,10 @@ cdef double _check_timeout(object timeout) except -2.0:
         )
     if not timeout >= 0:  # rejects NaN too
         raise ConfigurationError(f"timeout must be >= 0 seconds, not {timeout!r}")
-    return <double>float(timeout)
+    try:
+        return <double>float(timeout)
+    except OverflowError:  # an int too large for a float: no limit
+        return math.inf
 
 
 cdef double _check_seconds(str name, object value) except -1.0:
@@ -191,7 +195,10 @@ cdef double _check_seconds(str name, object value) except -1.0:
         raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not value >= 0:  # rejects NaN too
         raise ConfigurationError(f"{name} must be >= 0 seconds, not {value!r}")
-    return <double>float(value)
+    try:
+        return <double>float(value)
+    except OverflowError:  # an int too large for a float: no limit
+        return math.inf
 
 
 cdef inline int64_t _ns(double seconds) noexcept:
@@ -318,21 +325,27 @@ cdef void _map_del(AddrMap *m, uintptr_t key) noexcept:
 
 
 # ---------------------------------------------------------------- waiters
+# The wait queue is an intrusive doubly linked list of _Waiter objects: the
+# head, a removal and a walk are C operations. `n_sleeping` counts the thread
+# waiters not yet woken, so that a release with only woken waiters queued
+# (the common case under contention) walks nothing.
 
 cdef class _Waiter:
     cdef object lock        # held while the waiter sleeps; released to wake it
     cdef int state
     cdef bint notified      # woken to retry, without a hand-off
     cdef object conn
-    cdef double started
+    cdef int64_t started    # pfl_monotonic_ns()
     cdef bint is_ticket
+    cdef _Waiter prev
+    cdef _Waiter next
 
     def __cinit__(self, *args):
         self.lock = None
         self.state = _WAITING
         self.notified = False
         self.conn = None
-        self.started = _clock()
+        self.started = pfl_monotonic_ns()
         self.is_ticket = False
 
 
@@ -386,25 +399,21 @@ cdef class WaiterTicket(_Waiter):
         connection, False if it had finished already.
         """
         cdef CorePool core = self._core
-        cdef list calls = []
         cdef uint32_t i
         if self.state == _WAITING:
             core._leave(self)
             if timed_out:
                 core.timeouts += 1
-            result = True
-        elif self.state == _HANDED:
+            return True
+        if self.state == _HANDED:
             conn = self.conn
             self.conn = None
             self.state = _DONE
             i = core._slot_of_borrowed(conn)
-            core._return(i, conn, calls)
-            result = True
-        else:
-            self.state = _DONE
-            result = False
-        core._run(calls)
-        return result
+            core._return(i, conn)
+            return True
+        self.state = _DONE
+        return False
 
     def __repr__(self):
         names = ("waiting", "handed", "closed", "done")
@@ -466,10 +475,13 @@ cdef class CorePool:
     cdef bint _lifo
     cdef bint _closed
     cdef double _handoff_after
+    cdef int64_t handoff_after_ns
     cdef object _on_wait
     cdef object _on_abandon
-    cdef object waiters            # deque of _Waiter
+    cdef _Waiter wq_head           # the wait queue, oldest first
+    cdef _Waiter wq_tail
     cdef Py_ssize_t n_waiting
+    cdef Py_ssize_t n_sleeping     # thread waiters not woken yet
     cdef int _size
     cdef int n_idle
     cdef int n_busy
@@ -512,6 +524,7 @@ cdef class CorePool:
         if handoff_after is None:
             raise ConfigurationError("handoff_after must be a number of seconds")
         self._handoff_after = _check_timeout(handoff_after)
+        self.handoff_after_ns = _ns(self._handoff_after)
         if on_wait is not None and not callable(on_wait):
             raise ConfigurationError("on_wait must be callable or None")
         if on_abandon is not None and not callable(on_abandon):
@@ -539,8 +552,10 @@ cdef class CorePool:
             raise MemoryError()
         self.nsegs = 0
         _map_init(&self.where, 64)
-        self.waiters = deque()
+        self.wq_head = None
+        self.wq_tail = None
         self.n_waiting = 0
+        self.n_sleeping = 0
         self._size = 0
         self.n_idle = 0
         self.n_busy = 0
@@ -801,7 +816,6 @@ cdef class CorePool:
         """release(): 1 when taken back, 0 when the pool is closed."""
         cdef uint32_t i = _map_get(&self.where, <uintptr_t><PyObject *>conn)
         cdef Slot *s
-        cdef list calls
         if i == PFL_NIL or pfl_state(self.fl, i) != PFL_BUSY:
             i = self._slot_of_borrowed(conn)  # raises with the right message
         s = self._slot(i)
@@ -818,9 +832,7 @@ cdef class CorePool:
             self.n_busy -= 1
             self.n_idle += 1
         else:
-            calls = []
-            self._return(i, conn, calls)
-            self._run(calls)
+            self._return(i, conn)
         return 1
 
     def acquire(self, timeout=None):
@@ -850,16 +862,14 @@ cdef class CorePool:
         lock.acquire()
         waiter = _Waiter()
         waiter.lock = lock
-        self.waiters.append(waiter)
-        self.n_waiting += 1
+        self._enqueue(waiter)
         if self._on_wait is not None:
             self._on_wait()
         return self._wait(waiter, wait_for)
 
     cdef object _wait(self, _Waiter waiter, double wait_for):
-        cdef double deadline = -1.0 if wait_for < 0 else waiter.started + wait_for
+        cdef double deadline = -1.0 if wait_for < 0 else _clock() + wait_for
         cdef double remaining
-        cdef list calls
         cdef bint woken
         try:
             while True:
@@ -885,21 +895,20 @@ cdef class CorePool:
                 # Woken to retry: a connection was made idle for us, but a
                 # caller that did not wait may have taken it first.
                 waiter.notified = False
+                self.n_sleeping += 1
                 conn = self._pop()
                 if conn is not None:
                     self._leave(waiter)
                     self._count_wait(waiter)
                     return conn
         except BaseException:
-            calls = []
             if waiter.state == _HANDED:  # handed at the moment we were interrupted
                 conn = waiter.conn
                 waiter.conn = None
                 waiter.state = _DONE
-                self._return(self._slot_of_borrowed(conn), conn, calls)
+                self._return(self._slot_of_borrowed(conn), conn)
             elif waiter.state == _WAITING:
                 self._leave(waiter)
-            self._run(calls)
             raise
 
     cdef object _wait_timed_out(self, _Waiter waiter, double waited):
@@ -944,8 +953,7 @@ cdef class CorePool:
                     f"{self.n_waiting} callers wait already "
                     f"(max_waiting={self._max_waiting})"
                 )
-            self.waiters.append(ticket)
-            self.n_waiting += 1
+            self._enqueue(ticket)
             if self._on_wait is not None:
                 self._on_wait()
         else:
@@ -1004,7 +1012,6 @@ cdef class CorePool:
         cdef uint32_t i = self._slot_at(slot, PFL_CREATING)
         cdef uint32_t other = _map_get(&self.where, <uintptr_t><PyObject *>conn)
         cdef Slot *s
-        cdef list calls = []
         if other != PFL_NIL:
             raise InvalidSlot(f"this object is in the pool already (slot {other})")
         if self._closed:
@@ -1024,8 +1031,7 @@ cdef class CorePool:
         s.generation = self._generation
         s.expires = 0 if life < 0 else s.created + _ns(life)  # created > 0: never 0
         _map_put(&self.where, s.key, i)
-        self._return(i, conn, calls)
-        self._run(calls)
+        self._return(i, conn)
 
     def abandon(self, slot):
         """Frees a reserved (CREATING) slot whose connect failed."""
@@ -1064,12 +1070,10 @@ cdef class CorePool:
         the caller must close the connection.
         """
         cdef uint32_t i = self._slot_at(slot, PFL_RESERVED)
-        cdef list calls = []
         if self._closed:
             self._empty(i, PFL_RESERVED)
             return False
-        self._return(i, <object>self._slot(i).conn, calls)
-        self._run(calls)
+        self._return(i, <object>self._slot(i).conn)
         return True
 
     def retire(self, slot):
@@ -1124,7 +1128,6 @@ cdef class CorePool:
         back idle since: one handed to a waiter just before the close, whose
         waiter was then interrupted or cancelled, is passed on into the idle
         list, where only another ``close()`` finds it."""
-        cdef list calls = []
         cdef list idle = []
         cdef uint32_t i
         cdef _Waiter w
@@ -1139,12 +1142,11 @@ cdef class CorePool:
         # EMPTY, BUSY, CREATING or RESERVED now, so nothing is taken).
         while pfl_pop(self.fl) != PFL_NIL:
             pass
-        while self.waiters:
-            w = self.waiters.popleft()
-            self.n_waiting -= 1
+        while self.wq_head is not None:
+            w = self.wq_head
+            self._unlink(w)
             w.state = _CLOSED
-            self._wake(w, calls)
-        self._run(calls)
+            self._wake(w)
         return idle
 
     def __repr__(self):
@@ -1207,18 +1209,18 @@ cdef class CorePool:
         s.uses += 1
         self.acquires += 1
 
-    cdef int _return(self, uint32_t i, object conn, list calls) except -1:
+    cdef int _return(self, uint32_t i, object conn) except -1:
         """A connection is available in slot ``i`` (BUSY, CREATING or
         RESERVED): hand it to a waiter that is owed one, else make it IDLE and
         wake a waiter to come and take it."""
         cdef Slot *s = self._slot(i)
         cdef uint32_t state = pfl_state(self.fl, i)
-        cdef _Waiter first
-        if self.n_waiting:
-            first = self.waiters[0]
-            if first.is_ticket or _clock() - first.started >= self._handoff_after:
-                self.waiters.popleft()
-                self.n_waiting -= 1
+        cdef _Waiter first = self.wq_head
+        if first is not None:
+            if first.is_ticket or (
+                pfl_monotonic_ns() - first.started >= self.handoff_after_ns
+            ):
+                self._unlink(first)
                 self._hand_out(i, state)
                 if s.ref != NULL and s.conn != NULL:
                     Py_DECREF(<object>s.conn)
@@ -1226,7 +1228,7 @@ cdef class CorePool:
                 self._count_wait(first)
                 first.state = _HANDED
                 first.conn = conn
-                self._wake(first, calls)
+                self._wake(first)
                 return 0
         if s.conn == NULL:
             Py_INCREF(conn)
@@ -1241,38 +1243,73 @@ cdef class CorePool:
             self.n_reserved -= 1
             pfl_unclaim(self.fl, i)
         self.n_idle += 1
-        self._notify_one()
+        if self.n_sleeping:
+            self._notify_one()
         return 0
+
+    cdef void _enqueue(self, _Waiter waiter) noexcept:
+        waiter.prev = self.wq_tail
+        waiter.next = None
+        if self.wq_tail is None:
+            self.wq_head = waiter
+        else:
+            self.wq_tail.next = waiter
+        self.wq_tail = waiter
+        self.n_waiting += 1
+        if not waiter.is_ticket:
+            self.n_sleeping += 1
+
+    cdef void _unlink(self, _Waiter waiter) noexcept:
+        if waiter.prev is None:
+            self.wq_head = waiter.next
+        else:
+            waiter.prev.next = waiter.next
+        if waiter.next is None:
+            self.wq_tail = waiter.prev
+        else:
+            waiter.next.prev = waiter.prev
+        waiter.prev = None
+        waiter.next = None
+        self.n_waiting -= 1
+        if not waiter.is_ticket and not waiter.notified:
+            self.n_sleeping -= 1
 
     cdef int _notify_one(self) except -1:
         """Wakes the first thread waiter not woken already, to retry."""
-        cdef _Waiter w
-        for w in self.waiters:
+        cdef _Waiter w = self.wq_head
+        while w is not None:
             if not w.notified and not w.is_ticket:
                 w.notified = True
+                self.n_sleeping -= 1
                 w.lock.release()
                 return 0
+            w = w.next
         return 0
 
     cdef int _leave(self, _Waiter waiter) except -1:
         """Removes a waiter that gives up; passes on a wake-up it received."""
-        self.waiters.remove(waiter)
-        self.n_waiting -= 1
+        self._unlink(waiter)
         waiter.state = _DONE
-        if waiter.notified and self.n_idle:
+        if waiter.notified and self.n_idle and self.n_sleeping:
             self._notify_one()
         return 0
 
     cdef void _count_wait(self, _Waiter waiter) noexcept:
-        cdef double waited = _clock() - waiter.started
+        cdef double waited = _seconds(pfl_monotonic_ns() - waiter.started)
         self.waits += 1
         self.wait_time += waited
         if waited > self.wait_time_max:
             self.wait_time_max = waited
 
-    cdef int _wake(self, _Waiter waiter, list calls) except -1:
+    cdef int _wake(self, _Waiter waiter) except -1:
+        """Wakes a waiter taken off the queue, whose state says why: a thread
+        by releasing its lock (unless woken already), a ticket by its
+        callback. Called last, when the core's state is consistent, since a
+        callback may call back."""
+        cdef WaiterTicket ticket
         if waiter.is_ticket:
-            calls.append(waiter)
+            ticket = <WaiterTicket>waiter
+            ticket._callback(ticket)
         elif not waiter.notified:  # a waiter woken to retry is awake already
             waiter.notified = True
             waiter.lock.release()
@@ -1322,7 +1359,7 @@ cdef class CorePool:
                 s.key = 0
         self.dead.append((i, ref))
         self._reap()
-        self._run(None)
+        self._run_hooks()
 
     cdef int _reap(self) except -1:
         cdef list dead = self.dead
@@ -1341,13 +1378,9 @@ cdef class CorePool:
             self.abandoned_slots.append(i)
         return 0
 
-    cdef int _run(self, list calls) except -1:
-        """Runs ticket callbacks and hooks collected during an operation."""
-        cdef WaiterTicket ticket
+    cdef int _run_hooks(self) except -1:
+        """Runs on_abandon for the slots reaped."""
         cdef list reaped
-        if calls:
-            for ticket in calls:
-                ticket._callback(ticket)
         if self.abandoned_slots:
             reaped = self.abandoned_slots
             self.abandoned_slots = []

@@ -122,6 +122,24 @@ static inline int64_t pfl_now_ns(void)
 #endif
 }
 
+/* A precise monotonic clock in nanoseconds (the same base as Python's
+ * time.monotonic() on Linux and macOS), for waits. */
+static inline int64_t pfl_monotonic_ns(void)
+{
+#if defined(_WIN32)
+    static LARGE_INTEGER freq;
+    LARGE_INTEGER now;
+    if (freq.QuadPart == 0)
+        QueryPerformanceFrequency(&freq);
+    QueryPerformanceCounter(&now);
+    return (int64_t)((double)now.QuadPart * 1e9 / (double)freq.QuadPart);
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
+}
+
 /* ------------------------------------------------------------------ slots */
 
 static inline pfl_link *pfl__link(pfl_list *fl, uint32_t i)

@@ -4,8 +4,8 @@ Both cores expose the same classes, functions and behaviour, and raise the same
 exceptions (from :mod:`pypool.errors`). The native core mirrors the data
 structures below one for one (slot states, the idle list with lazily dropped
 stale entries, the empty-slot stack, segments of 64 slots), so the two hand out
-the same slot for the same sequence of operations; ``tests/test_core_parity.py``
-and the stateful tests hold them to it. Change both in the same commit.
+the same slot for the same sequence of operations; the stateful tests
+(``tests/test_core_stateful.py``) hold them to it. Change both in the same commit.
 
 The core knows nothing of databases. It stores objects ("connections") in
 slots, hands them out and takes them back, and makes callers wait when none is
@@ -28,6 +28,7 @@ the ``on_wait`` / ``on_abandon`` hooks run after it is released).
 from __future__ import annotations
 
 import _thread
+import math
 import os
 import sys
 import threading
@@ -110,7 +111,7 @@ MAX_SIZE: Final = SEGMENT * 4096
 #: idle connection ahead of it; after that, the next connection returned is
 #: handed to it directly. Short enough that no waiter starves, long enough that
 #: a busy pool does not pay a thread switch for every release.
-DEFAULT_HANDOFF_AFTER: Final = 0.005
+DEFAULT_HANDOFF_AFTER: Final = 0.002
 #: Longest single sleep of a waiting thread: bounds how late a signal handler
 #: (Ctrl-C) runs on platforms where a lock wait is not interrupted by signals.
 _WAIT_SLICE: Final = 0.05
@@ -133,7 +134,10 @@ def _check_timeout(timeout: object) -> float | None:
         )
     if not timeout >= 0:  # rejects NaN too
         raise ConfigurationError(f"timeout must be >= 0 seconds, not {timeout!r}")
-    return float(timeout)
+    try:
+        return float(timeout)
+    except OverflowError:  # an int too large for a float: no limit
+        return math.inf
 
 
 def _check_seconds(name: str, value: object) -> float:
@@ -141,7 +145,10 @@ def _check_seconds(name: str, value: object) -> float:
         raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not value >= 0:  # rejects NaN too
         raise ConfigurationError(f"{name} must be >= 0 seconds, not {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float: no limit
+        return math.inf
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:

@@ -224,6 +224,8 @@ def register(contender: Contender) -> None:
     CONTENDERS.append(contender)
 
 
+from . import _bench_peers  # noqa: E402, F401  (registers the full Pool and the peer pools)
+
 # ------------------------------------------------------------------ measuring
 
 
@@ -637,6 +639,8 @@ def _json(run: _Run) -> dict[str, Any]:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.dsn:
+        _bench_peers.DSN = args.dsn
     base = _QUICK if args.quick else _FULL
     settings = _Settings(
         rounds=args.rounds if args.rounds is not None else base.rounds,
@@ -803,6 +807,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--json", type=_json_path, metavar="FILE", help=f"also write the results ({SCHEMA})"
+    )
+    bench.add_argument(
+        "--dsn",
+        metavar="URL",
+        help="a PostgreSQL to measure the pools that need a server too (psycopg_pool, "
+        "psycopg2, the Pool on real connections); default $PYPOOL_BENCH_DSN",
     )
     return parser
 
