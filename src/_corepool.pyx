@@ -1434,8 +1434,9 @@ cdef class PoolBase:
     - ``_retire(conn, reason, exc)`` takes a connection the pool dropped (its
       slot is free already; ``reason`` is one of the verdicts, CHECK for a
       failed check) and must close it;
-    - ``_timed_out(exc)`` returns the exception to raise in a caller whose
-      wait timed out.
+    - ``_failed(exc)`` returns the exception to raise in a caller that gets
+      no connection (``exc`` is the core's PoolTimeout, PoolClosed or
+      TooManyRequests).
 
     ``reset`` runs on every return before the connection is idle again: a
     method name (``"rollback"``: ``conn.rollback()``), a callable
@@ -1497,7 +1498,7 @@ cdef class PoolBase:
         if timeout is not None:
             _check_timeout(timeout)
         if core._closed:
-            raise PoolClosed("the pool is closed")
+            return self._acquire_slow(None, PFL_NIL, _OK, timeout)
         i = pfl_pop(core.fl)
         if i == PFL_NIL:
             return self._acquire_slow(None, PFL_NIL, _OK, timeout)
@@ -1510,19 +1511,19 @@ cdef class PoolBase:
         return self._acquire_slow(conn, i, verdict, timeout)
 
     cdef object _acquire_slow(self, object conn, uint32_t i, int verdict, object timeout):
+        try:
+            return self._acquire_loop(conn, i, verdict, timeout)
+        except PoolError as exc:
+            error = self._failed(exc)
+        raise error
+
+    cdef object _acquire_loop(self, object conn, uint32_t i, int verdict, object timeout):
         cdef CorePool core = self._core
         cdef double wait_for = self._timeout if timeout is None else _check_timeout(timeout)
         cdef double deadline = _clock() + wait_for
         while True:
             if conn is None:
-                try:
-                    conn = core.acquire(max(0.0, deadline - _clock()))
-                except PoolTimeout as exc:
-                    error = self._timed_out(exc)
-                else:
-                    error = None
-                if error is not None:
-                    raise error
+                conn = core.acquire(max(0.0, deadline - _clock()))
                 i = core._slot_of_borrowed(conn)
                 verdict = core._verdict(i, True, pfl_now_ns())
             if verdict == _OK:
@@ -1609,5 +1610,5 @@ cdef class PoolBase:
     def _retire(self, conn, reason, exc):
         pass
 
-    def _timed_out(self, exc):
+    def _failed(self, exc):
         return exc

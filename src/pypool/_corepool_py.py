@@ -1119,8 +1119,9 @@ class PoolBase:
     - ``_retire(conn, reason, exc)`` takes a connection the pool dropped (its
       slot is free already; ``reason`` is one of the verdicts, CHECK for a
       failed check) and must close it;
-    - ``_timed_out(exc)`` returns the exception to raise in a caller whose
-      wait timed out.
+    - ``_failed(exc)`` returns the exception to raise in a caller that gets
+      no connection (``exc`` is the core's PoolTimeout, PoolClosed or
+      TooManyRequests).
 
     ``reset`` runs on every return before the connection is idle again: a
     method name (``"rollback"``: ``conn.rollback()``), a callable
@@ -1165,21 +1166,21 @@ class PoolBase:
         :class:`TooManyRequests` when the wait queue is full and
         :class:`PoolClosed` when the pool is closed.
         """
-        core = self._core
         wait_for = self._timeout if timeout is None else _check_timeout(timeout)
         assert wait_for is not None
+        try:
+            return self._acquire_loop(wait_for)
+        except PoolError as exc:
+            error = self._failed(exc)
+        raise error
+
+    def _acquire_loop(self, wait_for: float) -> Any:
+        core = self._core
         deadline = _clock() + wait_for
         conn = core.try_acquire()
         while True:
             if conn is None:
-                try:
-                    conn = core.acquire(max(0.0, deadline - _clock()))
-                except PoolTimeout as exc:
-                    error = self._timed_out(exc)
-                else:
-                    error = None
-                if error is not None:
-                    raise error
+                conn = core.acquire(max(0.0, deadline - _clock()))
             verdict = core.verdict(core.slot_of(conn), True)
             if verdict == OK:
                 if self._observe:
@@ -1251,5 +1252,5 @@ class PoolBase:
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         pass
 
-    def _timed_out(self, exc: PoolTimeout) -> BaseException:
+    def _failed(self, exc: PoolError) -> BaseException:
         return exc

@@ -172,13 +172,14 @@ class Policy:
     # -------------------------------------------------------------- connect
 
     def wants_connection(self) -> bool:
-        """True while a connect is needed: callers wait that the connects in
-        flight will not serve, or the pool is under min_size. (Callers of
-        reserve() re-check under the core's own limit.)"""
+        """True while a connect is needed: callers wait that neither the idle
+        connections (made idle for a waiter that has not run yet) nor the
+        connects in flight will serve, or the pool is under min_size.
+        (Callers of reserve() re-check under the core's own limit.)"""
         core = self.core
         if core.closed or core.size >= core.max_size:
             return False
-        return core.waiting > core.connecting or core.size < self.min_size
+        return core.waiting > core.connecting + core.idle or core.size < self.min_size
 
     def lifetime(self) -> float | None:
         """The lifetime of a new connection: max_lifetime less a random jitter."""

@@ -527,8 +527,10 @@ class _PoolMethods:
         self._close_connection(conn, _core.REASONS[reason], exc)
         self._wake_workers()
 
-    def _timed_out(self, exc: PoolTimeout) -> BaseException:
-        return self._policy.timeout_error(exc)
+    def _failed(self, exc: Exception) -> BaseException:
+        if isinstance(exc, PoolTimeout):
+            return self._policy.timeout_error(exc)
+        return exc
 
     def _on_wait(self) -> None:
         if not self._started:
