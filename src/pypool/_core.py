@@ -17,6 +17,7 @@ __all__ = (
     "CREATING",
     "EMPTY",
     "IDLE",
+    "MAX_SIZE",
     "REASONS",
     "RESERVED",
     "CorePool",
@@ -36,19 +37,19 @@ NO_EXTENSIONS = (
 
 CORE: str
 if TYPE_CHECKING:  # the Python core is the type source
-    from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
+    from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, MAX_SIZE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
 elif NO_EXTENSIONS:
-    from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
+    from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, MAX_SIZE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
 
     CORE = "python"
 else:
     try:
-        from ._corepool import BUSY, CREATING, EMPTY, IDLE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
+        from ._corepool import BUSY, CREATING, EMPTY, IDLE, MAX_SIZE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
 
         CORE = "native"
     except ImportError:
         if _REQUESTED == "native":
             raise
-        from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
+        from ._corepool_py import BUSY, CREATING, EMPTY, IDLE, MAX_SIZE, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
 
         CORE = "python"

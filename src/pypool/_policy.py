@@ -153,9 +153,10 @@ class Settings:
 class Policy:
     """Decisions and counters shared by the sync and async pools."""
 
-    def __init__(self, settings: Settings, core: Any) -> None:
+    def __init__(self, settings: Settings, core: Any, log: logging.Logger = logger) -> None:
         self.settings = settings
         self.core = core
+        self.logger = log
         self.min_size = settings.min_size
         self.lock = threading.Lock()  # guards the counters below
         self.last_error: BaseException | None = None
@@ -214,7 +215,9 @@ class Policy:
             )
             if give_up:
                 self.outage_reported = True
-        logger.warning("pool %r: connection failed: %s", self.settings.name, _one_line(exc))
+        self.logger.warning(
+            "pool %r: connection failed: %s", self.settings.name, _one_line(exc)
+        )
         return give_up
 
     @staticmethod
@@ -232,14 +235,14 @@ class Policy:
             self.retired[reason] = self.retired.get(reason, 0) + 1
             self.closed += 1
         if exc is not None:
-            logger.warning(
+            self.logger.warning(
                 "pool %r: connection discarded (%s): %s",
                 self.settings.name,
                 reason,
                 _one_line(exc),
             )
         else:
-            logger.debug("pool %r: connection retired (%s)", self.settings.name, reason)
+            self.logger.debug("pool %r: connection retired (%s)", self.settings.name, reason)
 
     # ------------------------------------------------------------- timeouts
 

@@ -22,6 +22,7 @@ without waiting.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import random
 import threading
@@ -33,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from . import _core, stats
-from ._policy import Policy, Settings, check_sizes, logger
+from ._policy import Policy, Settings, check_sizes
 from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolTimeout
 
 __all__ = ["EVENTS", "Pool"]
@@ -62,6 +63,8 @@ class _PoolMethods:
     _core: Any
     _policy: Policy
     _settings: Settings
+    #: The logger a pool logs to (driver-compatible pools use the driver's).
+    _logger_name = "pypool"
 
     def __init__(
         self,
@@ -87,6 +90,7 @@ class _PoolMethods:
         reconnect_timeout: float = 300.0,
         reconnect_failed: Callable[[Any], object] | None = None,
         _core: types.ModuleType | None = None,
+        _defer_open: bool = False,
     ) -> None:
         if adapter is None:
             from . import dbapi
@@ -128,7 +132,8 @@ class _PoolMethods:
         core.check_after = None if settings.check is False else settings.check_after
         core_module.PoolBase.__init__(self, core, settings.timeout, None)  # type: ignore[arg-type]
         self._settings = settings
-        self._policy = Policy(settings, core)
+        self._log = logging.getLogger(self._logger_name)
+        self._policy = Policy(settings, core, self._log)
         self._reset_plan: Any = None if settings.reset in (None, False) else settings.reset
         self._reset_known = settings.reset is not None
         self._check_takes_timeout = _accepts_timeout(settings.adapter.check)
@@ -137,7 +142,7 @@ class _PoolMethods:
         self._interval = _maintenance_interval(settings)
         self._apply_hot_path()
         _live_pools.add(self)
-        if settings.min_size:
+        if settings.min_size and not _defer_open:
             self.open()
 
     def _fresh_threading(self) -> None:
@@ -246,7 +251,7 @@ class _PoolMethods:
                 if not self._started and not self._core.closed:
                     self._start_threads()
                     self._started = True
-                    logger.info("pool %r opened (%s core)", self.name, self.core)
+                    self._log.info("pool %r opened (%s core)", self.name, self.core)
         if wait:
             self.wait(timeout, fail_fast=fail_fast)
 
@@ -327,7 +332,7 @@ class _PoolMethods:
         # A connection handed to a waiter that then gave up is passed on as idle.
         for conn in self._core.close():
             self._close_connection(conn, "closed", None)
-        logger.info("pool %r closed", self.name)
+        self._log.info("pool %r closed", self.name)
 
     def __enter__(self) -> Any:
         self.open()
@@ -418,7 +423,7 @@ class _PoolMethods:
                 if not broken or attempt >= retries:
                     raise
                 attempt += 1
-                logger.info(
+                self._log.info(
                     "pool %r: connection broke during run(), retry %d of %d",
                     self.name,
                     attempt,
@@ -436,7 +441,7 @@ class _PoolMethods:
         try:
             return bool(self._settings.adapter.is_broken(conn, exc))
         except Exception:
-            logger.exception("pool %r: adapter.is_broken() failed", self.name)
+            self._log.exception("pool %r: adapter.is_broken() failed", self.name)
             return True
 
     # ------------------------------------------------------------ events
@@ -466,7 +471,7 @@ class _PoolMethods:
             try:
                 listener(self, *args)
             except Exception:
-                logger.exception("pool %r: %s listener %r failed", self.name, event, listener)
+                self._log.exception("pool %r: %s listener %r failed", self.name, event, listener)
 
     def _apply_hot_path(self) -> None:
         """Puts Python hooks on the hot path only when something needs them."""
@@ -540,7 +545,7 @@ class _PoolMethods:
     def _on_abandon(self, slot: int) -> None:
         self._leases.pop(slot, None)
         self._policy.retired_one("abandoned", None)
-        logger.warning(
+        self._log.warning(
             "pool %r: a borrowed connection was garbage-collected without being "
             "returned (slot %d); give connections back with release(), or use "
             "connection()",
@@ -592,7 +597,7 @@ class _PoolMethods:
         return True
 
     def _reconnect_failed(self) -> None:
-        logger.error(
+        self._log.error(
             "pool %r: could not connect for %.1f s (reconnect_timeout); still trying",
             self.name,
             self._settings.reconnect_timeout,
@@ -602,7 +607,7 @@ class _PoolMethods:
             try:
                 callback(self)
             except Exception:
-                logger.exception("pool %r: reconnect_failed callback failed", self.name)
+                self._log.exception("pool %r: reconnect_failed callback failed", self.name)
         self._emit("reconnect_failed")
 
     def _tell_ready(self) -> None:
@@ -718,7 +723,7 @@ class _PoolMethods:
             lease[2] = True
             self._leaks += 1
             where = "".join(traceback.format_list(stack))
-            logger.warning(
+            self._log.warning(
                 "pool %r: a connection has been borrowed for %.1f s (leak_timeout %.1f s); "
                 "it was taken at:\n%s",
                 self.name,
@@ -786,7 +791,7 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
         try:
             pool._maintain()
         except Exception:
-            logger.exception("pool %r: maintenance failed", pool.name)
+            pool._log.exception("pool %r: maintenance failed", pool.name)
         stop, interval = pool._stop, pool._interval
         del pool
         if stop.wait(interval):
@@ -863,25 +868,34 @@ def _module_of(pool_type: type) -> types.ModuleType:
     raise TypeError(f"{pool_type!r} does not derive from a core's PoolBase")
 
 
-_variants: dict[types.ModuleType, type] = {}
+_variants: dict[tuple[type, types.ModuleType], type] = {}
 
 
-def _variant(core_module: types.ModuleType) -> type:
-    """The Pool class built on ``core_module``'s PoolBase (for ``_core=``)."""
-    cls = _variants.get(core_module)
-    if cls is None:
-        cls = type(
-            "Pool",
-            (_PoolMethods, core_module.PoolBase),
-            {"__module__": __name__, "__doc__": Pool.__doc__, "__new__": _new},
-        )
-        _variants[core_module] = cls
-    return cls
+def _variant(cls: type, core_module: types.ModuleType) -> type:
+    """``cls`` rebuilt on ``core_module``'s PoolBase (for ``_core=``): the same
+    mixins (``cls._mixins``), the other core's hot path. Attributes a class
+    lists in ``_hot_aliases`` (such as ``getconn = PoolBase.acquire``) are
+    bound to the new core's methods."""
+    public = cls.__dict__.get("_public", cls)
+    key = (public, core_module)
+    variant = _variants.get(key)
+    if variant is None:
+        namespace: dict[str, Any] = {
+            "__module__": public.__module__,
+            "__doc__": public.__doc__,
+            "__qualname__": public.__qualname__,
+            "_public": public,
+        }
+        for alias, target in getattr(public, "_hot_aliases", {}).items():
+            namespace[alias] = getattr(core_module.PoolBase, target)
+        variant = type(public.__name__, (*public._mixins, core_module.PoolBase), namespace)
+        _variants[key] = variant
+    return variant
 
 
 def _new(cls: type, *args: Any, _core: types.ModuleType | None = None, **kwargs: Any) -> Any:
     if _core is not None and _module_of(cls) is not _core:
-        other = _variant(_core)
+        other = _variant(cls, _core)
         self = other.__new__(other)
         self.__init__(*args, **kwargs)  # type: ignore[misc]
         return self
@@ -934,6 +948,7 @@ class Pool(_PoolMethods, _core.PoolBase):  # type: ignore[misc]
     """
 
     __new__ = _new  # type: ignore[assignment]
+    _mixins: tuple[type, ...] = (_PoolMethods,)
 
 
-_variants[_module_of(Pool)] = Pool
+_variants[(Pool, _module_of(Pool))] = Pool

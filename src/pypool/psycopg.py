@@ -1,0 +1,568 @@
+"""psycopg 3 pools with psycopg_pool's interface, on pypool's core.
+
+Switching is a change of import::
+
+    # from psycopg_pool import ConnectionPool, PoolTimeout
+    from pypool.psycopg import ConnectionPool, PoolTimeout
+
+    with ConnectionPool("postgresql://app@db/app", min_size=4) as pool:
+        with pool.connection() as conn:          # commit on success, rollback on error
+            conn.execute("INSERT INTO t VALUES (1)")
+
+``ConnectionPool`` and ``NullConnectionPool`` take psycopg_pool 3.3's
+constructor arguments and offer its methods (``open``, ``close``, ``wait``,
+``connection``, ``getconn``, ``putconn``, ``resize``, ``check``,
+``check_connection``, ``drain``, ``get_stats``, ``pop_stats``) and properties;
+``PoolTimeout``, ``PoolClosed`` and ``TooManyRequests`` subclass both pypool's
+errors and ``psycopg.OperationalError``, as psycopg_pool's do, so existing
+``except`` clauses keep working. They log under ``psycopg.pool``. Where they
+deliberately differ from psycopg_pool, ``docs/psycopg-migration.md`` says so
+(lifetime is also enforced at hand-out; a connection idle longer than
+``check_after`` is checked before hand-out even without a ``check``
+callback; the most recently returned connection is reused first).
+
+State hygiene: a reset leaves no transaction, but session state (settings,
+``SET ROLE``, temporary tables, prepared statements, ``LISTEN``, advisory
+locks) survives it unless a reset policy clears it: pass ``reset=discard_all``
+(everything, one round trip) or ``reset=reset_session`` (the same without
+dropping temporary tables' and sequences' caches) to the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from . import _core, errors
+from . import stats as names
+from .dbapi import DBAPIAdapter, mask_dsn
+from .pool import Pool, _PoolMethods
+
+__all__ = [
+    "ConnectionPool",
+    "NullConnectionPool",
+    "PoolClosed",
+    "PoolTimeout",
+    "TooManyRequests",
+    "PsycopgAdapter",
+    "discard_all",
+    "reset_session",
+]
+
+logger = logging.getLogger("psycopg.pool")
+
+_IDLE = TransactionStatus.IDLE
+_INTRANS = TransactionStatus.INTRANS
+_INERROR = TransactionStatus.INERROR
+
+
+# ------------------------------------------------------------------ errors
+
+
+class PoolClosed(errors.PoolClosed, psycopg.OperationalError):
+    """Attempt to get a connection from a closed pool."""
+
+    __module__ = "pypool.psycopg"
+
+    def __init__(self, *args: Any) -> None:
+        psycopg.OperationalError.__init__(self, *args)
+
+
+class PoolTimeout(errors.PoolTimeout, psycopg.OperationalError):
+    """The pool couldn't provide a connection in acceptable time."""
+
+    __module__ = "pypool.psycopg"
+
+    def __init__(self, *args: Any) -> None:
+        psycopg.OperationalError.__init__(self, *args)
+
+
+class TooManyRequests(errors.TooManyRequests, psycopg.OperationalError):
+    """Too many requests in the queue waiting for a connection from the pool."""
+
+    __module__ = "pypool.psycopg"
+
+    def __init__(self, *args: Any) -> None:
+        psycopg.OperationalError.__init__(self, *args)
+
+
+# --------------------------------------------------------------- hygiene
+
+
+def _in_autocommit(conn: Any, sql: str) -> None:
+    """Runs ``sql`` outside any transaction (switching autocommit is local),
+    through psycopg's own ``execute`` so that it sees ``DISCARD ALL`` /
+    ``DEALLOCATE ALL`` and forgets its prepared statements too."""
+    if conn.autocommit:
+        conn.execute(sql)
+        return
+    conn.autocommit = True
+    try:
+        conn.execute(sql)
+    finally:
+        with suppress(Exception):
+            conn.autocommit = False
+
+
+def discard_all(conn: Any) -> None:
+    """A reset that clears every trace of the previous borrower:
+    ``DISCARD ALL`` (one round trip).
+
+    It runs ``SET SESSION AUTHORIZATION DEFAULT`` and ``RESET ALL`` (roles and
+    every setting), ``DEALLOCATE ALL`` (prepared statements: psycopg forgets
+    its own too and prepares again when needed), ``CLOSE ALL`` (cursors),
+    ``UNLISTEN *``, ``SELECT pg_advisory_unlock_all()``, ``DISCARD PLANS``,
+    ``DISCARD SEQUENCES`` and ``DISCARD TEMP`` (temporary tables). Behind
+    PgBouncer in transaction mode a session is not yours across
+    transactions, so there session state must not be relied on at all, and
+    ``DISCARD ALL`` there only resets the server connection it lands on.
+    """
+    _in_autocommit(conn, "DISCARD ALL")
+
+
+def reset_session(conn: Any) -> None:
+    """A narrower reset than :func:`discard_all`, in one round trip: roles,
+    settings, prepared statements, cursors, ``LISTEN`` registrations and
+    session advisory locks; temporary tables are kept (and cached plans of
+    statements not prepared explicitly)."""
+    _in_autocommit(
+        conn,
+        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; CLOSE ALL; "
+        "UNLISTEN *; SELECT pg_advisory_unlock_all()",
+    )
+
+
+# --------------------------------------------------------------- adapter
+
+
+class PsycopgAdapter(DBAPIAdapter):
+    """psycopg 3 knowledge for the pool: the transaction status decides the
+    reset (no round trip), a broken or closed connection is discarded without
+    one, the check is one bounded round trip, and closing a connection first
+    detaches it from the pool (so ``close_returns`` cannot send it back)."""
+
+    def __init__(self, reset: Callable[[Any], object] | None = None) -> None:
+        self.user_reset = reset
+
+    def reset_for(self, conn: Any) -> Callable[[Any], None]:
+        user_reset = self.user_reset
+
+        def reset(conn: Any) -> None:
+            status = conn.pgconn.transaction_status
+            if status == _INTRANS or status == _INERROR:
+                logger.warning("rolling back returned connection: %s", conn)
+                conn.rollback()
+            elif status != _IDLE:  # ACTIVE (returned mid-command) or UNKNOWN (closed)
+                raise errors.UnusableConnection(
+                    f"connection returned in state {TransactionStatus(status).name}"
+                )
+            if user_reset is not None:
+                user_reset(conn)
+                status = conn.pgconn.transaction_status
+                if status != _IDLE:
+                    raise psycopg.ProgrammingError(
+                        f"connection left in status {TransactionStatus(status).name} "
+                        f"by reset function {user_reset}: discarded"
+                    )
+
+        return reset
+
+    def close(self, conn: Any) -> None:
+        conn._pool = None
+        super().close(conn)
+
+
+# ------------------------------------------------------------- the pools
+
+
+def _resolve(value: Any) -> Any:
+    return value() if callable(value) else value
+
+
+class _Connect:
+    """The factory: ``connection_class.connect(conninfo, **kwargs)``, with
+    ``conninfo`` and ``kwargs`` re-read for every new connection (they may be
+    callables, for rotating credentials)."""
+
+    def __init__(self, conninfo: Any, connection_class: type, kwargs: Any) -> None:
+        self.conninfo = conninfo
+        self.connection_class = connection_class
+        self.kwargs = kwargs
+        self.pool: Any = None  # set once the pool exists
+
+    def __call__(self) -> Any:
+        kwargs = _resolve(self.kwargs) or {}
+        conn = self.connection_class.connect(_resolve(self.conninfo) or "", **kwargs)
+        conn._pool = self.pool
+        return conn
+
+    def __repr__(self) -> str:
+        conninfo = "<callable>" if callable(self.conninfo) else mask_dsn(str(self.conninfo))
+        return f"<connect {self.connection_class.__name__} {conninfo!r}>"
+
+
+class _Lease:
+    """``with pool.connection() as conn``: psycopg's connection block (commit
+    on success, rollback on error), then the connection goes back."""
+
+    __slots__ = ("_pool", "_timeout", "_conn")
+
+    def __init__(self, pool: Any, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    def __enter__(self) -> Any:
+        self._conn = self._pool.getconn(self._timeout)
+        return self._conn
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            # psycopg's Connection.__exit__, less its no-op commit when no
+            # transaction is open (the common autocommit case).
+            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+                if exc_type is None:
+                    conn.commit()
+                else:
+                    try:
+                        conn.rollback()
+                    except Exception as exc2:
+                        logger.warning("error ignored in rollback on %s: %s", conn, exc2)
+        finally:
+            self._pool.putconn(conn)
+
+
+class _PsycopgMethods:
+    """psycopg_pool's interface over pypool's Pool."""
+
+    _logger_name = "psycopg.pool"
+    _null = False
+    _core: Any
+    _settings: Any
+    _policy: Any
+
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str] = "",
+        *,
+        connection_class: type = psycopg.Connection,
+        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: Callable[[Any], object] | None = None,
+        check: Callable[[Any], object] | None = None,
+        reset: Callable[[Any], object] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
+        num_workers: int = 3,
+        **options: Any,
+    ) -> None:
+        if max_size is None:
+            max_size = min_size
+        if isinstance(min_size, int) and min_size < 0:
+            raise ValueError("min_size cannot be negative")
+        if isinstance(max_size, int) and isinstance(min_size, int) and max_size < min_size:
+            raise ValueError("max_size must be greater or equal than min_size")
+        if min_size == max_size == 0 and not self._null:
+            raise ValueError("if min_size is 0 max_size must be greater than 0")
+        self._max_size_asked = max_size
+        if self._null and max_size == 0:
+            max_size = _core.MAX_SIZE  # a null pool without a limit
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.connection_class = connection_class
+        self.close_returns = close_returns
+        self.reconnect_timeout = reconnect_timeout
+        self.num_workers = num_workers
+        self.max_lifetime = max_lifetime
+        self.max_idle = max_idle
+        self._user_configure = configure
+        factory = _Connect(conninfo, connection_class, kwargs)
+        super().__init__(  # type: ignore[call-arg]
+            factory,
+            adapter=PsycopgAdapter(reset),
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            check=check,
+            configure=self._configure_new,
+            num_workers=num_workers,
+            name=name,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            _defer_open=True,
+            **options,
+        )
+        factory.pool = self
+        self._opened = False
+        self._stats_base: dict[str, int] = {}
+        if open is None:
+            # As psycopg_pool: open now, but warn at the first use unless
+            # the pool is used as a context manager.
+            self.getconn = self._getconn_warn  # type: ignore[method-assign]
+            self._open_pool()
+        elif open:
+            self._open_pool()
+        else:
+            self.getconn = self._getconn_not_open  # type: ignore[method-assign]
+
+    # -------------------------------------------------------------- lifecycle
+
+    def _open_pool(self) -> None:
+        self._opened = True
+        _PoolMethods.open(self)
+
+    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Opens the pool: starts connecting (``min_size`` connections) and
+        accepting clients. With ``wait``, waits for ``min_size`` connections
+        as :meth:`wait` does. A closed pool cannot be opened again."""
+        if self._core.closed:
+            raise PoolClosed("pool has already been opened/closed and cannot be reused")
+        self.__dict__.pop("getconn", None)
+        if not self._opened:
+            self._open_pool()
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Waits for ``min_size`` connections; if they are not ready within
+        ``timeout`` seconds, closes the pool and raises PoolTimeout."""
+        try:
+            _PoolMethods.wait(self, timeout)
+        except errors.PoolTimeout as exc:
+            self.close()
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+        except errors.PoolClosed as exc:
+            raise PoolClosed(str(exc)) from None
+
+    def __enter__(self) -> Any:
+        self.__dict__.pop("getconn", None)
+        self.open()
+        return self
+
+    def _getconn_warn(self, timeout: float | None = None) -> Any:
+        self.__dict__.pop("getconn", None)
+        warnings.warn(
+            f"the default for the {type(self).__name__} 'open' parameter will become "
+            "'False' in a future release. Please use open={True|False} explicitly, or "
+            f"use the pool as context manager using: `with {type(self).__name__}(...) "
+            "as pool: ...`",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.getconn(timeout)
+
+    def _getconn_not_open(self, timeout: float | None = None) -> Any:
+        raise PoolClosed(f"the pool {self.name!r} is not open yet")  # type: ignore[attr-defined]
+
+    # -------------------------------------------------------------- borrowing
+
+    def connection(self, timeout: float | None = None) -> _Lease:
+        """Context manager to obtain a connection from the pool.
+
+        Return the connection immediately if available, otherwise wait up to
+        *timeout* or `self.timeout` seconds and throw `PoolTimeout` if a
+        connection is not available in time.
+
+        Upon context exit, return the connection to the pool. Apply the normal
+        connection context behaviour (commit/rollback the transaction in case
+        of success/error). If the connection is no more in working state,
+        replace it with a new one.
+        """
+        return _Lease(self, timeout)
+
+    def _failed(self, exc: Exception) -> BaseException:
+        if isinstance(exc, errors.PoolTimeout):
+            error: BaseException = PoolTimeout(
+                f"couldn't get a connection after {self._settings.timeout:.2f} sec"
+            )
+            error.__cause__ = self._policy.last_error
+            return error
+        if isinstance(exc, errors.PoolClosed):
+            return PoolClosed(f"the pool {self._settings.name!r} is already closed")
+        if isinstance(exc, errors.TooManyRequests):
+            return TooManyRequests(
+                f"the pool {self._settings.name!r} has already "
+                f"{self._core.waiting} requests waiting"
+            )
+        return exc
+
+    # ------------------------------------------------------------ maintenance
+
+    def _configure_new(self, conn: Any) -> None:
+        configure = self._user_configure
+        if configure is not None:
+            configure(conn)
+            status = conn.pgconn.transaction_status
+            if status != _IDLE:
+                raise psycopg.ProgrammingError(
+                    f"connection left in status {TransactionStatus(status).name} "
+                    f"by configure function {configure}: discarded"
+                )
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change the size of the pool during runtime."""
+        _PoolMethods.resize(self, min_size, min_size if max_size is None else max_size)
+
+    def check(self) -> None:
+        """Verify the state of the connections currently in the pool.
+
+        Test each connection: if it works return it to the pool, otherwise
+        dispose of it and create a new one.
+        """
+        core = self._core
+        for index in core.slots(_core.IDLE):
+            conn = core.claim(index)
+            if conn is None:
+                continue
+            try:
+                self.check_connection(conn)
+            except Exception as exc:
+                core.retire(index)
+                logger.warning("discarding broken connection: %s", conn)
+                self._close_connection(conn, "check", exc)  # type: ignore[attr-defined]
+            else:
+                if not core.restore(index):
+                    self._close_connection(conn, "closed", None)  # type: ignore[attr-defined]
+        self._wake_workers()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def check_connection(conn: Any) -> None:
+        """
+        A simple check to verify that a connection is still working.
+
+        Return quietly if the connection is still working, otherwise raise
+        an exception.
+
+        Used internally by `check()`, but also available for client usage,
+        for instance as `!check` callback when a pool is created.
+        """
+        if conn.autocommit:
+            conn.execute("")
+        else:
+            conn.autocommit = True
+            try:
+                conn.execute("")
+            finally:
+                with suppress(Exception):
+                    conn.autocommit = False
+
+    # -------------------------------------------------------------- stats
+
+    def _measures(self) -> dict[str, int]:
+        s = _PoolMethods.stats(self)
+        retired = s[names.RETIRED]
+        return {
+            "requests_num": s[names.REQUESTS],
+            "requests_queued": s[names.REQUESTS_WAITED],
+            "requests_wait_ms": int(s[names.WAIT_TIME]["sum"] * 1000),
+            "requests_errors": s[names.TIMEOUTS],
+            "usage_ms": int(s[names.USE_TIME]["sum"] * 1000),
+            "returns_bad": retired.get("reset_failed", 0),
+            "connections_num": self._policy.connects,
+            "connections_ms": int(s[names.CREATE_TIME]["sum"] * 1000),
+            "connections_errors": s[names.CONNECT_ERRORS],
+            "connections_lost": retired.get("check", 0),
+        }
+
+    def _gauges(self) -> dict[str, int]:
+        core = self._core
+        return {
+            "pool_min": self._policy.min_size,
+            "pool_max": self._max_size_asked if self._null else int(core.max_size),
+            "pool_size": int(core.size),
+            "pool_available": int(core.idle),
+            "requests_waiting": int(core.waiting),
+        }
+
+    def get_stats(self) -> dict[str, int]:
+        """Return current stats about the pool usage (psycopg_pool's names)."""
+        counters = self._measures()
+        base = self._stats_base
+        rv = {k: v - base.get(k, 0) for k, v in counters.items() if v - base.get(k, 0)}
+        rv.update(self._gauges())
+        return rv
+
+    def pop_stats(self) -> dict[str, int]:
+        """Return current stats about the pool usage.
+
+        After the call, all the counters are reset to zero.
+        """
+        rv = self.get_stats()
+        self._stats_base = self._measures()
+        return rv
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"  # type: ignore[attr-defined]
+
+
+class ConnectionPool(_PsycopgMethods, Pool):  # type: ignore[misc]
+    """psycopg_pool's ``ConnectionPool``, on pypool's core.
+
+    ``getconn()`` / ``putconn()`` are the native hot path itself; you must
+    ``putconn()`` every connection you ``getconn()`` (or use
+    ``connection()``): failing to do so will deplete the pool.
+    """
+
+    _mixins: tuple[type, ...] = (_PsycopgMethods, _PoolMethods)
+    _hot_aliases = {"getconn": "acquire", "putconn": "release"}
+    getconn = _core.PoolBase.acquire
+    putconn = _core.PoolBase.release
+
+
+class _NullMethods:
+    _null = True
+    _core: Any
+
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str] = "",
+        *,
+        min_size: int = 0,
+        max_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if min_size:
+            raise ValueError("null pools must have min_size = 0")
+        super().__init__(conninfo, min_size=0, max_size=max_size or 0, **kwargs)  # type: ignore[call-arg]
+
+    def putconn(self, conn: Any) -> None:
+        """Return a connection: closed, unless a caller waits for one."""
+        if self._core.waiting and not self._core.closed:
+            self.release(conn)  # type: ignore[attr-defined]
+        else:
+            self.discard(conn)  # type: ignore[attr-defined]
+
+
+class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]
+    """psycopg_pool's ``NullConnectionPool``: no connection is kept; each is
+    made on demand and closed when returned (or handed straight to a caller
+    waiting for one), while ``max_size`` bounds how many are open at once."""
+
+    _mixins: tuple[type, ...] = (_NullMethods, _PsycopgMethods, _PoolMethods)
+    _hot_aliases = {"getconn": "acquire"}
