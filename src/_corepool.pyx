@@ -642,11 +642,12 @@ cdef class CorePool:
 
     @property
     def generation(self):
-        """The pool's generation; stamped on every slot when it is filled."""
+        """The pool's generation; stamped on every slot when it is reserved."""
         return self._generation
 
     def advance_generation(self):
-        """Starts a new generation (for drain and invalidate) and returns it."""
+        """Starts a new generation (for drain and invalidate) and returns it:
+        every slot reserved before now is of an older one (STALE)."""
         self._check_open()
         self._generation += 1
         return self._generation
@@ -982,6 +983,9 @@ cdef class CorePool:
                 raise MemoryError()
         self._size += 1
         self.n_creating += 1
+        # Stamped now, not at fill(): a connect that began before
+        # advance_generation() makes a connection of the old generation.
+        self._slot(i).generation = self._generation
         return i
 
     cdef int _grow(self) except -1:
@@ -1028,7 +1032,6 @@ cdef class CorePool:
         s.created = s.returned = pfl_now_ns()
         s.checked_out = 0
         s.uses = 0
-        s.generation = self._generation
         s.expires = 0 if life < 0 else s.created + _ns(life)  # created > 0: never 0
         _map_put(&self.where, s.key, i)
         self._return(i, conn)

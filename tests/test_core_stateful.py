@@ -264,6 +264,7 @@ class ModelPool:
             self.empty.extend(range(base + SEGMENT - 1, base - 1, -1))
         index = self.empty.pop()
         self.all[index].state = CREATING
+        self.all[index].generation = self.generation
         return index
 
     def fill(self, index: Any, conn: Any) -> None:
@@ -275,7 +276,7 @@ class ModelPool:
         if self.closed:
             self._empty(s)
             raise PoolClosed
-        s.conn, s.key, s.uses, s.generation = conn, id(conn), 0, self.generation
+        s.conn, s.key, s.uses = conn, id(conn), 0
         self.where[id(conn)] = s.index
         calls: list[Callable[[], object]] = []
         self._return(s, conn, calls)

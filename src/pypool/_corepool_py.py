@@ -417,11 +417,12 @@ class CorePool:
 
     @property
     def generation(self) -> int:
-        """The pool's generation; stamped on every slot when it is filled."""
+        """The pool's generation; stamped on every slot when it is reserved."""
         return self._generation
 
     def advance_generation(self) -> int:
-        """Starts a new generation (for drain and invalidate) and returns it."""
+        """Starts a new generation (for drain and invalidate) and returns it:
+        every slot reserved before now is of an older one (STALE)."""
         with self._mutex:
             self._check_open()
             self._generation += 1
@@ -700,6 +701,9 @@ class CorePool:
             index = self._empty.pop()
             slot = self._slots[index]
             slot.state = CREATING
+            # Stamped now, not at fill(): a connect that began before
+            # advance_generation() makes a connection of the old generation.
+            slot.generation = self._generation
             self._size += 1
             self._n_creating += 1
             return index
@@ -731,7 +735,6 @@ class CorePool:
             s.created = s.returned = now
             s.checked_out = 0.0
             s.uses = 0
-            s.generation = self._generation
             s.expires = 0.0 if life is None else now + life
             self._where[id(conn)] = s.index
             self._return_locked(s, conn, calls)
