@@ -174,31 +174,23 @@ cdef inline double _seconds(int64_t ns) noexcept:
     return <double>ns / 1e9
 
 
-cdef double _check_timeout(object timeout) except -2.0:
-    """-1.0 for None (no limit), else the timeout in seconds."""
-    if timeout is None:
-        return -1.0
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ConfigurationError(
-            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
-        )
-    if not timeout >= 0:  # rejects NaN too
-        raise ConfigurationError(f"timeout must be >= 0 seconds, not {timeout!r}")
-    try:
-        return <double>float(timeout)
-    except OverflowError:  # an int too large for a float: no limit
-        return math.inf
-
-
-cdef double _check_seconds(str name, object value) except -1.0:
+cdef double _check_seconds(str name, object value, bint or_none=False) except -1.0:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        what = "a number of seconds or None" if or_none else "a number of seconds"
+        raise ConfigurationError(f"{name} must be {what}, not {type(value).__name__}")
     if not value >= 0:  # rejects NaN too
         raise ConfigurationError(f"{name} must be >= 0 seconds, not {value!r}")
     try:
         return <double>float(value)
     except OverflowError:  # an int too large for a float: no limit
         return math.inf
+
+
+cdef double _check_timeout(object timeout) except -2.0:
+    """-1.0 for None (no limit), else the timeout in seconds."""
+    if timeout is None:
+        return -1.0
+    return _check_seconds("timeout", timeout, True)
 
 
 cdef inline int64_t _ns(double seconds) noexcept:

@@ -125,30 +125,20 @@ _DONE: Final = 3  # left the queue: took its connection, timed out or was cancel
 _clock = time.monotonic
 
 
-def _check_timeout(timeout: object) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ConfigurationError(
-            f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
-        )
-    if not timeout >= 0:  # rejects NaN too
-        raise ConfigurationError(f"timeout must be >= 0 seconds, not {timeout!r}")
-    try:
-        return float(timeout)
-    except OverflowError:  # an int too large for a float: no limit
-        return math.inf
-
-
-def _check_seconds(name: str, value: object) -> float:
+def _check_seconds(name: str, value: object, *, or_none: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        what = "a number of seconds or None" if or_none else "a number of seconds"
+        raise ConfigurationError(f"{name} must be {what}, not {type(value).__name__}")
     if not value >= 0:  # rejects NaN too
         raise ConfigurationError(f"{name} must be >= 0 seconds, not {value!r}")
     try:
         return float(value)
     except OverflowError:  # an int too large for a float: no limit
         return math.inf
+
+
+def _check_timeout(timeout: object) -> float | None:
+    return None if timeout is None else _check_seconds("timeout", timeout, or_none=True)
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:

@@ -74,6 +74,7 @@ import contextlib
 import datetime
 import functools
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -332,19 +333,109 @@ class _Run:
     broken: set[tuple[str, int]] = field(default_factory=set)  # (contender, threads) failed
 
 
+_CLI_EXTRA = "pip install 'pypool[cli]'"
+_hinted = False
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _hint_extras(command: str, plot: bool = False) -> None:
+    """Says once, on stderr, how to get the progress bar and the charts when
+    ``rich`` or ``matplotlib`` is missing (``--plot`` without matplotlib is an
+    error, reported by :func:`_check_plot`, so not hinted at)."""
+    global _hinted
+    missing = [m for m in ("rich", "matplotlib") if not _importable(m)]
+    if plot:
+        missing = [m for m in missing if m != "matplotlib"]
+    if _hinted or not missing:
+        return
+    _hinted = True
+    print(
+        f"pypool {command}: for a progress bar and charts (--plot), {_CLI_EXTRA} "
+        f"(missing: {', '.join(missing)})",
+        file=sys.stderr,
+    )
+
+
+def _check_plot(command: str, path: str | None) -> str | None:
+    """None when ``--plot`` can be honoured, else the one-line error."""
+    if path is not None and not _importable("matplotlib"):
+        return f"pypool {command}: --plot needs matplotlib: {_CLI_EXTRA}"
+    return None
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 class _Progress:
-    """One overwritten status line on stderr, only when it is a terminal."""
+    """A progress bar on stderr, only when it is a terminal: ``rich``'s when it
+    is installed, else one overwritten line."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int = 0) -> None:
         self.on = sys.stderr.isatty()
+        self.total = max(total, 1)
+        self.done = 0
+        self._rich: Any = None
+        self._task: Any = None
+        if self.on and _importable("rich"):
+            try:
+                from rich.console import Console
+                from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    def show(self, text: str) -> None:
-        if self.on:
-            sys.stderr.write(f"\r\x1b[K{text}")
-            sys.stderr.flush()
+                self._rich = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    TextColumn("{task.percentage:>3.0f}%"),
+                    TimeElapsedColumn(),
+                    console=Console(stderr=True),
+                    transient=True,
+                )
+                self._task = self._rich.add_task("", total=self.total)
+                self._rich.start()
+            except Exception:
+                self._rich = None
+
+    def set_total(self, total: int) -> None:
+        self.total = max(total, 1)
+        if self._rich is not None:
+            self._rich.update(self._task, total=self.total)
+
+    def show(self, text: str, advance: bool = True) -> None:
+        if advance:
+            self.done = min(self.done + 1, self.total)
+        if not self.on:
+            return
+        if self._rich is not None:
+            self._rich.update(self._task, completed=self.done, description=text)
+            return
+        width = 24
+        filled = width * self.done // self.total
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(f"\r\x1b[K[{bar}] {100 * self.done // self.total:3d}% {text}")
+        sys.stderr.flush()
 
     def clear(self) -> None:
-        self.show("")
+        if not self.on:
+            return
+        if self._rich is not None:
+            with contextlib.suppress(Exception):
+                self._rich.stop()
+            self._rich = None
+            self.on = False
+            return
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
 
 
 def _measure(run: _Run, handles: dict[str, Handles], progress: _Progress) -> None:
@@ -366,6 +457,10 @@ def _measure(run: _Run, handles: dict[str, Handles], progress: _Progress) -> Non
         run.uncontended[name] = _Series("uncontended", name, 1, "ns/cycle", settings.batch)
         _uncontended_ns(handles[name], settings.batch)  # warm-up, not recorded
     waiting = [name for name in names if handles[name].acquire is not None]
+    progress.set_total(
+        len(waiting) * len(run.threads)
+        + settings.rounds * (settings.batches_per_round + len(run.threads))
+    )
     per_thread: dict[tuple[str, int], int] = {}
     for name in waiting:
         for t in run.threads:
@@ -638,7 +733,247 @@ def _json(run: _Run) -> dict[str, Any]:
 # ------------------------------------------------------------------ commands
 
 
+# ------------------------------------------------------------------ with a query
+
+#: The ``--dsn`` table: a real ``SELECT 1`` per cycle, so the cost of a round
+#: trip to the server and of connecting is in the numbers.
+QUERY_CONTENDERS = {
+    "connect-each": "no pool: psycopg.connect(), SELECT 1, close() every cycle",
+    "persistent": "no pool: one psycopg connection per thread, kept open, SELECT 1",
+    "pool-native-pg": f"pypool.Pool({CONNECTIONS} psycopg connections): "
+    "with pool.connection() as c: SELECT 1",
+}
+
+
+@dataclass
+class _QueryRun:
+    dsn: str
+    threads: list[int]
+    rounds: int
+    seconds: float
+    rounds_done: int = 0
+    results: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    failed: str | None = None
+
+
+def _timed_threads(
+    threads: int, seconds: float, make: Callable[[], Any], cycle: Callable[[Any], object],
+    close: Callable[[Any], object],
+) -> float:
+    """Cycles per second of ``threads`` threads calling ``cycle(state)`` for
+    ``seconds``; each thread's ``state`` is ``make()``, made before the clock starts."""
+    stop = threading.Event()
+    counts = [0] * threads
+    errors: list[BaseException] = []
+    states = [make() for _ in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+
+    def work(i: int) -> None:
+        state, n = states[i], 0
+        try:
+            barrier.wait()
+            while not stop.is_set():
+                cycle(state)
+                n += 1
+        except threading.BrokenBarrierError:
+            return
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+        counts[i] = n
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        barrier.wait()
+        t0 = time.perf_counter()
+        stop.wait(seconds)
+        stop.set()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - t0
+    except BaseException:
+        stop.set()
+        barrier.abort()
+        raise
+    finally:
+        for state in states:
+            with contextlib.suppress(Exception):
+                close(state)
+    if errors:
+        exc = errors[0]
+        raise _WorkerFailed(f"{type(exc).__name__}: {exc}") from exc
+    return sum(counts) / elapsed
+
+
+def _measure_queries(q: _QueryRun, progress: _Progress) -> None:
+    from .dbapi import mask_dsn
+
+    try:
+        import psycopg
+
+        from . import dbapi
+        from .pool import Pool
+    except ImportError:
+        q.failed = "needs psycopg: pip install 'pypool[psycopg]'"
+        return
+
+    def connect() -> Any:
+        return psycopg.connect(q.dsn, autocommit=True, connect_timeout=5)
+
+    def select_one(conn: Any) -> None:
+        conn.execute("SELECT 1").fetchone()
+
+    def connect_each(_: Any) -> None:
+        with connect() as conn:
+            select_one(conn)
+
+    def pooled(_: Any) -> None:
+        with pool.connection() as conn:
+            select_one(conn)
+
+    pool: Any = None
+    try:
+        connect().close()
+        factory = dbapi.connect_factory(psycopg.connect, q.dsn, autocommit=True)
+        pool = Pool(factory, min_size=CONNECTIONS, max_size=CONNECTIONS, name="bench-query")
+        pool.wait(timeout=10.0, fail_fast=True)
+        plans: dict[str, tuple[Callable[[], Any], Callable[[Any], object], Callable[[Any], object]]]
+        plans = {
+            "connect-each": (_nothing, connect_each, _nothing),
+            "persistent": (connect, select_one, operator_close),
+            "pool-native-pg": (_nothing, pooled, _nothing),
+        }
+        names = list(plans)
+        progress.set_total(progress.total + q.rounds * len(names) * len(q.threads))
+        for r in range(q.rounds):
+            shift = r % len(names)
+            for t in q.threads:
+                for name in names[shift:] + names[:shift]:
+                    progress.show(f"with a query, round {r + 1}/{q.rounds}: {name}, {t} threads")
+                    make, cycle, close = plans[name]
+                    rate = _timed_threads(t, q.seconds, make, cycle, close)
+                    q.results.setdefault((name, t), []).append(rate)
+            q.rounds_done = r + 1
+    except Exception as exc:
+        q.failed = mask_dsn(f"{type(exc).__name__}: {exc}".splitlines()[0])
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def operator_close(conn: Any) -> None:
+    conn.close()
+
+
+def _report_queries(q: _QueryRun, out: TextIO) -> None:
+    print(file=out)
+    print(
+        f"With a query: SELECT 1 per cycle on a real server (psycopg), cycles/s of all "
+        f"threads together; median of {q.rounds_done} rounds of {q.seconds:g} s",
+        file=out,
+    )
+    if q.failed:
+        print(f"failed with a query: {q.failed}", file=out)
+    if not q.results:
+        return
+    rows = [["contender", *(f"{t} thr" for t in q.threads)]]
+    for name in QUERY_CONTENDERS:
+        row = [name]
+        for t in q.threads:
+            samples = q.results.get((name, t))
+            row.append(f"{statistics.median(samples):,.0f}" if samples else "-")
+        rows.append(row)
+    for line in _table(rows, [False, *([True] * len(q.threads))]):
+        print(line, file=out)
+    for name, text in QUERY_CONTENDERS.items():
+        print(f"  {name}: {text}", file=out)
+
+
+def _queries_json(q: _QueryRun) -> dict[str, Any]:
+    return {
+        "rounds_done": q.rounds_done,
+        "seconds": q.seconds,
+        "failed": q.failed,
+        "contenders": dict(QUERY_CONTENDERS),
+        "results": [
+            {"contender": name, "threads": t, "unit": "cycles/s",
+             "samples": samples, **_summary(samples)}
+            for (name, t), samples in q.results.items()
+        ],
+    }
+
+
+def _plot(run: _Run, path: str) -> None:
+    """Writes a PNG of throughput against threads, one line per contender."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    try:
+        values = []
+        for c in run.contenders:
+            points = [
+                (t, _median(run.threaded.get((c.name, t)))) for t in run.threads
+            ]
+            points = [(t, v) for t, v in points if v]
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            values += ys
+            ax.plot(xs, ys, marker="o", label=c.name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(run.threads)
+        ax.set_xticklabels([str(t) for t in run.threads])
+        if values and max(values) > 20 * min(values):
+            ax.set_yscale("log")
+        ax.set_xlabel("threads")
+        ax.set_ylabel("acquire + release cycles/s (all threads)")
+        state = "" if run.complete else ", interrupted"
+        ax.set_title(
+            f"pypool bench: throughput, threads sharing {CONNECTIONS} connections "
+            f"({run.rounds_done} rounds{state}, medians)"
+        )
+        ax.grid(True, which="both", alpha=0.3)
+        if values:
+            ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _write_outputs(
+    command: str, doc: Callable[[], dict[str, Any]], json_path: str | None,
+    plot: Callable[[str], None], plot_path: str | None,
+) -> bool:
+    """Writes ``--json`` and ``--plot``; False (and one line on stderr each)
+    when one cannot be written."""
+    ok = True
+    if json_path is not None:
+        try:
+            with open(json_path, "w", encoding="utf-8") as f:
+                json.dump(doc(), f, indent=2)
+                f.write("\n")
+        except OSError as exc:
+            print(f"pypool {command}: cannot write {json_path}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            ok = False
+    if plot_path is not None:
+        try:
+            plot(plot_path)
+        except Exception as exc:
+            reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
+            print(f"pypool {command}: cannot write {plot_path}: {reason}", file=sys.stderr)
+            ok = False
+    return ok
+
+
 def _bench(args: argparse.Namespace) -> int:
+    error = _check_plot("bench", args.plot)
+    if error:
+        print(error, file=sys.stderr)
+        return EXIT_FAILED
+    _hint_extras("bench", plot=args.plot is not None)
     if args.dsn:
         _bench_peers.DSN = args.dsn
     base = _QUICK if args.quick else _FULL
@@ -649,16 +984,7 @@ def _bench(args: argparse.Namespace) -> int:
         thread_run_seconds=base.thread_run_seconds,
     )
     wanted = args.contenders or [c.name for c in CONTENDERS]
-    contenders: list[Contender] = []
     skipped: dict[str, str] = {}
-    for c in CONTENDERS:
-        if c.name not in wanted:
-            continue
-        reason = c.check()
-        if reason is None:
-            contenders.append(c)
-        else:
-            skipped[c.name] = reason
     run = _Run(
         settings=settings,
         threads=args.threads,
@@ -670,8 +996,19 @@ def _bench(args: argparse.Namespace) -> int:
     handles: dict[str, Handles] = {}
     progress = _Progress()
     interrupted = False
+    queries: _QueryRun | None = None
     try:
+        contenders: list[Contender] = []
+        for c in CONTENDERS:
+            if c.name not in wanted:
+                continue
+            reason = c.check()
+            if reason is None:
+                contenders.append(c)
+            else:
+                skipped[c.name] = reason
         for c in contenders:
+            progress.show(f"setting up {c.name}", advance=False)
             try:
                 handles[c.name] = c.setup(CONNECTIONS)
             except Exception as exc:
@@ -679,33 +1016,51 @@ def _bench(args: argparse.Namespace) -> int:
                 continue
             run.contenders.append(c)
         if not run.contenders:
+            progress.clear()
             reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
             print(f"pypool bench: nothing to measure ({reasons})", file=sys.stderr)
             return EXIT_FAILED
         _measure(run, handles, progress)
+        if args.dsn:
+            queries = _QueryRun(args.dsn, run.threads, 1 if args.quick else 3,
+                                0.05 if args.quick else 0.2)
+            _measure_queries(queries, progress)
     except KeyboardInterrupt:
         interrupted = True
         progress.clear()
         print("pypool bench: interrupted; results so far:", file=sys.stderr)
+    finally:
+        progress.clear()
     if not interrupted:
         for h in handles.values():
-            h.close()
+            with contextlib.suppress(Exception):
+                h.close()
     _report(run, sys.stdout)
+    if queries is not None:
+        _report_queries(queries, sys.stdout)
     sys.stdout.flush()
-    if args.json is not None:
-        try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(_json(run), f, indent=2)
-                f.write("\n")
-        except OSError as exc:
-            print(f"pypool bench: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
-            return EXIT_FAILED
+
+    def doc() -> dict[str, Any]:
+        result = _json(run)
+        if queries is not None:
+            result["with_query"] = _queries_json(queries)
+        return result
+
+    if not _write_outputs("bench", doc, args.json, functools.partial(_plot, run), args.plot):
+        return EXIT_FAILED
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if run.failed else EXIT_OK
+    failed = run.failed or (queries is not None and queries.failed)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"bench": _bench}
+def _sweep(args: argparse.Namespace) -> int:
+    from ._sweep import sweep
+
+    return sweep(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"bench": _bench, "sweep": _sweep}
 
 
 # ------------------------------------------------------------------ arguments
@@ -762,6 +1117,12 @@ def _json_path(text: str) -> str:
     return text
 
 
+def _png_path(text: str) -> str:
+    if not text.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"expected a .png file name, got {text!r}")
+    return _json_path(text)
+
+
 def _version() -> str:
     import pypool
 
@@ -775,7 +1136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench",
-        help="measure the core's hot path against a floor and queue.Queue",
+        help="measure the pool's hot path against a floor and other pools",
         description=(
             "Measure the uncontended acquire/release cycle (ns/cycle) and the throughput "
             f"of 1-16 threads sharing {CONNECTIONS} connections (cycles/s), for the native "
@@ -809,11 +1170,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", type=_json_path, metavar="FILE", help=f"also write the results ({SCHEMA})"
     )
     bench.add_argument(
+        "--plot",
+        type=_png_path,
+        metavar="FILE.png",
+        help=f"also draw throughput against threads, one line per contender ({_CLI_EXTRA})",
+    )
+    bench.add_argument(
         "--dsn",
         metavar="URL",
         help="a PostgreSQL to measure the pools that need a server too (psycopg_pool, "
-        "psycopg2, the Pool on real connections); default $PYPOOL_BENCH_DSN",
+        "psycopg2, the Pool on real connections) and a table with a SELECT 1 per cycle "
+        "(no pool, persistent connections, the Pool); default $PYPOOL_BENCH_DSN",
     )
+
+    from ._sweep import add_arguments
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="find a pool size: throughput and latency of a workload against pool sizes",
+        description=(
+            "Run a workload (default SELECT 1) from N client threads against a pypool.Pool "
+            "of size 1, 2, 4, ... up to --max-size (never above what the server allows), "
+            "each for --seconds, and recommend the smallest size within --tolerance of the "
+            "best throughput. Ctrl-C prints the results so far."
+        ),
+    )
+    add_arguments(sweep)
     return parser
 
 

@@ -1,0 +1,278 @@
+"""SQLAlchemy pool classes on pypool's core.
+
+``create_engine(url, poolclass=pypool.sqlalchemy.QueuePool)`` (and
+``create_async_engine(url, poolclass=pypool.sqlalchemy.AsyncAdaptedQueuePool)``)
+swap the storage and the waiting of SQLAlchemy's ``QueuePool`` for pypool's
+core; everything else stays SQLAlchemy's. The pools take the same arguments
+(``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_use_lifo``,
+``pool_recycle``, ``pool_pre_ping``, ``pool_reset_on_return``, ...), report the
+same ``status()``, raise the same ``TimeoutError``, and leave reset on return,
+pre-ping, recycle, invalidation and the pool events to SQLAlchemy, which fires
+them exactly as it does for its own pools.
+
+What the core stores is SQLAlchemy's connection record (one per connection,
+which SQLAlchemy reconnects in place after an invalidation). A checkout takes
+an idle record if there is one; else, below ``pool_size + max_overflow``, it
+connects on the calling thread (or, for the asyncio pool, in the caller's
+greenlet, which asyncio dialects require); else it waits in the core's queue,
+which hands returned connections to the longest waiter first once it has
+waited a couple of milliseconds (bounded fairness). A return keeps the
+connection idle unless ``pool_size`` connections are idle already, in which
+case it is closed, as ``QueuePool`` does.
+
+In a child process made by ``os.fork()`` the core forgets the parent's
+connections: the child connects its own, and never closes or reuses one it
+shares with the parent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from types import ModuleType
+from typing import Any, ClassVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import pool as sa_pool
+from sqlalchemy.pool.base import _AsyncConnDialect
+
+try:  # SQLAlchemy 2.1
+    from sqlalchemy.util.concurrency import await_ as _await
+except ImportError:  # pragma: no cover - SQLAlchemy 2.0
+    from sqlalchemy.util.concurrency import await_only as _await
+
+from . import _core
+from .errors import NotBorrowed, PoolClosed, PoolTimeout
+
+__all__ = ["AsyncAdaptedQueuePool", "QueuePool"]
+
+_clock = time.monotonic
+
+#: Records returned in a fork child that were borrowed in the parent: their
+#: connections share the parent's sockets, so they are kept here, never
+#: closed nor finalized, for the life of the process.
+_fork_orphans: list[Any] = []
+
+_bound_classes: dict[tuple[type, ModuleType], type] = {}
+
+
+class QueuePool(sa_pool.QueuePool):
+    """SQLAlchemy's ``QueuePool`` with pypool's core as its storage and queue.
+
+    Same arguments and meanings as :class:`sqlalchemy.pool.QueuePool`:
+    ``pool_size`` connections are kept, up to ``max_overflow`` more are made
+    under load and closed when returned (``-1``: no limit, and ``pool_size=0``
+    means no limit at all), a checkout waits up to ``timeout`` seconds before
+    ``sqlalchemy.exc.TimeoutError``, ``use_lifo`` reuses the most recently
+    returned connection first.
+    """
+
+    #: The core module (``pypool._corepool`` or ``pypool._corepool_py``); None:
+    #: the one :mod:`pypool._core` picked. See :meth:`with_core`.
+    _core_module: ClassVar[ModuleType | None] = None
+
+    def __init__(
+        self,
+        creator: Any,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        timeout: float = 30.0,
+        use_lifo: bool = False,
+        **kw: Any,
+    ) -> None:
+        sa_pool.Pool.__init__(self, creator, **kw)
+        module = self._core_module if self._core_module is not None else _core
+        self._pool_size = pool_size
+        self._max_overflow = -1 if pool_size == 0 else max_overflow
+        self._timeout = timeout
+        self._use_lifo = bool(use_lifo)
+        if self._max_overflow < 0:
+            max_size = module.MAX_SIZE
+        else:
+            max_size = min(max(pool_size + self._max_overflow, 1), module.MAX_SIZE)
+        self._idle_state = module.IDLE
+        self._core = module.CorePool(max_size, lifo=self._use_lifo)
+        self._pid = os.getpid()
+
+    @classmethod
+    def with_core(cls, module: ModuleType) -> type[QueuePool]:
+        """This class bound to one core module (``pypool._corepool`` or
+        ``pypool._corepool_py``), whichever :mod:`pypool._core` picks by
+        default. ``recreate()`` keeps the binding."""
+        key = (cls, module)
+        bound = _bound_classes.get(key)
+        if bound is None:
+            bound = type(
+                cls.__name__,
+                (cls,),
+                {"_core_module": module, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+            )
+            _bound_classes[key] = bound
+        return bound
+
+    # ------------------------------------------------------------ storage
+
+    def _do_get(self) -> Any:
+        record = self._core.try_acquire()
+        if record is not None:
+            return record
+        return self._get_slow()
+
+    def _get_slow(self) -> Any:
+        core = self._core
+        deadline = None
+        while True:
+            slot = core.reserve()
+            if slot is not None:
+                try:
+                    record = self._create_connection()
+                except BaseException:
+                    core.abandon(slot)
+                    raise
+                try:
+                    core.fill(slot, record)
+                except PoolClosed:  # pragma: no cover - the core is never closed
+                    record.close()
+                    raise
+                # Idle now, or handed to a caller that waited: then look again.
+                record = core.try_acquire()
+                if record is not None:
+                    return record
+                continue
+            if deadline is None:
+                deadline = _clock() + self._timeout
+            try:
+                return self._wait(max(0.0, deadline - _clock()))
+            except PoolTimeout:
+                pass
+            raise sa_exc.TimeoutError(
+                "QueuePool limit of size %d overflow %d reached, "
+                "connection timed out, timeout %0.2f" % (self.size(), self.overflow(), self._timeout),
+                code="3o7r",
+            )
+
+    def _wait(self, timeout: float) -> Any:
+        return self._core.acquire(timeout)
+
+    def _do_return_conn(self, record: Any) -> None:
+        core = self._core
+        try:
+            if self._pool_size and core.idle >= self._pool_size and not core.waiting:
+                core.discard(record)  # an overflow connection: closed, as QueuePool does
+            elif core.release(record):
+                return
+        except NotBorrowed:
+            if os.getpid() != self._pid:  # borrowed in the parent before a fork
+                _fork_orphans.append(record)
+                return
+            raise
+        record.close()
+
+    def _inc_overflow(self) -> bool:  # the core counts; kept for API parity
+        return True
+
+    def _dec_overflow(self) -> bool:
+        return True
+
+    # ---------------------------------------------------------- management
+
+    def recreate(self) -> QueuePool:
+        self.logger.info("Pool recreating")
+        return self.__class__(
+            self._creator,
+            pool_size=self._pool_size,
+            max_overflow=self._max_overflow,
+            pre_ping=self._pre_ping,
+            use_lifo=self._use_lifo,
+            timeout=self._timeout,
+            recycle=self._recycle,
+            echo=self.echo,
+            logging_name=self._orig_logging_name,
+            reset_on_return=self._reset_on_return,
+            _dispatch=self.dispatch,
+            dialect=self._dialect,
+        )
+
+    def dispose(self) -> None:
+        """Closes the idle connections. Checked-out ones stay usable and
+        counted; they are pooled again when returned, as with QueuePool."""
+        core = self._core
+        for index in core.slots(self._idle_state):
+            if core.claim(index) is None:  # borrowed meanwhile
+                continue
+            core.retire(index).close()
+        self.logger.info("Pool disposed. %s", self.status())
+
+    def status(self) -> str:
+        return (
+            "Pool size: %d  Connections in pool: %d "
+            "Current Overflow: %d Current Checked out "
+            "connections: %d" % (self.size(), self.checkedin(), self.overflow(), self.checkedout())
+        )
+
+    def size(self) -> int:
+        return self._pool_size
+
+    def timeout(self) -> float:
+        return self._timeout
+
+    def checkedin(self) -> int:
+        return self._core.idle
+
+    def overflow(self) -> int:
+        return self._core.size - self._pool_size if self._pool_size else 0
+
+    def checkedout(self) -> int:
+        core = self._core
+        return core.size - core.idle
+
+    def stats(self) -> dict[str, float | int]:
+        """The core's counters and gauges: ``acquires``, ``waits``,
+        ``wait_time``, ``wait_time_max``, ``timeouts``, ``use_time`` (seconds
+        connections were checked out), ``size``, ``idle``, ``in_use``,
+        ``connecting``, ``waiting``, ``max_size``, ..."""
+        return self._core.stats()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
+    """The asyncio version of :class:`QueuePool`, for ``create_async_engine``.
+
+    It never blocks the event loop: a checkout that must wait takes a ticket
+    in the core's queue and awaits it (in the engine's greenlet). A
+    cancelled or timed-out wait leaves the queue, passing on a connection
+    handed to it at that moment. The pool is bound to no event loop.
+    """
+
+    _is_asyncio = True
+    _dialect = _AsyncConnDialect()
+
+    def _wait(self, timeout: float) -> Any:
+        return _await(self._wait_async(timeout))
+
+    async def _wait_async(self, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def callback(ticket: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        ticket = self._core.enqueue(callback)
+        if not ticket.done:
+            try:
+                await asyncio.wait_for(future, timeout)
+            except asyncio.TimeoutError:
+                ticket.cancel(timed_out=True)
+                raise PoolTimeout(f"no connection available after {timeout:.3f} s") from None
+            except BaseException:
+                ticket.cancel()
+                raise
+        return ticket.result()
