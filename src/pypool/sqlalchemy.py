@@ -28,10 +28,13 @@ shares with the parent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 import time
+import weakref
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import pool as sa_pool
@@ -55,6 +58,17 @@ _clock = time.monotonic
 _fork_orphans: list[Any] = []
 
 _bound_classes: dict[tuple[type, ModuleType], type] = {}
+
+_live_pools: weakref.WeakSet[QueuePool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live_pools):
+        pool._fast_return(False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class QueuePool(sa_pool.QueuePool):
@@ -93,7 +107,24 @@ class QueuePool(sa_pool.QueuePool):
             max_size = min(max(pool_size + self._max_overflow, 1), module.MAX_SIZE)
         self._idle_state = module.IDLE
         self._core = module.CorePool(max_size, lifo=self._use_lifo)
+        self._try_acquire = self._core.try_acquire
+        self._release = self._core.release
+        # While no more than this many connections exist, a returned one is
+        # always kept: the hot path then reads one number.
+        self._keep_all_up_to = pool_size if pool_size else module.MAX_SIZE
         self._pid = os.getpid()
+        self._mode_lock = threading.Lock()
+        self._fast_return(True)
+        _live_pools.add(self)
+
+    def _fast_return(self, fast: bool) -> None:
+        # While no overflow connection exists, every returned connection is
+        # kept: ``_do_return_conn`` is then the core's ``release`` itself. The
+        # mode changes under a lock, each time after reading the size.
+        if fast:
+            self._do_return_conn = self._release  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("_do_return_conn", None)
 
     @classmethod
     def with_core(cls, module: ModuleType) -> type[QueuePool]:
@@ -106,7 +137,11 @@ class QueuePool(sa_pool.QueuePool):
             bound = type(
                 cls.__name__,
                 (cls,),
-                {"_core_module": module, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+                {
+                    "_core_module": module,
+                    "__module__": cls.__module__,
+                    "__qualname__": cls.__qualname__,
+                },
             )
             _bound_classes[key] = bound
         return bound
@@ -114,7 +149,7 @@ class QueuePool(sa_pool.QueuePool):
     # ------------------------------------------------------------ storage
 
     def _do_get(self) -> Any:
-        record = self._core.try_acquire()
+        record = self._try_acquire()
         if record is not None:
             return record
         return self._get_slow()
@@ -125,6 +160,10 @@ class QueuePool(sa_pool.QueuePool):
         while True:
             slot = core.reserve()
             if slot is not None:
+                if core.size > self._keep_all_up_to:  # an overflow connection
+                    with self._mode_lock:
+                        if core.size > self._keep_all_up_to:
+                            self._fast_return(False)
                 try:
                     record = self._create_connection()
                 except BaseException:
@@ -147,8 +186,8 @@ class QueuePool(sa_pool.QueuePool):
             except PoolTimeout:
                 pass
             raise sa_exc.TimeoutError(
-                "QueuePool limit of size %d overflow %d reached, "
-                "connection timed out, timeout %0.2f" % (self.size(), self.overflow(), self._timeout),
+                f"QueuePool limit of size {self.size()} overflow {self.overflow()} reached, "
+                f"connection timed out, timeout {self._timeout:0.2f}",
                 code="3o7r",
             )
 
@@ -156,23 +195,28 @@ class QueuePool(sa_pool.QueuePool):
         return self._core.acquire(timeout)
 
     def _do_return_conn(self, record: Any) -> None:
+        # The slow path, while overflow connections exist or after a fork.
         core = self._core
         try:
             if self._pool_size and core.idle >= self._pool_size and not core.waiting:
                 core.discard(record)  # an overflow connection: closed, as QueuePool does
-            elif core.release(record):
-                return
+                record.close()
+            elif not core.release(record):  # pragma: no cover - the core is never closed
+                record.close()
         except NotBorrowed:
             if os.getpid() != self._pid:  # borrowed in the parent before a fork
                 _fork_orphans.append(record)
                 return
             raise
-        record.close()
+        if core.size <= self._keep_all_up_to and os.getpid() == self._pid:
+            with self._mode_lock:
+                if core.size <= self._keep_all_up_to:
+                    self._fast_return(True)
 
-    def _inc_overflow(self) -> bool:  # the core counts; kept for API parity
+    def _inc_overflow(self) -> bool:  # the core counts: kept for API parity
         return True
 
-    def _dec_overflow(self) -> bool:
+    def _dec_overflow(self) -> Literal[True]:
         return True
 
     # ---------------------------------------------------------- management
@@ -206,9 +250,9 @@ class QueuePool(sa_pool.QueuePool):
 
     def status(self) -> str:
         return (
-            "Pool size: %d  Connections in pool: %d "
-            "Current Overflow: %d Current Checked out "
-            "connections: %d" % (self.size(), self.checkedin(), self.overflow(), self.checkedout())
+            f"Pool size: {self.size()}  Connections in pool: {self.checkedin()} "
+            f"Current Overflow: {self.overflow()} Current Checked out "
+            f"connections: {self.checkedout()}"
         )
 
     def size(self) -> int:
@@ -218,21 +262,24 @@ class QueuePool(sa_pool.QueuePool):
         return self._timeout
 
     def checkedin(self) -> int:
-        return self._core.idle
+        idle: int = self._core.idle
+        return idle
 
     def overflow(self) -> int:
         return self._core.size - self._pool_size if self._pool_size else 0
 
     def checkedout(self) -> int:
         core = self._core
-        return core.size - core.idle
+        out: int = core.size - core.idle
+        return out
 
     def stats(self) -> dict[str, float | int]:
         """The core's counters and gauges: ``acquires``, ``waits``,
         ``wait_time``, ``wait_time_max``, ``timeouts``, ``use_time`` (seconds
         connections were checked out), ``size``, ``idle``, ``in_use``,
         ``connecting``, ``waiting``, ``max_size``, ..."""
-        return self._core.stats()
+        stats: dict[str, float | int] = self._core.stats()
+        return stats
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -260,10 +307,8 @@ class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
         future: asyncio.Future[None] = loop.create_future()
 
         def callback(ticket: Any) -> None:
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
                 loop.call_soon_threadsafe(_wake, future)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
 
         ticket = self._core.enqueue(callback)
         if not ticket.done:
