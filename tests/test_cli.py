@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import pypool
 from pypool import cli
 
 ALL_CONTENDERS = [c.name for c in cli.CONTENDERS]
-WAITING = {"native", "python", "queue"}  # contenders that take part in threaded runs
+NOT_WAITING = {"floor", "psycopg2"}  # contenders that cannot wait: no threaded runs
 RESULT_KEYS = {
     "benchmark", "contender", "threads", "unit", "cycles", "samples",
     "median", "min", "max", "q1", "q3", "vs_floor",
@@ -84,7 +85,7 @@ def _check_tables(stdout: str, threads: list[int], contenders: list[str]) -> Non
         header += [str(t), "thr"]
     header += ["kept", f"{threads[-1]}/{threads[0]}", "spread"]
     assert table[0] == header
-    waiting = [name for name in contenders if name in WAITING]
+    waiting = [name for name in contenders if name not in NOT_WAITING]
     assert [row[0] for row in table[1:]] == waiting
     for row in table[1:]:
         assert len(row) == 1 + len(threads) + 2
@@ -128,7 +129,7 @@ def _check_json(doc: dict[str, Any], threads: list[int], quick: bool = True) -> 
     assert unc[0]["contender"] == "floor" and unc[0]["vs_floor"] == 1.0
     thr = [r for r in results if r["benchmark"] == "threads"]
     assert [(r["contender"], r["threads"]) for r in thr] == [
-        (name, t) for name in available if name in WAITING for t in threads
+        (name, t) for name in available if name not in NOT_WAITING for t in threads
     ]
     assert all(r["unit"] == "cycles/s" and r["vs_floor"] is None for r in thr)
     assert doc["failures"] == []
@@ -192,6 +193,14 @@ def test_bench_some_contenders(capsys: pytest.CaptureFixture[str]) -> None:
         ["bench", "--threads", "0"],
         ["bench", "--contenders", "nosuch"],
         ["bench", "--json", "no-such-directory/out.json"],
+        ["bench", "--plot", "chart.svg"],
+        ["bench", "--plot", "no-such-directory/chart.png"],
+        ["sweep", "--clients", "0"],
+        ["sweep", "--max-size", "x"],
+        ["sweep", "--seconds", "-1"],
+        ["sweep", "--tolerance", "much"],
+        ["sweep", "--script", "no-such-file.sql"],
+        ["sweep", "--query", "SELECT 1", "--script", "no-such-file.sql"],
         ["bench", "--bogus"],
         ["bench", "extra"],
         ["nosuch"],
@@ -231,13 +240,13 @@ def test_ctrl_c_prints_results_so_far(tmp_path: Path) -> None:
     path = tmp_path / "partial.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pypool", "bench", "--quick", "--rounds", "100000",
-         "--json", str(path)],
+         "--contenders", "floor,native,python,queue", "--json", str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
     )  # fmt: skip
-    time.sleep(1.5)  # imported and measuring by now
+    time.sleep(2.5)  # imported and measuring by now
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, out + err
@@ -248,3 +257,97 @@ def test_ctrl_c_prints_results_so_far(tmp_path: Path) -> None:
     assert doc["schema"] == "pypool-bench/1"
     assert doc["complete"] is False
     assert 0 <= doc["rounds_done"] < 100000
+
+
+# ------------------------------------------------------------------ --plot, extras
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+#: Runs ``pypool`` with ``rich`` and ``matplotlib`` unimportable, as on an
+#: install without the ``cli`` extra.
+WITHOUT_EXTRAS = """
+import sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("rich", "matplotlib"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+for name in [m for m in sys.modules if m.partition(".")[0] in ("rich", "matplotlib")]:
+    del sys.modules[name]
+from pypool.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _without_extras(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_EXTRAS, *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
+
+
+def test_plot_writes_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    rc = cli.main(
+        ["bench", "--quick", "--rounds", "1", "--threads", "1,2",
+         "--contenders", "native,python,queue", "--plot", str(path)]
+    )  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 0, out + err
+    data = path.read_bytes()
+    assert len(data) > 0 and data.startswith(PNG_SIGNATURE)
+    assert "pypool[cli]" not in err  # nothing to hint at: the extras are here
+
+
+def test_hint_once_without_extras(tmp_path: Path) -> None:
+    proc = _without_extras("bench", "--quick", "--rounds", "1", "--threads", "1,2",
+                           "--contenders", "queue")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("pip install 'pypool[cli]'") == 1, proc.stderr
+    hint = [line for line in proc.stderr.splitlines() if "pypool[cli]" in line]
+    assert len(hint) == 1 and "rich" in hint[0] and "matplotlib" in hint[0]
+    _check_tables(proc.stdout, [1, 2], ["queue"])
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bench.png"
+    proc = _without_extras("bench", "--quick", "--rounds", "1", "--plot", str(path))
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "matplotlib" in proc.stderr and "pip install 'pypool[cli]'" in proc.stderr
+    assert not path.exists()
+
+
+def test_plain_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setattr(cli, "_importable", lambda module: False)
+    progress = cli._Progress()
+    progress.set_total(4)
+    progress.show("step one")
+    progress.show("step two")
+    progress.clear()
+    text = term.getvalue()
+    assert "\r" in text and " 25% step one" in text and " 50% step two" in text
+    assert text.endswith("\r\x1b[K")
+
+
+def test_no_progress_when_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = cli._Progress()
+    progress.set_total(2)
+    progress.show("step")
+    progress.clear()
+    assert capsys.readouterr().err == ""

@@ -22,7 +22,7 @@ subtracted from the times.
     {
       "schema": "pypool-bench/1",
       "complete": true,            # false when interrupted (Ctrl-C)
-      "rounds_done": 7,            # rounds measured completely
+      "rounds_done": 5,            # rounds measured completely
       "environment": {
         "python": "3.12.1", "implementation": "cpython",
         "pypool": "0.1.0", "core": "native",   # pypool.CORE
@@ -33,10 +33,10 @@ subtracted from the times.
         "started": "2025-01-31T12:00:00+00:00"
       },
       "settings": {
-        "rounds": 7, "threads": [1, 2, 4, 8, 16], "connections": 4,
-        "batch": 10000,            # cycles per uncontended sample
+        "rounds": 5, "threads": [1, 2, 4, 8, 16], "connections": 4,
+        "batch": 5000,             # cycles per uncontended sample
         "batches_per_round": 3,    # uncontended samples per contender per round
-        "thread_run_seconds": 0.2, # target length of one threaded run
+        "thread_run_seconds": 0.1, # target length of one threaded run
         "quick": false
       },
       "contenders": [              # every known contender, usable or not
@@ -44,7 +44,7 @@ subtracted from the times.
       ],
       "results": [                 # one per contender and measurement
         {"benchmark": "uncontended", "contender": "python", "threads": 1,
-         "unit": "ns/cycle", "cycles": 10000,       # cycles per sample
+         "unit": "ns/cycle", "cycles": 5000,        # cycles per sample
          "samples": [1510.2, ...], "median": 1512.0, "min": 1500.1, "max": 1530.7,
          "q1": 1505.0, "q3": 1520.0,
          "vs_floor": 54.2},                        # median / the floor's median
@@ -113,7 +113,7 @@ class _Settings:
 
 
 # Defaults finish in well under a minute on a 2-core machine; --quick in seconds.
-_FULL = _Settings(rounds=7, batch=10_000, batches_per_round=3, thread_run_seconds=0.2)
+_FULL = _Settings(rounds=5, batch=5_000, batches_per_round=3, thread_run_seconds=0.1)
 _QUICK = _Settings(rounds=2, batch=500, batches_per_round=1, thread_run_seconds=0.01)
 
 
@@ -908,7 +908,7 @@ def _queries_json(q: _QueryRun) -> dict[str, Any]:
 def _plot(run: _Run, path: str) -> None:
     """Writes a PNG of throughput against threads, one line per contender."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(9.5, 5), dpi=100)
     try:
         values = []
         for c in run.contenders:
@@ -935,7 +935,7 @@ def _plot(run: _Run, path: str) -> None:
         )
         ax.grid(True, which="both", alpha=0.3)
         if values:
-            ax.legend(fontsize="small")
+            ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         fig.savefig(path, format="png")
     finally:
