@@ -489,6 +489,7 @@ cdef class CorePool:
     cdef int64_t _generation
     cdef double _max_idle
     cdef int64_t max_idle_ns       # 0: off
+    cdef int _min_size
     cdef uint64_t _max_uses        # 0: off
     cdef object _check_after
     cdef int64_t check_after_ns    # -1: never
@@ -530,6 +531,7 @@ cdef class CorePool:
         self._generation = 0
         self._max_idle = 0.0
         self.max_idle_ns = 0
+        self._min_size = 0
         self._max_uses = 0
         self._check_after = None
         self.check_after_ns = -1
@@ -656,6 +658,17 @@ cdef class CorePool:
         self.max_idle_ns = _ns(self._max_idle)
 
     @property
+    def min_size(self):
+        """Connections kept however long idle: a connection idle past
+        ``max_idle`` is retired at hand-out only while more than this many
+        slots are in use; may be set."""
+        return self._min_size
+
+    @min_size.setter
+    def min_size(self, value):
+        self._min_size = _check_int("min_size", value, 0, MAX_SIZE)
+
+    @property
     def max_uses(self):
         """Hand-outs after which a connection is retired (0: no limit); may
         be set."""
@@ -697,7 +710,7 @@ cdef class CorePool:
             return _STALE
         if checkout:
             idle = now - s.returned
-            if self.max_idle_ns and idle >= self.max_idle_ns:
+            if self.max_idle_ns and idle >= self.max_idle_ns and self._size > self._min_size:
                 return _IDLE_TOO_LONG
             if self.check_after_ns >= 0 and idle >= self.check_after_ns:
                 return _CHECK
@@ -1428,10 +1441,11 @@ cdef class PoolBase:
       exception that shows it is not;
     - ``_retire(conn, reason, exc)`` takes a connection the pool dropped (its
       slot is free already; ``reason`` is one of the verdicts, CHECK for a
-      failed check) and must close it;
-    - ``_failed(exc)`` returns the exception to raise in a caller that gets
-      no connection (``exc`` is the core's PoolTimeout, PoolClosed or
-      TooManyRequests).
+      failed check) and must close it; ``_rejected(conn, reason, exc)`` is
+      called instead for one dropped at hand-out (it was never served);
+    - ``_failed(exc, timeout)`` returns the exception to raise in a caller
+      that gets no connection within ``timeout`` seconds (``exc`` is the
+      core's PoolTimeout, PoolClosed or TooManyRequests).
 
     ``reset`` runs on every return before the connection is idle again: a
     method name (``"rollback"``: ``conn.rollback()``), a callable
@@ -1506,15 +1520,15 @@ cdef class PoolBase:
         return self._acquire_slow(conn, i, verdict, timeout)
 
     cdef object _acquire_slow(self, object conn, uint32_t i, int verdict, object timeout):
+        cdef double wait_for = self._timeout if timeout is None else _check_timeout(timeout)
         try:
-            return self._acquire_loop(conn, i, verdict, timeout)
+            return self._acquire_loop(conn, i, verdict, wait_for)
         except PoolError as exc:
-            error = self._failed(exc)
+            error = self._failed(exc, wait_for)
         raise error
 
-    cdef object _acquire_loop(self, object conn, uint32_t i, int verdict, object timeout):
+    cdef object _acquire_loop(self, object conn, uint32_t i, int verdict, double wait_for):
         cdef CorePool core = self._core
-        cdef double wait_for = self._timeout if timeout is None else _check_timeout(timeout)
         cdef double deadline = _clock() + wait_for
         while True:
             if conn is None:
@@ -1532,10 +1546,10 @@ cdef class PoolBase:
                         self._checked_out(conn)
                     return conn
                 core.discard(conn)
-                self._retire(conn, _CHECK, failure)
+                self._rejected(conn, _CHECK, failure)
             else:
                 core.discard(conn)
-                self._retire(conn, verdict, None)
+                self._rejected(conn, verdict, None)
             conn = core.try_acquire()
             if conn is not None:
                 i = core._slot_of_borrowed(conn)
@@ -1605,5 +1619,8 @@ cdef class PoolBase:
     def _retire(self, conn, reason, exc):
         pass
 
-    def _failed(self, exc):
+    def _failed(self, exc, timeout):
         return exc
+
+    def _rejected(self, conn, reason, exc):
+        self._retire(conn, reason, exc)

@@ -340,6 +340,7 @@ class CorePool:
         self._closed = False
         self._generation = 0
         self._max_idle = 0.0
+        self._min_size = 0
         self._max_uses = 0
         self._check_after: float | None = None
         self._reset_state()
@@ -427,6 +428,17 @@ class CorePool:
     @max_idle.setter
     def max_idle(self, value: float) -> None:
         self._max_idle = _check_seconds("max_idle", value)
+
+    @property
+    def min_size(self) -> int:
+        """Connections kept however long idle: a connection idle past
+        ``max_idle`` is retired at hand-out only while more than this many
+        slots are in use; may be set."""
+        return self._min_size
+
+    @min_size.setter
+    def min_size(self, value: int) -> None:
+        self._min_size = _check_int("min_size", value, 0, MAX_SIZE)
 
     @property
     def max_uses(self) -> int:
@@ -895,7 +907,7 @@ class CorePool:
             return STALE
         if checkout:
             idle = now - s.returned
-            if self._max_idle and idle >= self._max_idle:
+            if self._max_idle and idle >= self._max_idle and self._size > self._min_size:
                 return IDLE_TOO_LONG
             if self._check_after is not None and idle >= self._check_after:
                 return CHECK
@@ -1111,10 +1123,11 @@ class PoolBase:
       exception that shows it is not;
     - ``_retire(conn, reason, exc)`` takes a connection the pool dropped (its
       slot is free already; ``reason`` is one of the verdicts, CHECK for a
-      failed check) and must close it;
-    - ``_failed(exc)`` returns the exception to raise in a caller that gets
-      no connection (``exc`` is the core's PoolTimeout, PoolClosed or
-      TooManyRequests).
+      failed check) and must close it; ``_rejected(conn, reason, exc)`` is
+      called instead for one dropped at hand-out (it was never served);
+    - ``_failed(exc, timeout)`` returns the exception to raise in a caller
+      that gets no connection within ``timeout`` seconds (``exc`` is the
+      core's PoolTimeout, PoolClosed or TooManyRequests).
 
     ``reset`` runs on every return before the connection is idle again: a
     method name (``"rollback"``: ``conn.rollback()``), a callable
@@ -1164,7 +1177,7 @@ class PoolBase:
         try:
             return self._acquire_loop(wait_for)
         except PoolError as exc:
-            error = self._failed(exc)
+            error = self._failed(exc, wait_for)
         raise error
 
     def _acquire_loop(self, wait_for: float) -> Any:
@@ -1186,10 +1199,10 @@ class PoolBase:
                         self._checked_out(conn)
                     return conn
                 core.discard(conn)
-                self._retire(conn, CHECK, failure)
+                self._rejected(conn, CHECK, failure)
             else:
                 core.discard(conn)
-                self._retire(conn, verdict, None)
+                self._rejected(conn, verdict, None)
             conn = core.try_acquire()
 
     def release(self, conn: Any, /) -> None:
@@ -1245,5 +1258,8 @@ class PoolBase:
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         pass
 
-    def _failed(self, exc: PoolError) -> BaseException:
+    def _failed(self, exc: PoolError, timeout: float) -> BaseException:
         return exc
+
+    def _rejected(self, conn: Any, reason: int, exc: BaseException | None) -> None:
+        self._retire(conn, reason, exc)

@@ -169,6 +169,7 @@ class Policy:
         self.connect_time = 0.0
         self.outage_since: float | None = None  # first failed connect of an outage
         self.outage_reported = False
+        self.rejected = 0  # hand-outs dropped before they were served (failed check, expired)
 
     # -------------------------------------------------------------- connect
 
@@ -197,6 +198,11 @@ class Policy:
             self.last_error = None
             self.outage_since = None
             self.outage_reported = False
+
+    def check_failed(self, exc: BaseException) -> None:
+        with self.lock:
+            self.last_error = exc
+            self.last_error_at = time.monotonic()
 
     def connect_failed(self, exc: BaseException) -> bool:
         """Records a failed connect; True when the outage has now lasted
@@ -246,10 +252,16 @@ class Policy:
 
     # ------------------------------------------------------------- timeouts
 
-    def timeout_error(self, exc: PoolTimeout) -> PoolTimeout:
-        """What a caller whose wait timed out is told: the pool's state, and
-        the last connection error as the cause."""
-        error = PoolTimeout(f"pool {self.settings.name!r}: {exc}")
+    def timeout_error(self, exc: PoolTimeout, timeout: float) -> PoolTimeout:
+        """What a caller whose wait timed out is told: how long it waited, the
+        pool's state, and the last connection error (a failed connect or
+        check) as the cause."""
+        core = self.core
+        error = PoolTimeout(
+            f"pool {self.settings.name!r}: no connection available within {timeout:.3f} s "
+            f"(size {core.size}/{core.max_size}, idle {core.idle}, in use {core.in_use}, "
+            f"connecting {core.connecting}, waiting {core.waiting})"
+        )
         cause = self.last_error
         if cause is not None:
             error.__cause__ = cause

@@ -128,6 +128,7 @@ class _PoolMethods:
             on_abandon=self._on_abandon,
         )
         core.max_idle = settings.max_idle
+        core.min_size = settings.min_size
         core.max_uses = settings.max_uses
         core.check_after = None if settings.check is False else settings.check_after
         core_module.PoolBase.__init__(self, core, settings.timeout, None)  # type: ignore[arg-type]
@@ -208,7 +209,8 @@ class _PoolMethods:
         core = self._core.stats()
         counters = self._policy.counters()
         retired: dict[str, int] = counters["retired"]
-        finished = core["acquires"] - core["in_use"]
+        served = core["acquires"] - self._policy.rejected
+        finished = served - core["in_use"]
         return {
             stats.POOL_NAME: self._settings.name,
             stats.COUNT: {"idle": core["idle"] + core["claimed"], "used": core["in_use"]},
@@ -222,13 +224,13 @@ class _PoolMethods:
                 "sum": counters["connect_time"],
             },
             stats.WAIT_TIME: {
-                "count": core["acquires"],
+                "count": served,
                 "sum": core["wait_time"],
                 "max": core["wait_time_max"],
             },
             stats.USE_TIME: {"count": finished, "sum": core["use_time"]},
             stats.CONNECTING: core["connecting"],
-            stats.REQUESTS: core["acquires"],
+            stats.REQUESTS: served,
             stats.REQUESTS_WAITED: core["waits"],
             stats.CREATED: counters["connections_created"],
             stats.CLOSED: counters["connections_closed"],
@@ -358,6 +360,7 @@ class _PoolMethods:
         they are returned."""
         lo, hi = check_sizes(min_size, max_size)
         self._core.max_size = hi
+        self._core.min_size = lo
         self._policy.min_size = lo
         self._retire_idle(lambda info: True, "shrunk", keep=hi)
         if lo:
@@ -532,10 +535,16 @@ class _PoolMethods:
         self._close_connection(conn, _core.REASONS[reason], exc)
         self._wake_workers()
 
-    def _failed(self, exc: Exception) -> BaseException:
+    def _failed(self, exc: Exception, timeout: float) -> BaseException:
         if isinstance(exc, PoolTimeout):
-            return self._policy.timeout_error(exc)
+            return self._policy.timeout_error(exc, timeout)
         return exc
+
+    def _rejected(self, conn: Any, reason: int, exc: BaseException | None) -> None:
+        self._policy.rejected += 1
+        if exc is not None:
+            self._policy.check_failed(exc)
+        self._retire(conn, reason, exc)
 
     def _on_wait(self) -> None:
         if not self._started:
@@ -656,29 +665,45 @@ class _PoolMethods:
                 self._close_connection(conn, reason, None)
 
     def _replace_expiring(self, now: float) -> None:
-        """Replaces idle connections close to the end of their lifetime, two
-        at a time: the replacement first where max_size leaves room (then the
-        pool never dips), else the old one first (the pool dips by one)."""
+        """Replaces connections close to the end of their lifetime, so that
+        their retirement never takes the pool below ``min_size``.
+
+        First, as many replacements are connected as the expiring connections
+        (idle or borrowed: a borrowed one is retired at its return) would
+        otherwise leave missing below ``min_size``, where ``max_size`` leaves
+        room. Then idle expiring ones are retired, two a pass; when the pool
+        is full (``min_size == max_size``) it dips by one for one connect.
+        """
         core = self._core
         life = self._settings.max_lifetime
         assert life is not None
         lead = min(60.0, 0.1 * life) + 2 * self._interval
-        infos = [(i, core.slot_info(i)) for i in core.slots(_core.IDLE)]
-        expiring = sorted(
-            ((i, info) for i, info in infos if info[6] and info[6] - now <= lead),
+        infos = [(i, core.slot_info(i)) for i in core.slots()]
+        expiring = [
+            (i, info)
+            for i, info in infos
+            if info[0] in (_core.IDLE, _core.BUSY) and info[6] and info[6] - now <= lead
+        ]
+        min_size = self._policy.min_size
+        # Only what the expiring ones will take away: refilling an empty or
+        # failing pool is the connect workers' job (with their backoff).
+        deficit = min(len(expiring), min_size - (core.size - len(expiring)))
+        while deficit > 0 and core.size < core.max_size:
+            slot = core.reserve()
+            if slot is None or not self._connect_into(slot):
+                return  # the database is away: keep the old ones meanwhile
+            deficit -= 1
+        idle = sorted(
+            ((i, info) for i, info in expiring if info[0] == _core.IDLE),
             key=lambda item: item[1][6],
         )
-        for index, _info in expiring[:2]:
-            needed = core.size - 1 < self._policy.min_size or core.waiting > 0
-            new_slot = core.reserve() if needed else None
-            if new_slot is not None and not self._connect_into(new_slot):
-                return  # the database is away: keep the old one meanwhile
+        for index, _info in idle[:2]:
             conn = core.claim(index)
             if conn is None:
                 continue  # borrowed meanwhile: retired at its return or next hand-out
             core.retire(index)
             self._close_connection(conn, "expired", None)
-            if needed and new_slot is None:
+            if core.size < min_size or core.waiting:
                 slot = core.reserve()
                 if slot is not None:
                     self._connect_into(slot)
@@ -741,7 +766,10 @@ class _PoolMethods:
         closing = self._closing
         self._fresh_threading()
         self._closing = closing
-        self._policy.lock = threading.Lock()
+        min_size = self._policy.min_size
+        self._policy = Policy(self._settings, self._core, self._log)  # fresh counters
+        self._policy.min_size = min_size
+        self._leaks = 0
 
     def __repr__(self) -> str:
         core = self._core
@@ -778,9 +806,12 @@ def _connect_worker(ref: weakref.ref[Any]) -> None:
             backoff = 0.0
             continue
         backoff = pool._policy.backoff(backoff)
+        stop = pool._stop
         del pool
-        with wake:
-            wake.wait(backoff * (0.5 + 0.5 * random.random()))
+        # Sleep out the backoff whatever the demand (waiters would wake the
+        # condition at once); only close() cuts it short.
+        if stop.wait(backoff * (0.5 + 0.5 * random.random())):
+            return
 
 
 def _maintenance_worker(ref: weakref.ref[Any]) -> None:
@@ -835,9 +866,13 @@ def _maintenance_interval(settings: Settings) -> float:
 
 
 def _close_all_at_exit() -> None:
+    """Closes the pools still open at exit. Idle threads stop at once; a
+    connect in flight gets a moment to finish, since a driver still
+    connecting while the interpreter tears down (OpenSSL above all) can
+    crash the process."""
     for pool in list(_live_pools):
         try:
-            pool.close(timeout=0)
+            pool.close(timeout=2.0)
         except Exception:  # pragma: no cover
             pass
 

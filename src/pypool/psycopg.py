@@ -396,11 +396,9 @@ class _PsycopgMethods:
         """
         return _Lease(self, timeout)
 
-    def _failed(self, exc: Exception) -> BaseException:
+    def _failed(self, exc: Exception, timeout: float) -> BaseException:
         if isinstance(exc, errors.PoolTimeout):
-            error: BaseException = PoolTimeout(
-                f"couldn't get a connection after {self._settings.timeout:.2f} sec"
-            )
+            error: BaseException = PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
             error.__cause__ = self._policy.last_error
             return error
         if isinstance(exc, errors.PoolClosed):
