@@ -9,6 +9,7 @@ extension is absent, on interpreters other than CPython, or when
 from __future__ import annotations
 
 from ._core import CORE, CorePool, WaiterTicket
+from .aio import AsyncPool
 from .pool import Pool
 from .errors import (
     ConfigurationError,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CORE",
+    "AsyncPool",
     "ConfigurationError",
     "ConnectionFailed",
     "CorePool",
