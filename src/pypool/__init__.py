@@ -22,7 +22,7 @@ from .errors import (
     TooManyRequests,
     UnusableConnection,
 )
-from . import dbapi, stats
+from . import asyncpg, dbapi, stats
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "TooManyRequests",
     "UnusableConnection",
     "WaiterTicket",
+    "asyncpg",
     "dbapi",
     "stats",
     "__version__",

@@ -32,6 +32,7 @@ import asyncio
 import inspect
 import logging
 import random
+import threading
 import time
 import types
 import weakref
@@ -54,9 +55,9 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool], handed: bool) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(handed)
 
 
 class _Lease:
@@ -165,6 +166,8 @@ class AsyncPool:
         self._stop: asyncio.Event | None = None
         self._ready: asyncio.Condition | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closers: set[asyncio.Task[None]] = set()  # closes run in the background
+        self._loop_thread = 0
         self._closing = False
 
     # ------------------------------------------------------------ properties
@@ -204,6 +207,7 @@ class AsyncPool:
         if self._core.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         self._loop = loop
+        self._loop_thread = threading.get_ident()
         self._demand = asyncio.Event()
         self._stop = asyncio.Event()
         self._ready = asyncio.Condition()
@@ -262,8 +266,9 @@ class AsyncPool:
             self._stop.set()
         for conn in idle:
             await self._close_connection(conn, "closed", None)
-        if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        waiting_for = [*self._tasks, *self._closers]
+        if waiting_for:
+            done, pending = await asyncio.wait(waiting_for, timeout=timeout)
             for task in pending:
                 task.cancel()
         for conn in self._core.close():
@@ -286,6 +291,8 @@ class AsyncPool:
         raises :class:`PoolTimeout`; :class:`TooManyRequests` when the wait
         queue is full, :class:`PoolClosed` when the pool is closed.
         """
+        if self._loop is not asyncio.get_running_loop():
+            self._bind()  # first use, or a second loop: refused
         core = self._core
         conn = core.try_acquire()
         if conn is not None and core.verdict(core.slot_of(conn), True) == _core.OK:
@@ -317,26 +324,37 @@ class AsyncPool:
                 failure = None
             core.discard(conn)
             self._policy.rejected += 1
-            await self._close_connection(conn, _core.REASONS[verdict], failure)
+            self._close_later(conn, _core.REASONS[verdict], failure)
             self._wake_workers()
             conn = core.try_acquire()
 
     async def _wait_for_one(self, deadline: float, wait_for: float) -> Any:
         loop = self._loop
         assert loop is not None
-        future: asyncio.Future[None] = loop.create_future()
-        ticket = self._core.enqueue(lambda _ticket: loop.call_soon_threadsafe(_resolve, future))
+        future: asyncio.Future[bool] = loop.create_future()
+        loop_thread = self._loop_thread
+
+        def wake(_ticket: Any) -> None:
+            # On the loop's own thread (a release by another task) the future
+            # is resolved at once; from any other thread, through the loop.
+            if threading.get_ident() == loop_thread:
+                _resolve(future, True)
+            else:
+                loop.call_soon_threadsafe(_resolve, future, True)
+
+        ticket = self._core.enqueue(wake)
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), _resolve, future, False)
         try:
-            await asyncio.wait_for(future, max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            # Passes on a connection handed to the ticket at this moment.
-            ticket.cancel(timed_out=True)
-            raise self._policy.timeout_error(
-                PoolTimeout("timed out"), wait_for
-            ) from None
+            handed = await future
         except BaseException:
-            ticket.cancel()
+            ticket.cancel()  # passes on a connection handed at this moment
             raise
+        finally:
+            timer.cancel()
+        if not handed and not ticket.done:
+            ticket.cancel(timed_out=True)
+            error = self._policy.timeout_error(PoolTimeout("timed out"), wait_for)
+            raise error
         return ticket.result()
 
     async def release(self, conn: Any) -> None:
@@ -359,7 +377,7 @@ class AsyncPool:
             except BaseException as exc:
                 # A failed or interrupted reset leaves the state unknown.
                 core.discard(conn)
-                await asyncio.shield(self._close_connection(conn, "reset_failed", exc))
+                self._close_later(conn, "reset_failed", exc)
                 self._wake_workers()
                 if not isinstance(exc, Exception):
                     raise
@@ -367,7 +385,7 @@ class AsyncPool:
         verdict = core.verdict(index, False)
         if verdict != _core.OK:
             core.discard(conn)
-            await self._close_connection(conn, _core.REASONS[verdict], None)
+            self._close_later(conn, _core.REASONS[verdict], None)
             self._wake_workers()
         elif not core.release(conn):
             await self._close_connection(conn, "closed", None)
@@ -527,6 +545,15 @@ class AsyncPool:
         if ready is not None:
             async with ready:
                 ready.notify_all()
+
+    def _close_later(self, conn: Any, reason: str, exc: BaseException | None) -> None:
+        """Closes a dropped connection in a task of its own: a caller never
+        waits for the close of a connection it did not get (a close can take
+        long when the server stopped answering)."""
+        loop = self._loop or asyncio.get_running_loop()
+        task = loop.create_task(self._close_connection(conn, reason, exc))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
 
     async def _close_connection(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         self._policy.retired_one(reason, exc)

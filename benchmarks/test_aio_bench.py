@@ -1,0 +1,186 @@
+"""Measurements of ``pypool.AsyncPool`` (never assertions of speed).
+
+* ``test_select1_throughput``: :data:`TASKS` tasks share a pool of
+  :data:`SIZE` asyncpg connections, each doing checkout, ``SELECT 1`` and
+  return in a loop. ``pypool.AsyncPool(adapter=pypool.asyncpg)`` against
+  ``asyncpg.create_pool(min_size=SIZE, max_size=SIZE)``, with asyncpg's
+  reset on both (``Connection.reset()``: pypool's asyncpg adapter runs the
+  same call) or with no reset on either (``reset=False`` for pypool; for
+  asyncpg a ``Connection`` subclass whose ``get_reset_query()`` is empty).
+  :data:`ROUNDS` rounds, contenders interleaved within each round; the
+  median requests per second is printed and recorded as a property.
+* ``test_uncontended_cycle``: ``await acquire()`` + ``await release()`` on
+  a fake connection, one task, both cores; ns per cycle.
+
+Run as a script for a one-off measurement: ``python benchmarks/test_aio_bench.py``.
+The database is ``PYPOOL_BENCH_DSN``, else ``PYPOOL_TEST_DSN``, else a local
+default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+try:
+    import pypool  # noqa: F401
+except ImportError:  # run from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+import pypool
+import pypool.asyncpg
+
+asyncpg = pytest.importorskip("asyncpg")
+
+TASKS = 100
+SIZE = 10
+PER_TASK = 50  # checkouts per task per round: TASKS * PER_TASK per round
+ROUNDS = 7
+DSN = os.environ.get(
+    "PYPOOL_BENCH_DSN", os.environ.get("PYPOOL_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+)
+CORES = {"native": "pypool._corepool", "python": "pypool._corepool_py"}
+
+
+class NoResetConnection(asyncpg.Connection):  # type: ignore[misc,name-defined]
+    """asyncpg's pool without its reset query (open transactions are still
+    ended by ``Connection.reset()``'s own bookkeeping, no round trip)."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+async def _pypool_contender(reset: bool, core: Any = None) -> tuple[Any, Any]:
+    pool = pypool.AsyncPool(
+        lambda: asyncpg.connect(DSN),
+        adapter=pypool.asyncpg,
+        min_size=SIZE,
+        max_size=SIZE,
+        reset=None if reset else False,
+        _core=core,
+    )
+    await pool.open(wait=True, timeout=30)
+
+    async def worker() -> None:
+        for _ in range(PER_TASK):
+            async with pool.connection() as conn:
+                await conn.fetchval("SELECT 1")
+
+    return pool, worker
+
+
+async def _asyncpg_contender(reset: bool) -> tuple[Any, Any]:
+    pool = await asyncpg.create_pool(
+        DSN,
+        min_size=SIZE,
+        max_size=SIZE,
+        **({} if reset else {"connection_class": NoResetConnection}),
+    )
+
+    async def worker() -> None:
+        for _ in range(PER_TASK):
+            async with pool.acquire() as conn:
+                await conn.fetchval("SELECT 1")
+
+    return pool, worker
+
+
+async def _throughput(reset: bool, rounds: int = ROUNDS) -> dict[str, float]:
+    contenders = {
+        "pypool": await _pypool_contender(reset),
+        "asyncpg": await _asyncpg_contender(reset),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    for _, worker in contenders.values():  # warm up
+        await asyncio.gather(*(worker() for _ in range(TASKS)))
+    for i in range(rounds):
+        order = list(contenders.items())
+        if i % 2:
+            order.reverse()
+        for name, (_, worker) in order:
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(TASKS)))
+            samples[name].append(TASKS * PER_TASK / (time.perf_counter() - start))
+    for name, (pool, _) in contenders.items():
+        await pool.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+async def _uncontended(core: Any, cycles: int = 100_000, rounds: int = ROUNDS) -> float:
+    class Fake:
+        async def close(self) -> None:
+            return None
+
+    async def factory() -> Fake:
+        return Fake()
+
+    pool = pypool.AsyncPool(factory, min_size=1, max_size=1, reset=False, _core=core)
+    await pool.open(wait=True)
+    acquire, release = pool.acquire, pool.release
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        for _ in range(cycles):
+            await release(await acquire())
+        times.append((time.perf_counter_ns() - start) / cycles)
+    await pool.close()
+    return statistics.median(times)
+
+
+def _db_reachable() -> bool:
+    async def probe() -> None:
+        conn = await asyncpg.connect(DSN, timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "no-reset"])
+def test_select1_throughput(reset: bool, record_property: Any) -> None:
+    if not _db_reachable():
+        pytest.skip("database unreachable")
+    medians = asyncio.run(_throughput(reset))
+    ratio = medians["pypool"] / medians["asyncpg"]
+    record_property("requests_per_s", medians)
+    record_property("pypool_vs_asyncpg", ratio)
+    print(f"\nSELECT 1, reset={reset}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
+          + f", ratio {ratio:.3f}")
+
+
+@pytest.mark.parametrize("core_name", list(CORES))
+def test_uncontended_cycle(core_name: str, record_property: Any) -> None:
+    try:
+        core = importlib.import_module(CORES[core_name])
+    except ImportError as exc:
+        pytest.skip(f"{core_name} core unavailable: {exc}")
+    ns = asyncio.run(_uncontended(core))
+    record_property("ns_per_cycle", ns)
+    print(f"\nuncontended acquire+release ({core_name}): {ns:,.0f} ns/cycle")
+
+
+def main() -> None:
+    for reset in (True, False):
+        medians = asyncio.run(_throughput(reset))
+        print(f"SELECT 1 x {TASKS} tasks, pool {SIZE}, reset={reset}: "
+              + ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
+              + f", pypool/asyncpg {medians['pypool'] / medians['asyncpg']:.3f}")
+    for name, module in CORES.items():
+        core = importlib.import_module(module)
+        print(f"uncontended acquire+release ({name}): {asyncio.run(_uncontended(core)):,.0f} ns/cycle")
+
+
+if __name__ == "__main__":
+    main()

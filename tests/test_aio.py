@@ -1,0 +1,573 @@
+"""``pypool.AsyncPool`` on both cores: many tasks on few connections,
+cancellation at every await, timeouts, loop binding, and (marker ``db``)
+asyncpg against PostgreSQL: state reset, ``run()`` retries and a network
+that silently drops packets.
+
+Tests are plain functions that drive their coroutine with ``asyncio.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+import pypool
+import pypool.asyncpg
+from pypool import AsyncPool
+from pypool.errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+
+asyncpg = pytest.importorskip("asyncpg")
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.005)
+    return predicate()
+
+
+def assert_whole(pool: AsyncPool, size: int) -> None:
+    assert pool.in_use == 0
+    assert pool.idle + pool.in_use == size
+    assert pool.size == size
+
+
+# ------------------------------------------------------------ fake connections
+
+
+class AsyncFakeConn:
+    """An asyncio stand-in connection: async rollback (the generic reset),
+    ping and close."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.rollbacks = 0
+
+    async def rollback(self) -> None:
+        await asyncio.sleep(0)
+        self.rollbacks += 1
+
+    async def ping(self) -> None:
+        await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def fake_factory() -> AsyncFakeConn:
+    await asyncio.sleep(0)
+    return AsyncFakeConn()
+
+
+@pytest.fixture
+def make(core_module: ModuleType) -> Callable[..., AsyncPool]:
+    def make(factory: Callable[[], Any] = fake_factory, **kw: Any) -> AsyncPool:
+        kw.setdefault("max_size", 10)
+        return AsyncPool(factory, _core=core_module, **kw)
+
+    return make
+
+
+# ---------------------------------------------------------- 1. many tasks
+
+
+async def hammer(pool: AsyncPool, tasks: int, body: Callable[[Any], Awaitable[Any]]) -> set[int]:
+    holders: set[int] = set()
+    seen: set[int] = set()
+
+    async def one() -> None:
+        async with pool.connection() as conn:
+            assert id(conn) not in holders, "one connection handed to two tasks"
+            holders.add(id(conn))
+            seen.add(id(conn))
+            try:
+                await body(conn)
+            finally:
+                holders.discard(id(conn))
+
+    await asyncio.gather(*(one() for _ in range(tasks)))
+    assert not holders
+    return seen
+
+
+@pytest.mark.timeout(60)
+def test_thousand_tasks_on_ten_fake_connections(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = make(max_size=10, timeout=30)
+
+        async def body(conn: Any) -> None:
+            assert not conn.closed
+            await asyncio.sleep(0)
+
+        seen = await hammer(pool, 1000, body)
+        assert len(seen) <= 10
+        assert_whole(pool, pool.size)
+        assert pool.size <= 10
+        assert pool.waiting == 0
+        stats = pool.stats()
+        assert stats[pypool.stats.REQUESTS] == 1000
+        assert stats[pypool.stats.COUNT] == {"idle": pool.size, "used": 0}
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.db
+@pytest.mark.timeout(120)
+def test_thousand_tasks_on_ten_asyncpg_connections(core_module: ModuleType, dsn: str) -> None:
+    async def main() -> None:
+        pool = AsyncPool(
+            lambda: asyncpg.connect(dsn), adapter=pypool.asyncpg, max_size=10, _core=core_module
+        )
+
+        async def body(conn: Any) -> None:
+            assert await conn.fetchval("SELECT 1") == 1
+
+        seen = await hammer(pool, 1000, body)
+        assert len(seen) <= 10
+        assert pool.size == 10
+        assert_whole(pool, 10)
+        assert pool.stats()[pypool.stats.REQUESTS] == 1000
+        await pool.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------- 2. cancellation
+
+
+async def fill(pool: AsyncPool, n: int) -> list[Any]:
+    return [await pool.acquire(timeout=5) for _ in range(n)]
+
+
+@pytest.mark.timeout(30)
+def test_cancelled_while_waiting_leaves_the_queue(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = make(max_size=2)
+        held = await fill(pool, 2)
+        waiter = asyncio.ensure_future(pool.acquire(timeout=10))
+        assert await eventually(lambda: pool.waiting == 1)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert pool.waiting == 0
+        for conn in held:
+            await pool.release(conn)
+        assert_whole(pool, 2)
+        # Nothing lost: both are handed out again at once.
+        again = await fill(pool, 2)
+        assert {id(c) for c in again} == {id(c) for c in held}
+        for conn in again:
+            await pool.release(conn)
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_cancelled_while_holding_gives_it_back(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = make(max_size=1)
+        inside = asyncio.Event()
+
+        async def body() -> None:
+            async with pool.connection():
+                inside.set()
+                await asyncio.sleep(60)
+
+        task = asyncio.ensure_future(body())
+        await inside.wait()
+        assert pool.in_use == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await eventually(lambda: pool.idle == 1)
+        assert_whole(pool, 1)
+        conn = await pool.acquire(timeout=1)
+        await pool.release(conn)
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_cancelled_during_reset_discards_and_refills(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def slow_reset(conn: Any) -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+        pool = make(max_size=1, reset=slow_reset)
+        conn = await pool.acquire(timeout=5)
+        task = asyncio.ensure_future(pool.release(conn))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert conn.closed  # its state is unknown: discarded, never pooled
+        assert pool.in_use == 0
+        other = await pool.acquire(timeout=5)
+        assert other is not conn
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_cancelled_while_connecting_the_connection_joins(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def slow_factory() -> AsyncFakeConn:
+            started.set()
+            await asyncio.sleep(0.3)
+            return AsyncFakeConn()
+
+        pool = make(slow_factory, max_size=1)
+        caller = asyncio.ensure_future(pool.acquire(timeout=10))
+        await started.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert pool.waiting == 0
+        assert await eventually(lambda: pool.idle == 1, 5)
+        assert_whole(pool, 1)
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_cancel_racing_a_hand_off_loses_nothing(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = make(max_size=3, reset=False)
+        held = await fill(pool, 3)
+        got = 0
+        for i in range(500):
+            waiter = asyncio.ensure_future(pool.acquire(timeout=10))
+            for _ in range(i % 4):  # vary where in the wait the race lands
+                await asyncio.sleep(0)
+            conn = held.pop()
+            release = asyncio.ensure_future(pool.release(conn))
+            if i % 2:
+                waiter.cancel()
+                await release
+            else:
+                await release
+                waiter.cancel()
+            try:
+                held.append(await waiter)
+                got += 1
+            except asyncio.CancelledError:
+                held.append(await pool.acquire(timeout=1))
+            assert pool.in_use == 3 and pool.waiting == 0
+        for conn in held:
+            await pool.release(conn)
+        assert_whole(pool, 3)
+        assert pool.waiting == 0
+        await pool.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------- 3. timeouts
+
+
+@pytest.mark.timeout(30)
+def test_acquire_times_out_on_time(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = make(max_size=1)
+        held = await pool.acquire(timeout=5)
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout):
+            await pool.acquire(timeout=0.1)
+        took = time.monotonic() - start
+        assert 0.09 <= took < 0.5, took
+        assert pool.waiting == 0
+        assert pool.stats()[pypool.stats.TIMEOUTS] == 1
+        await pool.release(held)
+        assert_whole(pool, 1)
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_too_many_requests(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = make(max_size=1, max_waiting=2)
+        held = await pool.acquire(timeout=5)
+        waiters = [asyncio.ensure_future(pool.acquire(timeout=5)) for _ in range(2)]
+        assert await eventually(lambda: pool.waiting == 2)
+        with pytest.raises(TooManyRequests):
+            await pool.acquire(timeout=5)
+        await pool.release(held)
+        for w in waiters:
+            await pool.release(await w)
+        assert_whole(pool, 1)
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_waiters_get_pool_closed(make: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = make(max_size=1)
+        held = await pool.acquire(timeout=5)
+        waiters = [asyncio.ensure_future(pool.acquire(timeout=10)) for _ in range(3)]
+        assert await eventually(lambda: pool.waiting == 3)
+        await pool.close()
+        results = await asyncio.wait_for(
+            asyncio.gather(*waiters, return_exceptions=True), 2
+        )
+        assert all(isinstance(r, PoolClosed) for r in results), results
+        await pool.release(held)
+        assert held.closed
+        with pytest.raises(PoolClosed):
+            await pool.acquire(timeout=1)
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_failing_factory_is_the_cause_of_the_timeout(make: Callable[..., AsyncPool]) -> None:
+    class Refused(Exception):
+        pass
+
+    async def failing() -> Any:
+        await asyncio.sleep(0)
+        raise Refused("connection refused (test)")
+
+    async def main() -> None:
+        pool = make(failing, max_size=1)
+        start = time.monotonic()
+        with pytest.raises(PoolTimeout) as info:
+            await pool.acquire(timeout=0.3)
+        assert time.monotonic() - start < 1.5
+        assert isinstance(info.value.__cause__, Refused), repr(info.value.__cause__)
+        await pool.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------- 4. loop binding
+
+_MADE_AT_IMPORT: dict[str, AsyncPool] = {}
+
+
+def _import_time_pool(core_module: ModuleType) -> AsyncPool:
+    # Made outside any loop, as a module-level pool would be.
+    key = core_module.__name__
+    if key not in _MADE_AT_IMPORT:
+        _MADE_AT_IMPORT[key] = AsyncPool(fake_factory, max_size=2, _core=core_module)
+    return _MADE_AT_IMPORT[key]
+
+
+@pytest.mark.timeout(30)
+def test_pool_made_outside_a_loop_binds_to_the_first(core_module: ModuleType) -> None:
+    pool = _import_time_pool(core_module)
+
+    async def first() -> None:
+        async with pool.connection() as conn:
+            assert isinstance(conn, AsyncFakeConn)
+
+    run(first())
+    assert pool.idle == 1
+
+    async def second_acquire() -> None:
+        await asyncio.wait_for(pool.acquire(timeout=5), 2)
+
+    # A second loop: refused at once, even with an idle connection ready.
+    start = time.monotonic()
+    with pytest.raises(PoolError):
+        run(second_acquire())
+    assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_second_loop_refused_when_no_connection_is_idle(core_module: ModuleType) -> None:
+    pool = AsyncPool(fake_factory, max_size=1, _core=core_module)
+    held: list[Any] = []
+
+    async def first() -> None:
+        held.append(await pool.acquire(timeout=5))
+
+    run(first())
+
+    async def second() -> None:
+        await asyncio.wait_for(pool.acquire(timeout=5), 2)
+
+    start = time.monotonic()
+    with pytest.raises(PoolError):
+        run(second())
+    assert time.monotonic() - start < 1.0
+
+
+# ---------------------------------------------------------- 5. asyncpg state
+
+
+@pytest.fixture
+def pg_pools(core_module: ModuleType, dsn: str) -> Callable[..., AsyncPool]:
+    def make(**kw: Any) -> AsyncPool:
+        target = kw.pop("dsn", dsn)
+        return AsyncPool(
+            lambda: asyncpg.connect(target), adapter=pypool.asyncpg, _core=core_module, **kw
+        )
+
+    return make
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_asyncpg_state_is_reset_before_reuse(pg_pools: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = pg_pools(max_size=1)
+        async with pool.connection() as conn:
+            default = await conn.fetchval("SHOW search_path")
+            backend = conn.get_server_pid()
+            await conn.execute("SET search_path TO pg_catalog")
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute("SELECT 1")
+            assert conn.is_in_transaction()
+        async with pool.connection() as conn:
+            assert conn.get_server_pid() == backend
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SHOW search_path") == default
+            # A raw BEGIN left open (no transaction object) is rolled back too.
+            await conn.execute("BEGIN")
+            await conn.execute("SET LOCAL statement_timeout = 1234")
+        async with pool.connection() as conn:
+            assert conn.get_server_pid() == backend
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT txid_current_if_assigned() IS NULL")
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_run_retries_a_terminated_backend(pg_pools: Callable[..., AsyncPool], dsn: str) -> None:
+    async def main() -> None:
+        pool = pg_pools(max_size=1, check=False)
+        admin = await asyncpg.connect(dsn)
+        first = await pool.run(lambda c: c.fetchval("SELECT pg_backend_pid()"))
+        await admin.execute("SELECT pg_terminate_backend($1)", first)
+        for _ in range(100):
+            if not await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", first
+            ):
+                break
+            await asyncio.sleep(0.02)
+        calls = 0
+
+        async def work(conn: Any) -> int:
+            nonlocal calls
+            calls += 1
+            return await conn.fetchval("SELECT pg_backend_pid()")
+
+        second = await pool.run(work, backoff=0.01)
+        assert second != first
+        assert calls == 2
+        assert_whole(pool, 1)
+        await admin.close()
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.db
+@pytest.mark.timeout(60)
+def test_run_does_not_retry_a_failed_query(pg_pools: Callable[..., AsyncPool]) -> None:
+    async def main() -> None:
+        pool = pg_pools(max_size=1)
+        calls = 0
+
+        async def work(conn: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await conn.fetchval("SELECT 1/0")
+
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await pool.run(work)
+        assert calls == 1
+        assert_whole(pool, 1)  # the connection is kept, not discarded
+        assert await pool.run(lambda c: c.fetchval("SELECT 2")) == 2
+        await pool.close()
+
+    run(main())
+
+
+# ---------------------------------------------------------- 6. cut network
+
+
+@pytest.fixture
+def proxy(dsn: str) -> Iterator[Any]:
+    from test_health import BlackHoleProxy
+
+    parts = urlsplit(dsn)
+    proxy = BlackHoleProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+    yield proxy
+    proxy.close()
+
+
+def via(dsn: str, port: int) -> str:
+    parts = urlsplit(dsn)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@pytest.mark.db
+@pytest.mark.timeout(90)
+def test_cut_network_times_out_on_time_and_refills(
+    core_module: ModuleType, dsn: str, proxy: Any
+) -> None:
+    target = via(dsn, proxy.port)
+
+    async def main() -> None:
+        pool = AsyncPool(
+            lambda: asyncpg.connect(target, timeout=2),
+            adapter=pypool.asyncpg,
+            max_size=2,
+            min_size=2,
+            check_after=0,
+            _core=core_module,
+        )
+        await pool.open(wait=True, timeout=10)
+        proxy.cut()
+        for _ in range(3):
+            start = time.monotonic()
+            with pytest.raises(PoolTimeout):
+                await pool.acquire(timeout=1)
+            took = time.monotonic() - start
+            assert took < 1.6, took
+        proxy.restore()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                async with pool.connection(timeout=2) as conn:
+                    assert await asyncio.wait_for(conn.fetchval("SELECT 1"), 2) == 1
+                break
+            except (PoolTimeout, asyncio.TimeoutError):
+                assert time.monotonic() < deadline, "pool did not recover"
+        assert await eventually(lambda: pool.idle == 2, 20)
+        await pool.close(timeout=2)
+
+    run(main())
