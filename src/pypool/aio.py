@@ -291,27 +291,42 @@ class AsyncPool:
         raises :class:`PoolTimeout`; :class:`TooManyRequests` when the wait
         queue is full, :class:`PoolClosed` when the pool is closed.
         """
-        if self._loop is not asyncio.get_running_loop():
-            self._bind()  # first use, or a second loop: refused
         core = self._core
-        conn = core.try_acquire()
-        if conn is not None and core.verdict(core.slot_of(conn), True) == _core.OK:
-            return conn
+        if self._loop is asyncio.get_running_loop() and not core.closed:
+            conn = core.try_acquire()
+            if conn is not None and core.verdict(core.slot_of(conn), True) == _core.OK:
+                return conn
+        else:
+            conn = None  # first use, a second loop, or closed: the slow path says
         return await self._acquire_slow(conn, timeout)
 
     async def _acquire_slow(self, conn: Any, timeout: float | None) -> Any:
-        self._bind()
-        core = self._core
         if timeout is None:
             wait_for = self._settings.timeout
         else:
             if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
                 raise ConfigurationError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
             wait_for = float(timeout)
+        try:
+            return await self._acquire_loop(conn, wait_for)
+        except PoolError as exc:
+            error = self._failed(exc, wait_for)
+        raise error
+
+    def _failed(self, exc: PoolError, timeout: float) -> BaseException:
+        """The exception a caller that got no connection sees (``exc`` is the
+        core's PoolTimeout, PoolClosed or TooManyRequests, or a loop error)."""
+        if isinstance(exc, PoolTimeout):
+            return self._policy.timeout_error(exc, timeout)
+        return exc
+
+    async def _acquire_loop(self, conn: Any, wait_for: float) -> Any:
+        self._bind()
+        core = self._core
         deadline = time.monotonic() + wait_for
         while True:
             if conn is None:
-                conn = await self._wait_for_one(deadline, wait_for)
+                conn = await self._wait_for_one(deadline)
             verdict = core.verdict(core.slot_of(conn), True)
             if verdict == _core.OK:
                 return conn
@@ -328,7 +343,7 @@ class AsyncPool:
             self._wake_workers()
             conn = core.try_acquire()
 
-    async def _wait_for_one(self, deadline: float, wait_for: float) -> Any:
+    async def _wait_for_one(self, deadline: float) -> Any:
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[bool] = loop.create_future()
@@ -353,8 +368,7 @@ class AsyncPool:
             timer.cancel()
         if not handed and not ticket.done:
             ticket.cancel(timed_out=True)
-            error = self._policy.timeout_error(PoolTimeout("timed out"), wait_for)
-            raise error
+            raise PoolTimeout("timed out")
         return ticket.result()
 
     async def release(self, conn: Any) -> None:

@@ -42,10 +42,13 @@ from psycopg.pq import TransactionStatus
 
 from . import _core, errors
 from . import stats as names
+from .aio import AsyncPool
 from .dbapi import DBAPIAdapter, mask_dsn
 from .pool import Pool, _PoolMethods
 
 __all__ = [
+    "AsyncConnectionPool",
+    "AsyncNullConnectionPool",
     "ConnectionPool",
     "NullConnectionPool",
     "PoolClosed",
@@ -245,7 +248,91 @@ class _Lease:
             self._pool.putconn(conn)
 
 
-class _PsycopgMethods:
+def _psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
+    """The psycopg_pool error a caller that got no connection sees."""
+    name = pool._settings.name
+    if isinstance(exc, errors.PoolTimeout):
+        error: BaseException = PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
+        error.__cause__ = pool._policy.last_error
+        return error
+    if isinstance(exc, errors.PoolClosed):
+        return PoolClosed(f"the pool {name!r} is already closed")
+    if isinstance(exc, errors.TooManyRequests):
+        return TooManyRequests(
+            f"the pool {name!r} has already {pool._core.waiting} requests waiting"
+        )
+    return exc
+
+
+class _PsycopgStats:
+    """psycopg_pool's statistics, from pypool's."""
+
+    _core: Any
+    _policy: Any
+    _null = False
+    _max_size_asked = 0
+    _stats_base: dict[str, int]
+
+    def _measures(self) -> dict[str, int]:
+        s = _PoolMethods.stats(self)  # type: ignore[arg-type]
+        retired = s[names.RETIRED]
+        return {
+            "requests_num": s[names.REQUESTS],
+            "requests_queued": s[names.REQUESTS_WAITED],
+            "requests_wait_ms": int(s[names.WAIT_TIME]["sum"] * 1000),
+            "requests_errors": s[names.TIMEOUTS],
+            "usage_ms": int(s[names.USE_TIME]["sum"] * 1000),
+            "returns_bad": retired.get("reset_failed", 0),
+            "connections_num": self._policy.connects,
+            "connections_ms": int(s[names.CREATE_TIME]["sum"] * 1000),
+            "connections_errors": s[names.CONNECT_ERRORS],
+            "connections_lost": retired.get("check", 0),
+        }
+
+    def _gauges(self) -> dict[str, int]:
+        core = self._core
+        return {
+            "pool_min": self._policy.min_size,
+            "pool_max": self._max_size_asked if self._null else int(core.max_size),
+            "pool_size": int(core.size),
+            "pool_available": int(core.idle),
+            "requests_waiting": int(core.waiting),
+        }
+
+    def get_stats(self) -> dict[str, int]:
+        """Return current stats about the pool usage (psycopg_pool's names)."""
+        counters = self._measures()
+        base = self._stats_base
+        rv = {k: v - base.get(k, 0) for k, v in counters.items() if v - base.get(k, 0)}
+        rv.update(self._gauges())
+        return rv
+
+    def pop_stats(self) -> dict[str, int]:
+        """Return current stats about the pool usage.
+
+        After the call, all the counters are reset to zero.
+        """
+        rv = self.get_stats()
+        self._stats_base = self._measures()
+        return rv
+
+
+def _check_sizes(min_size: int, max_size: int | None, null: bool) -> tuple[int, int]:
+    """psycopg_pool's size rules (ValueError), before pypool's own."""
+    if max_size is None:
+        max_size = min_size
+    if null and min_size:
+        raise ValueError("null pools must have min_size = 0")
+    if isinstance(min_size, int) and min_size < 0:
+        raise ValueError("min_size cannot be negative")
+    if isinstance(max_size, int) and isinstance(min_size, int) and max_size < min_size:
+        raise ValueError("max_size must be greater or equal than min_size")
+    if min_size == max_size == 0 and not null:
+        raise ValueError("if min_size is 0 max_size must be greater than 0")
+    return min_size, max_size
+
+
+class _PsycopgMethods(_PsycopgStats):
     """psycopg_pool's interface over pypool's Pool."""
 
     _logger_name = "psycopg.pool"
@@ -277,14 +364,7 @@ class _PsycopgMethods:
         num_workers: int = 3,
         **options: Any,
     ) -> None:
-        if max_size is None:
-            max_size = min_size
-        if isinstance(min_size, int) and min_size < 0:
-            raise ValueError("min_size cannot be negative")
-        if isinstance(max_size, int) and isinstance(min_size, int) and max_size < min_size:
-            raise ValueError("max_size must be greater or equal than min_size")
-        if min_size == max_size == 0 and not self._null:
-            raise ValueError("if min_size is 0 max_size must be greater than 0")
+        min_size, max_size = _check_sizes(min_size, max_size, self._null)
         self._max_size_asked = max_size
         if self._null and max_size == 0:
             max_size = _core.MAX_SIZE  # a null pool without a limit
@@ -397,18 +477,7 @@ class _PsycopgMethods:
         return _Lease(self, timeout)
 
     def _failed(self, exc: Exception, timeout: float) -> BaseException:
-        if isinstance(exc, errors.PoolTimeout):
-            error: BaseException = PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
-            error.__cause__ = self._policy.last_error
-            return error
-        if isinstance(exc, errors.PoolClosed):
-            return PoolClosed(f"the pool {self._settings.name!r} is already closed")
-        if isinstance(exc, errors.TooManyRequests):
-            return TooManyRequests(
-                f"the pool {self._settings.name!r} has already "
-                f"{self._core.waiting} requests waiting"
-            )
-        return exc
+        return _psycopg_error(self, exc, timeout)
 
     # ------------------------------------------------------------ maintenance
 
@@ -470,51 +539,6 @@ class _PsycopgMethods:
                 with suppress(Exception):
                     conn.autocommit = False
 
-    # -------------------------------------------------------------- stats
-
-    def _measures(self) -> dict[str, int]:
-        s = _PoolMethods.stats(self)
-        retired = s[names.RETIRED]
-        return {
-            "requests_num": s[names.REQUESTS],
-            "requests_queued": s[names.REQUESTS_WAITED],
-            "requests_wait_ms": int(s[names.WAIT_TIME]["sum"] * 1000),
-            "requests_errors": s[names.TIMEOUTS],
-            "usage_ms": int(s[names.USE_TIME]["sum"] * 1000),
-            "returns_bad": retired.get("reset_failed", 0),
-            "connections_num": self._policy.connects,
-            "connections_ms": int(s[names.CREATE_TIME]["sum"] * 1000),
-            "connections_errors": s[names.CONNECT_ERRORS],
-            "connections_lost": retired.get("check", 0),
-        }
-
-    def _gauges(self) -> dict[str, int]:
-        core = self._core
-        return {
-            "pool_min": self._policy.min_size,
-            "pool_max": self._max_size_asked if self._null else int(core.max_size),
-            "pool_size": int(core.size),
-            "pool_available": int(core.idle),
-            "requests_waiting": int(core.waiting),
-        }
-
-    def get_stats(self) -> dict[str, int]:
-        """Return current stats about the pool usage (psycopg_pool's names)."""
-        counters = self._measures()
-        base = self._stats_base
-        rv = {k: v - base.get(k, 0) for k, v in counters.items() if v - base.get(k, 0)}
-        rv.update(self._gauges())
-        return rv
-
-    def pop_stats(self) -> dict[str, int]:
-        """Return current stats about the pool usage.
-
-        After the call, all the counters are reset to zero.
-        """
-        rv = self.get_stats()
-        self._stats_base = self._measures()
-        return rv
-
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"  # type: ignore[attr-defined]
 
@@ -545,8 +569,7 @@ class _NullMethods:
         max_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        if min_size:
-            raise ValueError("null pools must have min_size = 0")
+        _check_sizes(min_size, max_size, True)
         super().__init__(conninfo, min_size=0, max_size=max_size or 0, **kwargs)  # type: ignore[call-arg]
 
     def putconn(self, conn: Any) -> None:
@@ -564,3 +587,313 @@ class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]
 
     _mixins: tuple[type, ...] = (_NullMethods, _PsycopgMethods, _PoolMethods)
     _hot_aliases = {"getconn": "acquire"}
+
+
+# ------------------------------------------------------------ asyncio pools
+
+
+class AsyncPsycopgAdapter(PsycopgAdapter):
+    """:class:`PsycopgAdapter` for ``psycopg.AsyncConnection``: the same
+    decisions, awaited."""
+
+    def reset_for(self, conn: Any) -> Callable[[Any], Any]:
+        user_reset = self.user_reset
+
+        async def reset(conn: Any) -> None:
+            status = conn.pgconn.transaction_status
+            if status == _INTRANS or status == _INERROR:
+                logger.warning("rolling back returned connection: %s", conn)
+                await conn.rollback()
+            elif status != _IDLE:
+                raise errors.UnusableConnection(
+                    f"connection returned in state {TransactionStatus(status).name}"
+                )
+            if user_reset is not None:
+                result = user_reset(conn)
+                if hasattr(result, "__await__"):
+                    await result
+                status = conn.pgconn.transaction_status
+                if status != _IDLE:
+                    raise psycopg.ProgrammingError(
+                        f"connection left in status {TransactionStatus(status).name} "
+                        f"by reset function {user_reset}: discarded"
+                    )
+
+        return reset
+
+    async def check(self, conn: Any, timeout: float | None = None) -> None:  # type: ignore[override]
+        if conn.closed or conn.broken:
+            raise errors.UnusableConnection("psycopg connection is closed or broken")
+        await AsyncConnectionPool.check_connection(conn)
+
+    def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
+        return bool(conn.broken or conn.closed)
+
+    async def close(self, conn: Any) -> None:  # type: ignore[override]
+        conn._pool = None
+        try:
+            await conn.close()
+        except Exception as exc:
+            logger.warning("error closing a connection: %s", mask_dsn(str(exc)))
+
+
+class _AsyncConnect(_Connect):
+    async def __call__(self) -> Any:  # type: ignore[override]
+        conninfo = self.conninfo() if callable(self.conninfo) else self.conninfo
+        if hasattr(conninfo, "__await__"):
+            conninfo = await conninfo
+        kwargs = self.kwargs() if callable(self.kwargs) else self.kwargs
+        if hasattr(kwargs, "__await__"):
+            kwargs = await kwargs
+        conn = await self.connection_class.connect(conninfo or "", **(kwargs or {}))
+        conn._pool = self.pool
+        return conn
+
+
+class _AsyncLease:
+    """``async with pool.connection() as conn``: psycopg's connection block,
+    then the connection goes back."""
+
+    __slots__ = ("_pool", "_timeout", "_conn")
+
+    def __init__(self, pool: Any, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        self._conn = await self._pool.getconn(self._timeout)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+                if exc_type is None:
+                    await conn.commit()
+                else:
+                    try:
+                        await conn.rollback()
+                    except Exception as exc2:
+                        logger.warning("error ignored in rollback on %s: %s", conn, exc2)
+        finally:
+            import asyncio
+
+            await asyncio.shield(self._pool.putconn(conn))
+
+
+class AsyncConnectionPool(_PsycopgStats, AsyncPool):
+    """psycopg_pool's ``AsyncConnectionPool``, on pypool's core.
+
+    ``await getconn()`` / ``await putconn()`` are the pool's own acquire and
+    release; you must ``putconn()`` every connection you ``getconn()`` (or
+    use ``connection()``). Open it with ``await pool.open()`` or ``async
+    with``, as psycopg_pool recommends.
+    """
+
+    _null = False
+
+    def __init__(
+        self,
+        conninfo: Any = "",
+        *,
+        connection_class: type = psycopg.AsyncConnection,
+        kwargs: Any = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: Callable[[Any], Any] | None = None,
+        check: Callable[[Any], Any] | None = None,
+        reset: Callable[[Any], Any] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: Callable[[Any], Any] | None = None,
+        num_workers: int = 3,
+        **options: Any,
+    ) -> None:
+        min_size, max_size = _check_sizes(min_size, max_size, self._null)
+        self._max_size_asked = max_size
+        if self._null and max_size == 0:
+            max_size = _core.MAX_SIZE
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.connection_class = connection_class
+        self.close_returns = close_returns
+        self.reconnect_timeout = reconnect_timeout
+        self.num_workers = num_workers
+        self.max_lifetime = max_lifetime
+        self.max_idle = max_idle
+        self._user_configure = configure
+        factory = _AsyncConnect(conninfo, connection_class, kwargs)
+        super().__init__(
+            factory,
+            adapter=AsyncPsycopgAdapter(reset),
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            check=check,
+            configure=self._configure_new,
+            num_workers=num_workers,
+            name=name,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            **options,
+        )
+        factory.pool = self
+        self._stats_base = {}
+        self._opened = False
+        if open:
+            self._warn_open_async()
+            self._opened = True
+        elif open is None:
+            self.getconn = self._getconn_warn  # type: ignore[method-assign]
+            self._opened = True
+        else:
+            self.getconn = self._getconn_not_open  # type: ignore[method-assign]
+
+    getconn = AsyncPool.acquire
+    putconn = AsyncPool.release
+
+    def _warn_open_async(self) -> None:
+        warnings.warn(
+            f"opening the async pool {type(self).__name__} in the constructor is deprecated"
+            " and will not be supported anymore in a future release. Please use `await "
+            "pool.open()`, or use the pool as context manager using: `async with "
+            f"{type(self).__name__}(...) as pool: `...",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+    async def _getconn_warn(self, timeout: float | None = None) -> Any:
+        self.__dict__.pop("getconn", None)
+        self._warn_open_async()
+        return await self.getconn(timeout)
+
+    async def _getconn_not_open(self, timeout: float | None = None) -> Any:
+        raise PoolClosed(f"the pool {self.name!r} is not open yet")
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Opens the pool on the running loop: connects ``min_size``
+        connections and accepts clients; with ``wait``, as :meth:`wait`."""
+        if self._core.closed:
+            raise PoolClosed("pool has already been opened/closed and cannot be reused")
+        self.__dict__.pop("getconn", None)
+        self._opened = True
+        await AsyncPool.open(self)
+        if wait:
+            await self.wait(timeout)
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        """Waits for ``min_size`` connections; if they are not ready within
+        ``timeout`` seconds, closes the pool and raises PoolTimeout."""
+        try:
+            await AsyncPool.wait(self, timeout)
+        except errors.PoolTimeout as exc:
+            await self.close()
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+
+    async def __aenter__(self) -> Any:
+        self.__dict__.pop("getconn", None)
+        await self.open()
+        return self
+
+    def connection(self, timeout: float | None = None) -> _AsyncLease:  # type: ignore[override]
+        """Context manager to obtain a connection from the pool: commit on
+        success, rollback on error, then back to the pool."""
+        return _AsyncLease(self, timeout)
+
+    def _failed(self, exc: Exception, timeout: float) -> BaseException:  # type: ignore[override]
+        return _psycopg_error(self, exc, timeout)
+
+    async def _configure_new(self, conn: Any) -> None:
+        configure = self._user_configure
+        if configure is not None:
+            result = configure(conn)
+            if hasattr(result, "__await__"):
+                await result
+            status = conn.pgconn.transaction_status
+            if status != _IDLE:
+                raise psycopg.ProgrammingError(
+                    f"connection left in status {TransactionStatus(status).name} "
+                    f"by configure function {configure}: discarded"
+                )
+
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
+        """Change the size of the pool during runtime."""
+        min_size, max_size = _check_sizes(min_size, max_size, self._null)
+        AsyncPool.resize(self, min_size, max_size)
+
+    async def check(self) -> None:
+        """Verify the state of the connections currently in the pool: each
+        one that works goes back, a broken one is replaced."""
+        core = self._core
+        for index in core.slots(_core.IDLE):
+            conn = core.claim(index)
+            if conn is None:
+                continue
+            try:
+                await self.check_connection(conn)
+            except Exception as exc:
+                core.retire(index)
+                logger.warning("discarding broken connection: %s", conn)
+                await self._close_connection(conn, "check", exc)
+            else:
+                if not core.restore(index):
+                    await self._close_connection(conn, "closed", None)
+        self._wake_workers()
+
+    @staticmethod
+    async def check_connection(conn: Any) -> None:
+        """A simple check to verify that a connection is still working: an
+        empty query in autocommit. Also usable as the ``check`` callback."""
+        if conn.autocommit:
+            await conn.execute("")
+        else:
+            await conn.set_autocommit(True)
+            try:
+                await conn.execute("")
+            finally:
+                with suppress(Exception):
+                    await conn.set_autocommit(False)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
+
+
+class AsyncNullConnectionPool(AsyncConnectionPool):
+    """psycopg_pool's ``AsyncNullConnectionPool``: no connection is kept;
+    each is made on demand and closed when returned (or handed straight to a
+    task waiting for one)."""
+
+    _null = True
+
+    def __init__(
+        self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
+    ) -> None:
+        _check_sizes(min_size, max_size, True)
+        super().__init__(conninfo, min_size=0, max_size=max_size or 0, **kwargs)
+
+    async def putconn(self, conn: Any) -> None:  # type: ignore[override]
+        """Return a connection: closed, unless a task waits for one."""
+        core = self._core
+        if core.waiting and not core.closed:
+            await self.release(conn)
+        else:
+            core.discard(conn)
+            await self._close_connection(conn, "discarded", None)
+            self._wake_workers()
