@@ -35,7 +35,7 @@
 # cython: language_level=3, freethreading_compatible=False
 
 cimport cython
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject, traverseproc, visitproc
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.weakref cimport PyWeakref_NewRef
 
@@ -1624,3 +1624,42 @@ cdef class PoolBase:
 
     def _rejected(self, conn, reason, exc):
         self._retire(conn, reason, exc)
+
+
+
+# ------------------------------------------------------- garbage collection
+# The slots own references the collector cannot see through Cython's own
+# traverse function (they live in C arrays). A cycle through a pooled
+# connection (a connection that refers back to its pool, as psycopg's do)
+# would then never be collected. The type's traverse visits them too;
+# clearing is left to the other members of a cycle (a pool's __dict__).
+
+cdef traverseproc _cython_traverse = (<PyTypeObject *>CorePool).tp_traverse
+
+
+cdef int _traverse_core(PyObject *o, visitproc visit, void *arg) except -1:
+    cdef int r
+    cdef uint32_t s, k
+    cdef Slot *slot
+    cdef CorePool core = <CorePool>o
+    if _cython_traverse != NULL:
+        r = _cython_traverse(o, visit, arg)
+        if r:
+            return r
+    if core.segs == NULL:
+        return 0
+    for s in range(core.nsegs):
+        for k in range(PFL_SEG_SIZE):
+            slot = &core.segs[s][k]
+            if slot.conn != NULL:
+                r = visit(slot.conn, arg)
+                if r:
+                    return r
+            if slot.ref != NULL:
+                r = visit(slot.ref, arg)
+                if r:
+                    return r
+    return 0
+
+
+(<PyTypeObject *>CorePool).tp_traverse = <traverseproc>_traverse_core

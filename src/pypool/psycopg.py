@@ -31,6 +31,7 @@ dropping temporary tables' and sequences' caches) to the pool.
 from __future__ import annotations
 
 import logging
+import types
 import warnings
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -99,19 +100,38 @@ class TooManyRequests(errors.TooManyRequests, psycopg.OperationalError):
 # --------------------------------------------------------------- hygiene
 
 
-def _in_autocommit(conn: Any, sql: str) -> None:
+def _in_autocommit(conn: Any, sql: str, prepare: bool | None = None) -> None:
     """Runs ``sql`` outside any transaction (switching autocommit is local),
-    through psycopg's own ``execute`` so that it sees ``DISCARD ALL`` /
-    ``DEALLOCATE ALL`` and forgets its prepared statements too."""
+    through psycopg's own ``execute``."""
     if conn.autocommit:
-        conn.execute(sql)
+        conn.execute(sql, prepare=prepare)
         return
     conn.autocommit = True
     try:
-        conn.execute(sql)
+        conn.execute(sql, prepare=prepare)
     finally:
         with suppress(Exception):
             conn.autocommit = False
+
+
+def _forget_prepared(conn: Any) -> None:
+    """Makes psycopg forget the statements it prepared on ``conn``, which a
+    ``DISCARD ALL`` has just deallocated on the server.
+
+    psycopg notices a ``DISCARD ALL`` only the first time it runs a query
+    text; afterwards its cache would name statements the server no longer
+    has. Its cache is private: cleared here field by field (no ``DEALLOCATE
+    ALL`` queued, the server has none left), or through its own ``clear()``.
+    """
+    prepared = getattr(conn, "_prepared", None)
+    if prepared is None:
+        return
+    try:
+        prepared._counts.clear()
+        prepared._names.clear()
+        prepared._to_flush.clear()
+    except AttributeError:  # another psycopg layout: its own way
+        prepared.clear()
 
 
 def discard_all(conn: Any) -> None:
@@ -127,7 +147,8 @@ def discard_all(conn: Any) -> None:
     transactions, so there session state must not be relied on at all, and
     ``DISCARD ALL`` there only resets the server connection it lands on.
     """
-    _in_autocommit(conn, "DISCARD ALL")
+    _in_autocommit(conn, "DISCARD ALL", prepare=False)
+    _forget_prepared(conn)
 
 
 def reset_session(conn: Any) -> None:
@@ -415,6 +436,32 @@ class _PsycopgMethods(_PsycopgStats):
         self._opened = True
         _PoolMethods.open(self)
 
+    __class_getitem__ = classmethod(types.GenericAlias)  # ConnectionPool[Connection[Row]]
+
+    @property
+    def closed(self) -> bool:
+        """True if the pool is closed, or not open yet."""
+        return bool(self._core.closed) or not self._opened
+
+    @property
+    def timeout(self) -> float:
+        """Seconds getconn() waits by default; may be set."""
+        return float(self._settings.timeout)
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._set_timeout(value)  # type: ignore[attr-defined]
+        self._settings.timeout = float(value)
+
+    @property
+    def max_waiting(self) -> int:
+        """How many callers may wait at once (0: no limit); may be set."""
+        return int(self._core.max_waiting)
+
+    @max_waiting.setter
+    def max_waiting(self, value: int) -> None:
+        self._core.max_waiting = value
+
     def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Opens the pool: starts connecting (``min_size`` connections) and
         accepting clients. With ``wait``, waits for ``min_size`` connections
@@ -430,6 +477,11 @@ class _PsycopgMethods(_PsycopgStats):
     def wait(self, timeout: float = 30.0) -> None:
         """Waits for ``min_size`` connections; if they are not ready within
         ``timeout`` seconds, closes the pool and raises PoolTimeout."""
+        if not self._opened:
+            raise PoolClosed(f"the pool {self.name!r} is not open yet")  # type: ignore[attr-defined]
+        if "getconn" in self.__dict__ and self.__dict__["getconn"] == self._getconn_warn:
+            self.__dict__.pop("getconn")
+            self._warn_implicit_open()
         try:
             _PoolMethods.wait(self, timeout)
         except errors.PoolTimeout as exc:
@@ -445,17 +497,28 @@ class _PsycopgMethods(_PsycopgStats):
         self.open()
         return self
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool and make it unavailable to new clients: waiting and
+        future clients get PoolClosed; borrowed connections are closed when
+        returned. A pool never opened is left as it is."""
+        if not self._opened:
+            return
+        _PoolMethods.close(self, timeout)
+
     def _getconn_warn(self, timeout: float | None = None) -> Any:
         self.__dict__.pop("getconn", None)
+        self._warn_implicit_open()
+        return self.getconn(timeout)
+
+    def _warn_implicit_open(self) -> None:
         warnings.warn(
             f"the default for the {type(self).__name__} 'open' parameter will become "
             "'False' in a future release. Please use open={True|False} explicitly, or "
             f"use the pool as context manager using: `with {type(self).__name__}(...) "
             "as pool: ...`",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-        return self.getconn(timeout)
 
     def _getconn_not_open(self, timeout: float | None = None) -> Any:
         raise PoolClosed(f"the pool {self.name!r} is not open yet")  # type: ignore[attr-defined]
@@ -570,6 +633,7 @@ class _NullMethods:
         **kwargs: Any,
     ) -> None:
         _check_sizes(min_size, max_size, True)
+        kwargs["close_returns"] = False  # as psycopg_pool: returning means closing here
         super().__init__(conninfo, min_size=0, max_size=max_size or 0, **kwargs)  # type: ignore[call-arg]
 
     def putconn(self, conn: Any) -> None:
@@ -578,6 +642,31 @@ class _NullMethods:
             self.release(conn)  # type: ignore[attr-defined]
         else:
             self.discard(conn)  # type: ignore[attr-defined]
+
+    @property
+    def max_size(self) -> int:
+        """The most connections open at once (0: no limit)."""
+        return self._max_size_asked  # type: ignore[attr-defined, no-any-return]
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change max_size during runtime; min_size must remain 0."""
+        min_size, max_size = _check_sizes(min_size, max_size, True)
+        self._max_size_asked = max_size
+        _PoolMethods.resize(self, 0, max_size or _core.MAX_SIZE)  # type: ignore[arg-type]
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Checks that a connection can be made: one is made and closed
+        (a null pool keeps none); PoolTimeout (the pool closed) otherwise."""
+        if not self._opened:  # type: ignore[attr-defined]
+            raise PoolClosed(f"the pool {self.name!r} is not open yet")  # type: ignore[attr-defined]
+        try:
+            conn = self.getconn(timeout)  # type: ignore[attr-defined]
+        except PoolTimeout as exc:
+            self.close()  # type: ignore[attr-defined]
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+        self.putconn(conn)
 
 
 class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]

@@ -1,0 +1,278 @@
+"""``pypool.psycopg.ConnectionPool`` against ``psycopg_pool.ConnectionPool``, on
+real PostgreSQL connections: measurements, never assertions of speed.
+
+Every pool holds :data:`CONNECTIONS` connections opened with
+``autocommit=True`` (``min_size=max_size``), and is full before timing starts.
+pypool runs on both cores (``pypool-native``, ``pypool-python``). Groups
+(``--benchmark-group-by=group``):
+
+* ``psycopg getconn/putconn``: ``pool.putconn(pool.getconn())``, :data:`INNER`
+  cycles per timed call, one thread; ``extra_info["ns_per_cycle"]``.
+* ``psycopg connection()``: ``with pool.connection(): pass``, likewise. No
+  query runs, so this is the pool's whole share of a checkout.
+* ``psycopg threads SELECT 1``: :data:`THREADS` threads each run
+  ``SELECT 1`` on a checked-out connection :data:`PER_THREAD` times, on a
+  pool of :data:`THREADS` connections, against the same work on
+  :data:`THREADS` persistent connections with no pool (``no-pool``: each
+  thread keeps its own). A round is timed from a barrier to the last join;
+  ``extra_info["requests_per_s"]`` is the throughput at the median round.
+
+The database is ``PYPOOL_BENCH_DSN``, else ``PYPOOL_TEST_DSN``, else a local
+default; the benchmarks are skipped, with the reason, when it cannot be
+reached (a failure instead with ``PYPOOL_REQUIRE_DB=1``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+pytestmark = pytest.mark.db
+
+#: Connections in the pools of the single-thread benchmarks.
+CONNECTIONS = 4
+#: Checkout cycles per timed call in the single-thread benchmarks.
+INNER = 1000
+#: Threads (and connections) of the threaded benchmark.
+THREADS = 8
+#: Requests per thread in one threaded round: the same for every contender,
+#: so round times compare directly.
+PER_THREAD = 1000
+THREAD_ROUNDS = 5
+#: A checkout that waits this long has failed; never reached in a sane run.
+TIMEOUT = 30.0
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+CORES = {"pypool-native": "pypool._corepool", "pypool-python": "pypool._corepool_py"}
+
+
+# ------------------------------------------------------------------ database
+
+_problems: dict[str, str | None] = {}
+
+
+def _shown(dsn: str) -> str:
+    """Where a DSN points, without credentials."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
+    from pypool.dbapi import mask_dsn
+
+    return mask_dsn(dsn)
+
+
+def _database() -> str:
+    """The benchmarks' DSN; skips (or fails) when the server is unusable."""
+    dsn = os.environ.get("PYPOOL_BENCH_DSN") or os.environ.get("PYPOOL_TEST_DSN") or DEFAULT_DSN
+    if dsn not in _problems:
+        problem: str | None = None
+        try:
+            import psycopg
+            import psycopg_pool  # noqa: F401
+
+            with psycopg.connect(dsn, connect_timeout=3):
+                pass
+        except ImportError as exc:
+            problem = f"{exc.name} is not installed (pip install 'psycopg[binary,pool]')"
+        except Exception as exc:  # any driver error means "not usable"
+            from pypool.dbapi import mask_dsn
+
+            problem = mask_dsn(f"cannot connect: {type(exc).__name__}: {exc}")
+        _problems[dsn] = problem
+    problem = _problems[dsn]
+    if problem is not None:
+        message = f"database {_shown(dsn)} unusable: {problem}"
+        if os.environ.get("PYPOOL_REQUIRE_DB") == "1":
+            pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the {message}")
+        pytest.skip(message)
+    return dsn
+
+
+# ------------------------------------------------------------------ contenders
+
+
+def make_pool(name: str, dsn: str, size: int) -> Any:
+    """A full pool of ``size`` autocommit connections."""
+    kwargs: dict[str, Any] = {
+        "kwargs": {"autocommit": True},
+        "min_size": size,
+        "max_size": size,
+        "open": True,
+    }
+    if name == "psycopg_pool":
+        from psycopg_pool import ConnectionPool
+    else:
+        from pypool.psycopg import ConnectionPool
+
+        try:
+            kwargs["_core"] = importlib.import_module(CORES[name])
+        except ImportError as exc:
+            pytest.skip(f"{CORES[name]} is not built ({exc})")
+    pool = ConnectionPool(dsn, **kwargs)
+    pool.wait(TIMEOUT)
+    return pool
+
+
+def _param(name: str) -> Any:
+    marks = [pytest.mark.native] if name == "pypool-native" else []
+    return pytest.param(name, marks=marks, id=name)
+
+
+POOLS = [_param(n) for n in ("pypool-native", "pypool-python", "psycopg_pool")]
+
+
+@pytest.fixture
+def pool(request: pytest.FixtureRequest) -> Iterator[Any]:
+    made = make_pool(request.param, _database(), CONNECTIONS)
+    yield made
+    made.close()
+
+
+def _per_cycle(benchmark: Any) -> None:
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / INNER * 1e9
+        benchmark.extra_info["cycles_per_call"] = INNER
+
+
+# ------------------------------------------------------------------ one thread
+
+
+@pytest.mark.parametrize("pool", POOLS, indirect=True)
+def test_getconn_putconn(benchmark: Any, pool: Any) -> None:
+    """``pool.putconn(pool.getconn())`` of an idle connection."""
+    getconn, putconn = pool.getconn, pool.putconn
+
+    def cycles() -> None:
+        for _ in repeat(None, INNER):
+            putconn(getconn())
+
+    benchmark.group = "psycopg getconn/putconn"
+    benchmark(cycles)
+    _per_cycle(benchmark)
+
+
+@pytest.mark.parametrize("pool", POOLS, indirect=True)
+def test_connection_block(benchmark: Any, pool: Any) -> None:
+    """``with pool.connection(): pass``: checkout, the commit-or-rollback
+    decision, return."""
+    connection = pool.connection
+
+    def cycles() -> None:
+        for _ in repeat(None, INNER):
+            with connection():
+                pass
+
+    benchmark.group = "psycopg connection()"
+    benchmark(cycles)
+    _per_cycle(benchmark)
+
+
+# ------------------------------------------------------------------ threads
+
+
+@dataclass
+class Workload:
+    """``THREADS`` workers, each making a ``work()`` callable (from its index)
+    and running it in a loop."""
+
+    make_work: Callable[[int], Callable[[], object]]
+    close: Callable[[], object]
+    errors: list[BaseException] = field(default_factory=list)
+
+    def round(self, per_thread: int) -> Callable[[], None]:
+        """Starts the threads, waiting on a barrier; returns the timed part."""
+        barrier = threading.Barrier(THREADS + 1)
+
+        def worker(index: int) -> None:
+            try:
+                work = self.make_work(index)
+                barrier.wait()
+                for _ in repeat(None, per_thread):
+                    work()
+            except BaseException as exc:
+                self.errors.append(exc)
+                barrier.abort()
+
+        threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(THREADS)]
+        for t in threads:
+            t.start()
+
+        def run() -> None:
+            barrier.wait()
+            for t in threads:
+                t.join()
+
+        return run
+
+    def check(self) -> None:
+        if self.errors:
+            exc = self.errors[0]
+            pytest.fail(f"a worker thread failed: {type(exc).__name__}: {exc}")
+
+
+def _select_on_pool(pool: Any) -> Workload:
+    def make_work(index: int) -> Callable[[], object]:
+        connection = pool.connection
+
+        def work() -> None:
+            with connection(TIMEOUT) as conn:
+                conn.execute("SELECT 1")
+
+        return work
+
+    return Workload(make_work, pool.close)
+
+
+def _select_without_pool(dsn: str) -> Workload:
+    import psycopg
+
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(THREADS)]
+
+    def make_work(index: int) -> Callable[[], object]:
+        conn = conns[index]
+        return lambda: conn.execute("SELECT 1")
+
+    def close() -> None:
+        for conn in conns:
+            conn.close()
+
+    return Workload(make_work, close)
+
+
+@pytest.fixture
+def workload(request: pytest.FixtureRequest) -> Iterator[Workload]:
+    dsn = _database()
+    if request.param == "no-pool":
+        made = _select_without_pool(dsn)
+    else:
+        made = _select_on_pool(make_pool(request.param, dsn, THREADS))
+    yield made
+    made.close()
+
+
+@pytest.mark.parametrize("workload", [*POOLS, _param("no-pool")], indirect=True)
+def test_threads_select_1(benchmark: Any, workload: Workload) -> None:
+    """THREADS threads run ``SELECT 1`` per checkout on a pool of THREADS
+    connections (or each on its own connection, with no pool)."""
+    workload.round(PER_THREAD // 10)()  # warm up: every connection used once
+    workload.check()
+
+    def setup() -> tuple[tuple[Callable[[], None]], dict[str, Any]]:
+        return (workload.round(PER_THREAD),), {}
+
+    benchmark.group = "psycopg threads SELECT 1"
+    benchmark.pedantic(lambda run: run(), setup=setup, rounds=THREAD_ROUNDS, iterations=1)
+    workload.check()
+    total = PER_THREAD * THREADS
+    benchmark.extra_info["threads"] = THREADS
+    benchmark.extra_info["requests_per_round"] = total
+    if benchmark.stats is not None:
+        benchmark.extra_info["requests_per_s"] = total / benchmark.stats.stats.median
