@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 try:
-    import pypool  # noqa: F401
+    import pypool
 except ImportError:  # run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
@@ -45,7 +45,8 @@ SIZE = 10
 PER_TASK = 50  # checkouts per task per round: TASKS * PER_TASK per round
 ROUNDS = 7
 DSN = os.environ.get(
-    "PYPOOL_BENCH_DSN", os.environ.get("PYPOOL_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    "PYPOOL_BENCH_DSN",
+    os.environ.get("PYPOOL_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test"),
 )
 CORES = {"native": "pypool._corepool", "python": "pypool._corepool_py"}
 
@@ -109,7 +110,7 @@ async def _throughput(reset: bool, rounds: int = ROUNDS) -> dict[str, float]:
             start = time.perf_counter()
             await asyncio.gather(*(worker() for _ in range(TASKS)))
             samples[name].append(TASKS * PER_TASK / (time.perf_counter() - start))
-    for name, (pool, _) in contenders.items():
+    for pool, _ in contenders.values():
         await pool.close()
     return {name: statistics.median(values) for name, values in samples.items()}
 
@@ -156,8 +157,11 @@ def test_select1_throughput(reset: bool, record_property: Any) -> None:
     ratio = medians["pypool"] / medians["asyncpg"]
     record_property("requests_per_s", medians)
     record_property("pypool_vs_asyncpg", ratio)
-    print(f"\nSELECT 1, reset={reset}: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
-          + f", ratio {ratio:.3f}")
+    print(
+        f"\nSELECT 1, reset={reset}: "
+        + ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
+        + f", ratio {ratio:.3f}"
+    )
 
 
 @pytest.mark.parametrize("core_name", list(CORES))
@@ -174,12 +178,16 @@ def test_uncontended_cycle(core_name: str, record_property: Any) -> None:
 def main() -> None:
     for reset in (True, False):
         medians = asyncio.run(_throughput(reset))
-        print(f"SELECT 1 x {TASKS} tasks, pool {SIZE}, reset={reset}: "
-              + ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
-              + f", pypool/asyncpg {medians['pypool'] / medians['asyncpg']:.3f}")
+        print(
+            f"SELECT 1 x {TASKS} tasks, pool {SIZE}, reset={reset}: "
+            + ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
+            + f", pypool/asyncpg {medians['pypool'] / medians['asyncpg']:.3f}"
+        )
     for name, module in CORES.items():
         core = importlib.import_module(module)
-        print(f"uncontended acquire+release ({name}): {asyncio.run(_uncontended(core)):,.0f} ns/cycle")
+        print(
+            f"uncontended acquire+release ({name}): {asyncio.run(_uncontended(core)):,.0f} ns/cycle"
+        )
 
 
 if __name__ == "__main__":

@@ -571,7 +571,6 @@ cdef class CorePool:
         a fork) keeps their objects alive forever instead."""
         cdef uint32_t s, k
         cdef Slot *slot
-        cdef PyObject *obj
         if self.segs != NULL:
             for s in range(self.nsegs):
                 for k in range(PFL_SEG_SIZE):
@@ -1624,7 +1623,6 @@ cdef class PoolBase:
 
     def _rejected(self, conn, reason, exc):
         self._retire(conn, reason, exc)
-
 
 
 # ------------------------------------------------------- garbage collection

@@ -332,9 +332,7 @@ def test_waiters_get_pool_closed(make: Callable[..., AsyncPool]) -> None:
         waiters = [asyncio.ensure_future(pool.acquire(timeout=10)) for _ in range(3)]
         assert await eventually(lambda: pool.waiting == 3)
         await pool.close()
-        results = await asyncio.wait_for(
-            asyncio.gather(*waiters, return_exceptions=True), 2
-        )
+        results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 2)
         assert all(isinstance(r, PoolClosed) for r in results), results
         await pool.release(held)
         assert held.closed

@@ -179,9 +179,7 @@ def _check_ok(proc: subprocess.CompletedProcess[str], mode: str) -> str:
 
 
 @pytest.mark.parametrize("mode_args", [*MODES, FULL_RING])
-def test_stress_under_tsan(
-    tsan_binary: Path, tsan_prefix: list[str], mode_args: list[str]
-) -> None:
+def test_stress_under_tsan(tsan_binary: Path, tsan_prefix: list[str], mode_args: list[str]) -> None:
     proc = _run([*tsan_prefix, str(tsan_binary), *mode_args], env=_tsan_env())
     line = _check_ok(proc, _mode(mode_args))
     assert line.endswith(" tsan"), line  # the sanitizer really was built in

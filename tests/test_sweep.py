@@ -15,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from pypool import _sweep
-
 from test_cli import PNG_SIGNATURE, _env
 
 TINY = ("--max-size", "4", "--seconds", "0.5", "--clients", "4")
@@ -87,7 +86,11 @@ def test_recommend() -> None:
     assert _sweep.recommend(results, 0)["size"] == 8  # type: ignore[index]
     assert _sweep.recommend(results, 80)["size"] == 1  # type: ignore[index]
     rising = _sweep.recommend([_r(1, 100), _r(2, 200)], 5)
-    assert rising is not None and rising["size"] == 2 and "larger one may do better" in rising["reason"]
+    assert (
+        rising is not None
+        and rising["size"] == 2
+        and "larger one may do better" in rising["reason"]
+    )
     assert _sweep.recommend([], 5) is None
 
 
@@ -168,7 +171,17 @@ def test_sweep_real_server(dsn: str, tmp_path: Path) -> None:
     assert any(line.startswith("server: PostgreSQL ") and "max_connections" in line
                for line in lines)  # fmt: skip
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["size"])
-    assert lines[header].split() == ["size", "cycles/s", "p50", "ms", "p99", "ms", "server", "in", "use"]
+    assert lines[header].split() == [
+        "size",
+        "cycles/s",
+        "p50",
+        "ms",
+        "p99",
+        "ms",
+        "server",
+        "in",
+        "use",
+    ]
     rows = [line.split() for line in lines[header + 1 : header + 1 + len(doc["results"])]]
     assert [int(row[0]) for row in rows] == doc["settings"]["sizes"]
     assert all(len(row) == 5 for row in rows)
@@ -271,4 +284,3 @@ def test_no_psycopg_is_one_line() -> None:
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "pip install 'pypool[psycopg]'" in proc.stderr
     assert "s3cr3t" not in proc.stderr
-

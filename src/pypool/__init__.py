@@ -8,9 +8,9 @@ extension is absent, on interpreters other than CPython, or when
 
 from __future__ import annotations
 
+from . import asyncpg, dbapi, stats
 from ._core import CORE, CorePool, WaiterTicket
 from .aio import AsyncPool
-from .pool import Pool
 from .errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -22,7 +22,7 @@ from .errors import (
     TooManyRequests,
     UnusableConnection,
 )
-from . import asyncpg, dbapi, stats
+from .pool import Pool
 
 __version__ = "0.1.0"
 
@@ -34,15 +34,15 @@ __all__ = [
     "CorePool",
     "InvalidSlot",
     "NotBorrowed",
-    "PoolClosed",
     "Pool",
+    "PoolClosed",
     "PoolError",
     "PoolTimeout",
     "TooManyRequests",
     "UnusableConnection",
     "WaiterTicket",
+    "__version__",
     "asyncpg",
     "dbapi",
     "stats",
-    "__version__",
 ]

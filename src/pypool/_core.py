@@ -39,19 +39,71 @@ NO_EXTENSIONS = (
 
 CORE: str
 if TYPE_CHECKING:  # the Python core is the type source
-    from ._corepool_py import BUSY, CHECK, CREATING, EMPTY, IDLE, MAX_SIZE, OK, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
+    from ._corepool_py import (
+        BUSY,
+        CHECK,
+        CREATING,
+        EMPTY,
+        IDLE,
+        MAX_SIZE,
+        OK,
+        REASONS,
+        RESERVED,
+        CorePool,
+        PoolBase,
+        WaiterTicket,
+    )
 elif NO_EXTENSIONS:
-    from ._corepool_py import BUSY, CHECK, CREATING, EMPTY, IDLE, MAX_SIZE, OK, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
+    from ._corepool_py import (
+        BUSY,
+        CHECK,
+        CREATING,
+        EMPTY,
+        IDLE,
+        MAX_SIZE,
+        OK,
+        REASONS,
+        RESERVED,
+        CorePool,
+        PoolBase,
+        WaiterTicket,
+    )
 
     CORE = "python"
 else:
     try:
-        from ._corepool import BUSY, CHECK, CREATING, EMPTY, IDLE, MAX_SIZE, OK, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
+        from ._corepool import (
+            BUSY,
+            CHECK,
+            CREATING,
+            EMPTY,
+            IDLE,
+            MAX_SIZE,
+            OK,
+            REASONS,
+            RESERVED,
+            CorePool,
+            PoolBase,
+            WaiterTicket,
+        )
 
         CORE = "native"
     except ImportError:
         if _REQUESTED == "native":
             raise
-        from ._corepool_py import BUSY, CHECK, CREATING, EMPTY, IDLE, MAX_SIZE, OK, REASONS, RESERVED, CorePool, PoolBase, WaiterTicket
+        from ._corepool_py import (
+            BUSY,
+            CHECK,
+            CREATING,
+            EMPTY,
+            IDLE,
+            MAX_SIZE,
+            OK,
+            REASONS,
+            RESERVED,
+            CorePool,
+            PoolBase,
+            WaiterTicket,
+        )
 
         CORE = "python"

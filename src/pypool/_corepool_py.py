@@ -52,22 +52,22 @@ __all__ = [
     "BUSY",
     "CHECK",
     "CLOSED",
+    "CREATING",
+    "DEFAULT_HANDOFF_AFTER",
+    "EMPTY",
     "EXPIRED",
+    "IDLE",
     "IDLE_TOO_LONG",
+    "MAX_SIZE",
     "OK",
     "REASONS",
+    "RESERVED",
     "RESET_FAILED",
     "SHRUNK",
     "STALE",
     "USED_UP",
-    "PoolBase",
-    "CREATING",
-    "DEFAULT_HANDOFF_AFTER",
-    "EMPTY",
-    "IDLE",
-    "MAX_SIZE",
-    "RESERVED",
     "CorePool",
+    "PoolBase",
     "WaiterTicket",
 ]
 
@@ -151,18 +151,18 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
 
 class _Slot:
     __slots__ = (
+        "checked_out",
+        "conn",
+        "created",
+        "expires",
+        "generation",
         "index",
         "key",
-        "state",
         "listed",
-        "conn",
         "ref",
-        "created",
-        "checked_out",
         "returned",
+        "state",
         "uses",
-        "generation",
-        "expires",
     )
 
     def __init__(self, index: int) -> None:
@@ -187,7 +187,7 @@ class _Slot:
 
 
 class _Waiter:
-    __slots__ = ("_lock", "_state", "_notified", "_conn", "_started")
+    __slots__ = ("_conn", "_lock", "_notified", "_started", "_state")
 
     def __init__(self, lock: Any) -> None:
         self._lock = lock  # held while the waiter sleeps; released to wake it
@@ -207,7 +207,7 @@ class WaiterTicket(_Waiter):
     removes it from the queue, or passes on a connection already handed to it.
     """
 
-    __slots__ = ("_core", "_callback", "__weakref__")
+    __slots__ = ("__weakref__", "_callback", "_core")
 
     def __init__(self, core: CorePool, callback: Callable[[WaiterTicket], object]) -> None:
         super().__init__(None)
@@ -881,9 +881,7 @@ class CorePool:
             raise InvalidSlot(f"no slot {slot}")
         s = self._slots[slot]
         if state is not None and s.state != state:
-            raise InvalidSlot(
-                f"slot {slot} is {_STATE_NAMES[s.state]}, not {_STATE_NAMES[state]}"
-            )
+            raise InvalidSlot(f"slot {slot} is {_STATE_NAMES[s.state]}, not {_STATE_NAMES[state]}")
         return s
 
     def _slot_of_borrowed(self, conn: Any) -> _Slot:
@@ -1090,7 +1088,7 @@ class _Lease:
     """``with pool.connection() as conn``: a connection, given back on exit
     (also when the block raises)."""
 
-    __slots__ = ("_pool", "_timeout", "_conn")
+    __slots__ = ("_conn", "_pool", "_timeout")
 
     def __init__(self, pool: PoolBase, timeout: float | None) -> None:
         self._pool = pool

@@ -30,7 +30,9 @@ LIFETIME_JITTER = 0.05
 _names = itertools.count(1)
 
 
-def _seconds(name: str, value: object, *, allow_none: bool, allow_zero: bool = True) -> float | None:
+def _seconds(
+    name: str, value: object, *, allow_none: bool, allow_zero: bool = True
+) -> float | None:
     if value is None:
         if allow_none:
             return None
@@ -47,7 +49,9 @@ def _seconds(name: str, value: object, *, allow_none: bool, allow_zero: bool = T
 
 def _count(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__} ({value!r})")
+        raise ConfigurationError(
+            f"{name} must be an integer, not {type(value).__name__} ({value!r})"
+        )
     if value < low:
         raise ConfigurationError(f"{name} must be >= {low}, not {value}")
     return value
@@ -142,7 +146,9 @@ class Settings:
         if not isinstance(lifo, bool):
             raise ConfigurationError(f"lifo must be True or False, not {lifo!r}")
         self.lifo = lifo
-        self.leak_timeout = _seconds("leak_timeout", leak_timeout, allow_none=True, allow_zero=False)
+        self.leak_timeout = _seconds(
+            "leak_timeout", leak_timeout, allow_none=True, allow_zero=False
+        )
         self.keepalive = _seconds("keepalive", keepalive, allow_none=True, allow_zero=False)
         reconnect = _seconds("reconnect_timeout", reconnect_timeout, allow_none=False)
         assert reconnect is not None
@@ -181,7 +187,7 @@ class Policy:
         core = self.core
         if core.closed or core.size >= core.max_size:
             return False
-        return core.waiting > core.connecting + core.idle or core.size < self.min_size
+        return bool(core.waiting > core.connecting + core.idle or core.size < self.min_size)
 
     def lifetime(self) -> float | None:
         """The lifetime of a new connection: max_lifetime less a random jitter."""
@@ -221,9 +227,7 @@ class Policy:
             )
             if give_up:
                 self.outage_reported = True
-        self.logger.warning(
-            "pool %r: connection failed: %s", self.settings.name, _one_line(exc)
-        )
+        self.logger.warning("pool %r: connection failed: %s", self.settings.name, _one_line(exc))
         return give_up
 
     @staticmethod

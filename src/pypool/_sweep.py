@@ -127,7 +127,9 @@ def recommend(
         )
     largest = max(r["size"] for r in done)
     if len(done) > 1 and best["size"] == largest and (clients is None or largest < clients):
-        reason += "; throughput was highest at the largest size tried, so a larger one may do better"
+        reason += (
+            "; throughput was highest at the largest size tried, so a larger one may do better"
+        )
     return {
         "size": chosen["size"],
         "throughput": chosen["throughput"],
@@ -170,9 +172,7 @@ def _script(path: str) -> str:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        raise argparse.ArgumentTypeError(
-            f"cannot read {path!r}: {exc.strerror or exc}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"cannot read {path!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise argparse.ArgumentTypeError(f"{path!r} is not UTF-8 text") from None
     if not text.strip():
@@ -219,7 +219,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_percent,
         default=DEFAULT_TOLERANCE,
         metavar="PCT",
-        help=f"recommend the smallest size within PCT%% of the best (default {DEFAULT_TOLERANCE:g})",
+        help=(
+            f"recommend the smallest size within PCT%% of the best (default {DEFAULT_TOLERANCE:g})"
+        ),
     )
     parser.add_argument("--json", type=_json_path, metavar="FILE", help=f"write ({SCHEMA})")
     parser.add_argument(
@@ -267,7 +269,9 @@ def _server(conn: Any) -> dict[str, Any]:
         "version": one("SHOW server_version"),
         "max_connections": int(one("SHOW max_connections")),
         "superuser_reserved_connections": int(one("SHOW superuser_reserved_connections")),
-        "reserved_connections": int(one("SELECT current_setting('reserved_connections', true)") or 0),
+        "reserved_connections": int(
+            one("SELECT current_setting('reserved_connections', true)") or 0
+        ),
         "in_use": int(one(_ACTIVE)),
     }
 
@@ -281,9 +285,7 @@ def _run(conn: Any, sql: str) -> None:
             break
 
 
-def _measure(
-    pool: Any, sql: str, clients: int, seconds: float, monitor: Any
-) -> dict[str, Any]:
+def _measure(pool: Any, sql: str, clients: int, seconds: float, monitor: Any) -> dict[str, Any]:
     stop = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []

@@ -29,6 +29,7 @@ connection discarded (its state is unknown), never pooled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import random
@@ -64,7 +65,7 @@ class _Lease:
     """``async with pool.connection() as conn``: a connection, given back on
     exit (also when the block raises or the task is cancelled)."""
 
-    __slots__ = ("_pool", "_timeout", "_conn")
+    __slots__ = ("_conn", "_pool", "_timeout")
 
     def __init__(self, pool: AsyncPool, timeout: float | None) -> None:
         self._pool = pool
@@ -214,12 +215,15 @@ class AsyncPool:
         ref = weakref.ref(self)
         for i in range(self._settings.num_workers):
             self._tasks.append(
-                loop.create_task(_connect_worker(ref, self._demand, self._stop),
-                                 name=f"pypool-{self.name}-connect-{i}")
+                loop.create_task(
+                    _connect_worker(ref, self._demand, self._stop),
+                    name=f"pypool-{self.name}-connect-{i}",
+                )
             )
         self._tasks.append(
-            loop.create_task(_maintenance_worker(ref, self._stop),
-                             name=f"pypool-{self.name}-maintenance")
+            loop.create_task(
+                _maintenance_worker(ref, self._stop), name=f"pypool-{self.name}-maintenance"
+            )
         )
         self._log.info("pool %r opened (%s core, asyncio)", self.name, self.core)
         self._wake_workers()
@@ -249,10 +253,8 @@ class AsyncPool:
                         f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
                         f"{self._policy.min_size} connections ready after {timeout:.3f} s"
                     ) from self._policy.last_error
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._ready.wait(), min(remaining, 0.5))
-                except asyncio.TimeoutError:
-                    pass
 
     async def close(self, timeout: float = 5.0) -> None:
         """Closes the pool: idle connections at once, borrowed ones when they
@@ -268,7 +270,7 @@ class AsyncPool:
             await self._close_connection(conn, "closed", None)
         waiting_for = [*self._tasks, *self._closers]
         if waiting_for:
-            done, pending = await asyncio.wait(waiting_for, timeout=timeout)
+            _done, pending = await asyncio.wait(waiting_for, timeout=timeout)
             for task in pending:
                 task.cancel()
         for conn in self._core.close():
@@ -304,8 +306,14 @@ class AsyncPool:
         if timeout is None:
             wait_for = self._settings.timeout
         else:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-                raise ConfigurationError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+            if (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, (int, float))
+                or not timeout >= 0
+            ):
+                raise ConfigurationError(
+                    f"timeout must be a number of seconds >= 0, not {timeout!r}"
+                )
             wait_for = float(timeout)
         try:
             return await self._acquire_loop(conn, wait_for)
@@ -649,10 +657,8 @@ async def _connect_worker(
         if not pool._policy.wants_connection():
             demand.clear()
             del pool
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(demand.wait(), 1.0)
-            except asyncio.TimeoutError:
-                pass
             continue
         slot = pool._core.reserve()
         if slot is None:
@@ -664,10 +670,8 @@ async def _connect_worker(
             continue
         backoff = pool._policy.backoff(backoff)
         del pool
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), backoff * (0.5 + 0.5 * random.random()))
-        except asyncio.TimeoutError:
-            pass
 
 
 async def _maintenance_worker(ref: weakref.ref[AsyncPool], stop: asyncio.Event) -> None:
@@ -681,8 +685,5 @@ async def _maintenance_worker(ref: weakref.ref[AsyncPool], stop: asyncio.Event) 
             pool._log.exception("pool %r: maintenance failed", pool.name)
         interval = pool._interval
         del pool
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
-        except asyncio.TimeoutError:
-            pass
-

@@ -128,6 +128,10 @@ def _nothing() -> None:
     return None
 
 
+def _drop(_state: Any) -> None:
+    """A teardown with nothing to tear down."""
+
+
 @dataclass(frozen=True)
 class Handles:
     """What a contender's setup returns: the calls a benchmark makes.
@@ -225,7 +229,7 @@ def register(contender: Contender) -> None:
     CONTENDERS.append(contender)
 
 
-from . import _bench_peers  # noqa: E402, F401  (registers the full Pool and the peer pools)
+from . import _bench_peers  # noqa: E402  (registers the full Pool and the peer pools)
 
 # ------------------------------------------------------------------ measuring
 
@@ -757,7 +761,10 @@ class _QueryRun:
 
 
 def _timed_threads(
-    threads: int, seconds: float, make: Callable[[], Any], cycle: Callable[[Any], object],
+    threads: int,
+    seconds: float,
+    make: Callable[[], Any],
+    cycle: Callable[[Any], object],
     close: Callable[[Any], object],
 ) -> float:
     """Cycles per second of ``threads`` threads calling ``cycle(state)`` for
@@ -841,9 +848,9 @@ def _measure_queries(q: _QueryRun, progress: _Progress) -> None:
         pool.wait(timeout=10.0, fail_fast=True)
         plans: dict[str, tuple[Callable[[], Any], Callable[[Any], object], Callable[[Any], object]]]
         plans = {
-            "connect-each": (_nothing, connect_each, _nothing),
+            "connect-each": (_nothing, connect_each, _drop),
             "persistent": (connect, select_one, operator_close),
-            "pool-native-pg": (_nothing, pooled, _nothing),
+            "pool-native-pg": (_nothing, pooled, _drop),
         }
         names = list(plans)
         progress.set_total(progress.total + q.rounds * len(names) * len(q.threads))
@@ -898,8 +905,13 @@ def _queries_json(q: _QueryRun) -> dict[str, Any]:
         "failed": q.failed,
         "contenders": dict(QUERY_CONTENDERS),
         "results": [
-            {"contender": name, "threads": t, "unit": "cycles/s",
-             "samples": samples, **_summary(samples)}
+            {
+                "contender": name,
+                "threads": t,
+                "unit": "cycles/s",
+                "samples": samples,
+                **_summary(samples),
+            }
             for (name, t), samples in q.results.items()
         ],
     }
@@ -910,11 +922,9 @@ def _plot(run: _Run, path: str) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 5), dpi=100)
     try:
-        values = []
+        values: list[float] = []
         for c in run.contenders:
-            points = [
-                (t, _median(run.threaded.get((c.name, t)))) for t in run.threads
-            ]
+            points = [(t, _median(run.threaded.get((c.name, t)))) for t in run.threads]
             points = [(t, v) for t, v in points if v]
             if not points:
                 continue
@@ -943,8 +953,11 @@ def _plot(run: _Run, path: str) -> None:
 
 
 def _write_outputs(
-    command: str, doc: Callable[[], dict[str, Any]], json_path: str | None,
-    plot: Callable[[str], None], plot_path: str | None,
+    command: str,
+    doc: Callable[[], dict[str, Any]],
+    json_path: str | None,
+    plot: Callable[[str], None],
+    plot_path: str | None,
 ) -> bool:
     """Writes ``--json`` and ``--plot``; False (and one line on stderr each)
     when one cannot be written."""
@@ -955,8 +968,10 @@ def _write_outputs(
                 json.dump(doc(), f, indent=2)
                 f.write("\n")
         except OSError as exc:
-            print(f"pypool {command}: cannot write {json_path}: {exc.strerror or exc}",
-                  file=sys.stderr)
+            print(
+                f"pypool {command}: cannot write {json_path}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
             ok = False
     if plot_path is not None:
         try:
@@ -1022,8 +1037,9 @@ def _bench(args: argparse.Namespace) -> int:
             return EXIT_FAILED
         _measure(run, handles, progress)
         if args.dsn:
-            queries = _QueryRun(args.dsn, run.threads, 1 if args.quick else 3,
-                                0.05 if args.quick else 0.2)
+            queries = _QueryRun(
+                args.dsn, run.threads, 1 if args.quick else 3, 0.05 if args.quick else 0.2
+            )
             _measure_queries(queries, progress)
     except KeyboardInterrupt:
         interrupted = True

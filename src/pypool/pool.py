@@ -22,6 +22,7 @@ without waiting.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ import traceback
 import types
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core, stats
 from ._policy import Policy, Settings, check_sizes
@@ -65,6 +66,14 @@ class _PoolMethods:
     _settings: Settings
     #: The logger a pool logs to (driver-compatible pools use the driver's).
     _logger_name = "pypool"
+
+    if TYPE_CHECKING:  # the hot path, from the core's PoolBase
+
+        def acquire(self, timeout: float | None = None) -> Any: ...
+        def release(self, conn: Any, /) -> None: ...
+        def _set_observe(self, observe: bool) -> None: ...
+        def _set_reset(self, reset: Any) -> None: ...
+        def _set_timeout(self, timeout: float) -> None: ...
 
     def __init__(
         self,
@@ -131,7 +140,7 @@ class _PoolMethods:
         core.min_size = settings.min_size
         core.max_uses = settings.max_uses
         core.check_after = None if settings.check is False else settings.check_after
-        core_module.PoolBase.__init__(self, core, settings.timeout, None)  # type: ignore[arg-type]
+        core_module.PoolBase.__init__(self, core, settings.timeout, None)
         self._settings = settings
         self._log = logging.getLogger(self._logger_name)
         self._policy = Policy(settings, core, self._log)
@@ -346,10 +355,8 @@ class _PoolMethods:
     def __del__(self) -> None:
         if getattr(self, "_closing", True) or not hasattr(self, "_core"):
             return
-        try:
+        with contextlib.suppress(Exception):  # pragma: no cover - interpreter shutdown
             self.close(timeout=0)
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
 
     # --------------------------------------------------------- resizing
 
@@ -871,10 +878,8 @@ def _close_all_at_exit() -> None:
     connecting while the interpreter tears down (OpenSSL above all) can
     crash the process."""
     for pool in list(_live_pools):
-        try:
+        with contextlib.suppress(Exception):  # pragma: no cover
             pool.close(timeout=2.0)
-        except Exception:  # pragma: no cover
-            pass
 
 
 def _after_fork_in_child() -> None:
@@ -931,13 +936,13 @@ def _variant(cls: type, core_module: types.ModuleType) -> type:
 def _new(cls: type, *args: Any, _core: types.ModuleType | None = None, **kwargs: Any) -> Any:
     if _core is not None and _module_of(cls) is not _core:
         other = _variant(cls, _core)
-        self = other.__new__(other)
-        self.__init__(*args, **kwargs)  # type: ignore[misc]
+        self = other.__new__(other)  # type: ignore[call-overload]
+        self.__init__(*args, **kwargs)
         return self
     return super(_PoolMethods, cls).__new__(cls)  # type: ignore[misc]
 
 
-class Pool(_PoolMethods, _core.PoolBase):  # type: ignore[misc]
+class Pool(_PoolMethods, _core.PoolBase):
     """A pool of database connections for threads.
 
     ``factory()`` makes a new connection; it runs on ``num_workers`` connect
@@ -982,7 +987,7 @@ class Pool(_PoolMethods, _core.PoolBase):  # type: ignore[misc]
       ``reconnect_failed(pool)`` is called (the pool keeps trying).
     """
 
-    __new__ = _new  # type: ignore[assignment]
+    __new__ = _new
     _mixins: tuple[type, ...] = (_PoolMethods,)
 
 

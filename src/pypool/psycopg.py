@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -54,8 +54,8 @@ __all__ = [
     "NullConnectionPool",
     "PoolClosed",
     "PoolTimeout",
-    "TooManyRequests",
     "PsycopgAdapter",
+    "TooManyRequests",
     "discard_all",
     "reset_session",
 ]
@@ -180,7 +180,7 @@ class PsycopgAdapter(DBAPIAdapter):
 
         def reset(conn: Any) -> None:
             status = conn.pgconn.transaction_status
-            if status == _INTRANS or status == _INERROR:
+            if status in (_INTRANS, _INERROR):
                 logger.warning("rolling back returned connection: %s", conn)
                 conn.rollback()
             elif status != _IDLE:  # ACTIVE (returned mid-command) or UNKNOWN (closed)
@@ -223,7 +223,9 @@ class _Connect:
 
     def __call__(self) -> Any:
         kwargs = _resolve(self.kwargs) or {}
-        conn = self.connection_class.connect(_resolve(self.conninfo) or "", **kwargs)
+        conn = self.connection_class.connect(  # type: ignore[attr-defined]
+            _resolve(self.conninfo) or "", **kwargs
+        )
         conn._pool = self.pool
         return conn
 
@@ -236,7 +238,7 @@ class _Lease:
     """``with pool.connection() as conn``: psycopg's connection block (commit
     on success, rollback on error), then the connection goes back."""
 
-    __slots__ = ("_pool", "_timeout", "_conn")
+    __slots__ = ("_conn", "_pool", "_timeout")
 
     def __init__(self, pool: Any, timeout: float | None) -> None:
         self._pool = pool
@@ -353,7 +355,7 @@ def _check_sizes(min_size: int, max_size: int | None, null: bool) -> tuple[int, 
     return min_size, max_size
 
 
-class _PsycopgMethods(_PsycopgStats):
+class _PsycopgMethods(_PsycopgStats, _PoolMethods):
     """psycopg_pool's interface over pypool's Pool."""
 
     _logger_name = "psycopg.pool"
@@ -399,7 +401,7 @@ class _PsycopgMethods(_PsycopgStats):
         self.max_idle = max_idle
         self._user_configure = configure
         factory = _Connect(conninfo, connection_class, kwargs)
-        super().__init__(  # type: ignore[call-arg]
+        super().__init__(
             factory,
             adapter=PsycopgAdapter(reset),
             min_size=min_size,
@@ -423,12 +425,12 @@ class _PsycopgMethods(_PsycopgStats):
         if open is None:
             # As psycopg_pool: open now, but warn at the first use unless
             # the pool is used as a context manager.
-            self.getconn = self._getconn_warn  # type: ignore[method-assign]
+            self.getconn = self._getconn_warn
             self._open_pool()
         elif open:
             self._open_pool()
         else:
-            self.getconn = self._getconn_not_open  # type: ignore[method-assign]
+            self.getconn = self._getconn_not_open
 
     # -------------------------------------------------------------- lifecycle
 
@@ -436,7 +438,7 @@ class _PsycopgMethods(_PsycopgStats):
         self._opened = True
         _PoolMethods.open(self)
 
-    __class_getitem__ = classmethod(types.GenericAlias)  # ConnectionPool[Connection[Row]]
+    __class_getitem__: ClassVar[Any] = classmethod(types.GenericAlias)  # ConnectionPool[...]
 
     @property
     def closed(self) -> bool:
@@ -450,7 +452,7 @@ class _PsycopgMethods(_PsycopgStats):
 
     @timeout.setter
     def timeout(self, value: float) -> None:
-        self._set_timeout(value)  # type: ignore[attr-defined]
+        self._set_timeout(value)
         self._settings.timeout = float(value)
 
     @property
@@ -462,7 +464,9 @@ class _PsycopgMethods(_PsycopgStats):
     def max_waiting(self, value: int) -> None:
         self._core.max_waiting = value
 
-    def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+    def open(  # type: ignore[override]
+        self, wait: bool = False, timeout: float = 30.0
+    ) -> None:
         """Opens the pool: starts connecting (``min_size`` connections) and
         accepting clients. With ``wait``, waits for ``min_size`` connections
         as :meth:`wait` does. A closed pool cannot be opened again."""
@@ -474,11 +478,11 @@ class _PsycopgMethods(_PsycopgStats):
         if wait:
             self.wait(timeout)
 
-    def wait(self, timeout: float = 30.0) -> None:
+    def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
         """Waits for ``min_size`` connections; if they are not ready within
         ``timeout`` seconds, closes the pool and raises PoolTimeout."""
         if not self._opened:
-            raise PoolClosed(f"the pool {self.name!r} is not open yet")  # type: ignore[attr-defined]
+            raise PoolClosed(f"the pool {self.name!r} is not open yet")
         if "getconn" in self.__dict__ and self.__dict__["getconn"] == self._getconn_warn:
             self.__dict__.pop("getconn")
             self._warn_implicit_open()
@@ -521,7 +525,7 @@ class _PsycopgMethods(_PsycopgStats):
         )
 
     def _getconn_not_open(self, timeout: float | None = None) -> Any:
-        raise PoolClosed(f"the pool {self.name!r} is not open yet")  # type: ignore[attr-defined]
+        raise PoolClosed(f"the pool {self.name!r} is not open yet")
 
     # -------------------------------------------------------------- borrowing
 
@@ -575,11 +579,11 @@ class _PsycopgMethods(_PsycopgStats):
             except Exception as exc:
                 core.retire(index)
                 logger.warning("discarding broken connection: %s", conn)
-                self._close_connection(conn, "check", exc)  # type: ignore[attr-defined]
+                self._close_connection(conn, "check", exc)
             else:
                 if not core.restore(index):
-                    self._close_connection(conn, "closed", None)  # type: ignore[attr-defined]
-        self._wake_workers()  # type: ignore[attr-defined]
+                    self._close_connection(conn, "closed", None)
+        self._wake_workers()
 
     @staticmethod
     def check_connection(conn: Any) -> None:
@@ -603,7 +607,7 @@ class _PsycopgMethods(_PsycopgStats):
                     conn.autocommit = False
 
     def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"  # type: ignore[attr-defined]
+        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
 
 
 class ConnectionPool(_PsycopgMethods, Pool):  # type: ignore[misc]
@@ -615,7 +619,7 @@ class ConnectionPool(_PsycopgMethods, Pool):  # type: ignore[misc]
     """
 
     _mixins: tuple[type, ...] = (_PsycopgMethods, _PoolMethods)
-    _hot_aliases = {"getconn": "acquire", "putconn": "release"}
+    _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire", "putconn": "release"}
     getconn = _core.PoolBase.acquire
     putconn = _core.PoolBase.release
 
@@ -646,7 +650,7 @@ class _NullMethods:
     @property
     def max_size(self) -> int:
         """The most connections open at once (0: no limit)."""
-        return self._max_size_asked  # type: ignore[attr-defined, no-any-return]
+        return self._max_size_asked
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change max_size during runtime; min_size must remain 0."""
@@ -675,7 +679,7 @@ class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]
     waiting for one), while ``max_size`` bounds how many are open at once."""
 
     _mixins: tuple[type, ...] = (_NullMethods, _PsycopgMethods, _PoolMethods)
-    _hot_aliases = {"getconn": "acquire"}
+    _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire"}
 
 
 # ------------------------------------------------------------ asyncio pools
@@ -690,7 +694,7 @@ class AsyncPsycopgAdapter(PsycopgAdapter):
 
         async def reset(conn: Any) -> None:
             status = conn.pgconn.transaction_status
-            if status == _INTRANS or status == _INERROR:
+            if status in (_INTRANS, _INERROR):
                 logger.warning("rolling back returned connection: %s", conn)
                 await conn.rollback()
             elif status != _IDLE:
@@ -727,14 +731,16 @@ class AsyncPsycopgAdapter(PsycopgAdapter):
 
 
 class _AsyncConnect(_Connect):
-    async def __call__(self) -> Any:  # type: ignore[override]
+    async def __call__(self) -> Any:
         conninfo = self.conninfo() if callable(self.conninfo) else self.conninfo
         if hasattr(conninfo, "__await__"):
             conninfo = await conninfo
         kwargs = self.kwargs() if callable(self.kwargs) else self.kwargs
         if hasattr(kwargs, "__await__"):
             kwargs = await kwargs
-        conn = await self.connection_class.connect(conninfo or "", **(kwargs or {}))
+        conn = await self.connection_class.connect(  # type: ignore[attr-defined]
+            conninfo or "", **(kwargs or {})
+        )
         conn._pool = self.pool
         return conn
 
@@ -743,7 +749,7 @@ class _AsyncLease:
     """``async with pool.connection() as conn``: psycopg's connection block,
     then the connection goes back."""
 
-    __slots__ = ("_pool", "_timeout", "_conn")
+    __slots__ = ("_conn", "_pool", "_timeout")
 
     def __init__(self, pool: Any, timeout: float | None) -> None:
         self._pool = pool
@@ -906,7 +912,7 @@ class AsyncConnectionPool(_PsycopgStats, AsyncPool):
         success, rollback on error, then back to the pool."""
         return _AsyncLease(self, timeout)
 
-    def _failed(self, exc: Exception, timeout: float) -> BaseException:  # type: ignore[override]
+    def _failed(self, exc: Exception, timeout: float) -> BaseException:
         return _psycopg_error(self, exc, timeout)
 
     async def _configure_new(self, conn: Any) -> None:
@@ -977,7 +983,7 @@ class AsyncNullConnectionPool(AsyncConnectionPool):
         _check_sizes(min_size, max_size, True)
         super().__init__(conninfo, min_size=0, max_size=max_size or 0, **kwargs)
 
-    async def putconn(self, conn: Any) -> None:  # type: ignore[override]
+    async def putconn(self, conn: Any) -> None:
         """Return a connection: closed, unless a task waits for one."""
         core = self._core
         if core.waiting and not core.closed:
