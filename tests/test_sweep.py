@@ -22,13 +22,19 @@ RESULT_KEYS = {"size", "cycles", "seconds", "throughput", "p50_ms", "p99_ms", "s
 
 
 def _pypool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """Runs ``pypool``; the one-line hint about the ``pypool[cli]`` extra
+    (printed when it is not installed; tested in test_cli.py) is left out of
+    ``stderr``."""
+    proc = subprocess.run(
         [sys.executable, "-m", "pypool", *args],
         capture_output=True,
         text=True,
         env=_env(),
         timeout=timeout,
     )
+    lines = proc.stderr.splitlines(keepends=True)
+    proc.stderr = "".join(line for line in lines if "pypool[cli]" not in line)
+    return proc
 
 
 def _with_password(dsn: str, password: str) -> str:
