@@ -357,7 +357,6 @@ def test_open_wait(run: Any) -> None:
 
 
 def test_closed_is_true_before_open(request: pytest.FixtureRequest, impl: Impl, run: Any) -> None:
-    incompatible(request, impl, "an async pool made with open=False is not closed before open()")
 
     async def scenario(make: Pools) -> None:
         assert make.new(min_size=1).closed
@@ -440,9 +439,11 @@ def test_async_context_manager_open_none_does_not_warn(impl: Impl, dsn: str) -> 
     async def scenario() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            async with impl.pool(dsn, min_size=1) as pool:
-                async with pool.connection(timeout=SOON) as conn:
-                    assert await one(conn, "SELECT 1") == 1
+            async with (
+                impl.pool(dsn, min_size=1) as pool,
+                pool.connection(timeout=SOON) as conn,
+            ):
+                assert await one(conn, "SELECT 1") == 1
         assert pool.closed
 
     asyncio.run(scenario())
@@ -1331,8 +1332,7 @@ async def session_state(conn: Any, name: str) -> dict[str, Any]:
         ),
         "advisory_locks": await one(
             conn,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND pid = pg_backend_pid()",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
         ),
         "listening": listening,
         "prepared": prepared,
@@ -1434,9 +1434,7 @@ def test_async_discard_all_many_returns_keep_the_connection(
     run_pypool(scenario)
 
 
-def test_async_discard_all_after_an_open_transaction(
-    run_pypool: Any, dsn: str, table: str
-) -> None:
+def test_async_discard_all_after_an_open_transaction(run_pypool: Any, dsn: str, table: str) -> None:
     async def scenario(make: Pools) -> None:
         pool = await make(min_size=1, max_size=1, reset=adiscard_all)
         async with await psycopg.AsyncConnection.connect(dsn) as fresh:

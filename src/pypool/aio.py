@@ -81,8 +81,10 @@ class _Lease:
     async def __aexit__(self, *exc_info: object) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            # Shielded: a second cancellation must not lose the connection.
-            await asyncio.shield(self._pool.release(conn))
+            # Not shielded (a task a call): release() does not suspend unless
+            # the reset must await, and a cancellation there discards the
+            # connection (its state unknown) rather than losing it.
+            await self._pool.release(conn)
 
 
 class AsyncPool:
@@ -392,10 +394,11 @@ class AsyncPool:
         plan = self._reset_plan
         if plan is not None:
             try:
-                if isinstance(plan, str):
-                    await _maybe_await(getattr(conn, plan)())
-                else:
-                    await _maybe_await(plan(conn))
+                # A reset may be plain, or return an awaitable (only when it
+                # has I/O to do: the common case costs no coroutine).
+                result = getattr(conn, plan)() if isinstance(plan, str) else plan(conn)
+                if result is not None and inspect.isawaitable(result):
+                    await result
             except BaseException as exc:
                 # A failed or interrupted reset leaves the state unknown.
                 core.discard(conn)

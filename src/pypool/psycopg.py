@@ -134,9 +134,27 @@ def _forget_prepared(conn: Any) -> None:
         prepared.clear()
 
 
-def discard_all(conn: Any) -> None:
+async def _in_autocommit_async(conn: Any, sql: str, prepare: bool | None = None) -> None:
+    if conn.autocommit:
+        await conn.execute(sql, prepare=prepare)
+        return
+    await conn.set_autocommit(True)
+    try:
+        await conn.execute(sql, prepare=prepare)
+    finally:
+        with suppress(Exception):
+            await conn.set_autocommit(False)
+
+
+async def _discard_all_async(conn: Any) -> None:
+    await _in_autocommit_async(conn, "DISCARD ALL", prepare=False)
+    _forget_prepared(conn)
+
+
+def discard_all(conn: Any) -> Any:
     """A reset that clears every trace of the previous borrower:
-    ``DISCARD ALL`` (one round trip).
+    ``DISCARD ALL`` (one round trip). For an ``AsyncConnection`` it returns a
+    coroutine (the async pools await it).
 
     It runs ``SET SESSION AUTHORIZATION DEFAULT`` and ``RESET ALL`` (roles and
     every setting), ``DEALLOCATE ALL`` (prepared statements: psycopg forgets
@@ -147,20 +165,29 @@ def discard_all(conn: Any) -> None:
     transactions, so there session state must not be relied on at all, and
     ``DISCARD ALL`` there only resets the server connection it lands on.
     """
+    if isinstance(conn, psycopg.AsyncConnection):
+        return _discard_all_async(conn)  # the async pools await it
     _in_autocommit(conn, "DISCARD ALL", prepare=False)
     _forget_prepared(conn)
+    return None
 
 
-def reset_session(conn: Any) -> None:
+_RESET_SESSION = (
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; CLOSE ALL; "
+    "UNLISTEN *; SELECT pg_advisory_unlock_all()"
+)
+
+
+def reset_session(conn: Any) -> Any:
     """A narrower reset than :func:`discard_all`, in one round trip: roles,
     settings, prepared statements, cursors, ``LISTEN`` registrations and
     session advisory locks; temporary tables are kept (and cached plans of
-    statements not prepared explicitly)."""
-    _in_autocommit(
-        conn,
-        "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; DEALLOCATE ALL; CLOSE ALL; "
-        "UNLISTEN *; SELECT pg_advisory_unlock_all()",
-    )
+    statements not prepared explicitly). For an ``AsyncConnection`` it
+    returns a coroutine (the async pools await it)."""
+    if isinstance(conn, psycopg.AsyncConnection):
+        return _in_autocommit_async(conn, _RESET_SESSION)
+    _in_autocommit(conn, _RESET_SESSION)
+    return None
 
 
 # --------------------------------------------------------------- adapter
@@ -692,7 +719,14 @@ class AsyncPsycopgAdapter(PsycopgAdapter):
     def reset_for(self, conn: Any) -> Callable[[Any], Any]:
         user_reset = self.user_reset
 
-        async def reset(conn: Any) -> None:
+        def reset(conn: Any) -> Any:
+            # Plain when there is nothing to do (the common case); a
+            # coroutine only when a rollback or a reset of the user's awaits.
+            if user_reset is None and conn.pgconn.transaction_status == _IDLE:
+                return None
+            return areset(conn)
+
+        async def areset(conn: Any) -> None:
             status = conn.pgconn.transaction_status
             if status in (_INTRANS, _INERROR):
                 logger.warning("rolling back returned connection: %s", conn)
@@ -777,9 +811,7 @@ class _AsyncLease:
                     except Exception as exc2:
                         logger.warning("error ignored in rollback on %s: %s", conn, exc2)
         finally:
-            import asyncio
-
-            await asyncio.shield(self._pool.putconn(conn))
+            await self._pool.putconn(conn)
 
 
 class AsyncConnectionPool(_PsycopgStats, AsyncPool):
@@ -965,6 +997,11 @@ class AsyncConnectionPool(_PsycopgStats, AsyncPool):
             finally:
                 with suppress(Exception):
                     await conn.set_autocommit(False)
+
+    @property
+    def closed(self) -> bool:
+        """True if the pool is closed, or not open yet."""
+        return bool(self._core.closed) or not self._opened
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
