@@ -37,7 +37,6 @@ NO_EXTENSIONS = (
     or _REQUESTED == "python"
 ) and _REQUESTED != "native"
 
-CORE: str
 if TYPE_CHECKING:  # the Python core is the type source
     from ._corepool_py import (
         BUSY,
@@ -53,57 +52,24 @@ if TYPE_CHECKING:  # the Python core is the type source
         PoolBase,
         WaiterTicket,
     )
-elif NO_EXTENSIONS:
-    from ._corepool_py import (
-        BUSY,
-        CHECK,
-        CREATING,
-        EMPTY,
-        IDLE,
-        MAX_SIZE,
-        OK,
-        REASONS,
-        RESERVED,
-        CorePool,
-        PoolBase,
-        WaiterTicket,
-    )
 
-    CORE = "python"
+    CORE: str
 else:
-    try:
-        from ._corepool import (
-            BUSY,
-            CHECK,
-            CREATING,
-            EMPTY,
-            IDLE,
-            MAX_SIZE,
-            OK,
-            REASONS,
-            RESERVED,
-            CorePool,
-            PoolBase,
-            WaiterTicket,
-        )
 
-        CORE = "native"
-    except ImportError:
-        if _REQUESTED == "native":
-            raise
-        from ._corepool_py import (
-            BUSY,
-            CHECK,
-            CREATING,
-            EMPTY,
-            IDLE,
-            MAX_SIZE,
-            OK,
-            REASONS,
-            RESERVED,
-            CorePool,
-            PoolBase,
-            WaiterTicket,
-        )
+    def _load():
+        if NO_EXTENSIONS:
+            from . import _corepool_py
 
-        CORE = "python"
+            return _corepool_py, "python"
+        try:
+            from . import _corepool
+        except ImportError:
+            if _REQUESTED == "native":
+                raise
+            from . import _corepool_py
+
+            return _corepool_py, "python"
+        return _corepool, "native"
+
+    _impl, CORE = _load()
+    globals().update({name: getattr(_impl, name) for name in __all__ if name != "CORE"})
