@@ -156,6 +156,28 @@ class Settings:
         self.reconnect_failed = _hook("reconnect_failed", reconnect_failed)
 
 
+def make_core(
+    settings: Settings,
+    core_module: Any,
+    on_wait: Callable[[], object],
+    on_abandon: Callable[[int], object],
+) -> Any:
+    """The core of a pool (sync or async): sizes, reuse order and the
+    thresholds of the hot-path verdicts, from the settings."""
+    core = core_module.CorePool(
+        settings.max_size,
+        max_waiting=settings.max_waiting,
+        lifo=settings.lifo,
+        on_wait=on_wait,
+        on_abandon=on_abandon,
+    )
+    core.max_idle = settings.max_idle
+    core.min_size = settings.min_size
+    core.max_uses = settings.max_uses
+    core.check_after = None if settings.check is False else settings.check_after
+    return core
+
+
 class Policy:
     """Decisions and counters shared by the sync and async pools."""
 

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from . import _core
-from ._policy import Policy, Settings, check_sizes
+from ._policy import Policy, Settings, check_sizes, make_core
 from .errors import ConfigurationError, PoolClosed, PoolError, PoolTimeout
 from .pool import _core_name, _maintenance_interval
 
@@ -146,18 +146,7 @@ class AsyncPool:
             reconnect_failed=reconnect_failed,
         )
         core_module = _core if _core is not None else _core_module()
-        core = core_module.CorePool(
-            settings.max_size,
-            max_waiting=settings.max_waiting,
-            lifo=settings.lifo,
-            on_wait=self._on_wait,
-            on_abandon=self._on_abandon,
-        )
-        core.max_idle = settings.max_idle
-        core.min_size = settings.min_size
-        core.max_uses = settings.max_uses
-        core.check_after = None if settings.check is False else settings.check_after
-        self._core = core
+        self._core = core = make_core(settings, core_module, self._on_wait, self._on_abandon)
         self._log = logging.getLogger("pypool")
         self._policy = Policy(settings, core, self._log)
         self._reset_plan: Any = None if settings.reset in (None, False) else settings.reset

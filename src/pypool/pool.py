@@ -35,7 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core, stats
-from ._policy import Policy, Settings, check_sizes
+from ._policy import Policy, Settings, check_sizes, make_core
 from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolTimeout
 
 __all__ = ["EVENTS", "Pool"]
@@ -129,17 +129,7 @@ class _PoolMethods:
         )
         core_module = _module_of(type(self))
         self._fresh_threading()
-        core = core_module.CorePool(
-            settings.max_size,
-            max_waiting=settings.max_waiting,
-            lifo=settings.lifo,
-            on_wait=self._on_wait,
-            on_abandon=self._on_abandon,
-        )
-        core.max_idle = settings.max_idle
-        core.min_size = settings.min_size
-        core.max_uses = settings.max_uses
-        core.check_after = None if settings.check is False else settings.check_after
+        core = make_core(settings, core_module, self._on_wait, self._on_abandon)
         core_module.PoolBase.__init__(self, core, settings.timeout, None)
         self._settings = settings
         self._log = logging.getLogger(self._logger_name)

@@ -315,13 +315,44 @@ def _psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
 
 
 class _PsycopgStats:
-    """psycopg_pool's statistics, from pypool's."""
+    """What psycopg_pool's sync and async pools share: their public
+    attributes and their statistics, from pypool's."""
 
     _core: Any
     _policy: Any
     _null = False
     _max_size_asked = 0
     _stats_base: dict[str, int]
+
+    def _remember(
+        self,
+        conninfo: Any,
+        connection_class: type,
+        kwargs: Any,
+        min_size: int,
+        max_size: int | None,
+        configure: Any,
+        close_returns: bool,
+        reconnect_timeout: float,
+        num_workers: int,
+        max_lifetime: float,
+        max_idle: float,
+    ) -> int:
+        """Checks the sizes by psycopg_pool's rules and keeps psycopg_pool's
+        public attributes; returns the max_size to give the core (a null
+        pool without a limit gets the core's largest)."""
+        _, max_size = _check_sizes(min_size, max_size, self._null)
+        self._max_size_asked = max_size
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.connection_class = connection_class
+        self.close_returns = close_returns
+        self.reconnect_timeout = reconnect_timeout
+        self.num_workers = num_workers
+        self.max_lifetime = max_lifetime
+        self.max_idle = max_idle
+        self._user_configure = configure
+        return _core.MAX_SIZE if self._null and max_size == 0 else max_size
 
     def _measures(self) -> dict[str, int]:
         s = _PoolMethods.stats(self)  # type: ignore[arg-type]
@@ -414,19 +445,10 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         num_workers: int = 3,
         **options: Any,
     ) -> None:
-        min_size, max_size = _check_sizes(min_size, max_size, self._null)
-        self._max_size_asked = max_size
-        if self._null and max_size == 0:
-            max_size = _core.MAX_SIZE  # a null pool without a limit
-        self.conninfo = conninfo
-        self.kwargs = kwargs
-        self.connection_class = connection_class
-        self.close_returns = close_returns
-        self.reconnect_timeout = reconnect_timeout
-        self.num_workers = num_workers
-        self.max_lifetime = max_lifetime
-        self.max_idle = max_idle
-        self._user_configure = configure
+        max_size = self._remember(
+            conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
+            reconnect_timeout, num_workers, max_lifetime, max_idle,
+        )  # fmt: skip
         factory = _Connect(conninfo, connection_class, kwargs)
         super().__init__(
             factory,
@@ -848,19 +870,10 @@ class AsyncConnectionPool(_PsycopgStats, AsyncPool):
         num_workers: int = 3,
         **options: Any,
     ) -> None:
-        min_size, max_size = _check_sizes(min_size, max_size, self._null)
-        self._max_size_asked = max_size
-        if self._null and max_size == 0:
-            max_size = _core.MAX_SIZE
-        self.conninfo = conninfo
-        self.kwargs = kwargs
-        self.connection_class = connection_class
-        self.close_returns = close_returns
-        self.reconnect_timeout = reconnect_timeout
-        self.num_workers = num_workers
-        self.max_lifetime = max_lifetime
-        self.max_idle = max_idle
-        self._user_configure = configure
+        max_size = self._remember(
+            conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
+            reconnect_timeout, num_workers, max_lifetime, max_idle,
+        )  # fmt: skip
         factory = _AsyncConnect(conninfo, connection_class, kwargs)
         super().__init__(
             factory,
