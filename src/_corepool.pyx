@@ -36,6 +36,7 @@
 
 cimport cython
 from cpython.object cimport PyObject, PyTypeObject, traverseproc, visitproc
+from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
 from cpython.weakref cimport PyWeakref_NewRef
 
@@ -1423,7 +1424,7 @@ cdef class _Lease:
         conn = self._conn
         self._conn = None
         if conn is not None:
-            self._pool._release(conn)
+            self._pool._release(conn, False)
 
 
 cdef class PoolBase:
@@ -1456,6 +1457,8 @@ cdef class PoolBase:
     cdef object _reset_name
     cdef object _reset_fn
     cdef bint _observe
+    cdef unsigned long _thread
+    cdef public object _unchecked
 
     def __init__(self, CorePool core, timeout=30.0, reset=None):
         self._core = core
@@ -1463,8 +1466,14 @@ cdef class PoolBase:
         self._reset_name = None
         self._reset_fn = None
         self._observe = False
+        self._thread = 0
+        self._unchecked = None
         self._set_timeout(timeout)
         self._set_reset(reset)
+
+    def _set_thread(self, ident):
+        """``_take()`` serves calls from thread ``ident`` only (0: none)."""
+        self._thread = ident
 
     def _set_timeout(self, timeout):
         cdef double wait_for = _check_timeout(timeout)
@@ -1562,35 +1571,90 @@ cdef class PoolBase:
         Raises :class:`NotBorrowed` (changing nothing) for a connection not
         borrowed from this pool, or given back already.
         """
-        self._release(conn)
+        self._release(conn, False)
 
-    cdef int _release(self, object conn) except -1:
+    # The non-blocking halves of acquire() and release(), for pools whose
+    # callers must not block (asyncio tasks): the policy layer waits, checks
+    # and awaits resets itself, and calls these for everything else.
+
+    def _take(self):
+        """A connection that may go out at once, or None.
+
+        None when nothing is idle, the pool is closed, the call is not on the
+        thread given to ``_set_thread``, or the connection taken needs a
+        check first: that one is set aside in ``_unchecked`` for the
+        caller's slow path, which checks it and hands it out or rejects it.
+        A connection the verdicts retire goes to ``_rejected`` and the next
+        idle one is tried.
+        """
+        cdef CorePool core = self._core
+        cdef uint32_t i
+        cdef int verdict
+        if self._thread != PyThread_get_thread_ident() or self._unchecked is not None:
+            return None
+        while not core._closed:
+            i = pfl_pop(core.fl)
+            if i == PFL_NIL:
+                return None
+            conn = core._take(i)
+            verdict = core._verdict(i, True, core._slot(i).checked_out)
+            if verdict == _OK:
+                if self._observe:
+                    self._checked_out(conn)
+                return conn
+            if verdict == _CHECK:
+                self._unchecked = conn
+                return None
+            core.discard(conn)
+            self._rejected(conn, verdict, None)
+        return None
+
+    @cython.always_allow_keywords(False)
+    def _give(self, conn, /):
+        """:meth:`release`, except that a reset returning something (an
+        awaitable) is not waited for: it is returned, and the caller awaits
+        it, then calls ``_give_back(conn)``. None when the connection is
+        back in the pool, or retired."""
+        return self._release(conn, True)
+
+    @cython.always_allow_keywords(False)
+    def _give_back(self, conn, /):
+        """The end of a release whose reset the caller awaited."""
+        cdef CorePool core = self._core
+        self._return(conn, core._slot_of_borrowed(conn))
+
+    cdef object _release(self, object conn, bint defer):
         cdef CorePool core = self._core
         cdef uint32_t i = _map_get(&core.where, <uintptr_t><PyObject *>conn)
-        cdef int verdict
-        cdef int64_t now
         if i == PFL_NIL or pfl_state(core.fl, i) != PFL_BUSY:
             i = core._slot_of_borrowed(conn)  # raises with the right message
         if core._closed:
             core._empty(i, PFL_BUSY)
             self._retire(conn, _CLOSED_POOL, None)
-            return 0
+            return None
         if self._observe:
             self._checking_in(conn)
         if self._reset_name is not None or self._reset_fn is not None:
             try:
                 if self._reset_fn is not None:
-                    self._reset_fn(conn)
+                    result = self._reset_fn(conn)
                 else:
-                    PyObject_CallMethodNoArgs(conn, self._reset_name)
+                    result = PyObject_CallMethodNoArgs(conn, self._reset_name)
             except BaseException as exc:
                 core.discard(conn)
                 self._retire(conn, _RESET_FAILED, exc)
                 if not isinstance(exc, Exception):
                     raise
-                return 0
-        now = pfl_now_ns()
-        verdict = core._verdict(i, False, now)
+                return None
+            if defer and result is not None:
+                return result
+        self._return(conn, i)
+        return None
+
+    cdef int _return(self, object conn, uint32_t i) except -1:
+        cdef CorePool core = self._core
+        cdef int64_t now = pfl_now_ns()
+        cdef int verdict = core._verdict(i, False, now)
         if verdict != _OK:
             core.discard(conn)
             self._retire(conn, verdict, None)

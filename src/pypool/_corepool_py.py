@@ -1138,8 +1138,14 @@ class PoolBase:
         self._reset_name: str | None = None
         self._reset_fn: Callable[[Any], object] | None = None
         self._observe = False
+        self._thread = 0
+        self._unchecked: Any = None
         self._set_timeout(timeout)
         self._set_reset(reset)
+
+    def _set_thread(self, ident: int) -> None:
+        """``_take()`` serves calls from thread ``ident`` only (0: none)."""
+        self._thread = ident
 
     def _set_timeout(self, timeout: float) -> None:
         wait_for = _check_timeout(timeout)
@@ -1210,6 +1216,55 @@ class PoolBase:
         Raises :class:`NotBorrowed` (changing nothing) for a connection not
         borrowed from this pool, or given back already.
         """
+        self._release(conn, False)
+
+    # The non-blocking halves of acquire() and release(), for pools whose
+    # callers must not block (asyncio tasks): the policy layer waits, checks
+    # and awaits resets itself, and calls these for everything else.
+
+    def _take(self) -> Any:
+        """A connection that may go out at once, or None.
+
+        None when nothing is idle, the pool is closed, the call is not on the
+        thread given to ``_set_thread``, or the connection taken needs a
+        check first: that one is set aside in ``_unchecked`` for the
+        caller's slow path, which checks it and hands it out or rejects it.
+        A connection the verdicts retire goes to ``_rejected`` and the next
+        idle one is tried.
+        """
+        if self._thread != _thread.get_ident() or self._unchecked is not None:
+            return None
+        core = self._core
+        while True:
+            try:
+                conn = core.try_acquire()
+            except PoolClosed:
+                return None
+            if conn is None:
+                return None
+            verdict = core.verdict(core.slot_of(conn), True)
+            if verdict == OK:
+                if self._observe:
+                    self._checked_out(conn)
+                return conn
+            if verdict == CHECK:
+                self._unchecked = conn
+                return None
+            core.discard(conn)
+            self._rejected(conn, verdict, None)
+
+    def _give(self, conn: Any, /) -> Any:
+        """:meth:`release`, except that a reset returning something (an
+        awaitable) is not waited for: it is returned, and the caller awaits
+        it, then calls ``_give_back(conn)``. None when the connection is
+        back in the pool, or retired."""
+        return self._release(conn, True)
+
+    def _give_back(self, conn: Any, /) -> None:
+        """The end of a release whose reset the caller awaited."""
+        self._return(conn, self._core.slot_of(conn))
+
+    def _release(self, conn: Any, defer: bool) -> Any:
         core = self._core
         with core._mutex:
             index = core._slot_of_borrowed(conn).index
@@ -1217,21 +1272,28 @@ class PoolBase:
         if closed:
             core.release(conn)
             self._retire(conn, CLOSED, None)
-            return
+            return None
         if self._observe:
             self._checking_in(conn)
         if self._reset_name is not None or self._reset_fn is not None:
             try:
                 if self._reset_fn is not None:
-                    self._reset_fn(conn)
+                    result = self._reset_fn(conn)
                 else:
-                    getattr(conn, self._reset_name)()  # type: ignore[arg-type]
+                    result = getattr(conn, self._reset_name)()  # type: ignore[arg-type]
             except BaseException as exc:
                 core.discard(conn)
                 self._retire(conn, RESET_FAILED, exc)
                 if not isinstance(exc, Exception):
                     raise
-                return
+                return None
+            if defer and result is not None:
+                return result
+        self._return(conn, index)
+        return None
+
+    def _return(self, conn: Any, index: int) -> None:
+        core = self._core
         verdict = core.verdict(index, False)
         if verdict != OK:
             core.discard(conn)
