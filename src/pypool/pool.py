@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -31,7 +32,7 @@ import time
 import traceback
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core, stats
@@ -58,105 +59,41 @@ EVENTS = {
 _live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-class _PoolMethods:
-    """Everything of Pool but the hot path, which comes from PoolBase."""
+class _PoolShared:
+    """What the thread pool and the asyncio pool share: their settings,
+    statistics, events, leak reports, and the choices of maintenance (which
+    connections are due); each does its own I/O and waiting."""
 
     _core: Any
     _policy: Policy
     _settings: Settings
+    _log: logging.Logger
+    _leases: dict[int, list[Any]]  # slot -> [checked_out, stack, reported]
+    _last_check: dict[int, float]  # slot -> last keepalive check
     #: The logger a pool logs to (driver-compatible pools use the driver's).
     _logger_name = "pypool"
 
-    if TYPE_CHECKING:  # the hot path, from the core's PoolBase
+    if TYPE_CHECKING:  # from the core's PoolBase, and from each pool
 
-        def acquire(self, timeout: float | None = None) -> Any: ...
-        def release(self, conn: Any, /) -> None: ...
         def _set_observe(self, observe: bool) -> None: ...
         def _set_reset(self, reset: Any) -> None: ...
-        def _set_timeout(self, timeout: float) -> None: ...
+        def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None: ...
+        def _wake_workers(self) -> None: ...
 
-    def __init__(
-        self,
-        factory: Any,
-        *,
-        adapter: Any = None,
-        min_size: int = 0,
-        max_size: int = 10,
-        timeout: float = 30.0,
-        max_waiting: int = 0,
-        max_lifetime: float | None = 3600.0,
-        max_idle: float | None = 600.0,
-        max_uses: int = 0,
-        check: Any = None,
-        check_after: float | None = 1.0,
-        reset: Any = None,
-        configure: Any = None,
-        num_workers: int = 2,
-        name: str | None = None,
-        lifo: bool = True,
-        leak_timeout: float | None = None,
-        keepalive: float | None = 240.0,
-        reconnect_timeout: float = 300.0,
-        reconnect_failed: Callable[[Any], object] | None = None,
-        _core: types.ModuleType | None = None,
-        _defer_open: bool = False,
-    ) -> None:
-        if adapter is None:
-            from . import dbapi
-
-            adapter = dbapi
-        settings = Settings(
-            factory,
-            adapter=adapter,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            max_uses=max_uses,
-            check=check,
-            check_after=check_after,
-            reset=reset,
-            configure=configure,
-            num_workers=num_workers,
-            name=name,
-            lifo=lifo,
-            leak_timeout=leak_timeout,
-            keepalive=keepalive,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=reconnect_failed,
-        )
-        core_module = _module_of(type(self))
-        self._fresh_threading()
-        core = make_core(settings, core_module, self._on_wait, self._on_abandon)
-        core_module.PoolBase.__init__(self, core, settings.timeout, None)
+    def _adopt(self, settings: Settings, core: Any) -> None:
+        """The part of ``__init__`` both pools share, once their PoolBase
+        holds ``core``."""
         self._settings = settings
         self._log = logging.getLogger(self._logger_name)
         self._policy = Policy(settings, core, self._log)
         self._reset_plan: Any = None if settings.reset in (None, False) else settings.reset
         self._reset_known = settings.reset is not None
-        self._check_takes_timeout = _accepts_timeout(settings.adapter.check)
         self._listeners: dict[str, list[Callable[..., object]]] = {e: [] for e in EVENTS}
         self._leaks = 0
+        self._leases = {}
+        self._last_check = {}
         self._interval = _maintenance_interval(settings)
         self._apply_hot_path()
-        _live_pools.add(self)
-        if settings.min_size and not _defer_open:
-            self.open()
-
-    def _fresh_threading(self) -> None:
-        """The pool's threads and locks, new (at creation and in a forked
-        child, where the parent's threads do not exist)."""
-        self._lock = threading.Lock()  # lifecycle: open, close
-        self._wake = threading.Condition(threading.Lock())  # connect workers sleep here
-        self._ready = threading.Condition(threading.Lock())  # wait() sleeps here
-        self._stop = threading.Event()  # the maintenance thread sleeps here
-        self._threads: list[threading.Thread] = []
-        self._started = False
-        self._closing = False
-        self._leases: dict[int, list[Any]] = {}  # slot -> [checked_out, stack, reported]
-        self._last_check: dict[int, float] = {}  # slot -> last keepalive check
 
     # ----------------------------------------------------------- properties
 
@@ -239,6 +176,302 @@ class _PoolMethods:
             stats.LEAKS: self._leaks,
             stats.CORE: self.core,
         }
+
+    def invalidate(self) -> None:
+        """Marks every connection made before now for replacement at its next
+        hand-out or return (for example after the database restarted)."""
+        self._core.advance_generation()
+
+    # ------------------------------------------------------------ events
+
+    def add_listener(self, event: str, listener: Callable[..., object]) -> None:
+        """Calls ``listener(pool, ...)`` on ``event`` (see :data:`EVENTS`).
+        An exception in a listener is logged and never breaks the pool.
+        Checkout and checkin listeners put Python code on the hot path."""
+        if event not in EVENTS:
+            raise ConfigurationError(f"unknown event {event!r}: one of {', '.join(EVENTS)}")
+        if not callable(listener):
+            raise ConfigurationError("listener must be callable")
+        if inspect.iscoroutinefunction(listener):
+            raise ConfigurationError(
+                "listeners are called synchronously, on the pool's hot path: a coroutine "
+                "function cannot be one (start a task from a plain function instead)"
+            )
+        self._listeners[event].append(listener)
+        self._apply_hot_path()
+
+    def remove_listener(self, event: str, listener: Callable[..., object]) -> None:
+        if event not in EVENTS:
+            raise ConfigurationError(f"unknown event {event!r}: one of {', '.join(EVENTS)}")
+        try:
+            self._listeners[event].remove(listener)
+        except ValueError:
+            raise ConfigurationError(f"{listener!r} does not listen to {event!r}") from None
+        self._apply_hot_path()
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for listener in self._listeners[event]:
+            try:
+                listener(self, *args)
+            except Exception:
+                self._log.exception("pool %r: %s listener %r failed", self.name, event, listener)
+
+    def _apply_hot_path(self) -> None:
+        """Puts Python hooks on the hot path only when something needs them."""
+        listeners = self._listeners
+        self._set_observe(
+            self._settings.leak_timeout is not None
+            or bool(listeners["checkout"])
+            or bool(listeners["checkin"])
+        )
+        plan = self._reset_plan
+        if plan is not None and listeners["reset"]:
+            inner = plan
+
+            def reset_and_tell(conn: Any) -> Any:
+                result = getattr(conn, inner)() if isinstance(inner, str) else inner(conn)
+                if result is not None and inspect.isawaitable(result):
+                    return _then_emit(result, self, "reset", conn)  # an async reset
+                self._emit("reset", conn)
+                return None
+
+            plan = reset_and_tell
+        self._set_reset(plan)
+
+    # ------------------------------------------------------------- hooks
+
+    def _checked_out(self, conn: Any) -> None:
+        if self._settings.leak_timeout is not None:
+            core = self._core
+            slot = core.slot_of(conn)
+            self._leases[slot] = [core.slot_info(slot)[2], _caller_stack(), False]
+        if self._listeners["checkout"]:
+            self._emit("checkout", conn)
+
+    def _checking_in(self, conn: Any) -> None:
+        if self._leases:
+            self._leases.pop(self._core.slot_of(conn), None)
+        if self._listeners["checkin"]:
+            self._emit("checkin", conn)
+
+    def _failed(self, exc: Exception, timeout: float) -> BaseException:
+        if isinstance(exc, PoolTimeout):
+            return self._policy.timeout_error(exc, timeout)
+        return exc
+
+    def _rejected(self, conn: Any, reason: int, exc: BaseException | None) -> None:
+        self._policy.rejected += 1
+        if exc is not None:
+            self._policy.check_failed(exc)
+        self._retire(conn, reason, exc)
+
+    def _on_abandon(self, slot: int) -> None:
+        self._leases.pop(slot, None)
+        self._policy.retired_one("abandoned", None)
+        self._log.warning(
+            "pool %r: a borrowed connection was garbage-collected without being "
+            "returned (slot %d); give connections back with release(), or use "
+            "connection()",
+            self.name,
+            slot,
+        )
+        self._emit("abandon", slot)
+        self._wake_workers()
+
+    def _reconnect_failed(self) -> None:
+        self._log.error(
+            "pool %r: could not connect for %.1f s (reconnect_timeout); still trying",
+            self.name,
+            self._settings.reconnect_timeout,
+        )
+        callback = self._settings.reconnect_failed
+        if callback is not None:
+            try:
+                callback(self)
+            except Exception:
+                self._log.exception("pool %r: reconnect_failed callback failed", self.name)
+        self._emit("reconnect_failed")
+
+    # -------------------------------------------------- maintenance choices
+
+    def _claim_idle(self, due: Callable[[tuple[Any, ...]], bool], keep: int) -> Iterator[Any]:
+        """Claims and retires, one at a time, the idle connections for which
+        ``due(slot_info)`` holds, the longest idle first, while more than
+        ``keep`` are open; yields each for the caller to close. Borrowers
+        keep taking the others meanwhile."""
+        core = self._core
+        infos = [(i, core.slot_info(i)) for i in core.slots(_core.IDLE)]
+        for index, info in sorted(infos, key=lambda item: item[1][3]):
+            if core.size <= keep:
+                return
+            if not due(info):
+                continue
+            conn = core.claim(index)
+            if conn is not None:
+                core.retire(index)
+                yield conn
+
+    def _expiring(self, now: float) -> tuple[int, list[int]]:
+        """For the replacement of connections close to the end of their
+        lifetime, so that their retirement never takes the pool below
+        ``min_size``: how many replacements to connect first (as many as the
+        expiring ones, idle or borrowed, would leave missing below
+        ``min_size``; a borrowed one is retired at its return), and the idle
+        expiring slots, the nearest expiry first."""
+        core = self._core
+        life = self._settings.max_lifetime
+        assert life is not None
+        lead = min(60.0, 0.1 * life) + 2 * self._interval
+        expiring = [
+            (i, info)
+            for i, info in ((i, core.slot_info(i)) for i in core.slots())
+            if info[0] in (_core.IDLE, _core.BUSY) and info[6] and info[6] - now <= lead
+        ]
+        # Only what the expiring ones will take away: refilling an empty or
+        # failing pool is the connect workers' job (with their backoff).
+        deficit = min(len(expiring), self._policy.min_size - (core.size - len(expiring)))
+        idle = sorted(
+            ((i, info) for i, info in expiring if info[0] == _core.IDLE),
+            key=lambda item: item[1][6],
+        )
+        return deficit, [i for i, _info in idle]
+
+    def _due_for_keepalive(self, now: float) -> Iterator[tuple[int, Any]]:
+        """Claims, one at a time, the idle connections unused for
+        ``keepalive`` seconds, for the caller to check and then hand to
+        :meth:`_kept_alive`."""
+        core = self._core
+        keepalive = self._settings.keepalive
+        assert keepalive is not None
+        for index in core.slots(_core.IDLE):
+            info = core.slot_info(index)
+            if now - max(info[3], self._last_check.get(index, 0.0)) < keepalive:
+                continue
+            conn = core.claim(index)
+            if conn is not None:
+                yield index, conn
+
+    def _kept_alive(self, index: int, failure: BaseException | None) -> str | None:
+        """Puts back a connection that passed its keepalive check, or retires
+        one that failed it; the reason to close it with, or None."""
+        core = self._core
+        if failure is None:
+            self._last_check[index] = core.now()
+            return None if core.restore(index) else "closed"
+        core.retire(index)
+        self._last_check.pop(index, None)
+        return "check"
+
+    def _report_leaks(self, now: float) -> None:
+        core = self._core
+        leak_timeout = self._settings.leak_timeout
+        assert leak_timeout is not None
+        for slot, lease in list(self._leases.items()):
+            checked_out, stack, reported = lease
+            info = core.slot_info(slot)
+            if info[0] != _core.BUSY or info[2] != checked_out:
+                self._leases.pop(slot, None)  # returned or lost meanwhile
+                continue
+            held = now - checked_out
+            if reported or held < leak_timeout:
+                continue
+            lease[2] = True
+            self._leaks += 1
+            where = "".join(traceback.format_list(stack))
+            self._log.warning(
+                "pool %r: a connection has been borrowed for %.1f s (leak_timeout %.1f s); "
+                "it was taken at:\n%s",
+                self.name,
+                held,
+                leak_timeout,
+                where,
+            )
+            self._emit("leak", {"slot": slot, "held": held, "stack": stack})
+
+
+class _PoolMethods(_PoolShared):
+    """Everything of Pool but the hot path, which comes from PoolBase."""
+
+    if TYPE_CHECKING:  # the hot path, from the core's PoolBase
+
+        def acquire(self, timeout: float | None = None) -> Any: ...
+        def release(self, conn: Any, /) -> None: ...
+        def _set_timeout(self, timeout: float) -> None: ...
+
+    def __init__(
+        self,
+        factory: Any,
+        *,
+        adapter: Any = None,
+        min_size: int = 0,
+        max_size: int = 10,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float | None = 3600.0,
+        max_idle: float | None = 600.0,
+        max_uses: int = 0,
+        check: Any = None,
+        check_after: float | None = 1.0,
+        reset: Any = None,
+        configure: Any = None,
+        num_workers: int = 2,
+        name: str | None = None,
+        lifo: bool = True,
+        leak_timeout: float | None = None,
+        keepalive: float | None = 240.0,
+        reconnect_timeout: float = 300.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
+        _core: types.ModuleType | None = None,
+        _defer_open: bool = False,
+    ) -> None:
+        if adapter is None:
+            from . import dbapi
+
+            adapter = dbapi
+        settings = Settings(
+            factory,
+            adapter=adapter,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            max_uses=max_uses,
+            check=check,
+            check_after=check_after,
+            reset=reset,
+            configure=configure,
+            num_workers=num_workers,
+            name=name,
+            lifo=lifo,
+            leak_timeout=leak_timeout,
+            keepalive=keepalive,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+        )
+        core_module = _module_of(type(self))
+        self._fresh_threading()
+        core = make_core(settings, core_module, self._on_wait, self._on_abandon)
+        core_module.PoolBase.__init__(self, core, settings.timeout, None)
+        self._check_takes_timeout = _accepts_timeout(settings.adapter.check)
+        self._adopt(settings, core)
+        _live_pools.add(self)
+        if settings.min_size and not _defer_open:
+            self.open()
+
+    def _fresh_threading(self) -> None:
+        """The pool's threads and locks, new (at creation and in a forked
+        child, where the parent's threads do not exist)."""
+        self._lock = threading.Lock()  # lifecycle: open, close
+        self._wake = threading.Condition(threading.Lock())  # connect workers sleep here
+        self._ready = threading.Condition(threading.Lock())  # wait() sleeps here
+        self._stop = threading.Event()  # the maintenance thread sleeps here
+        self._threads: list[threading.Thread] = []
+        self._started = False
+        self._closing = False
+        self._leases: dict[int, list[Any]] = {}  # slot -> [checked_out, stack, reported]
+        self._last_check: dict[int, float] = {}  # slot -> last keepalive check
 
     # ------------------------------------------------------------ lifecycle
 
@@ -359,7 +592,8 @@ class _PoolMethods:
         self._core.max_size = hi
         self._core.min_size = lo
         self._policy.min_size = lo
-        self._retire_idle(lambda info: True, "shrunk", keep=hi)
+        for conn in self._claim_idle(lambda info: True, keep=hi):
+            self._close_connection(conn, "shrunk", None)
         if lo:
             self.open()
         self._wake_workers()
@@ -368,13 +602,9 @@ class _PoolMethods:
         """Replaces every connection: idle ones now, borrowed ones when they
         are returned. New ones are made as needed (and up to ``min_size``)."""
         generation = self._core.advance_generation()
-        self._retire_idle(lambda info: info[5] < generation, "drained", keep=0)
+        for conn in self._claim_idle(lambda info: info[5] < generation, keep=0):
+            self._close_connection(conn, "drained", None)
         self._wake_workers()
-
-    def invalidate(self) -> None:
-        """Marks every connection made before now for replacement at its next
-        hand-out or return (for example after the database restarted)."""
-        self._core.advance_generation()
 
     def discard(self, conn: Any, exc: BaseException | None = None) -> None:
         """Closes a borrowed connection you know is broken, instead of giving
@@ -444,57 +674,6 @@ class _PoolMethods:
             self._log.exception("pool %r: adapter.is_broken() failed", self.name)
             return True
 
-    # ------------------------------------------------------------ events
-
-    def add_listener(self, event: str, listener: Callable[..., object]) -> None:
-        """Calls ``listener(pool, ...)`` on ``event`` (see :data:`EVENTS`).
-        An exception in a listener is logged and never breaks the pool.
-        Checkout and checkin listeners put Python code on the hot path."""
-        if event not in EVENTS:
-            raise ConfigurationError(f"unknown event {event!r}: one of {', '.join(EVENTS)}")
-        if not callable(listener):
-            raise ConfigurationError("listener must be callable")
-        self._listeners[event].append(listener)
-        self._apply_hot_path()
-
-    def remove_listener(self, event: str, listener: Callable[..., object]) -> None:
-        if event not in EVENTS:
-            raise ConfigurationError(f"unknown event {event!r}: one of {', '.join(EVENTS)}")
-        try:
-            self._listeners[event].remove(listener)
-        except ValueError:
-            raise ConfigurationError(f"{listener!r} does not listen to {event!r}") from None
-        self._apply_hot_path()
-
-    def _emit(self, event: str, *args: Any) -> None:
-        for listener in self._listeners[event]:
-            try:
-                listener(self, *args)
-            except Exception:
-                self._log.exception("pool %r: %s listener %r failed", self.name, event, listener)
-
-    def _apply_hot_path(self) -> None:
-        """Puts Python hooks on the hot path only when something needs them."""
-        listeners = self._listeners
-        self._set_observe(
-            self._settings.leak_timeout is not None
-            or bool(listeners["checkout"])
-            or bool(listeners["checkin"])
-        )
-        plan = self._reset_plan
-        if plan is not None and listeners["reset"]:
-            inner = plan
-
-            def reset_and_tell(conn: Any) -> None:
-                if isinstance(inner, str):
-                    getattr(conn, inner)()
-                else:
-                    inner(conn)
-                self._emit("reset", conn)
-
-            plan = reset_and_tell
-        self._set_reset(plan)
-
     # ------------------------------------------------------------- hooks
 
     def _vet(self, conn: Any, timeout: float) -> BaseException | None:
@@ -514,51 +693,13 @@ class _PoolMethods:
             return exc
         return None
 
-    def _checked_out(self, conn: Any) -> None:
-        if self._settings.leak_timeout is not None:
-            core = self._core
-            slot = core.slot_of(conn)
-            self._leases[slot] = [core.slot_info(slot)[2], _caller_stack(), False]
-        if self._listeners["checkout"]:
-            self._emit("checkout", conn)
-
-    def _checking_in(self, conn: Any) -> None:
-        if self._leases:
-            self._leases.pop(self._core.slot_of(conn), None)
-        if self._listeners["checkin"]:
-            self._emit("checkin", conn)
-
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         self._close_connection(conn, _core.REASONS[reason], exc)
         self._wake_workers()
 
-    def _failed(self, exc: Exception, timeout: float) -> BaseException:
-        if isinstance(exc, PoolTimeout):
-            return self._policy.timeout_error(exc, timeout)
-        return exc
-
-    def _rejected(self, conn: Any, reason: int, exc: BaseException | None) -> None:
-        self._policy.rejected += 1
-        if exc is not None:
-            self._policy.check_failed(exc)
-        self._retire(conn, reason, exc)
-
     def _on_wait(self) -> None:
         if not self._started:
             self.open()
-        self._wake_workers()
-
-    def _on_abandon(self, slot: int) -> None:
-        self._leases.pop(slot, None)
-        self._policy.retired_one("abandoned", None)
-        self._log.warning(
-            "pool %r: a borrowed connection was garbage-collected without being "
-            "returned (slot %d); give connections back with release(), or use "
-            "connection()",
-            self.name,
-            slot,
-        )
-        self._emit("abandon", slot)
         self._wake_workers()
 
     # ----------------------------------------------------------- connects
@@ -602,20 +743,6 @@ class _PoolMethods:
         self._tell_ready()
         return True
 
-    def _reconnect_failed(self) -> None:
-        self._log.error(
-            "pool %r: could not connect for %.1f s (reconnect_timeout); still trying",
-            self.name,
-            self._settings.reconnect_timeout,
-        )
-        callback = self._settings.reconnect_failed
-        if callback is not None:
-            try:
-                callback(self)
-            except Exception:
-                self._log.exception("pool %r: reconnect_failed callback failed", self.name)
-        self._emit("reconnect_failed")
-
     def _tell_ready(self) -> None:
         with self._ready:
             self._ready.notify_all()
@@ -630,130 +757,46 @@ class _PoolMethods:
     def _maintain(self) -> None:
         """One pass of the maintenance thread."""
         settings = self._settings
-        core = self._core
-        now = core.now()
+        now = self._core.now()
         if settings.max_idle:
             max_idle = settings.max_idle
-            self._retire_idle(
-                lambda info: now - info[3] >= max_idle, "idle", keep=self._policy.min_size
-            )
+            for conn in self._claim_idle(
+                lambda info: now - info[3] >= max_idle, keep=self._policy.min_size
+            ):
+                self._close_connection(conn, "idle", None)
         if settings.max_lifetime is not None:
             self._replace_expiring(now)
         if settings.keepalive is not None:
-            self._keep_alive(now)
+            for index, conn in self._due_for_keepalive(now):
+                failure = self._vet(conn, min(settings.timeout, 10.0))
+                reason = self._kept_alive(index, failure)
+                if reason is not None:
+                    self._close_connection(conn, reason, failure)
         if settings.leak_timeout is not None:
             self._report_leaks(now)
         self._wake_workers()
 
-    def _retire_idle(self, due: Callable[[tuple[Any, ...]], bool], reason: str, keep: int) -> None:
-        """Closes idle connections for which ``due(slot_info)`` holds, the
-        longest idle first, while more than ``keep`` are open. Each is
-        claimed alone, so borrowers keep taking the others."""
-        core = self._core
-        infos = [(i, core.slot_info(i)) for i in core.slots(_core.IDLE)]
-        for index, info in sorted(infos, key=lambda item: item[1][3]):
-            if core.size <= keep:
-                break
-            if not due(info):
-                continue
-            conn = core.claim(index)
-            if conn is not None:
-                core.retire(index)
-                self._close_connection(conn, reason, None)
-
     def _replace_expiring(self, now: float) -> None:
-        """Replaces connections close to the end of their lifetime, so that
-        their retirement never takes the pool below ``min_size``.
-
-        First, as many replacements are connected as the expiring connections
-        (idle or borrowed: a borrowed one is retired at its return) would
-        otherwise leave missing below ``min_size``, where ``max_size`` leaves
-        room. Then idle expiring ones are retired, two a pass; when the pool
-        is full (``min_size == max_size``) it dips by one for one connect.
-        """
+        """Connects the replacements :meth:`_expiring` asks for, then retires
+        idle expiring connections, two a pass; when the pool is full
+        (``min_size == max_size``) it dips by one for one connect."""
         core = self._core
-        life = self._settings.max_lifetime
-        assert life is not None
-        lead = min(60.0, 0.1 * life) + 2 * self._interval
-        infos = [(i, core.slot_info(i)) for i in core.slots()]
-        expiring = [
-            (i, info)
-            for i, info in infos
-            if info[0] in (_core.IDLE, _core.BUSY) and info[6] and info[6] - now <= lead
-        ]
-        min_size = self._policy.min_size
-        # Only what the expiring ones will take away: refilling an empty or
-        # failing pool is the connect workers' job (with their backoff).
-        deficit = min(len(expiring), min_size - (core.size - len(expiring)))
+        deficit, idle = self._expiring(now)
         while deficit > 0 and core.size < core.max_size:
             slot = core.reserve()
             if slot is None or not self._connect_into(slot):
                 return  # the database is away: keep the old ones meanwhile
             deficit -= 1
-        idle = sorted(
-            ((i, info) for i, info in expiring if info[0] == _core.IDLE),
-            key=lambda item: item[1][6],
-        )
-        for index, _info in idle[:2]:
+        for index in idle[:2]:
             conn = core.claim(index)
             if conn is None:
                 continue  # borrowed meanwhile: retired at its return or next hand-out
             core.retire(index)
             self._close_connection(conn, "expired", None)
-            if core.size < min_size or core.waiting:
+            if core.size < self._policy.min_size or core.waiting:
                 slot = core.reserve()
                 if slot is not None:
                     self._connect_into(slot)
-
-    def _keep_alive(self, now: float) -> None:
-        """Checks idle connections unused for ``keepalive`` seconds, so that a
-        firewall or a server idle timeout does not cut them silently."""
-        core = self._core
-        keepalive = self._settings.keepalive
-        assert keepalive is not None
-        for index in core.slots(_core.IDLE):
-            info = core.slot_info(index)
-            last = max(info[3], self._last_check.get(index, 0.0))
-            if now - last < keepalive:
-                continue
-            conn = core.claim(index)
-            if conn is None:
-                continue
-            failure = self._vet(conn, min(self._settings.timeout, 10.0))
-            if failure is None:
-                self._last_check[index] = core.now()
-                if not core.restore(index):
-                    self._close_connection(conn, "closed", None)
-            else:
-                core.retire(index)
-                self._last_check.pop(index, None)
-                self._close_connection(conn, "check", failure)
-
-    def _report_leaks(self, now: float) -> None:
-        core = self._core
-        leak_timeout = self._settings.leak_timeout
-        assert leak_timeout is not None
-        for slot, lease in list(self._leases.items()):
-            checked_out, stack, reported = lease
-            info = core.slot_info(slot)
-            if info[0] != _core.BUSY or info[2] != checked_out:
-                self._leases.pop(slot, None)  # returned or lost meanwhile
-                continue
-            held = now - checked_out
-            if reported or held < leak_timeout:
-                continue
-            lease[2] = True
-            self._leaks += 1
-            where = "".join(traceback.format_list(stack))
-            self._log.warning(
-                "pool %r: a connection has been borrowed for %.1f s (leak_timeout %.1f s); "
-                "it was taken at:\n%s",
-                self.name,
-                held,
-                leak_timeout,
-                where,
-            )
-            self._emit("leak", {"slot": slot, "held": held, "stack": stack})
 
     # --------------------------------------------------------------- fork
 
@@ -826,9 +869,13 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
             return
 
 
-def _accepts_timeout(check: Callable[..., object]) -> bool:
-    import inspect
+async def _then_emit(reset: Awaitable[Any], pool: _PoolShared, event: str, conn: Any) -> None:
+    """An async reset, then its event (only once it succeeded)."""
+    await reset
+    pool._emit(event, conn)
 
+
+def _accepts_timeout(check: Callable[..., object]) -> bool:
     try:
         return "timeout" in inspect.signature(check).parameters
     except (TypeError, ValueError):
@@ -929,7 +976,7 @@ def _new(cls: type, *args: Any, _core: types.ModuleType | None = None, **kwargs:
         self = other.__new__(other)  # type: ignore[call-overload]
         self.__init__(*args, **kwargs)
         return self
-    return super(_PoolMethods, cls).__new__(cls)  # type: ignore[misc]
+    return super(_PoolShared, cls).__new__(cls)  # type: ignore[misc]
 
 
 class Pool(_PoolMethods, _core.PoolBase):
