@@ -286,9 +286,7 @@ def select_round(request: pytest.FixtureRequest) -> Iterator[tuple[Loop, Callabl
 
 
 @pytest.mark.parametrize("select_round", [*POOLS, _param("queue")], indirect=True)
-def test_async_tasks_select_1(
-    benchmark: Any, select_round: tuple[Loop, Callable[[], Any]]
-) -> None:
+def test_async_tasks_select_1(benchmark: Any, select_round: tuple[Loop, Callable[[], Any]]) -> None:
     """TASKS tasks run ``SELECT 1`` per checkout on a pool of CONNECTIONS
     connections (or on CONNECTIONS connections passed around by a queue)."""
     loop, round_ = select_round

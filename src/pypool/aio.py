@@ -19,6 +19,12 @@ functions or plain ones. The pool binds to the event loop that opens it or
 first uses it; using it from another loop raises :class:`PoolError` at once
 rather than hanging.
 
+The hot path is the core's, as for :class:`pypool.Pool`: handing out an
+idle connection the verdicts pass (``PoolBase._take``) and taking one back
+(``PoolBase._give``) are one native call each; only waiting, checks, async
+resets, connects and closes run here. Maintenance, events, leak reports and
+statistics are :class:`pypool.Pool`'s (``pypool.pool._PoolShared``).
+
 Cancellation is safe: a task cancelled while waiting leaves the queue (a
 connection handed to it at that moment is passed on); one cancelled while it
 holds a connection inside ``async with pool.connection()`` gives it back;
@@ -31,19 +37,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import random
 import threading
 import time
 import types
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core
-from ._policy import Policy, Settings, check_sizes, make_core
+from ._policy import Settings, check_sizes, make_core
 from .errors import ConfigurationError, PoolClosed, PoolError, PoolTimeout
-from .pool import _core_name, _maintenance_interval
+from .pool import _module_of, _new, _PoolShared
 
 __all__ = ["AsyncPool"]
 
@@ -67,7 +72,7 @@ class _Lease:
 
     __slots__ = ("_conn", "_pool", "_timeout")
 
-    def __init__(self, pool: AsyncPool, timeout: float | None) -> None:
+    def __init__(self, pool: Any, timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
         self._conn: Any = None
@@ -75,30 +80,39 @@ class _Lease:
     async def __aenter__(self) -> Any:
         if self._conn is not None:
             raise PoolError("this connection() block is in use already")
-        self._conn = await self._pool.acquire(self._timeout)
-        return self._conn
+        pool = self._pool
+        conn = pool._take() if self._timeout is None else None
+        if conn is None:
+            conn = await pool._acquire_slow(self._timeout)
+        self._conn = conn
+        return conn
 
     async def __aexit__(self, *exc_info: object) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            # Not shielded (a task a call): release() does not suspend unless
-            # the reset must await, and a cancellation there discards the
-            # connection (its state unknown) rather than losing it.
-            await self._pool.release(conn)
+            # Not shielded (a task a call): the return does not suspend
+            # unless the reset must await, and a cancellation there discards
+            # the connection (its state unknown) rather than losing it.
+            pool = self._pool
+            if pool._closing:
+                await pool._release_closed(conn)
+                return
+            pending = pool._give(conn)
+            if pending is not None:
+                await pool._finish_reset(conn, pending)
 
 
-class AsyncPool:
-    """A pool of database connections for asyncio tasks.
+class _AsyncPoolMethods(_PoolShared):
+    """Everything of AsyncPool but the hot path, which comes from PoolBase."""
 
-    The settings are :class:`pypool.Pool`'s, with the same defaults and the
-    same meaning; ``factory`` (and ``configure``, ``check``, ``reset``) may be
-    coroutine functions. Borrow with ``async with pool.connection() as
-    conn:``, or ``await pool.acquire()`` and ``await pool.release(conn)``:
-    you must release every connection you acquire, or the pool runs dry.
-    ``adapter`` supplies the driver knowledge (``pypool.asyncpg`` for
-    asyncpg); without one, the pool resets with ``conn.rollback()``, checks
-    nothing it does not know how to and closes with ``conn.close()``.
-    """
+    if TYPE_CHECKING:  # from the core's PoolBase
+
+        def _take(self) -> Any: ...
+        def _give(self, conn: Any, /) -> Any: ...
+        def _give_back(self, conn: Any, /) -> None: ...
+        def _set_thread(self, ident: int) -> None: ...
+
+        _unchecked: Any
 
     def __init__(
         self,
@@ -119,13 +133,15 @@ class AsyncPool:
         num_workers: int = 2,
         name: str | None = None,
         lifo: bool = True,
+        leak_timeout: float | None = None,
+        keepalive: float | None = 240.0,
         reconnect_timeout: float = 300.0,
         reconnect_failed: Callable[[Any], object] | None = None,
         _core: types.ModuleType | None = None,
     ) -> None:
         if adapter is None:
             adapter = _GenericAsyncAdapter()
-        self._settings = settings = Settings(
+        settings = Settings(
             factory,
             adapter=adapter,
             min_size=min_size,
@@ -142,17 +158,15 @@ class AsyncPool:
             num_workers=num_workers,
             name=name,
             lifo=lifo,
+            leak_timeout=leak_timeout,
+            keepalive=keepalive,
             reconnect_timeout=reconnect_timeout,
             reconnect_failed=reconnect_failed,
         )
-        core_module = _core if _core is not None else _core_module()
-        self._core = core = make_core(settings, core_module, self._on_wait, self._on_abandon)
-        self._log = logging.getLogger("pypool")
-        self._policy = Policy(settings, core, self._log)
-        self._reset_plan: Any = None if settings.reset in (None, False) else settings.reset
-        self._reset_known = settings.reset is not None
-        self._leaks = 0
-        self._interval = _maintenance_interval(settings)
+        core_module = _module_of(type(self))
+        core = make_core(settings, core_module, self._on_wait, self._on_abandon)
+        core_module.PoolBase.__init__(self, core, settings.timeout, None)
+        self._adopt(settings, core)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._demand: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
@@ -161,29 +175,6 @@ class AsyncPool:
         self._closers: set[asyncio.Task[None]] = set()  # closes run in the background
         self._loop_thread = 0
         self._closing = False
-
-    # ------------------------------------------------------------ properties
-
-    name = property(lambda self: self._settings.name)
-    timeout = property(lambda self: self._settings.timeout)
-    min_size = property(lambda self: self._policy.min_size)
-    max_size = property(lambda self: int(self._core.max_size))
-    closed = property(lambda self: bool(self._core.closed))
-    size = property(lambda self: int(self._core.size))
-    idle = property(lambda self: int(self._core.idle))
-    in_use = property(lambda self: int(self._core.in_use))
-    waiting = property(lambda self: int(self._core.waiting))
-
-    @property
-    def core(self) -> str:
-        """Which core runs this pool: ``"native"`` or ``"python"``."""
-        return _core_name(type(self._core))
-
-    def stats(self) -> dict[str, Any]:
-        """The statistics :meth:`pypool.Pool.stats` returns, same names."""
-        from .pool import _PoolMethods
-
-        return _PoolMethods.stats(self)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------- lifecycle
 
@@ -200,6 +191,7 @@ class AsyncPool:
             raise PoolClosed(f"pool {self.name!r} is closed")
         self._loop = loop
         self._loop_thread = threading.get_ident()
+        self._set_thread(self._loop_thread)  # the hot path serves this thread only
         self._demand = asyncio.Event()
         self._stop = asyncio.Event()
         self._ready = asyncio.Condition()
@@ -218,6 +210,15 @@ class AsyncPool:
         )
         self._log.info("pool %r opened (%s core, asyncio)", self.name, self.core)
         self._wake_workers()
+
+    def _loop_ended(self) -> None:
+        """The pool's tasks were cancelled by their loop's shutdown (as
+        ``asyncio.run()`` does on exit), not by :meth:`close`: the hot path
+        stops serving, so that a use from the next loop on this thread gets
+        the slow path's clear error instead of a connection of the dead
+        loop."""
+        if not self._closing:
+            self._set_thread(0)
 
     async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
         """Starts the connect and maintenance tasks on the running loop (also
@@ -254,7 +255,12 @@ class AsyncPool:
         if self._closing:
             return
         self._closing = True
+        self._set_thread(0)
         idle = self._core.close()
+        unchecked, self._unchecked = self._unchecked, None
+        if unchecked is not None:
+            self._core.discard(unchecked)
+            idle.append(unchecked)
         if self._stop is not None:
             self._stop.set()
         for conn in idle:
@@ -268,7 +274,7 @@ class AsyncPool:
             await self._close_connection(conn, "closed", None)
         self._log.info("pool %r closed", self.name)
 
-    async def __aenter__(self) -> AsyncPool:
+    async def __aenter__(self) -> Any:
         await self.open()
         return self
 
@@ -284,20 +290,18 @@ class AsyncPool:
         raises :class:`PoolTimeout`; :class:`TooManyRequests` when the wait
         queue is full, :class:`PoolClosed` when the pool is closed.
         """
-        core = self._core
-        if self._loop is asyncio.get_running_loop() and not core.closed:
-            conn = core.try_acquire()
-            if conn is not None and core.verdict(core.slot_of(conn), True) == _core.OK:
-                return conn
-        else:
-            conn = None  # first use, a second loop, or closed: the slow path says
-        return await self._acquire_slow(conn, timeout)
-
-    async def _acquire_slow(self, conn: Any, timeout: float | None) -> Any:
         if timeout is None:
-            wait_for = self._settings.timeout
-        else:
-            if (
+            conn = self._take()
+            if conn is not None:
+                return conn
+        return await self._acquire_slow(timeout)
+
+    async def _acquire_slow(self, timeout: float | None) -> Any:
+        unchecked, self._unchecked = self._unchecked, None
+        try:
+            if timeout is None:
+                wait_for = self._settings.timeout
+            elif (
                 isinstance(timeout, bool)
                 or not isinstance(timeout, (int, float))
                 or not timeout >= 0
@@ -305,42 +309,48 @@ class AsyncPool:
                 raise ConfigurationError(
                     f"timeout must be a number of seconds >= 0, not {timeout!r}"
                 )
-            wait_for = float(timeout)
+            else:
+                wait_for = float(timeout)
+            self._bind()
+        except BaseException:
+            if unchecked is not None:  # still to be checked, by the next taker
+                self._core.release(unchecked)
+            raise
         try:
-            return await self._acquire_loop(conn, wait_for)
+            return await self._acquire_loop(unchecked, wait_for)
         except PoolError as exc:
             error = self._failed(exc, wait_for)
         raise error
 
-    def _failed(self, exc: PoolError, timeout: float) -> BaseException:
-        """The exception a caller that got no connection sees (``exc`` is the
-        core's PoolTimeout, PoolClosed or TooManyRequests, or a loop error)."""
-        if isinstance(exc, PoolTimeout):
-            return self._policy.timeout_error(exc, timeout)
-        return exc
-
     async def _acquire_loop(self, conn: Any, wait_for: float) -> Any:
-        self._bind()
+        """Until a connection passes: the one set aside for a check, an idle
+        one, or one handed over after a wait in the core's queue."""
         core = self._core
         deadline = time.monotonic() + wait_for
         while True:
             if conn is None:
-                conn = await self._wait_for_one(deadline)
-            verdict = core.verdict(core.slot_of(conn), True)
-            if verdict == _core.OK:
-                return conn
-            if verdict == _core.CHECK:
-                failure = await self._vet(conn, max(0.0, deadline - time.monotonic()))
-                if failure is None:
+                conn = self._take()
+                if conn is not None:
                     return conn
-                self._policy.check_failed(failure)
-            else:
-                failure = None
+                conn, self._unchecked = self._unchecked, None
+            if conn is None:
+                conn = await self._wait_for_one(deadline)
+                verdict = core.verdict(core.slot_of(conn), True)
+                if verdict == _core.OK:
+                    self._checked_out(conn)
+                    return conn
+                if verdict != _core.CHECK:
+                    core.discard(conn)
+                    self._rejected(conn, verdict, None)
+                    conn = None
+                    continue
+            failure = await self._vet(conn, max(0.0, deadline - time.monotonic()))
+            if failure is None:
+                self._checked_out(conn)
+                return conn
             core.discard(conn)
-            self._policy.rejected += 1
-            self._close_later(conn, _core.REASONS[verdict], failure)
-            self._wake_workers()
-            conn = core.try_acquire()
+            self._rejected(conn, _core.CHECK, failure)
+            conn = None
 
     async def _wait_for_one(self, deadline: float) -> Any:
         loop = self._loop
@@ -374,40 +384,46 @@ class AsyncPool:
         """Gives back a connection from :meth:`acquire`: it is reset, and
         retired instead of kept if the thresholds say so. Raises
         :class:`NotBorrowed` for a connection not borrowed from this pool."""
-        core = self._core
-        index = core.slot_of(conn)
-        if core.closed:
-            if not core.release(conn):
-                await self._close_connection(conn, "closed", None)
+        if self._closing:
+            await self._release_closed(conn)
             return
-        plan = self._reset_plan
-        if plan is not None:
-            try:
-                # A reset may be plain, or return an awaitable (only when it
-                # has I/O to do: the common case costs no coroutine).
-                result = getattr(conn, plan)() if isinstance(plan, str) else plan(conn)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except BaseException as exc:
-                # A failed or interrupted reset leaves the state unknown.
-                core.discard(conn)
-                self._close_later(conn, "reset_failed", exc)
-                self._wake_workers()
-                if not isinstance(exc, Exception):
-                    raise
-                return
-        verdict = core.verdict(index, False)
-        if verdict != _core.OK:
-            core.discard(conn)
-            self._close_later(conn, _core.REASONS[verdict], None)
-            self._wake_workers()
-        elif not core.release(conn):
+        pending = self._give(conn)
+        if pending is not None:
+            await self._finish_reset(conn, pending)
+
+    async def _release_closed(self, conn: Any) -> None:
+        """A return after :meth:`close`: the connection is closed before the
+        call returns (a close task could be cancelled by the loop's end)."""
+        if not self._core.release(conn):
             await self._close_connection(conn, "closed", None)
+
+    async def _finish_reset(self, conn: Any, pending: Any) -> None:
+        """Awaits the reset the core handed back, then ends the return; a
+        failed or interrupted reset leaves the state unknown: discarded."""
+        try:
+            if inspect.isawaitable(pending):
+                await pending
+        except BaseException as exc:
+            self._core.discard(conn)
+            self._retire(conn, _core.RESET_FAILED, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._give_back(conn)
 
     def connection(self, timeout: float | None = None) -> _Lease:
         """``async with pool.connection() as conn:`` a connection from
         :meth:`acquire`, given back on exit (also on error or cancellation)."""
         return _Lease(self, timeout)
+
+    async def discard(self, conn: Any, exc: BaseException | None = None) -> None:
+        """Closes a borrowed connection you know is broken, instead of giving
+        it back; the pool makes a new one as needed."""
+        slot = self._core.slot_of(conn)
+        self._core.discard(conn)
+        self._leases.pop(slot, None)
+        await self._close_connection(conn, "broken" if exc is not None else "discarded", exc)
+        self._wake_workers()
 
     async def run(
         self,
@@ -429,14 +445,18 @@ class AsyncPool:
             except Exception as exc:
                 broken = await self._is_broken(conn, exc)
                 if broken:
-                    self._core.discard(conn)
-                    await self._close_connection(conn, "broken", exc)
-                    self._wake_workers()
+                    await self.discard(conn, exc)
                 else:
                     await self.release(conn)
                 if not broken or attempt >= retries:
                     raise
                 attempt += 1
+                self._log.info(
+                    "pool %r: connection broke during run(), retry %d of %d",
+                    self.name,
+                    attempt,
+                    retries,
+                )
                 await asyncio.sleep(backoff * 2 ** (attempt - 1) * (0.5 + 0.5 * random.random()))
                 continue
             except BaseException:
@@ -446,28 +466,23 @@ class AsyncPool:
             return result
 
     def resize(self, min_size: int, max_size: int) -> None:
-        """Changes the sizes while the pool is in use (growth on demand and
-        up to ``min_size``; borrowed extras are closed when returned)."""
+        """Changes the sizes while the pool is in use. Growth happens on
+        demand (and at once up to ``min_size``); when shrinking, idle
+        connections over ``max_size`` are closed now and borrowed ones when
+        they are returned."""
         lo, hi = check_sizes(min_size, max_size)
         self._core.max_size = hi
         self._core.min_size = lo
         self._policy.min_size = lo
+        for conn in self._claim_idle(lambda info: True, keep=hi):
+            self._close_later(conn, "shrunk", None)
         self._wake_workers()
-
-    def invalidate(self) -> None:
-        """Marks every connection made before now for replacement at its next
-        hand-out or return."""
-        self._core.advance_generation()
 
     async def drain(self) -> None:
         """Replaces every connection: idle ones now, borrowed ones on return."""
-        core = self._core
-        core.advance_generation()
-        for index in core.slots(_core.IDLE):
-            conn = core.claim(index)
-            if conn is not None:
-                core.retire(index)
-                await self._close_connection(conn, "drained", None)
+        generation = self._core.advance_generation()
+        for conn in self._claim_idle(lambda info: info[5] < generation, keep=0):
+            await self._close_connection(conn, "drained", None)
         self._wake_workers()
 
     # --------------------------------------------------------------- hooks
@@ -489,19 +504,14 @@ class AsyncPool:
         try:
             return bool(await _maybe_await(self._settings.adapter.is_broken(conn, exc)))
         except Exception:
+            self._log.exception("pool %r: adapter.is_broken() failed", self.name)
             return True
 
-    def _on_wait(self) -> None:
+    def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
+        self._close_later(conn, _core.REASONS[reason], exc)
         self._wake_workers()
 
-    def _on_abandon(self, slot: int) -> None:
-        self._policy.retired_one("abandoned", None)
-        self._log.warning(
-            "pool %r: a borrowed connection was garbage-collected without being returned "
-            "(slot %d); give connections back with release(), or use connection()",
-            self.name,
-            slot,
-        )
+    def _on_wait(self) -> None:
         self._wake_workers()
 
     def _wake_workers(self) -> None:
@@ -509,16 +519,16 @@ class AsyncPool:
         loop = self._loop
         if demand is None or loop is None or not self._policy.wants_connection():
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if threading.get_ident() == self._loop_thread:
             demand.set()
-        else:  # from another thread (a finalizer): hop onto the loop
+        elif not loop.is_closed():  # from another thread (a finalizer): hop onto the loop
             loop.call_soon_threadsafe(demand.set)
 
+    # ------------------------------------------------------------ connects
+
     async def _connect_into(self, slot: int) -> bool:
+        """Connects into a reserved slot; False (the slot abandoned) when the
+        factory or configure failed."""
         settings = self._settings
         core = self._core
         started = time.monotonic()
@@ -530,15 +540,13 @@ class AsyncPool:
             if not self._reset_known:
                 self._reset_plan = settings.adapter.reset_for(conn)
                 self._reset_known = True
+                self._apply_hot_path()
         except Exception as exc:
             core.abandon(slot)
             if conn is not None:
                 await _maybe_await(settings.adapter.close(conn))
-            if self._policy.connect_failed(exc) and settings.reconnect_failed is not None:
-                try:
-                    settings.reconnect_failed(self)
-                except Exception:
-                    self._log.exception("pool %r: reconnect_failed callback failed", self.name)
+            if self._policy.connect_failed(exc):
+                self._reconnect_failed()
             await self._tell_ready()
             return False
         except BaseException:
@@ -547,6 +555,7 @@ class AsyncPool:
                 await asyncio.shield(_maybe_await(settings.adapter.close(conn)))
             raise
         self._policy.connected(time.monotonic() - started)
+        self._emit("connect", conn)
         try:
             core.fill(slot, conn, self._policy.lifetime())
         except PoolClosed:
@@ -571,30 +580,56 @@ class AsyncPool:
 
     async def _close_connection(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         self._policy.retired_one(reason, exc)
+        self._emit("close", conn, reason)
         try:
             await _maybe_await(self._settings.adapter.close(conn))
         except Exception as error:
             self._log.warning("pool %r: error closing a connection: %s", self.name, error)
 
+    # --------------------------------------------------------- maintenance
+
     async def _maintain(self) -> None:
-        """One pass: idle connections past max_idle retired down to
-        min_size, idle ones past their lifetime retired, refill."""
-        core = self._core
-        now = core.now()
-        infos = sorted(
-            ((i, core.slot_info(i)) for i in core.slots(_core.IDLE)), key=lambda item: item[1][3]
-        )
-        max_idle = self._settings.max_idle
-        for index, info in infos:
-            expired = bool(info[6]) and info[6] <= now
-            idle_out = bool(max_idle) and now - info[3] >= max_idle
-            if not expired and not (idle_out and core.size > self._policy.min_size):
-                continue
-            conn = core.claim(index)
-            if conn is not None:
-                core.retire(index)
-                await self._close_connection(conn, "expired" if expired else "idle", None)
+        """One pass of the maintenance task: as :meth:`pypool.Pool._maintain`,
+        awaiting its I/O."""
+        settings = self._settings
+        now = self._core.now()
+        if settings.max_idle:
+            max_idle = settings.max_idle
+            for conn in self._claim_idle(
+                lambda info: now - info[3] >= max_idle, keep=self._policy.min_size
+            ):
+                await self._close_connection(conn, "idle", None)
+        if settings.max_lifetime is not None:
+            await self._replace_expiring(now)
+        if settings.keepalive is not None:
+            for index, conn in self._due_for_keepalive(now):
+                failure = await self._vet(conn, min(settings.timeout, 10.0))
+                reason = self._kept_alive(index, failure)
+                if reason is not None:
+                    await self._close_connection(conn, reason, failure)
+        if settings.leak_timeout is not None:
+            self._report_leaks(now)
         self._wake_workers()
+
+    async def _replace_expiring(self, now: float) -> None:
+        """As :meth:`pypool.Pool._replace_expiring`, awaiting its I/O."""
+        core = self._core
+        deficit, idle = self._expiring(now)
+        while deficit > 0 and core.size < core.max_size:
+            slot = core.reserve()
+            if slot is None or not await self._connect_into(slot):
+                return  # the database is away: keep the old ones meanwhile
+            deficit -= 1
+        for index in idle[:2]:
+            conn = core.claim(index)
+            if conn is None:
+                continue  # borrowed meanwhile: retired at its return or next hand-out
+            core.retire(index)
+            await self._close_connection(conn, "expired", None)
+            if core.size < self._policy.min_size or core.waiting:
+                slot = core.reserve()
+                if slot is not None:
+                    await self._connect_into(slot)
 
     def __repr__(self) -> str:
         core = self._core
@@ -604,6 +639,26 @@ class AsyncPool:
             f"size={core.size}/{core.max_size} min={self._policy.min_size} "
             f"idle={core.idle} in_use={core.in_use} waiting={core.waiting}>"
         )
+
+
+class AsyncPool(_AsyncPoolMethods, _core.PoolBase):  # type: ignore[misc]
+    """A pool of database connections for asyncio tasks.
+
+    The settings are :class:`pypool.Pool`'s, with the same defaults and the
+    same meaning; ``factory`` (and ``configure``, ``check``, ``reset``) may be
+    coroutine functions. Borrow with ``async with pool.connection() as
+    conn:``, or ``await pool.acquire()`` and ``await pool.release(conn)``:
+    you must release every connection you acquire, or the pool runs dry.
+    ``adapter`` supplies the driver knowledge (``pypool.asyncpg`` for
+    asyncpg); without one, the pool resets with ``conn.rollback()``, checks
+    with ``conn.ping()`` where there is one and closes with ``conn.close()``.
+    Events (:meth:`add_listener`), leak reports (``leak_timeout``),
+    keepalive checks and replacement ahead of ``max_lifetime`` work as in
+    :class:`pypool.Pool`, from a maintenance task.
+    """
+
+    __new__ = _new
+    _mixins: tuple[type, ...] = (_AsyncPoolMethods,)
 
 
 class _GenericAsyncAdapter:
@@ -629,17 +684,21 @@ class _GenericAsyncAdapter:
         await _maybe_await(conn.close())
 
 
-def _core_module() -> types.ModuleType:
-    import sys
-
-    return sys.modules[_core.CorePool.__module__]
-
-
 # ----------------------------------------------------------------- tasks
 
 
 async def _connect_worker(
-    ref: weakref.ref[AsyncPool], demand: asyncio.Event, stop: asyncio.Event
+    ref: weakref.ref[_AsyncPoolMethods], demand: asyncio.Event, stop: asyncio.Event
+) -> None:
+    try:
+        await _connect_loop(ref, demand, stop)
+    except asyncio.CancelledError:
+        _tell_loop_ended(ref)
+        raise
+
+
+async def _connect_loop(
+    ref: weakref.ref[_AsyncPoolMethods], demand: asyncio.Event, stop: asyncio.Event
 ) -> None:
     backoff = 0.0
     while not stop.is_set():
@@ -666,16 +725,26 @@ async def _connect_worker(
             await asyncio.wait_for(stop.wait(), backoff * (0.5 + 0.5 * random.random()))
 
 
-async def _maintenance_worker(ref: weakref.ref[AsyncPool], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        pool = ref()
-        if pool is None:
-            return
-        try:
-            await pool._maintain()
-        except Exception:
-            pool._log.exception("pool %r: maintenance failed", pool.name)
-        interval = pool._interval
-        del pool
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: asyncio.Event) -> None:
+    try:
+        while not stop.is_set():
+            pool = ref()
+            if pool is None:
+                return
+            try:
+                await pool._maintain()
+            except Exception:
+                pool._log.exception("pool %r: maintenance failed", pool.name)
+            interval = pool._interval
+            del pool
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    except asyncio.CancelledError:
+        _tell_loop_ended(ref)
+        raise
+
+
+def _tell_loop_ended(ref: weakref.ref[_AsyncPoolMethods]) -> None:
+    pool = ref()
+    if pool is not None:
+        pool._loop_ended()

@@ -43,7 +43,7 @@ from psycopg.pq import TransactionStatus
 
 from . import _core, errors
 from . import stats as names
-from .aio import AsyncPool
+from .aio import AsyncPool, _AsyncPoolMethods
 from .dbapi import DBAPIAdapter, mask_dsn
 from .pool import Pool, _PoolMethods
 
@@ -836,14 +836,8 @@ class _AsyncLease:
             await self._pool.putconn(conn)
 
 
-class AsyncConnectionPool(_PsycopgStats, AsyncPool):
-    """psycopg_pool's ``AsyncConnectionPool``, on pypool's core.
-
-    ``await getconn()`` / ``await putconn()`` are the pool's own acquire and
-    release; you must ``putconn()`` every connection you ``getconn()`` (or
-    use ``connection()``). Open it with ``await pool.open()`` or ``async
-    with``, as psycopg_pool recommends.
-    """
+class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
+    """Everything of AsyncConnectionPool but the core's hot path."""
 
     _null = False
 
@@ -904,8 +898,8 @@ class AsyncConnectionPool(_PsycopgStats, AsyncPool):
         else:
             self.getconn = self._getconn_not_open  # type: ignore[method-assign]
 
-    getconn = AsyncPool.acquire
-    putconn = AsyncPool.release
+    getconn = _AsyncPoolMethods.acquire
+    putconn = _AsyncPoolMethods.release
 
     def _warn_open_async(self) -> None:
         warnings.warn(
@@ -932,7 +926,7 @@ class AsyncConnectionPool(_PsycopgStats, AsyncPool):
             raise PoolClosed("pool has already been opened/closed and cannot be reused")
         self.__dict__.pop("getconn", None)
         self._opened = True
-        await AsyncPool.open(self)
+        await _AsyncPoolMethods.open(self)
         if wait:
             await self.wait(timeout)
 
@@ -940,7 +934,7 @@ class AsyncConnectionPool(_PsycopgStats, AsyncPool):
         """Waits for ``min_size`` connections; if they are not ready within
         ``timeout`` seconds, closes the pool and raises PoolTimeout."""
         try:
-            await AsyncPool.wait(self, timeout)
+            await _AsyncPoolMethods.wait(self, timeout)
         except errors.PoolTimeout as exc:
             await self.close()
             raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
@@ -976,7 +970,7 @@ class AsyncConnectionPool(_PsycopgStats, AsyncPool):
     async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
         """Change the size of the pool during runtime."""
         min_size, max_size = _check_sizes(min_size, max_size, self._null)
-        AsyncPool.resize(self, min_size, max_size)
+        _AsyncPoolMethods.resize(self, min_size, max_size)
 
     async def check(self) -> None:
         """Verify the state of the connections currently in the pool: each
@@ -1020,10 +1014,20 @@ class AsyncConnectionPool(_PsycopgStats, AsyncPool):
         return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
 
 
-class AsyncNullConnectionPool(AsyncConnectionPool):
-    """psycopg_pool's ``AsyncNullConnectionPool``: no connection is kept;
-    each is made on demand and closed when returned (or handed straight to a
-    task waiting for one)."""
+class AsyncConnectionPool(_AsyncPsycopgMethods, AsyncPool):  # type: ignore[misc]
+    """psycopg_pool's ``AsyncConnectionPool``, on pypool's core.
+
+    ``await getconn()`` / ``await putconn()`` are the pool's own acquire and
+    release; you must ``putconn()`` every connection you ``getconn()`` (or
+    use ``connection()``). Open it with ``await pool.open()`` or ``async
+    with``, as psycopg_pool recommends.
+    """
+
+    _mixins: tuple[type, ...] = (_AsyncPsycopgMethods, _AsyncPoolMethods)
+
+
+class _AsyncNullMethods(_AsyncPsycopgMethods):
+    """What makes an AsyncConnectionPool a null pool."""
 
     _null = True
 
@@ -1039,6 +1043,12 @@ class AsyncNullConnectionPool(AsyncConnectionPool):
         if core.waiting and not core.closed:
             await self.release(conn)
         else:
-            core.discard(conn)
-            await self._close_connection(conn, "discarded", None)
-            self._wake_workers()
+            await self.discard(conn)
+
+
+class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool):  # type: ignore[misc]
+    """psycopg_pool's ``AsyncNullConnectionPool``: no connection is kept;
+    each is made on demand and closed when returned (or handed straight to a
+    task waiting for one)."""
+
+    _mixins: tuple[type, ...] = (_AsyncNullMethods,)
