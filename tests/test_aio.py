@@ -9,6 +9,7 @@ Tests are plain functions that drive their coroutine with ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from types import ModuleType
@@ -390,11 +391,50 @@ def test_pool_made_outside_a_loop_binds_to_the_first(core_module: ModuleType) ->
     async def second_acquire() -> None:
         await asyncio.wait_for(pool.acquire(timeout=5), 2)
 
-    # A second loop: refused at once, even with an idle connection ready.
-    start = time.monotonic()
-    with pytest.raises(PoolError):
-        run(second_acquire())
-    assert time.monotonic() - start < 1.0
+    # A second loop: refused at once, even with an idle connection ready,
+    # also on the fast path (no timeout given) and through connection().
+    async def second_fast() -> None:
+        await pool.acquire()
+
+    async def second_block() -> None:
+        async with pool.connection():
+            pass
+
+    for attempt in (second_acquire, second_fast, second_block):
+        start = time.monotonic()
+        with pytest.raises(PoolError, match="another event loop"):
+            run(attempt())
+        assert time.monotonic() - start < 1.0
+    assert pool.idle == 1 and pool.in_use == 0
+
+
+@pytest.mark.timeout(30)
+def test_loop_in_another_thread_is_refused_while_the_first_runs(
+    core_module: ModuleType,
+) -> None:
+    pool = AsyncPool(fake_factory, min_size=2, max_size=2, _core=core_module)
+    outcome: list[BaseException | None] = []
+
+    async def other_thread() -> None:
+        try:
+            await pool.acquire()
+        except PoolError as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    async def main() -> None:
+        await pool.open(wait=True, timeout=5)
+        assert pool.idle == 2
+        worker = threading.Thread(target=lambda: asyncio.run(other_thread()))
+        worker.start()
+        while worker.is_alive():
+            await asyncio.sleep(0.01)
+        assert pool.idle == 2 and pool.in_use == 0
+        await pool.close()
+
+    run(main())
+    assert len(outcome) == 1 and isinstance(outcome[0], PoolError), outcome
 
 
 @pytest.mark.timeout(30)
