@@ -11,8 +11,16 @@
   median requests per second is printed and recorded as a property.
 * ``test_uncontended_cycle``: ``await acquire()`` + ``await release()`` on
   a fake connection, one task, both cores; ns per cycle.
+* ``test_psycopg_select1_throughput``: the same :data:`TASKS` tasks and
+  ``SELECT 1`` on ``pypool.psycopg.AsyncConnectionPool`` against
+  ``psycopg_pool.AsyncConnectionPool``, :data:`SIZE` connections opened with
+  ``autocommit=True``, rounds interleaved.
+* ``test_psycopg_cycles``: ``await getconn()`` + ``await putconn()``, and
+  ``async with pool.connection()``, one task, on the same two pools; ns per
+  cycle, medians of interleaved rounds.
 
-Run as a script for a one-off measurement: ``python benchmarks/test_aio_bench.py``.
+Run as a script for a one-off measurement of all of them:
+``python benchmarks/test_aio_bench.py``.
 The database is ``PYPOOL_BENCH_DSN``, else ``PYPOOL_TEST_DSN``, else a local
 default.
 """
@@ -99,6 +107,70 @@ async def _throughput(reset: bool, rounds: int = ROUNDS) -> dict[str, float]:
         "pypool": await _pypool_contender(reset),
         "asyncpg": await _asyncpg_contender(reset),
     }
+    return await _interleaved(contenders, rounds)
+
+
+async def _psycopg_pools() -> dict[str, Any]:
+    """pypool's and psycopg_pool's AsyncConnectionPool, full, autocommit."""
+    import psycopg_pool
+
+    import pypool.psycopg
+
+    pools: dict[str, Any] = {}
+    for name, cls in (
+        ("pypool", pypool.psycopg.AsyncConnectionPool),
+        ("psycopg_pool", psycopg_pool.AsyncConnectionPool),
+    ):
+        pool = cls(DSN, min_size=SIZE, max_size=SIZE, kwargs={"autocommit": True}, open=False)
+        await pool.open(wait=True, timeout=30)
+        pools[name] = pool
+    return pools
+
+
+async def _psycopg_throughput(rounds: int = ROUNDS) -> dict[str, float]:
+    def contender(pool: Any) -> tuple[Any, Any]:
+        async def worker() -> None:
+            for _ in range(PER_TASK):
+                async with pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+
+        return pool, worker
+
+    pools = await _psycopg_pools()
+    return await _interleaved({name: contender(p) for name, p in pools.items()}, rounds)
+
+
+async def _psycopg_cycles(cycles: int = 20_000, rounds: int = ROUNDS) -> dict[str, float]:
+    """ns per ``getconn``/``putconn`` cycle and per ``connection()`` block."""
+    pools = await _psycopg_pools()
+    samples: dict[str, list[float]] = {}
+    for i in range(rounds):
+        order = list(pools.items())
+        if i % 2:
+            order.reverse()
+        for name, pool in order:
+            getconn, putconn = pool.getconn, pool.putconn
+            start = time.perf_counter_ns()
+            for _ in range(cycles):
+                await putconn(await getconn())
+            samples.setdefault(f"{name} getconn/putconn", []).append(
+                (time.perf_counter_ns() - start) / cycles
+            )
+            start = time.perf_counter_ns()
+            for _ in range(cycles):
+                async with pool.connection():
+                    pass
+            samples.setdefault(f"{name} connection()", []).append(
+                (time.perf_counter_ns() - start) / cycles
+            )
+    for pool in pools.values():
+        await pool.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+async def _interleaved(contenders: dict[str, tuple[Any, Any]], rounds: int) -> dict[str, float]:
+    """Median requests per second of each contender: ``TASKS`` tasks run its
+    worker at once, contenders interleaved, the order reversed every round."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
     for _, worker in contenders.values():  # warm up
         await asyncio.gather(*(worker() for _ in range(TASKS)))
@@ -157,10 +229,33 @@ def test_select1_throughput(reset: bool, record_property: Any) -> None:
     ratio = medians["pypool"] / medians["asyncpg"]
     record_property("requests_per_s", medians)
     record_property("pypool_vs_asyncpg", ratio)
-    print(
-        f"\nSELECT 1, reset={reset}: "
-        + ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
-        + f", ratio {ratio:.3f}"
+    print(f"\nSELECT 1, reset={reset}: {_ratio_line(medians, 'pypool', 'asyncpg')}")
+
+
+@pytest.mark.db
+def test_psycopg_select1_throughput(record_property: Any) -> None:
+    pytest.importorskip("psycopg_pool")
+    if not _db_reachable():
+        pytest.skip("database unreachable")
+    medians = asyncio.run(_psycopg_throughput())
+    record_property("requests_per_s", medians)
+    print(f"\nSELECT 1: {_ratio_line(medians, 'pypool', 'psycopg_pool')}")
+
+
+@pytest.mark.db
+def test_psycopg_cycles(record_property: Any) -> None:
+    pytest.importorskip("psycopg_pool")
+    if not _db_reachable():
+        pytest.skip("database unreachable")
+    medians = asyncio.run(_psycopg_cycles())
+    record_property("ns_per_cycle", medians)
+    print("\n" + ", ".join(f"{k} {v:,.0f} ns" for k, v in medians.items()))
+
+
+def _ratio_line(medians: dict[str, float], ours: str, theirs: str) -> str:
+    return (
+        ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
+        + f", {ours}/{theirs} {medians[ours] / medians[theirs]:.3f}"
     )
 
 
@@ -179,9 +274,20 @@ def main() -> None:
     for reset in (True, False):
         medians = asyncio.run(_throughput(reset))
         print(
-            f"SELECT 1 x {TASKS} tasks, pool {SIZE}, reset={reset}: "
-            + ", ".join(f"{k} {v:,.0f}/s" for k, v in medians.items())
-            + f", pypool/asyncpg {medians['pypool'] / medians['asyncpg']:.3f}"
+            f"asyncpg, SELECT 1 x {TASKS} tasks, pool {SIZE}, reset={reset}: "
+            + _ratio_line(medians, "pypool", "asyncpg")
+        )
+    medians = asyncio.run(_psycopg_throughput())
+    print(
+        f"psycopg, SELECT 1 x {TASKS} tasks, pool {SIZE}: "
+        + _ratio_line(medians, "pypool", "psycopg_pool")
+    )
+    cycles = asyncio.run(_psycopg_cycles())
+    for what in ("getconn/putconn", "connection()"):
+        ours, theirs = cycles[f"pypool {what}"], cycles[f"psycopg_pool {what}"]
+        print(
+            f"psycopg, {what}: pypool {ours:,.0f} ns, psycopg_pool {theirs:,.0f} ns, "
+            f"pypool {theirs / ours:.2f}x faster"
         )
     for name, module in CORES.items():
         core = importlib.import_module(module)

@@ -39,13 +39,10 @@ __all__ = ["check", "close", "is_broken", "reset_for"]
 CLOSE_TIMEOUT = 5.0
 
 
-async def _reset(conn: Any) -> None:
-    await conn.reset()
-
-
 def reset_for(conn: Any) -> Any:
-    """The reset for asyncpg connections: ``Connection.reset()``."""
-    return _reset
+    """The reset for asyncpg connections: ``Connection.reset()``, by name
+    (the core calls it and the pool awaits what it returns)."""
+    return "reset"
 
 
 async def check(conn: Any) -> None:
