@@ -21,7 +21,7 @@ import pytest
 import pypool
 import pypool.asyncpg
 from pypool import AsyncPool
-from pypool.errors import PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from pypool.errors import ConnectionFailed, PoolClosed, PoolError, PoolTimeout, TooManyRequests
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -360,6 +360,36 @@ def test_failing_factory_is_the_cause_of_the_timeout(make: Callable[..., AsyncPo
         assert time.monotonic() - start < 1.5
         assert isinstance(info.value.__cause__, Refused), repr(info.value.__cause__)
         await pool.close()
+
+    run(main())
+
+
+def test_open_wait_fail_fast_and_timeout(make: Callable[..., AsyncPool]) -> None:
+    class Refused(Exception):
+        pass
+
+    attempts = 0
+
+    async def failing() -> Any:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0)
+        raise Refused("connection refused (test)")
+
+    async def main() -> None:
+        pool = make(failing, min_size=1, max_size=1)
+        start = time.monotonic()
+        with pytest.raises(ConnectionFailed) as failed:
+            await pool.open(wait=True, timeout=10, fail_fast=True)
+        assert time.monotonic() - start < 5.0  # at the first failure, not the timeout
+        assert isinstance(failed.value.__cause__, Refused)
+        assert attempts >= 1
+        with pytest.raises(PoolTimeout) as timed_out:
+            await pool.wait(timeout=0.3)
+        assert isinstance(timed_out.value.__cause__, Refused)
+        await pool.close()
+        with pytest.raises(PoolClosed):
+            await pool.wait(timeout=1)
 
     run(main())
 

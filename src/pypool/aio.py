@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core
 from ._policy import Settings, check_sizes, make_core
-from .errors import ConfigurationError, PoolClosed, PoolError, PoolTimeout
+from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
 from .pool import _module_of, _new, _PoolShared
 
 __all__ = ["AsyncPool"]
@@ -220,25 +220,35 @@ class _AsyncPoolMethods(_PoolShared):
         if not self._closing:
             self._set_thread(0)
 
-    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+    async def open(
+        self, wait: bool = False, timeout: float = 30.0, fail_fast: bool = False
+    ) -> None:
         """Starts the connect and maintenance tasks on the running loop (also
         done on first use). With ``wait``, waits as :meth:`wait` does."""
         self._bind()
         if wait:
-            await self.wait(timeout)
+            await _AsyncPoolMethods.wait(self, timeout, fail_fast)
 
-    async def wait(self, timeout: float = 30.0) -> None:
-        """Waits until ``min_size`` connections are open; raises
-        :class:`PoolTimeout` (the last connection error as its cause) after
-        ``timeout`` seconds."""
+    async def wait(self, timeout: float = 30.0, fail_fast: bool = False) -> None:
+        """Waits until ``min_size`` connections are open, for a service that
+        must not start against a dead database. Raises :class:`PoolTimeout`
+        (with the last connection error as its cause) after ``timeout``
+        seconds, or with ``fail_fast`` :class:`ConnectionFailed` at the first
+        failed connect."""
         self._bind()
         assert self._ready is not None
         core = self._core
+        policy = self._policy
+        errors_before = policy.counters()["connect_errors"]
         deadline = time.monotonic() + timeout
         async with self._ready:
             while core.idle + core.in_use + core.claimed < self._policy.min_size:
                 if core.closed:
                     raise PoolClosed(f"pool {self.name!r} is closed")
+                if fail_fast and policy.counters()["connect_errors"] > errors_before:
+                    raise ConnectionFailed(
+                        f"pool {self.name!r}: could not connect"
+                    ) from policy.last_error
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise PoolTimeout(
