@@ -919,7 +919,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
     async def _getconn_not_open(self, timeout: float | None = None) -> Any:
         raise PoolClosed(f"the pool {self.name!r} is not open yet")
 
-    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:  # type: ignore[override]
         """Opens the pool on the running loop: connects ``min_size``
         connections and accepts clients; with ``wait``, as :meth:`wait`."""
         if self._core.closed:
@@ -930,7 +930,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         if wait:
             await self.wait(timeout)
 
-    async def wait(self, timeout: float = 30.0) -> None:
+    async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
         """Waits for ``min_size`` connections; if they are not ready within
         ``timeout`` seconds, closes the pool and raises PoolTimeout."""
         try:
