@@ -394,6 +394,20 @@ def test_open_wait_fail_fast_and_timeout(make: Callable[..., AsyncPool]) -> None
     run(main())
 
 
+def test_close_ends_the_pool_tasks_without_cancelling_them(
+    make: Callable[..., AsyncPool],
+) -> None:
+    async def main() -> None:
+        pool = make(min_size=2, max_size=2)
+        await pool.open(wait=True, timeout=5)
+        await asyncio.sleep(0.05)  # the connect workers are asleep, waiting for demand
+        tasks = list(pool._tasks)
+        await pool.close(timeout=0.5)
+        assert all(t.done() and not t.cancelled() for t in tasks), tasks
+
+    run(main())
+
+
 # ---------------------------------------------------------- 4. loop binding
 
 _MADE_AT_IMPORT: dict[str, AsyncPool] = {}

@@ -273,6 +273,8 @@ class _AsyncPoolMethods(_PoolShared):
             idle.append(unchecked)
         if self._stop is not None:
             self._stop.set()
+        if self._demand is not None:
+            self._demand.set()  # connect workers sleep on demand: let them see the stop
         for conn in idle:
             await self._close_connection(conn, "closed", None)
         waiting_for = [*self._tasks, *self._closers]
