@@ -1,0 +1,753 @@
+"""Session state between borrowers of ``pypool.psycopg.AsyncConnectionPool``.
+
+The scenarios of ``test_psycopg_hygiene.py`` (the sync ``ConnectionPool``),
+run through the asyncio pool on ``psycopg.AsyncConnection`` connections, on
+both cores. Every pool here has ``max_size=1``, so the next borrower gets the
+same physical connection (each test asserts the backend pid is equal) and
+sees whatever the previous one left behind, unless the reset cleared it.
+
+``discard_all`` and ``reset_session`` are the same functions as for the sync
+pool: given an ``AsyncConnection`` they return a coroutine, which the async
+pool awaits when the connection comes back.
+
+- ``reset=discard_all`` (``DISCARD ALL``) clears everything: role and session
+  authorization, settings, temporary tables, prepared statements (psycopg
+  forgets its own automatically prepared ones and prepares them again),
+  ``LISTEN`` registrations, session advisory locks.
+- ``reset=reset_session`` clears the same but keeps temporary tables.
+- The default reset (no policy) only ends the transaction: an open or
+  aborted transaction is rolled back; all session state survives
+  (``SURVIVES_DEFAULT_RESET`` of the sync tests).
+
+No asyncio plugin is needed: each test runs its scenario with
+``asyncio.run()`` (a fresh loop per test), and the pools it made are closed
+on that loop when the scenario ends, also when it fails.
+
+Needs PostgreSQL (``dsn`` fixture) and a user that may create roles and
+``SET SESSION AUTHORIZATION`` (a superuser) for the role tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from pypool.psycopg import AsyncConnectionPool, discard_all, reset_session  # noqa: E402
+from test_psycopg_hygiene import (  # noqa: E402
+    AUTO_QUERY,
+    POLICIES,
+    PREPARE_THRESHOLD,
+    SURVIVES_DEFAULT_RESET,
+    lock_key,
+)
+
+pytestmark = pytest.mark.db
+
+IDLE = psycopg.pq.TransactionStatus.IDLE
+INERROR = psycopg.pq.TransactionStatus.INERROR
+
+#: Every policy, the default (``None``) included.
+ALL_POLICIES = [pytest.param(None, id="default"), *POLICIES]
+
+
+# ------------------------------------------------------------------ runner
+
+
+class Pools:
+    """``await make(reset, **kwargs)``: an open ``AsyncConnectionPool`` of one
+    connection with the given reset policy, on the core under test. Every
+    pool made is closed by :meth:`aclose`."""
+
+    def __init__(self, core: ModuleType, dsn: str) -> None:
+        self.core = core
+        self.dsn = dsn
+        self.made: list[Any] = []
+
+    async def __call__(self, reset: Any = None, **kwargs: Any) -> Any:
+        pool = AsyncConnectionPool(
+            self.dsn,
+            min_size=1,
+            max_size=1,
+            reset=reset,
+            open=False,
+            _core=self.core,
+            **kwargs,
+        )
+        self.made.append(pool)
+        await pool.open(wait=True, timeout=10.0)
+        return pool
+
+    async def aclose(self) -> None:
+        pools, self.made = self.made, []
+        for pool in pools:
+            await pool.close()
+
+
+Scenario = Callable[[Pools], Awaitable[Any]]
+
+
+@pytest.fixture
+def run(core_module: ModuleType, dsn: str) -> Callable[[Scenario], Any]:
+    """``run(scenario)``: ``asyncio.run(scenario(make))`` on a fresh loop; the
+    pools ``make`` made are closed on that loop before it ends."""
+
+    def run(scenario: Scenario) -> Any:
+        async def main() -> Any:
+            pools = Pools(core_module, dsn)
+            try:
+                return await scenario(pools)
+            finally:
+                await pools.aclose()
+
+        return asyncio.run(main())
+
+    return run
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def role(dsn: str) -> Iterator[str]:
+    """A role without login for ``SET ROLE`` / ``SET SESSION AUTHORIZATION``."""
+    name = f"pypool_ahygiene_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        if admin.execute("SELECT current_setting('is_superuser')").fetchone() != ("on",):
+            pytest.skip("the test user is not a superuser: cannot switch roles")
+        admin.execute(f"CREATE ROLE {name} NOLOGIN")
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {name}")
+
+
+@pytest.fixture
+def table(dsn: str) -> Iterator[str]:
+    name = f"ahygiene_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int)")
+    yield name
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def borrow_twice(
+    pool: Any,
+    dirty: Callable[[Any], Awaitable[object]],
+    inspect: Callable[[Any], Awaitable[Any]],
+) -> Any:
+    """``await dirty(conn)`` as the first borrower (committed on exit), then
+    ``await inspect(conn)`` as the next one, on the same physical connection."""
+    async with pool.connection() as conn:
+        assert isinstance(conn, psycopg.AsyncConnection)
+        pid = conn.info.backend_pid
+        await dirty(conn)
+    async with pool.connection() as conn:
+        assert conn.info.backend_pid == pid, "max_size=1 must give the same connection"
+        assert conn.info.transaction_status == IDLE
+        return await inspect(conn)
+
+
+async def one(conn: Any, sql: str, params: Any = None, *, prepare: bool | None = False) -> Any:
+    """The first value of the first row. Not prepared unless asked: an
+    inspection run by many borrowers must not become a prepared statement of
+    its own (psycopg's count of a query survives ``reset_session``)."""
+    cur = await conn.execute(sql, params, prepare=prepare)
+    row = await cur.fetchone()
+    return row[0]
+
+
+async def column(conn: Any, sql: str) -> list[Any]:
+    cur = await conn.execute(sql, prepare=False)
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def auto_query(conn: Any, i: int) -> int:
+    """``AUTO_QUERY``, which psycopg prepares once it ran it often enough."""
+    return int(await one(conn, AUTO_QUERY, (i,), prepare=None))
+
+
+async def fresh_value(dsn: str, sql: str) -> Any:
+    """What a brand-new session sees."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        return await one(conn, sql)
+
+
+def executes(*statements: str) -> Callable[[Any], Awaitable[None]]:
+    """A ``dirty`` that runs ``statements`` in order."""
+
+    async def dirty(conn: Any) -> None:
+        for sql in statements:
+            await conn.execute(sql)
+
+    return dirty
+
+
+def temp_name() -> str:
+    return f"tmp_{uuid.uuid4().hex[:10]}"
+
+
+# ------------------------------------------------------------------ inspections
+
+
+async def users(conn: Any) -> tuple[str, str]:
+    cur = await conn.execute("SELECT current_user, session_user", prepare=False)
+    return tuple(await cur.fetchone())  # type: ignore[return-value]
+
+
+async def temp_table_exists(conn: Any, name: str) -> bool:
+    # pg_class, not the table itself: the role in effect may not read it.
+    return bool(
+        await one(
+            conn,
+            "SELECT count(*) FROM pg_class WHERE relname = %s "
+            "AND relnamespace = pg_my_temp_schema()",
+            (name,),
+        )
+    )
+
+
+async def listening(conn: Any) -> list[str]:
+    return await column(conn, "SELECT pg_listening_channels()")
+
+
+async def prepared(conn: Any) -> list[str]:
+    return sorted(await column(conn, "SELECT name FROM pg_prepared_statements"))
+
+
+async def advisory_locks_held(conn: Any) -> int:
+    return int(
+        await one(
+            conn,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        )
+    )
+
+
+async def lock_is_free(dsn: str, key: int) -> bool:
+    """Whether another session can take advisory lock ``key`` (released at once)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as other:
+        if await one(other, "SELECT pg_try_advisory_lock(%s)", (key,)):
+            await other.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            return True
+        return False
+
+
+async def run_auto_query(conn: Any) -> None:
+    """The same parametrized query, past the prepare threshold: psycopg
+    prepares it (a ``_pg3_*`` statement) and uses the prepared statement."""
+    assert conn.prepare_threshold == PREPARE_THRESHOLD
+    for i in range(PREPARE_THRESHOLD + 3):
+        assert await auto_query(conn, i) == i + 1
+
+
+async def auto_prepared(conn: Any) -> list[str]:
+    return [name for name in await prepared(conn) if name.startswith("_pg3_")]
+
+
+def dirty_everything(role: str, key: int, name: str) -> Callable[[Any], Awaitable[None]]:
+    async def dirty(conn: Any) -> None:
+        await conn.execute("SET search_path TO pg_catalog, public")
+        await conn.execute("SET statement_timeout = 1234")
+        await conn.execute(f"CREATE TEMPORARY TABLE {name} (id int)")
+        await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        await conn.execute("LISTEN ahygiene_channel")
+        await conn.execute("PREPARE ahygiene_stmt AS SELECT 1")
+        await run_auto_query(conn)
+        await conn.execute(f"SET ROLE {role}")  # last: the rest needs the original role
+
+    return dirty
+
+
+def inspect_everything(name: str) -> Callable[[Any], Awaitable[dict[str, Any]]]:
+    async def inspect(conn: Any) -> dict[str, Any]:
+        return {
+            "users": await users(conn),
+            "search_path": await one(conn, "SHOW search_path"),
+            "statement_timeout": await one(conn, "SHOW statement_timeout"),
+            "temp_table": await temp_table_exists(conn, name),
+            "advisory_locks": await advisory_locks_held(conn),
+            "listening": await listening(conn),
+            "prepared": await prepared(conn),
+        }
+
+    return inspect
+
+
+# ================================================================== policies
+
+
+def test_policies_return_a_coroutine_for_an_async_connection(run: Any) -> None:
+    """What the async pool relies on: given an ``AsyncConnection`` each policy
+    returns an awaitable that does the work (nothing runs before the await)."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make()
+        async with pool.connection() as conn:
+            await conn.execute("SET statement_timeout = 1234")
+            await conn.commit()
+            for policy in (discard_all, reset_session):
+                pending = policy(conn)
+                assert asyncio.iscoroutine(pending), policy
+                assert await one(conn, "SHOW statement_timeout") == "1234ms"
+                await conn.commit()
+                await pending
+                assert conn.info.transaction_status == IDLE
+                assert not conn.autocommit
+                assert await one(conn, "SHOW statement_timeout") == "0"
+                await conn.execute("SET statement_timeout = 1234")
+                await conn.commit()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_set_role_is_reset(run: Any, role: str, policy: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        async with pool.connection() as conn:
+            original = await users(conn)
+
+        async def dirty(conn: Any) -> None:
+            await conn.execute(f"SET ROLE {role}")
+            assert (await users(conn))[0] == role
+
+        assert await borrow_twice(pool, dirty, users) == original
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_session_authorization_is_reset(run: Any, role: str, policy: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        async with pool.connection() as conn:
+            original = await users(conn)
+
+        async def dirty(conn: Any) -> None:
+            await conn.execute(f"SET SESSION AUTHORIZATION {role}")
+            assert await users(conn) == (role, role)
+
+        assert await borrow_twice(pool, dirty, users) == original
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_settings_are_reset(run: Any, dsn: str, policy: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        expected = (
+            await fresh_value(dsn, "SHOW search_path"),
+            await fresh_value(dsn, "SHOW statement_timeout"),
+        )
+        dirty = executes("SET search_path TO pg_catalog", "SET statement_timeout = 1234")
+
+        async def inspect(conn: Any) -> tuple[str, str]:
+            return (
+                await one(conn, "SHOW search_path"),
+                await one(conn, "SHOW statement_timeout"),
+            )
+
+        assert await borrow_twice(pool, dirty, inspect) == expected
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    [
+        pytest.param(discard_all, False, id="discard_all-drops"),
+        pytest.param(reset_session, True, id="reset_session-keeps"),
+    ],
+)
+def test_temporary_table(run: Any, policy: Any, kept: bool) -> None:
+    """``discard_all`` drops temporary tables; ``reset_session`` keeps them
+    (with their rows): a temporary table lives as long as the session."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        name = temp_name()
+        dirty = executes(
+            f"CREATE TEMPORARY TABLE {name} (id int)", f"INSERT INTO {name} VALUES (1)"
+        )
+
+        async def inspect(conn: Any) -> tuple[bool, Any]:
+            exists = await temp_table_exists(conn, name)
+            count = await one(conn, f"SELECT count(*) FROM {name}") if exists else None
+            return exists, count
+
+        assert await borrow_twice(pool, dirty, inspect) == ((True, 1) if kept else (False, None))
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_advisory_lock_is_released(run: Any, dsn: str, policy: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        key = lock_key()
+
+        async def dirty(conn: Any) -> None:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            assert not await lock_is_free(dsn, key)
+
+        assert await borrow_twice(pool, dirty, advisory_locks_held) == 0
+        assert await lock_is_free(dsn, key)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_advisory_lock_is_free_as_soon_as_returned(run: Any, dsn: str, policy: Any) -> None:
+    """The reset is awaited by the return itself: the lock is free once the
+    ``async with`` block is left, before anybody borrows the connection."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        key = lock_key()
+        async with pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            assert not await lock_is_free(dsn, key)
+        assert await lock_is_free(dsn, key)  # nobody borrowed the connection since
+        conn = await pool.getconn()
+        await conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        await conn.commit()
+        await pool.putconn(conn)
+        assert await lock_is_free(dsn, key)  # the same through getconn / putconn
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_listen_is_cleared(run: Any, policy: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+
+        async def dirty(conn: Any) -> None:
+            await conn.execute("LISTEN ahygiene_channel")
+            await conn.commit()  # LISTEN takes effect at the commit
+            assert await listening(conn) == ["ahygiene_channel"]
+
+        assert await borrow_twice(pool, dirty, listening) == []
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_prepared_statements_are_deallocated(run: Any, policy: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+
+        async def dirty(conn: Any) -> None:
+            await conn.execute("PREPARE ahygiene_stmt AS SELECT 1")
+            await run_auto_query(conn)
+            assert "ahygiene_stmt" in await prepared(conn)
+            assert await auto_prepared(conn)
+
+        async def inspect(conn: Any) -> tuple[list[str], list[str]]:
+            before = await prepared(conn)
+            # psycopg forgot its statements with the server's: it counts the
+            # query again, prepares it again, and it keeps working.
+            await run_auto_query(conn)
+            return before, await auto_prepared(conn)
+
+        before, again = await borrow_twice(pool, dirty, inspect)
+        assert before == []
+        assert len(again) == 1
+        assert pool.get_stats().get("returns_bad", 0) == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("policy", "runs"),
+    [
+        pytest.param(discard_all, 0, id="discard_all-no_query"),
+        pytest.param(discard_all, 1, id="discard_all-once"),
+        pytest.param(discard_all, PREPARE_THRESHOLD + 3, id="discard_all-past_threshold"),
+        pytest.param(reset_session, 0, id="reset_session-no_query"),
+        pytest.param(reset_session, 1, id="reset_session-once"),
+        pytest.param(reset_session, PREPARE_THRESHOLD + 3, id="reset_session-past_threshold"),
+    ],
+)
+@pytest.mark.parametrize("autocommit", [False, True], ids=["transactions", "autocommit"])
+def test_many_resets_keep_the_connection_and_prepared_statements(
+    run: Any, policy: Any, runs: int, autocommit: bool
+) -> None:
+    """Many borrowers in a row, each running the same parametrized query
+    ``runs`` times (once: psycopg prepares it across borrowers): every reset
+    succeeds (the connection is kept) and psycopg forgets its statements at
+    every reset, not only at the first."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy, kwargs={"autocommit": autocommit})
+        pids = set()
+        for n in range(3 * PREPARE_THRESHOLD):
+            async with pool.connection() as conn:
+                pids.add(conn.info.backend_pid)
+                assert conn.autocommit is autocommit
+                assert await prepared(conn) == []
+                for i in range(runs):
+                    assert await auto_query(conn, n + i) == n + i + 1
+        assert len(pids) == 1
+        assert pool.get_stats().get("returns_bad", 0) == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_policy_on_an_autocommit_connection(run: Any, policy: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy, kwargs={"autocommit": True})
+        dirty = executes("SET statement_timeout = 1234", "LISTEN ahygiene_channel")
+
+        async def inspect(conn: Any) -> tuple[bool, str, list[str]]:
+            return (
+                conn.autocommit,
+                await one(conn, "SHOW statement_timeout"),
+                await listening(conn),
+            )
+
+        assert await borrow_twice(pool, dirty, inspect) == (True, "0", [])
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("policy", "temp_kept"),
+    [
+        pytest.param(discard_all, False, id="discard_all"),
+        pytest.param(reset_session, True, id="reset_session"),
+    ],
+)
+def test_policy_clears_everything_at_once(
+    run: Any, role: str, dsn: str, policy: Any, temp_kept: bool
+) -> None:
+    """Everything at once: ``discard_all`` leaves nothing, ``reset_session``
+    only the temporary table."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        key = lock_key()
+        name = temp_name()
+        async with pool.connection() as conn:
+            original = await users(conn)
+        seen = await borrow_twice(pool, dirty_everything(role, key, name), inspect_everything(name))
+        assert seen == {
+            "users": original,
+            "search_path": await fresh_value(dsn, "SHOW search_path"),
+            "statement_timeout": "0",
+            "temp_table": temp_kept,
+            "advisory_locks": 0,
+            "listening": [],
+            "prepared": [],
+        }
+        assert await lock_is_free(dsn, key)
+
+    run(scenario)
+
+
+# ================================================================== transactions
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_open_transaction_is_rolled_back(run: Any, dsn: str, table: str, policy: Any) -> None:
+    """Returned inside a transaction (``putconn`` without a commit): its
+    writes and the ``SET`` inside it are undone, whatever the policy."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        expected = (
+            await fresh_value(dsn, "SHOW search_path"),
+            await fresh_value(dsn, "SHOW statement_timeout"),
+        )
+        conn = await pool.getconn()
+        pid = conn.info.backend_pid
+        await conn.execute(f"INSERT INTO {table} VALUES (1)")
+        await conn.execute("SET search_path TO pg_catalog")
+        await conn.execute("SET statement_timeout = 1234")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        await pool.putconn(conn)
+        async with pool.connection() as conn:
+            assert conn.info.backend_pid == pid
+            assert conn.info.transaction_status == IDLE
+            assert not conn.autocommit  # restored after a reset ran in autocommit
+            assert await one(conn, f"SELECT count(*) FROM public.{table}") == 0
+            assert (
+                await one(conn, "SHOW search_path"),
+                await one(conn, "SHOW statement_timeout"),
+            ) == expected
+        assert pool.get_stats().get("returns_bad", 0) == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_aborted_transaction_is_rolled_back(run: Any, role: str, policy: Any) -> None:
+    """Committed session state (``SET ROLE``), then a failed transaction: the
+    next borrower gets a usable connection; the role is reset by a policy and
+    kept by the default reset."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        conn = await pool.getconn()
+        pid = conn.info.backend_pid
+        original = await users(conn)
+        await conn.commit()
+        await conn.execute(f"SET ROLE {role}")
+        await conn.commit()
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await conn.execute("SELECT 1 / 0")
+        assert conn.info.transaction_status == INERROR
+        await pool.putconn(conn)
+        async with pool.connection() as conn:
+            assert conn.info.backend_pid == pid
+            assert conn.info.transaction_status == IDLE
+            assert await one(conn, "SELECT 42") == 42
+            seen = await users(conn)
+            await conn.execute("RESET ROLE")
+        assert seen == (original if policy is not None else (role, original[1]))
+        assert pool.get_stats().get("returns_bad", 0) == 0
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_session_state_committed_before_an_open_transaction(
+    run: Any, dsn: str, policy: Any
+) -> None:
+    """Only the last, uncommitted transaction is rolled back: what an earlier
+    one committed (a setting) and a session lock taken in the open one stay
+    after the default reset; a policy clears them after the rollback."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+        key = lock_key()
+        conn = await pool.getconn()
+        pid = conn.info.backend_pid
+        await conn.execute("SET statement_timeout = 1234")
+        await conn.commit()
+        await conn.execute("SELECT pg_advisory_lock(%s)", (key,))  # session lock: not undone
+        await pool.putconn(conn)  # inside a transaction: rolled back
+        free_after_return = await lock_is_free(dsn, key)
+        async with pool.connection() as conn:
+            assert conn.info.backend_pid == pid
+            assert conn.info.transaction_status == IDLE
+            seen = (await one(conn, "SHOW statement_timeout"), await advisory_locks_held(conn))
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        if policy is None:
+            assert (seen, free_after_return) == (("1234ms", 1), False)
+        else:
+            assert (seen, free_after_return) == (("0", 0), True)
+        assert await lock_is_free(dsn, key)
+
+    run(scenario)
+
+
+# ================================================================== default reset
+
+
+def test_default_reset_keeps_session_state(run: Any, role: str, dsn: str) -> None:
+    """Without a reset policy the pool only ends the transaction: everything
+    in ``SURVIVES_DEFAULT_RESET`` reaches the next borrower (``SET SESSION
+    AUTHORIZATION``: the next test)."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make()
+        key = lock_key()
+        name = temp_name()
+        async with pool.connection() as conn:
+            session_user = (await users(conn))[1]
+        seen = await borrow_twice(pool, dirty_everything(role, key, name), inspect_everything(name))
+        held = not await lock_is_free(dsn, key)
+        checks = {  # item: (seen, expected)
+            "SET ROLE": (seen["users"], (role, session_user)),
+            "SET search_path": (seen["search_path"], "pg_catalog, public"),
+            "SET statement_timeout": (seen["statement_timeout"], "1234ms"),
+            "temporary table": (seen["temp_table"], True),
+            "session advisory lock": ((seen["advisory_locks"], held), (1, True)),
+            "LISTEN": (seen["listening"], ["ahygiene_channel"]),
+            "PREPARE": ("ahygiene_stmt" in seen["prepared"], True),
+            "psycopg's automatically prepared statements": (
+                any(n.startswith("_pg3_") for n in seen["prepared"]),
+                True,
+            ),
+        }
+        assert {*checks, "SET SESSION AUTHORIZATION"} == set(SURVIVES_DEFAULT_RESET)
+        assert {k: v[0] for k, v in checks.items()} == {k: v[1] for k, v in checks.items()}
+        async with pool.connection() as conn:
+            await conn.execute("RESET ROLE")
+            await run_auto_query(conn)  # psycopg's prepared statement is still valid
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        assert await lock_is_free(dsn, key)
+        assert pool.get_stats().get("returns_bad", 0) == 0
+
+    run(scenario)
+
+
+def test_default_reset_keeps_session_authorization(run: Any, role: str) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make()
+        seen = await borrow_twice(pool, executes(f"SET SESSION AUTHORIZATION {role}"), users)
+        assert seen == (role, role)
+        async with pool.connection() as conn:
+            await conn.execute("RESET SESSION AUTHORIZATION")
+            assert await users(conn) != (role, role)
+
+    run(scenario)
+
+
+# ================================================================== client side
+
+
+@pytest.mark.parametrize("policy", ALL_POLICIES)
+def test_client_side_attributes_survive_every_policy(run: Any, policy: Any) -> None:
+    """No policy touches the attributes of psycopg's connection object: a
+    borrower that changes ``read_only``, ``isolation_level``,
+    ``row_factory`` or ``prepare_threshold`` must restore them (or a custom
+    ``reset`` must). ``read_only`` and ``isolation_level`` take effect at
+    psycopg's next ``BEGIN``, so they change the next borrower's
+    transactions on the server too."""
+    from psycopg.rows import dict_row, tuple_row
+
+    async def scenario(make: Pools) -> None:
+        pool = await make(policy)
+
+        async def dirty(conn: Any) -> None:
+            await conn.set_read_only(True)
+            await conn.set_isolation_level(psycopg.IsolationLevel.SERIALIZABLE)
+            conn.row_factory = dict_row
+            conn.prepare_threshold = None
+
+        async def inspect(conn: Any) -> tuple[Any, ...]:
+            cur = await conn.execute(
+                "SELECT current_setting('transaction_read_only') AS ro, "
+                "current_setting('transaction_isolation') AS iso"
+            )
+            row = await cur.fetchone()
+            state = (conn.read_only, conn.isolation_level, conn.prepare_threshold, row)
+            await conn.rollback()
+            await conn.set_read_only(None)
+            await conn.set_isolation_level(None)
+            conn.row_factory = tuple_row
+            conn.prepare_threshold = PREPARE_THRESHOLD
+            return state
+
+        assert await borrow_twice(pool, dirty, inspect) == (
+            True,
+            psycopg.IsolationLevel.SERIALIZABLE,
+            None,
+            {"ro": "on", "iso": "serializable"},
+        )
+
+    run(scenario)
