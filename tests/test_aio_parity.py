@@ -177,10 +177,8 @@ def run(pools: list[AsyncPool]) -> Callable[[Callable[[], Awaitable[None]]], Non
             try:
                 await main()
             finally:
-                # Short: idle connect workers may sleep up to a second before
-                # they see the close; what is left is cancelled.
                 for pool in pools:
-                    await pool.close(timeout=0.1)
+                    await pool.close(timeout=2.0)
 
         asyncio.run(guarded())
 
@@ -490,7 +488,7 @@ def test_close_event_at_pool_close(make: Any, run: Any) -> None:
         idle = await pool.acquire()
         held = await pool.acquire()
         await pool.release(idle)
-        await pool.close(timeout=0.1)
+        await pool.close()
         assert rec.of("close") == [(C(idle), "closed")]
         assert idle.closes == 1 and not held.closed
         await pool.release(held)  # returned after close: closed
