@@ -7,10 +7,6 @@ Every compatibility test runs on three implementations (the ``impl`` fixture):
 pypool deliberately differs (``docs/psycopg-migration.md``) the scenario is
 arranged so that the difference does not show.
 
-Tests marked ``incompatible(...)`` state psycopg_pool's behaviour, which
-pypool does not match yet: they are strict expected failures on pypool (and
-pass on psycopg_pool), so a fix shows up as an unexpected pass.
-
 The state-hygiene scenarios at the end run on pypool only, through the async
 pool with a ``reset`` that runs ``DISCARD ALL``.
 
@@ -193,12 +189,6 @@ def run(impl: Impl, dsn: str) -> Callable[[Scenario], Any]:
 @pytest.fixture
 def run_pypool(pypool_impl: Impl, dsn: str) -> Callable[[Scenario], Any]:
     return _runner(pypool_impl, dsn)
-
-
-def incompatible(request: pytest.FixtureRequest, impl: Impl, reason: str) -> None:
-    """psycopg_pool's behaviour, not (yet) pypool's: a strict xfail on pypool."""
-    if impl.is_pypool:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"incompatible: {reason}"))
 
 
 # ------------------------------------------------------------------ helpers
@@ -1084,6 +1074,39 @@ def test_stats_count_a_timeout(run: Any) -> None:
             await pool.getconn()
         await pool.putconn(held)
         assert pool.get_stats()["requests_errors"] == 1
+
+    run(scenario)
+
+
+def test_stats_count_failed_requests(run: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(min_size=1, max_size=1, timeout=0.1)
+        await pool.wait(SOON)
+        held = await pool.getconn()
+        with pytest.raises(psycopg.OperationalError):
+            await pool.getconn()
+        await pool.putconn(held)
+        stats = pool.get_stats()
+        assert stats["requests_num"] == 2
+        assert stats["requests_queued"] == 1
+        assert stats["requests_wait_ms"] >= 50
+
+    run(scenario)
+
+
+def test_stats_count_too_many_requests_as_errors(run: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(min_size=1, max_size=1, max_waiting=1, timeout=SOON)
+        held = await pool.getconn()
+        waiter = asyncio.ensure_future(pool.getconn(timeout=SOON))
+        assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        with pytest.raises(psycopg.OperationalError):
+            await pool.getconn()
+        await pool.putconn(held)
+        await pool.putconn(await asyncio.wait_for(waiter, SOON))
+        stats = pool.get_stats()
+        assert stats["requests_errors"] == 1
+        assert stats["requests_num"] == 3
 
     run(scenario)
 

@@ -9,10 +9,6 @@ connects on worker threads) the scenario is arranged so that the difference
 does not show, and pypool's own behaviour is asserted in the tests of the
 "Deliberate differences" section at the end, which run on pypool only.
 
-Tests marked ``incompatible(...)`` state psycopg_pool's behaviour, which
-pypool does not match yet: they are strict expected failures on pypool (and
-pass on psycopg_pool), so a fix shows up as an unexpected pass.
-
 Needs PostgreSQL (``dsn`` fixture): skipped with the reason when it cannot be
 reached, unless ``PYPOOL_REQUIRE_DB=1``.
 """
@@ -153,12 +149,6 @@ def make_pypool(pypool_impl: Impl, dsn: str) -> Iterator[Pools]:
     pools = Pools(pypool_impl, dsn)
     yield pools
     pools.close()
-
-
-def incompatible(request: pytest.FixtureRequest, impl: Impl, reason: str) -> None:
-    """psycopg_pool's behaviour, not (yet) pypool's: a strict xfail on pypool."""
-    if impl.is_pypool:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"incompatible: {reason}"))
 
 
 # ------------------------------------------------------------------ helpers
@@ -902,15 +892,7 @@ def test_stats_count_a_timeout(make: Pools) -> None:
     assert stats["requests_errors"] == 1
 
 
-def test_stats_count_failed_requests(
-    request: pytest.FixtureRequest, impl: Impl, make: Pools
-) -> None:
-    incompatible(
-        request,
-        impl,
-        "requests_num counts only served requests; requests_queued and "
-        "requests_wait_ms leave out waits that timed out",
-    )
+def test_stats_count_failed_requests(make: Pools) -> None:
     pool = make(min_size=1, max_size=1, timeout=0.1)
     pool.wait(SOON)
     held = pool.getconn()
@@ -923,10 +905,7 @@ def test_stats_count_failed_requests(
     assert stats["requests_wait_ms"] >= 50
 
 
-def test_stats_count_too_many_requests_as_errors(
-    request: pytest.FixtureRequest, impl: Impl, make: Pools
-) -> None:
-    incompatible(request, impl, "a TooManyRequests rejection is not in requests_errors")
+def test_stats_count_too_many_requests_as_errors(make: Pools) -> None:
     pool = make(min_size=1, max_size=1, max_waiting=1, timeout=SOON)
     held = pool.getconn()
     waiter, got = start_waiter(pool)

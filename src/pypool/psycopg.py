@@ -31,6 +31,7 @@ dropping temporary tables' and sequences' caches) to the pool.
 from __future__ import annotations
 
 import logging
+import threading
 import types
 import warnings
 from collections.abc import Callable, Mapping
@@ -300,6 +301,7 @@ class _Lease:
 
 def _psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
     """The psycopg_pool error a caller that got no connection sees."""
+    pool._count_failure(exc, timeout)
     name = pool._settings.name
     if isinstance(exc, errors.PoolTimeout):
         error: BaseException = PoolTimeout(f"couldn't get a connection after {timeout:.2f} sec")
@@ -323,6 +325,8 @@ class _PsycopgStats:
     _null = False
     _max_size_asked = 0
     _stats_base: dict[str, int]
+    _failure_lock: threading.Lock
+    _failures: dict[str, float]
 
     def _remember(
         self,
@@ -352,16 +356,39 @@ class _PsycopgStats:
         self.max_lifetime = max_lifetime
         self.max_idle = max_idle
         self._user_configure = configure
+        self._forget_failures()
         return _core.MAX_SIZE if self._null and max_size == 0 else max_size
+
+    def _forget_failures(self) -> None:
+        # The requests that got no connection, which psycopg_pool's request
+        # counters include and the core's (served requests) do not.
+        self._failure_lock = threading.Lock()
+        self._failures = {"requests": 0, "waits": 0, "wait_time": 0.0, "rejected": 0}
+
+    def _count_failure(self, exc: Exception, timeout: float) -> None:
+        """Counts a ``getconn()`` that raised, as psycopg_pool does: in
+        ``requests_num``; a timed-out wait also in ``requests_queued`` and
+        ``requests_wait_ms`` (the core counts it in ``requests_errors``); a
+        ``TooManyRequests`` rejection in ``requests_errors``."""
+        with self._failure_lock:
+            failures = self._failures
+            failures["requests"] += 1
+            if isinstance(exc, errors.PoolTimeout) and timeout > 0:
+                failures["waits"] += 1
+                failures["wait_time"] += timeout
+            elif isinstance(exc, errors.TooManyRequests):
+                failures["rejected"] += 1
 
     def _measures(self) -> dict[str, int]:
         s = _PoolMethods.stats(self)  # type: ignore[arg-type]
         retired = s[names.RETIRED]
+        with self._failure_lock:
+            failed = dict(self._failures)
         return {
-            "requests_num": s[names.REQUESTS],
-            "requests_queued": s[names.REQUESTS_WAITED],
-            "requests_wait_ms": int(s[names.WAIT_TIME]["sum"] * 1000),
-            "requests_errors": s[names.TIMEOUTS],
+            "requests_num": s[names.REQUESTS] + failed["requests"],
+            "requests_queued": s[names.REQUESTS_WAITED] + failed["waits"],
+            "requests_wait_ms": int((s[names.WAIT_TIME]["sum"] + failed["wait_time"]) * 1000),
+            "requests_errors": s[names.TIMEOUTS] + failed["rejected"],
             "usage_ms": int(s[names.USE_TIME]["sum"] * 1000),
             "returns_bad": retired.get("reset_failed", 0),
             "connections_num": self._policy.connects,
@@ -594,6 +621,10 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
 
     def _failed(self, exc: Exception, timeout: float) -> BaseException:
         return _psycopg_error(self, exc, timeout)
+
+    def _after_fork_in_child(self) -> None:
+        _PoolMethods._after_fork_in_child(self)
+        self._forget_failures()  # the parent's, and its lock maybe held at the fork
 
     # ------------------------------------------------------------ maintenance
 
