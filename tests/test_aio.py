@@ -20,7 +20,7 @@ import pytest
 
 import pypool
 import pypool.asyncpg
-from pypool import AsyncPool
+from pypool import AsyncPool, stats
 from pypool.errors import ConnectionFailed, PoolClosed, PoolError, PoolTimeout, TooManyRequests
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -229,6 +229,37 @@ def test_cancelled_during_reset_discards_and_refills(make: Callable[..., AsyncPo
 
 
 @pytest.mark.timeout(30)
+def test_cancelled_during_the_check_closes_and_refills(make: Callable[..., AsyncPool]) -> None:
+    checking = asyncio.Event()
+    hang = False
+
+    async def slow_check(conn: Any) -> None:
+        if hang:
+            checking.set()
+            await asyncio.sleep(10)
+
+    async def main() -> None:
+        nonlocal hang
+        pool = make(max_size=1, check=slow_check, check_after=0.0)
+        async with pool.connection() as first:
+            pass
+        hang = True
+        task = asyncio.ensure_future(pool.acquire(timeout=5))
+        await asyncio.wait_for(checking.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await eventually(lambda: first.closed)
+        assert pool.in_use == 0
+        assert pool.stats()[stats.RETIRED] == {"discarded": 1}
+        hang = False
+        async with pool.connection(timeout=5) as second:
+            assert second is not first
+        await pool.close()
+
+    run(main())
+
+
 def test_cancelled_while_connecting_the_connection_joins(make: Callable[..., AsyncPool]) -> None:
     async def main() -> None:
         started = asyncio.Event()

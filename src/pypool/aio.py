@@ -356,7 +356,15 @@ class _AsyncPoolMethods(_PoolShared):
                     self._rejected(conn, verdict, None)
                     conn = None
                     continue
-            failure = await self._vet(conn, max(0.0, deadline - time.monotonic()))
+            try:
+                failure = await self._vet(conn, max(0.0, deadline - time.monotonic()))
+            except BaseException:
+                # Cancelled mid-check: the connection may be mid-exchange
+                # with the server, so it is closed, not pooled.
+                core.discard(conn)
+                self._close_later(conn, "discarded", None)
+                self._wake_workers()
+                raise
             if failure is None:
                 self._checked_out(conn)
                 return conn
