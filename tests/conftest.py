@@ -10,10 +10,12 @@ then a missing native core is a failure.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -247,3 +249,14 @@ def child_env(**overrides: str | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Polls ``predicate`` on the running loop until it holds (True) or
+    ``timeout`` seconds pass (its last value)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.005)
+    return predicate()

@@ -20,6 +20,7 @@ import pytest
 
 import pypool
 import pypool.asyncpg
+from conftest import eventually
 from pypool import AsyncPool, stats
 from pypool.errors import ConnectionFailed, PoolClosed, PoolError, PoolTimeout, TooManyRequests
 
@@ -28,15 +29,6 @@ asyncpg = pytest.importorskip("asyncpg")
 
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return predicate()
 
 
 def assert_whole(pool: AsyncPool, size: int) -> None:

@@ -35,6 +35,7 @@ import pytest
 
 import pypool
 import pypool.asyncpg
+from conftest import eventually
 from pypool import AsyncPool
 from pypool import stats as names
 
@@ -51,15 +52,6 @@ SOON = 5.0
 
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = SOON) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return predicate()
 
 
 def new_app_name() -> str:

@@ -26,6 +26,7 @@ import pytest
 
 import pypool
 import pypool.asyncpg
+from conftest import eventually
 from pypool import AsyncPool, Pool, stats
 from pypool.errors import ConfigurationError, PoolTimeout
 from pypool.pool import EVENTS
@@ -186,15 +187,6 @@ def run(pools: list[AsyncPool]) -> Callable[[Callable[[], Awaitable[None]]], Non
 
 
 # ------------------------------------------------------------------ helpers
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return predicate()
 
 
 async def maybe_await(value: Any) -> Any:
