@@ -431,6 +431,30 @@ def test_close_ends_the_pool_tasks_without_cancelling_them(
     run(main())
 
 
+def test_resize_from_another_thread_and_after_the_loop_ended(
+    make: Callable[..., AsyncPool],
+) -> None:
+    pool = make(max_size=3)
+
+    async def main() -> None:
+        conns = [await pool.acquire() for _ in range(3)]
+        for conn in conns:
+            await pool.release(conn)
+        other = threading.Thread(target=pool.resize, args=(0, 2))
+        other.start()
+        other.join()
+        # The idle extra is closed on the pool's loop, not the caller's thread.
+        assert await eventually(lambda: sum(c.closed for c in conns) == 1)
+        assert pool.idle == 2 and pool.size == 2
+        assert pool.stats()[stats.RETIRED] == {"shrunk": 1}
+
+    run(main())
+    # The loop has ended: the limit changes, nothing raises (and nothing can
+    # be closed on a loop that is gone).
+    pool.resize(0, 1)
+    assert pool.max_size == 1
+
+
 # ---------------------------------------------------------- 4. loop binding
 
 _MADE_AT_IMPORT: dict[str, AsyncPool] = {}

@@ -494,9 +494,18 @@ class _AsyncPoolMethods(_PoolShared):
         self._core.max_size = hi
         self._core.min_size = lo
         self._policy.min_size = lo
-        for conn in self._claim_idle(lambda info: True, keep=hi):
-            self._close_later(conn, "shrunk", None)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            # The closes run on the pool's loop, whichever thread asks.
+            if threading.get_ident() == self._loop_thread:
+                self._shrink(hi)
+            else:
+                loop.call_soon_threadsafe(self._shrink, hi)
         self._wake_workers()
+
+    def _shrink(self, keep: int) -> None:
+        for conn in self._claim_idle(lambda info: True, keep=keep):
+            self._close_later(conn, "shrunk", None)
 
     async def drain(self) -> None:
         """Replaces every connection: idle ones now, borrowed ones on return."""
