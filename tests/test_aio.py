@@ -22,7 +22,14 @@ import pypool
 import pypool.asyncpg
 from conftest import eventually
 from pypool import AsyncPool, stats
-from pypool.errors import ConnectionFailed, PoolClosed, PoolError, PoolTimeout, TooManyRequests
+from pypool.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyRequests,
+)
 
 asyncpg = pytest.importorskip("asyncpg")
 
@@ -367,6 +374,28 @@ def test_waiters_get_pool_closed(make: Callable[..., AsyncPool]) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("bad", ["1", -1, -0.5, float("nan"), True, [1]])
+def test_bad_timeout_is_refused_even_with_a_connection_idle(
+    make: Callable[..., AsyncPool], bad: Any
+) -> None:
+    async def main() -> None:
+        pool = make(min_size=1, max_size=1)
+        await pool.open(wait=True, timeout=5)
+        with pytest.raises(ConfigurationError, match="timeout"):
+            await pool.acquire(bad)
+        with pytest.raises(ConfigurationError, match="timeout"):
+            async with pool.connection(bad):
+                pass
+        assert pool.idle == 1 and pool.in_use == 0
+        for good in (0, 0.5, 2, float("inf")):
+            conn = await pool.acquire(good)
+            await pool.release(conn)
+        assert pool.idle == 1 and pool.in_use == 0
+        await pool.close()
+
+    run(main())
+
+
 def test_failing_factory_is_the_cause_of_the_timeout(make: Callable[..., AsyncPool]) -> None:
     class Refused(Exception):
         pass

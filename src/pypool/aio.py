@@ -61,6 +61,10 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
+#: The types a timeout in seconds may have on the fast path (not bool).
+_SECONDS = (int, float)
+
+
 def _resolve(future: asyncio.Future[bool], handed: bool) -> None:
     if not future.done():
         future.set_result(handed)
@@ -81,9 +85,12 @@ class _Lease:
         if self._conn is not None:
             raise PoolError("this connection() block is in use already")
         pool = self._pool
-        conn = pool._take() if self._timeout is None else None
+        timeout = self._timeout
+        conn = None
+        if timeout is None or (type(timeout) in _SECONDS and timeout >= 0):
+            conn = pool._take()
         if conn is None:
-            conn = await pool._acquire_slow(self._timeout)
+            conn = await pool._acquire_slow(timeout)
         self._conn = conn
         return conn
 
@@ -302,11 +309,11 @@ class _AsyncPoolMethods(_PoolShared):
         raises :class:`PoolTimeout`; :class:`TooManyRequests` when the wait
         queue is full, :class:`PoolClosed` when the pool is closed.
         """
-        if timeout is None:
+        if timeout is None or (type(timeout) in _SECONDS and timeout >= 0):
             conn = self._take()
             if conn is not None:
                 return conn
-        return await self._acquire_slow(timeout)
+        return await self._acquire_slow(timeout)  # also says what is wrong with timeout
 
     async def _acquire_slow(self, timeout: float | None) -> Any:
         unchecked, self._unchecked = self._unchecked, None
