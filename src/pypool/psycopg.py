@@ -46,7 +46,7 @@ from . import _core, errors
 from . import stats as names
 from .aio import AsyncPool, _AsyncPoolMethods
 from .dbapi import DBAPIAdapter, mask_dsn
-from .pool import Pool, _PoolMethods
+from .pool import Pool, _PoolMethods, _PoolShared
 
 __all__ = [
     "AsyncConnectionPool",
@@ -380,7 +380,7 @@ class _PsycopgStats:
                 failures["rejected"] += 1
 
     def _measures(self) -> dict[str, int]:
-        s = _PoolMethods.stats(self)  # type: ignore[arg-type]
+        s = _PoolShared.stats(self)  # type: ignore[arg-type]
         retired = s[names.RETIRED]
         with self._failure_lock:
             failed = dict(self._failures)
