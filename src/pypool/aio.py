@@ -84,15 +84,8 @@ class _Lease:
     async def __aenter__(self) -> Any:
         if self._conn is not None:
             raise PoolError("this connection() block is in use already")
-        pool = self._pool
-        timeout = self._timeout
-        conn = None
-        if timeout is None or (type(timeout) in _SECONDS and timeout >= 0):
-            conn = pool._take()
-        if conn is None:
-            conn = await pool._acquire_slow(timeout)
-        self._conn = conn
-        return conn
+        self._conn = await self._pool.acquire(self._timeout)
+        return self._conn
 
     async def __aexit__(self, *exc_info: object) -> None:
         conn, self._conn = self._conn, None
@@ -100,13 +93,7 @@ class _Lease:
             # Not shielded (a task a call): the return does not suspend
             # unless the reset must await, and a cancellation there discards
             # the connection (its state unknown) rather than losing it.
-            pool = self._pool
-            if pool._closing:
-                await pool._release_closed(conn)
-                return
-            pending = pool._give(conn)
-            if pending is not None:
-                await pool._finish_reset(conn, pending)
+            await self._pool.release(conn)
 
 
 class _AsyncPoolMethods(_PoolShared):

@@ -470,8 +470,6 @@ class _PoolMethods(_PoolShared):
         self._threads: list[threading.Thread] = []
         self._started = False
         self._closing = False
-        self._leases: dict[int, list[Any]] = {}  # slot -> [checked_out, stack, reported]
-        self._last_check: dict[int, float] = {}  # slot -> last keepalive check
 
     # ------------------------------------------------------------ lifecycle
 
@@ -810,6 +808,8 @@ class _PoolMethods(_PoolShared):
         self._policy = Policy(self._settings, self._core, self._log)  # fresh counters
         self._policy.min_size = min_size
         self._leaks = 0
+        self._leases = {}  # the parent's borrowers are not this process's
+        self._last_check = {}
 
     def __repr__(self) -> str:
         core = self._core
