@@ -211,6 +211,12 @@ class Policy:
             return False
         return bool(core.waiting > core.connecting + core.idle or core.size < self.min_size)
 
+    @property
+    def failing(self) -> bool:
+        """True while the database is unreachable: the last connect failed
+        (an outage is under way), whenever that was."""
+        return self.outage_since is not None
+
     def lifetime(self) -> float | None:
         """The lifetime of a new connection: max_lifetime less a random jitter."""
         life = self.settings.max_lifetime

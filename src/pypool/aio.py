@@ -227,19 +227,18 @@ class _AsyncPoolMethods(_PoolShared):
         """Waits until ``min_size`` connections are open, for a service that
         must not start against a dead database. Raises :class:`PoolTimeout`
         (with the last connection error as its cause) after ``timeout``
-        seconds, or with ``fail_fast`` :class:`ConnectionFailed` at the first
-        failed connect."""
+        seconds, or with ``fail_fast`` :class:`ConnectionFailed` as soon as a
+        connect has failed (at once if the last one already had)."""
         self._bind()
         assert self._ready is not None
         core = self._core
         policy = self._policy
-        errors_before = policy.counters()["connect_errors"]
         deadline = time.monotonic() + timeout
         async with self._ready:
             while core.idle + core.in_use + core.claimed < self._policy.min_size:
                 if core.closed:
                     raise PoolClosed(f"pool {self.name!r} is closed")
-                if fail_fast and policy.counters()["connect_errors"] > errors_before:
+                if fail_fast and policy.failing:
                     raise ConnectionFailed(
                         f"pool {self.name!r}: could not connect"
                     ) from policy.last_error

@@ -513,11 +513,10 @@ class _PoolMethods(_PoolShared):
         """Blocks until ``min_size`` connections are open, for a service that
         must not start against a dead database. Raises :class:`PoolTimeout`
         (with the last connection error as its cause) after ``timeout``
-        seconds, or with ``fail_fast`` :class:`ConnectionFailed` at the first
-        failed connect."""
+        seconds, or with ``fail_fast`` :class:`ConnectionFailed` as soon as a
+        connect has failed (at once if the last one already had)."""
         self.open()
         policy = self._policy
-        errors_before = policy.counters()["connect_errors"]
         deadline = time.monotonic() + timeout
         with self._ready:
             while True:
@@ -526,7 +525,7 @@ class _PoolMethods(_PoolShared):
                     raise PoolClosed(f"pool {self.name!r} is closed")
                 if core.idle + core.in_use + core.claimed >= policy.min_size:
                     return
-                if fail_fast and policy.counters()["connect_errors"] > errors_before:
+                if fail_fast and policy.failing:
                     raise ConnectionFailed(
                         f"pool {self.name!r}: could not connect"
                     ) from policy.last_error
