@@ -24,10 +24,14 @@ from one test to the next.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -539,3 +543,64 @@ def test_bouncer_timeouts_shorter_than_the_pools(
         _balanced(pool, bouncer)
     finally:
         pool.close()
+
+
+# --------------------------------------------------------- pypool sweep
+
+
+def _sweep(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pypool", "sweep", *args],
+        capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_sweep_processes_through_pgbouncer(
+    start_bouncer: Callable[..., PgBouncer], tmp_path: Path
+) -> None:
+    """Through PgBouncer, with its admin console: the sizes are capped by the
+    bouncer's free client connections (not PostgreSQL's max_connections),
+    the server connections stay within its pool, the pools declare
+    transaction pooling (no prepared-statement failures), and
+    default_pool_size is varied, recommended and set back."""
+    bouncer = start_bouncer(default_pool_size=2, max_client_conn=12)
+    path = tmp_path / "sweep.json"
+    proc = _sweep("--dsn", bouncer.dsn, "--admin-dsn", bouncer.admin_dsn, "--processes", "2",
+                  "--clients", "2", "--max-size", "8", "--seconds", "0.3",
+                  "--bouncer-pool-sizes", "1,2", "--json", str(path))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["complete"] is True, doc["error"]
+    b = doc["bouncer"]
+    assert b["pool_mode"] == "transaction" and b["max_client_conn"] == 12
+    assert b["pool_size"] == 2 and b["server_limit"] == 2
+    assert doc["settings"]["transaction_pooling"] is True
+    # 12 client connections less the sweep's own (the monitor, the console):
+    # at most 5 per process, far below what PostgreSQL alone would allow.
+    assert doc["settings"]["cap"] == min(8, (12 - b["clients_in_use"]) // 2)
+    assert doc["settings"]["cap"] < doc["server"]["available"] // 2
+    for r in doc["results"]:
+        assert r["cycles"] > 0
+        assert r["bouncer_server_connections"] is None or r["bouncer_server_connections"] <= 2
+    assert "client connections to PgBouncer" in doc["recommended"]["within_limits"]
+    varied = {r["default_pool_size"]: r for r in doc["bouncer_results"]}
+    assert set(varied) == {1, 2}
+    for n, r in varied.items():
+        assert r["cycles"] > 0
+        assert r["bouncer_server_connections"] is None or r["bouncer_server_connections"] <= n
+    assert doc["recommended_bouncer"]["default_pool_size"] in (1, 2)
+    assert "Recommended PgBouncer default_pool_size: " in proc.stdout
+    config = {row["key"]: row["value"] for row in bouncer.show("CONFIG")}
+    assert config["default_pool_size"] == "2"  # set back
+
+
+@pytest.mark.timeout(120)
+def test_sweep_through_pgbouncer_without_its_console(bouncer: PgBouncer) -> None:
+    """Without the admin console the sweep cannot tell it talks to PgBouncer:
+    --transaction-pooling declares it (psycopg's prepared statements would
+    fail otherwise), and the limits it reads are PostgreSQL's."""
+    proc = _sweep("--dsn", bouncer.dsn, "--transaction-pooling", "--clients", "4",
+                  "--max-size", "2", "--seconds", "0.5")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "server connections, within the" in proc.stdout
