@@ -149,7 +149,12 @@ def _check_doc(doc: dict[str, Any], dsn: str, max_size: int = 4) -> None:
         assert r["server_in_use"] is None or r["server_in_use"] >= r["size"]
 
     rec = doc["recommended"]
-    assert set(rec) == {"size", "throughput", "best_size", "best_throughput", "reason"}
+    assert set(rec) == {
+        "size", "throughput", "best_size", "best_throughput", "reason", "within_limits"
+    }  # fmt: skip
+    assert f"{rec['size']} server connections, within the {server['available']}" in (
+        rec["within_limits"]
+    )
     assert rec["size"] in s["sizes"]
     best = max(r["throughput"] for r in results)
     assert rec["best_throughput"] == best
@@ -290,3 +295,59 @@ def test_no_psycopg_is_one_line() -> None:
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "pip install 'pypool[psycopg]'" in proc.stderr
     assert "s3cr3t" not in proc.stderr
+
+
+# ------------------------------------------------------------------ processes
+
+
+def test_bouncer_pool_sizes_need_the_admin_console(capsys: pytest.CaptureFixture[str]) -> None:
+    from pypool import cli
+
+    rc = cli.main(["sweep", "--dsn", "postgresql://u@127.0.0.1:1/x",
+                   "--bouncer-pool-sizes", "2,4"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and "--admin-dsn" in err
+
+
+def test_sizing_says_why_the_total_fits() -> None:
+    s = _sweep._Sweep(dsn="d", workload={}, clients=4, seconds=1.0, max_size=8,
+                      tolerance=5.0, started="", processes=4)  # fmt: skip
+    s.server = {"max_connections": 100, "superuser_reserved_connections": 3,
+                "reserved_connections": 0, "in_use": 5, "available": 92}  # fmt: skip
+    text = _sweep.sizing(s, 8)
+    assert "4 processes x 8 = 32 server connections" in text
+    assert "within the 92 the server has free" in text
+    s.bouncer = {"available": 90, "max_client_conn": 100, "clients_in_use": 10,
+                 "server_limit": 6, "pool_size": 5, "reserve_pool": 1,
+                 "pool_mode": "transaction"}  # fmt: skip
+    text = _sweep.sizing(s, 8)
+    assert "32 client connections to PgBouncer, within the 90 it has free" in text
+    assert "at most 6 server connections" in text
+
+
+@pytest.mark.db
+@pytest.mark.timeout(180)
+def test_sweep_processes_direct(dsn: str, tmp_path: Path) -> None:
+    """Two worker processes, each with its own pool: sizes are per process,
+    the server sees both pools, and the recommendation counts both."""
+    path = tmp_path / "sweep.json"
+    proc = _pypool("sweep", "--dsn", dsn, "--processes", "2", "--clients", "2",
+                   "--max-size", "2", "--seconds", "0.3", "--json", str(path))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    assert doc["complete"] is True and doc["error"] is None
+    assert doc["settings"]["processes"] == 2 and doc["bouncer"] is None
+    available = doc["server"]["available"]
+    assert doc["settings"]["cap"] == min(2, available // 2)
+    for r in doc["results"]:
+        assert r["processes"] == 2 and r["total_size"] == 2 * r["size"]
+        assert r["cycles"] > 0 and 0 < r["p50_ms"] <= r["p99_ms"]
+        # Both processes' pools are open during the run, and the monitor too.
+        assert r["server_in_use"] is None or r["server_in_use"] > r["total_size"]
+    rec = doc["recommended"]
+    assert f"2 processes x {rec['size']} = {2 * rec['size']} server connections" in (
+        rec["within_limits"]
+    )
+    assert "Recommended pool size per process: " in proc.stdout
+    assert "2 processes x 2 client threads, a pool in each" in proc.stdout

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigurationError, PoolTimeout
 
@@ -64,6 +64,52 @@ def _hook(name: str, value: object, *, allow_false: bool = False) -> Any:
     raise ConfigurationError(f"{name} must be {allowed}, not {type(value).__name__}")
 
 
+#: The attribute that marks a reset as one that clears session state (see
+#: :func:`session_state_reset`).
+CLEARS_SESSION_STATE = "clears_session_state"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def session_state_reset(reset: _F) -> _F:
+    """Marks ``reset`` as a reset that clears session state (settings, roles,
+    prepared statements, ``LISTEN``, advisory locks, temporary tables), such
+    as ``pypool.psycopg.discard_all``: a pool with ``transaction_pooling=True``
+    refuses it."""
+    setattr(reset, CLEARS_SESSION_STATE, True)
+    return reset
+
+
+def check_transaction_pooling(transaction_pooling: object, reset: object) -> bool:
+    """Validated ``transaction_pooling``; refuses a session-state reset
+    with it.
+
+    Behind a pooler in transaction mode (PgBouncer's ``pool_mode =
+    transaction``) a client's session is not its own between transactions,
+    so there is no session state of the client's to clear: such a reset
+    would run on whichever server connection the pooler lends for it, clear
+    state another client may be relying on, and cost a round trip on every
+    return. A ConfigurationError rather than a warning: the two settings
+    contradict each other, and a warning in a log would leave that cost and
+    that harm in place.
+    """
+    if not isinstance(transaction_pooling, bool):
+        raise ConfigurationError(
+            f"transaction_pooling must be True or False, not {transaction_pooling!r}"
+        )
+    if transaction_pooling and getattr(reset, CLEARS_SESSION_STATE, False):
+        name = getattr(reset, "__qualname__", None) or repr(reset)
+        raise ConfigurationError(
+            f"transaction_pooling=True cannot go with reset={name}, which clears session "
+            "state: behind a transaction pooler a connection's session is not the client's "
+            "between transactions, so the reset would clear the state of whichever server "
+            "connection the pooler lends it. Leave reset unset (a rollback of an open "
+            "transaction), or declare transaction_pooling=False for a direct or "
+            "session-mode connection"
+        )
+    return transaction_pooling
+
+
 def check_sizes(min_size: object, max_size: object) -> tuple[int, int]:
     """Validated ``(min_size, max_size)``."""
     lo = _count("min_size", min_size, 0)
@@ -101,6 +147,7 @@ class Settings:
         keepalive: object = None,
         reconnect_timeout: object = 300.0,
         reconnect_failed: object = None,
+        transaction_pooling: object = False,
     ) -> None:
         if not callable(factory):
             hint = ""
@@ -154,6 +201,11 @@ class Settings:
         assert reconnect is not None
         self.reconnect_timeout: float = reconnect
         self.reconnect_failed = _hook("reconnect_failed", reconnect_failed)
+        self.transaction_pooling = check_transaction_pooling(transaction_pooling, self.reset)
+        if self.transaction_pooling and self.reset is None:
+            # An adapter whose own reset clears session state offers one that
+            # only ends the transaction.
+            self.reset = getattr(adapter, "transaction_pooling_reset", None)
 
 
 def make_core(

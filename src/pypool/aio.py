@@ -131,6 +131,7 @@ class _AsyncPoolMethods(_PoolShared):
         keepalive: float | None = 240.0,
         reconnect_timeout: float = 300.0,
         reconnect_failed: Callable[[Any], object] | None = None,
+        transaction_pooling: bool = False,
         _core: types.ModuleType | None = None,
     ) -> None:
         if adapter is None:
@@ -156,6 +157,7 @@ class _AsyncPoolMethods(_PoolShared):
             keepalive=keepalive,
             reconnect_timeout=reconnect_timeout,
             reconnect_failed=reconnect_failed,
+            transaction_pooling=transaction_pooling,
         )
         core_module = _module_of(type(self))
         core = make_core(settings, core_module, self._on_wait, self._on_abandon)
@@ -676,7 +678,9 @@ class AsyncPool(_AsyncPoolMethods, _core.PoolBase):  # type: ignore[misc]
     with ``conn.ping()`` where there is one and closes with ``conn.close()``.
     Events (:meth:`add_listener`), leak reports (``leak_timeout``),
     keepalive checks and replacement ahead of ``max_lifetime`` work as in
-    :class:`pypool.Pool`, from a maintenance task.
+    :class:`pypool.Pool`, from a maintenance task. With
+    ``transaction_pooling=True`` and ``adapter=pypool.asyncpg`` the reset is
+    a rollback of an open transaction instead of ``Connection.reset()``.
     """
 
     __new__ = _new

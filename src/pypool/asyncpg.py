@@ -15,6 +15,11 @@
   ``create_pool`` runs (an open transaction rolled back, cursors closed,
   ``LISTEN`` registrations and listeners removed, settings reset, advisory
   locks released: one round trip). ``reset=False`` on the pool skips it.
+  With ``transaction_pooling=True`` on the pool (behind PgBouncer in
+  transaction mode) the reset is :func:`transaction_pooling_reset` instead:
+  a rollback of an open transaction, nothing more; pass
+  ``statement_cache_size=0`` to ``asyncpg.connect`` there too, since
+  PgBouncer 1.18 cannot follow prepared statements.
 - **check** before hand-out (only after ``check_after`` idle, bounded by what
   is left of the caller's timeout): ``SELECT 1``.
 - **broken**: ``conn.is_closed()``.
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["check", "close", "is_broken", "reset_for"]
+__all__ = ["check", "close", "is_broken", "reset_for", "transaction_pooling_reset"]
 
 #: Seconds a close may take before the connection is terminated.
 CLOSE_TIMEOUT = 5.0
@@ -43,6 +48,13 @@ def reset_for(conn: Any) -> Any:
     """The reset for asyncpg connections: ``Connection.reset()``, by name
     (the core calls it and the pool awaits what it returns)."""
     return "reset"
+
+
+async def transaction_pooling_reset(conn: Any) -> None:
+    """The reset behind a pooler in transaction mode: rolls back an open
+    transaction and leaves session state alone (it is not the client's)."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 async def check(conn: Any) -> None:

@@ -421,6 +421,7 @@ class _PoolMethods(_PoolShared):
         keepalive: float | None = 240.0,
         reconnect_timeout: float = 300.0,
         reconnect_failed: Callable[[Any], object] | None = None,
+        transaction_pooling: bool = False,
         _core: types.ModuleType | None = None,
         _defer_open: bool = False,
     ) -> None:
@@ -449,6 +450,7 @@ class _PoolMethods(_PoolShared):
             keepalive=keepalive,
             reconnect_timeout=reconnect_timeout,
             reconnect_failed=reconnect_failed,
+            transaction_pooling=transaction_pooling,
         )
         core_module = _module_of(type(self))
         self._fresh_threading()
@@ -1021,6 +1023,14 @@ class Pool(_PoolMethods, _core.PoolBase):
       them silently; None: never.
     - ``reconnect_timeout=300.0``: after connects have failed this long,
       ``reconnect_failed(pool)`` is called (the pool keeps trying).
+    - ``transaction_pooling=False``: set it when the connections go through
+      a pooler in transaction mode (PgBouncer's ``pool_mode = transaction``),
+      which a client cannot detect: the reset then only ends the
+      transaction, and a reset that clears session state (such as
+      ``pypool.psycopg.discard_all``) is refused with
+      :class:`ConfigurationError`, since the session is not the client's
+      between transactions. With psycopg, also pass ``prepare_threshold=None``
+      to the connect (``docs/scaling-out.md``).
     """
 
     __new__ = _new

@@ -26,6 +26,12 @@ State hygiene: a reset leaves no transaction, but session state (settings,
 locks) survives it unless a reset policy clears it: pass ``reset=discard_all``
 (everything, one round trip) or ``reset=reset_session`` (the same without
 dropping temporary tables' and sequences' caches) to the pool.
+
+Behind PgBouncer in transaction mode, pass ``transaction_pooling=True`` (a
+pypool setting; psycopg_pool has none): the reset is then a rollback only (a
+session-state reset is refused with ``ConfigurationError``), and connections
+are made with ``prepare_threshold=None`` unless ``kwargs`` sets it, since
+PgBouncer 1.18 cannot follow prepared statements (``docs/scaling-out.md``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from psycopg.pq import TransactionStatus
 
 from . import _core, errors
 from . import stats as names
+from ._policy import check_transaction_pooling, session_state_reset
 from .aio import AsyncPool, _AsyncPoolMethods
 from .dbapi import DBAPIAdapter, mask_dsn
 from .pool import Pool, _PoolMethods, _PoolShared
@@ -152,6 +159,7 @@ async def _discard_all_async(conn: Any) -> None:
     _forget_prepared(conn)
 
 
+@session_state_reset
 def discard_all(conn: Any) -> Any:
     """A reset that clears every trace of the previous borrower:
     ``DISCARD ALL`` (one round trip). For an ``AsyncConnection`` it returns a
@@ -164,7 +172,8 @@ def discard_all(conn: Any) -> Any:
     ``DISCARD SEQUENCES`` and ``DISCARD TEMP`` (temporary tables). Behind
     PgBouncer in transaction mode a session is not yours across
     transactions, so there session state must not be relied on at all, and
-    ``DISCARD ALL`` there only resets the server connection it lands on.
+    ``DISCARD ALL`` there only resets the server connection it lands on: a
+    pool with ``transaction_pooling=True`` refuses this reset.
     """
     if isinstance(conn, psycopg.AsyncConnection):
         return _discard_all_async(conn)  # the async pools await it
@@ -179,6 +188,7 @@ _RESET_SESSION = (
 )
 
 
+@session_state_reset
 def reset_session(conn: Any) -> Any:
     """A narrower reset than :func:`discard_all`, in one round trip: roles,
     settings, prepared statements, cursors, ``LISTEN`` registrations and
@@ -243,14 +253,26 @@ class _Connect:
     ``conninfo`` and ``kwargs`` re-read for every new connection (they may be
     callables, for rotating credentials)."""
 
-    def __init__(self, conninfo: Any, connection_class: type, kwargs: Any) -> None:
+    def __init__(
+        self, conninfo: Any, connection_class: type, kwargs: Any, transaction_pooling: bool
+    ) -> None:
         self.conninfo = conninfo
         self.connection_class = connection_class
         self.kwargs = kwargs
+        self.transaction_pooling = transaction_pooling
         self.pool: Any = None  # set once the pool exists
 
+    def _arguments(self, kwargs: Any) -> dict[str, Any]:
+        """The keyword arguments of a connect: the user's, and, behind a
+        transaction pooler, ``prepare_threshold=None`` unless the user chose
+        a value (PgBouncer before 1.21 cannot follow prepared statements)."""
+        arguments = dict(kwargs or {})
+        if self.transaction_pooling:
+            arguments.setdefault("prepare_threshold", None)
+        return arguments
+
     def __call__(self) -> Any:
-        kwargs = _resolve(self.kwargs) or {}
+        kwargs = self._arguments(_resolve(self.kwargs))
         conn = self.connection_class.connect(  # type: ignore[attr-defined]
             _resolve(self.conninfo) or "", **kwargs
         )
@@ -470,13 +492,15 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         reconnect_timeout: float = 5 * 60.0,
         reconnect_failed: Callable[[Any], object] | None = None,
         num_workers: int = 3,
+        transaction_pooling: bool = False,
         **options: Any,
     ) -> None:
+        check_transaction_pooling(transaction_pooling, reset)
         max_size = self._remember(
             conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
             reconnect_timeout, num_workers, max_lifetime, max_idle,
         )  # fmt: skip
-        factory = _Connect(conninfo, connection_class, kwargs)
+        factory = _Connect(conninfo, connection_class, kwargs, transaction_pooling)
         super().__init__(
             factory,
             adapter=PsycopgAdapter(reset),
@@ -492,6 +516,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             name=name,
             reconnect_timeout=reconnect_timeout,
             reconnect_failed=reconnect_failed,
+            transaction_pooling=transaction_pooling,
             _defer_open=True,
             **options,
         )
@@ -826,7 +851,7 @@ class _AsyncConnect(_Connect):
         if hasattr(kwargs, "__await__"):
             kwargs = await kwargs
         conn = await self.connection_class.connect(  # type: ignore[attr-defined]
-            conninfo or "", **(kwargs or {})
+            conninfo or "", **self._arguments(kwargs)
         )
         conn._pool = self.pool
         return conn
@@ -893,13 +918,15 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         reconnect_timeout: float = 5 * 60.0,
         reconnect_failed: Callable[[Any], Any] | None = None,
         num_workers: int = 3,
+        transaction_pooling: bool = False,
         **options: Any,
     ) -> None:
+        check_transaction_pooling(transaction_pooling, reset)
         max_size = self._remember(
             conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
             reconnect_timeout, num_workers, max_lifetime, max_idle,
         )  # fmt: skip
-        factory = _AsyncConnect(conninfo, connection_class, kwargs)
+        factory = _AsyncConnect(conninfo, connection_class, kwargs, transaction_pooling)
         super().__init__(
             factory,
             adapter=AsyncPsycopgAdapter(reset),
@@ -915,6 +942,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
             name=name,
             reconnect_timeout=reconnect_timeout,
             reconnect_failed=reconnect_failed,
+            transaction_pooling=transaction_pooling,
             **options,
         )
         factory.pool = self
