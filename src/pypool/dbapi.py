@@ -172,14 +172,24 @@ ResetPlan: TypeAlias = "str | Callable[[Any], None] | None"
 _SECRET_KEY = r"(?:[\w.-]*password|passwd|pwd|[\w.-]*passphrase|[\w.-]*secret)"
 # scheme://user:password@host -> scheme://user:***@host (up to the last "@" of
 # the run: a password with an unescaped "@" is masked whole; masking too much
-# is harmless, too little is not).
-_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@?#]*:)\S*@")
-# password=secret, password='a b', ?password=x&..., PWD=x;...
+# is harmless, too little is not). A password with a space in it (which libpq
+# rejects) is masked up to the last "@" before the next "/".
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s/:@?#]*:)(?:\S*|[^/\n]*)@")
+_QUOTED = r"'(?:[^'\\]|\\.)*(?:'|$)|\"(?:[^\"\\]|\\.)*(?:\"|$)"
+_UNQUOTED = r"(?:\\.|[^\s\\&;]|[&;](?![\w.-]+=))+"
+# A word without "=" after an unquoted value: libpq would take it for a key
+# without a value, so it is the rest of a password with an unquoted space.
+_BARE = r"(?:\\.|[^\s\\&;=]|[&;](?![\w.-]+=))+?(?=['\"]?(?:\s|$)|[&;][\w.-]+=)"
+# password=secret, password='a b', ?password=x&..., PWD=x;... and the bare
+# words after an unquoted value (password=s3cr3t XYZ dbname=x)
 _KV_PASSWORD = re.compile(
     r"(?i)(?<![\w.-])(" + _SECRET_KEY + r")(\s*=\s*)"
-    r"(?:'(?:[^'\\]|\\.)*(?:'|$)|\"(?:[^\"\\]|\\.)*(?:\"|$)"
-    r"|(?:\\.|[^\s\\&;]|[&;](?![\w.-]+=))+)"
+    r"(" + _QUOTED + "|" + _UNQUOTED + r")((?:[ \t]+" + _BARE + r")*)"
 )
+# What may follow bare words that belong to a password: another key=value
+# word, a query string's next parameter, or the end of the line (a closing
+# quote allowed). Anything else is prose, which keeps its words.
+_DSN_GOES_ON = re.compile(r"[ \t]+[\w.-]+\s*=|[&;][\w.-]+=|['\"]?[ \t]*(?:\r?\n|$)")
 # 'password': 'secret' (the repr of a dict)
 _DICT_PASSWORD = re.compile(
     r"(?i)(['\"])(" + _SECRET_KEY + r")\1(\s*:\s*)b?"
@@ -188,17 +198,31 @@ _DICT_PASSWORD = re.compile(
 _SECRET_KWARG = re.compile(r"(?i)pass|pwd|secret")
 
 
+def _bare_words_are_password(match: re.Match[str]) -> bool:
+    """Whether the bare words after an unquoted value are the rest of it."""
+    value, words = match.group(3), match.group(4)
+    if not words or value[0] in "'\"" or "'" in value or '"' in value:
+        return False  # quoted, or quoted around: prose follows
+    return _DSN_GOES_ON.match(match.string, match.end()) is not None
+
+
+def _mask_kv(match: re.Match[str]) -> str:
+    words = "" if _bare_words_are_password(match) else match.group(4)
+    return f"{match.group(1)}{match.group(2)}***{words}"
+
+
 def mask_dsn(text: str) -> str:
     """``text`` with every password in it replaced by ``***``.
 
     Masks the password of URLs (``postgresql://u:***@h/db``), of key=value
     DSNs and query strings (``password=***``, quoted values included, and
     ``sslpassword``, ``passwd``, ``pwd``), and of dict reprs
-    (``'password': '***'``). Use it on any text that may hold a DSN before it is
-    logged or put into an exception.
+    (``'password': '***'``). A password with an unquoted space, which libpq
+    rejects (``password=s3cr3t XYZ dbname=x``), is masked whole. Use it on any
+    text that may hold a DSN before it is logged or put into an exception.
     """
     text = _URL_PASSWORD.sub(r"\1***@", text)
-    text = _KV_PASSWORD.sub(r"\1\2***", text)
+    text = _KV_PASSWORD.sub(_mask_kv, text)
     return _DICT_PASSWORD.sub(r"\1\2\1\3'***'", text)
 
 
