@@ -13,6 +13,7 @@ well-formed DSNs.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import socket
@@ -283,6 +284,73 @@ def test_pool_psycopg_partial(core_module: ModuleType, logs: pytest.LogCaptureFi
     shown = _pool_failures(pypool.Pool(factory, min_size=1, _core=core_module))
     assert leaks(shown) == []
     assert leaks(log_text(logs)) == []
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("kind", ["sync", "null", "async"])
+@pytest.mark.parametrize(
+    ("conninfo", "kwargs"),
+    [
+        (MALFORMED["kv-unquoted-space"], None),
+        (MALFORMED["url-bad-percent"], None),
+        (f"host=127.0.0.1 port={DEAD} dbname=test", {"password": PASSWORD, "bogus": "1"}),
+    ],
+    ids=["kv-unquoted-space", "url-bad-percent", "kwargs"],
+)
+def test_psycopg_pools(
+    kind: str,
+    conninfo: str,
+    kwargs: dict[str, str] | None,
+    core_module: ModuleType,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    _psycopg()
+    from pypool import psycopg as pp
+
+    if kind == "async":
+        shown = asyncio.run(_async_pool_failures(pp, conninfo, kwargs, core_module))
+    else:
+        cls = pp.ConnectionPool if kind == "sync" else pp.NullConnectionPool
+        pool = cls(conninfo, kwargs=kwargs, min_size=1 if kind == "sync" else 0,
+                   open=False, _core=core_module)  # fmt: skip
+        try:
+            pool.open()
+            error = _call(lambda: pool.getconn(timeout=0.3))
+            assert isinstance(error, pp.PoolTimeout)
+            waited = _call(lambda: pool.wait(timeout=0.3))
+            assert isinstance(waited, pp.PoolTimeout)
+            assert waited.__cause__ is not None
+            shown = texts_of(error) + texts_of(waited) + repr(pool) + repr(pool._settings.factory)
+        finally:
+            pool.close()
+    assert any("connection failed" in r.getMessage() for r in logs.records)
+    assert leaks(shown) == []
+    assert leaks(log_text(logs)) == []
+
+
+async def _async_pool_failures(
+    pp: ModuleType, conninfo: str, kwargs: dict[str, str] | None, core_module: ModuleType
+) -> str:
+    pool = pp.AsyncConnectionPool(
+        conninfo, kwargs=kwargs, min_size=1, open=False, _core=core_module
+    )
+    try:
+        await pool.open()
+        error: BaseException | None = None
+        try:
+            await pool.getconn(timeout=0.3)
+        except pp.PoolTimeout as exc:
+            error = exc
+        try:
+            await pool.wait(timeout=0.3)
+        except pp.PoolTimeout as exc:
+            waited: BaseException = exc
+        else:
+            raise AssertionError("wait() did not fail")
+        assert error is not None and waited.__cause__ is not None
+        return texts_of(error) + texts_of(waited) + repr(pool) + repr(pool._settings.factory)
+    finally:
+        await pool.close()
 
 
 # ------------------------------------------------------------------ PyMySQL
