@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import pypool
-from pypool import dbapi
+from pypool import cli, dbapi
 from pypool.dbapi import mask_dsn
 
 #: Each piece is one whitespace-separated token of the password: neither may
@@ -386,3 +386,41 @@ def test_pymysql(
     shown = _pool_failures(pypool.Pool(factory, min_size=1, _core=core_module))
     assert leaks(shown) == []
     assert leaks(log_text(logs)) == []
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [MALFORMED["kv-unquoted-space"], MALFORMED["url-space"]],
+    ids=["kv-unquoted-space", "url-space"],
+)
+def test_cli_sweep(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _psycopg()
+    assert cli.main(["sweep", "--dsn", dsn, "--seconds", "0.2"]) != 0
+    out, err = capsys.readouterr()
+    assert "cannot connect" in err
+    assert leaks(out + err) == []
+
+
+def test_cli_bench(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    _psycopg()
+    from pypool import _bench_peers
+
+    monkeypatch.setattr(_bench_peers, "DSN", None)  # the command sets it: put it back after
+    dsn = MALFORMED["kv-unquoted-space"]
+    contenders = "queue,pool-native-pg"
+    cli.main(["bench", "--quick", "--rounds", "1", "--threads", "1",
+              "--contenders", contenders, "--dsn", dsn])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert "failed with a query" in out + err
+    assert leaks(out + err) == []
+
+
+def test_cli_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A DSN given without ``--dsn`` is echoed back as an unknown argument."""
+    assert cli.main(["sweep", MALFORMED["kv-unquoted-space"]]) != 0
+    out, err = capsys.readouterr()
+    assert "unrecognized arguments" in err
+    assert leaks(out + err) == []

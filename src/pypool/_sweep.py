@@ -518,14 +518,16 @@ def sweep(args: argparse.Namespace) -> int:
     except ImportError:
         return fail(f"needs psycopg: {PSYCOPG_EXTRA}")
     _hint_extras("sweep", plot=args.plot is not None)
-    from .dbapi import mask_dsn
+    from .dbapi import Secrets
+
+    secrets = Secrets(args.dsn)  # what is shown or written passes through it
 
     if args.script is not None:
         workload = {"kind": "script", "sql": args.script}
     else:
         workload = {"kind": "query", "sql": args.query or DEFAULT_QUERY}
     s = _Sweep(
-        dsn=mask_dsn(args.dsn),
+        dsn=secrets.mask(args.dsn),
         workload=workload,
         clients=args.clients,
         seconds=args.seconds,
@@ -544,8 +546,8 @@ def sweep(args: argparse.Namespace) -> int:
         status = EXIT_INTERRUPTED
     except _Failed as exc:
         progress.clear()
-        s.error = str(exc)
-        print(f"pypool sweep: {exc}", file=sys.stderr)
+        s.error = secrets.mask(str(exc))
+        print(f"pypool sweep: {s.error}", file=sys.stderr)
         status = EXIT_FAILED
         if not s.results:
             return status
