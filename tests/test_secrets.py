@@ -294,12 +294,13 @@ def test_pool_psycopg_partial(core_module: ModuleType, logs: pytest.LogCaptureFi
         (MALFORMED["kv-unquoted-space"], None),
         (MALFORMED["url-bad-percent"], None),
         (f"host=127.0.0.1 port={DEAD} dbname=test", {"password": PASSWORD, "bogus": "1"}),
+        (lambda: MALFORMED["url-space"], None),  # rotating credentials
     ],
-    ids=["kv-unquoted-space", "url-bad-percent", "kwargs"],
+    ids=["kv-unquoted-space", "url-bad-percent", "kwargs", "callable"],
 )
 def test_psycopg_pools(
     kind: str,
-    conninfo: str,
+    conninfo: str | Callable[[], str],
     kwargs: dict[str, str] | None,
     core_module: ModuleType,
     logs: pytest.LogCaptureFixture,
@@ -329,7 +330,10 @@ def test_psycopg_pools(
 
 
 async def _async_pool_failures(
-    pp: ModuleType, conninfo: str, kwargs: dict[str, str] | None, core_module: ModuleType
+    pp: ModuleType,
+    conninfo: str | Callable[[], str],
+    kwargs: dict[str, str] | None,
+    core_module: ModuleType,
 ) -> str:
     pool = pp.AsyncConnectionPool(
         conninfo, kwargs=kwargs, min_size=1, open=False, _core=core_module
