@@ -28,8 +28,8 @@ import pypool
 from pypool import cli, dbapi
 from pypool.dbapi import mask_dsn
 
-#: Each piece is one whitespace-separated token of the password: neither may
-#: appear anywhere.
+#: Every form of the password below holds one of these (whole, escaped,
+#: percent-encoded or cut into words): neither may appear anywhere.
 PIECES = ("h1dd3n", "Qx9Tail")
 PASSWORD = "h1dd3n-Pw Qx9Tail"
 

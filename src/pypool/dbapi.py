@@ -279,12 +279,14 @@ class Secrets:
     ``Secrets(*args, **kwargs)`` takes the arguments of a connect call: the
     passwords of DSNs among them (the user info and ``password`` query
     parameter of a URL, percent-decoded or not; ``password=`` key=value words,
-    quoted or not, escaped or not, with the bare words that follow an unquoted
-    one), and the values of keyword arguments named like a password
-    (``password``, ``passwd``, ``sslpassword``, ...), in mappings and
-    sequences too. Each whole password and each of its whitespace-separated
-    pieces is masked; a piece shorter than four characters only where it
-    stands alone.
+    quoted or not, escaped or not, an unquoted one with the words after it up
+    to the next libpq keyword), and the values of keyword arguments named like
+    a password (``password``, ``passwd``, ``sslpassword``, ...), in mappings
+    and sequences too. Each whole password and each of its pieces (its
+    words, and the two sides of a word's "=") is masked, also as ``repr()``
+    escapes it and encoded in bytes; a piece of one character is not, and
+    one shorter than four characters only where it stands alone, so that
+    masking does not garble the rest of a message.
 
     A driver's message may repeat a piece of a password without saying what
     it is (libpq answers ``password=s3cr3t XYZ`` with ``missing "=" after
