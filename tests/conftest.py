@@ -23,6 +23,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+#: Fixtures of the shared test support: ``fault_proxy`` (a TCP proxy to cut).
+pytest_plugins = ["_support.faultproxy"]
+
 NATIVE_MODULE = "pypool._corepool"
 PYTHON_MODULE = "pypool._corepool_py"
 

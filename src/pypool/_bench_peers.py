@@ -184,6 +184,13 @@ def _needs_dsn(
     return check
 
 
+def masked(text: str) -> str:
+    """``text`` without any piece of the password of the DSN in use."""
+    from .dbapi import Secrets
+
+    return Secrets(_dsn() or "").mask(text)
+
+
 def _masked(setup: Callable[[int], Handles]) -> Callable[[int], Handles]:
     """``setup`` whose errors never show the DSN's password."""
 
@@ -192,9 +199,7 @@ def _masked(setup: Callable[[int], Handles]) -> Callable[[int], Handles]:
         try:
             return setup(connections)
         except Exception as exc:
-            from .dbapi import mask_dsn
-
-            raise RuntimeError(mask_dsn(f"{type(exc).__name__}: {exc}")) from None
+            raise RuntimeError(masked(f"{type(exc).__name__}: {exc}")) from None
 
     return wrapper
 

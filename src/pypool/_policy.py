@@ -292,7 +292,10 @@ class Policy:
 
     def connect_failed(self, exc: BaseException) -> bool:
         """Records a failed connect; True when the outage has now lasted
-        longer than reconnect_timeout (reported once per outage)."""
+        longer than reconnect_timeout (reported once per outage). The error
+        is kept (and later chained to the callers' errors) with the
+        factory's passwords masked in it."""
+        _scrub(self.settings.factory, exc)
         now = time.monotonic()
         with self.lock:
             self.connects += 1
@@ -363,6 +366,13 @@ class Policy:
                 "connect_time": self.connect_time,
                 "retired": dict(self.retired),
             }
+
+
+def _scrub(factory: object, exc: BaseException) -> None:
+    """Masks in ``exc`` (and its chain) the passwords ``factory`` connects with."""
+    from .dbapi import Secrets
+
+    Secrets.of(factory).scrub(exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -788,7 +788,9 @@ def sweep(args: argparse.Namespace) -> int:
     except ImportError:
         return fail(f"needs psycopg: {PSYCOPG_EXTRA}")
     _hint_extras("sweep", plot=args.plot is not None)
-    from .dbapi import mask_dsn
+    from .dbapi import Secrets
+
+    secrets = Secrets(args.dsn)  # what is shown or written passes through it
 
     if args.script is not None:
         workload = {"kind": "script", "sql": args.script}
@@ -797,7 +799,7 @@ def sweep(args: argparse.Namespace) -> int:
     if args.bouncer_pool_sizes and not args.admin_dsn:
         return fail("--bouncer-pool-sizes needs PgBouncer's admin console: --admin-dsn URL")
     s = _Sweep(
-        dsn=mask_dsn(args.dsn),
+        dsn=secrets.mask(args.dsn),
         processes=args.processes,
         transaction_pooling=args.transaction_pooling,
         bouncer_pool_sizes=args.bouncer_pool_sizes or [],
@@ -819,8 +821,8 @@ def sweep(args: argparse.Namespace) -> int:
         status = EXIT_INTERRUPTED
     except _Failed as exc:
         progress.clear()
-        s.error = str(exc)
-        print(f"pypool sweep: {exc}", file=sys.stderr)
+        s.error = secrets.mask(str(exc))
+        print(f"pypool sweep: {s.error}", file=sys.stderr)
         status = EXIT_FAILED
         if not s.results:
             return status

@@ -450,7 +450,7 @@ def _measure(run: _Run, handles: dict[str, Handles], progress: _Progress) -> Non
     def failed(name: str, threads: int, exc: _WorkerFailed) -> None:
         # Only this thread count is lost: the contender is rebuilt, in case
         # the failure left its pool in a bad state, and measuring goes on.
-        run.failed[f"{name}, {threads} threads"] = str(exc)
+        run.failed[f"{name}, {threads} threads"] = _bench_peers.masked(str(exc))
         run.broken.add((name, threads))
         old = handles[name]
         handles[name] = by_name[name].setup(CONNECTIONS)
@@ -815,7 +815,7 @@ def _timed_threads(
 
 
 def _measure_queries(q: _QueryRun, progress: _Progress) -> None:
-    from .dbapi import mask_dsn
+    from .dbapi import Secrets
 
     try:
         import psycopg
@@ -864,7 +864,7 @@ def _measure_queries(q: _QueryRun, progress: _Progress) -> None:
                     q.results.setdefault((name, t), []).append(rate)
             q.rounds_done = r + 1
     except Exception as exc:
-        q.failed = mask_dsn(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        q.failed = Secrets(q.dsn).mask(f"{type(exc).__name__}: {exc}".splitlines()[0])
     finally:
         if pool is not None:
             pool.close()
@@ -1027,7 +1027,7 @@ def _bench(args: argparse.Namespace) -> int:
             try:
                 handles[c.name] = c.setup(CONNECTIONS)
             except Exception as exc:
-                skipped[c.name] = f"setup failed: {type(exc).__name__}: {exc}"
+                skipped[c.name] = _bench_peers.masked(f"setup failed: {type(exc).__name__}: {exc}")
                 continue
             run.contenders.append(c)
         if not run.contenders:
@@ -1223,7 +1223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.error(f"a command is required ({', '.join(COMMANDS)}); see pypool --help")
     except _UsageError as exc:
-        print(f"pypool: error: {exc}", file=sys.stderr)
+        # argparse repeats what it did not understand: a DSN given without --dsn
+        from .dbapi import Secrets
+
+        words = sys.argv[1:] if argv is None else list(argv)
+        print(f"pypool: error: {Secrets(*words).mask(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_OK

@@ -52,7 +52,7 @@ from . import _core, errors
 from . import stats as names
 from ._policy import check_transaction_pooling, session_state_reset
 from .aio import AsyncPool, _AsyncPoolMethods
-from .dbapi import DBAPIAdapter, mask_dsn
+from .dbapi import DBAPIAdapter, Secrets, mask_dsn
 from .pool import Pool, _PoolMethods, _PoolShared
 
 __all__ = [
@@ -251,7 +251,8 @@ def _resolve(value: Any) -> Any:
 class _Connect:
     """The factory: ``connection_class.connect(conninfo, **kwargs)``, with
     ``conninfo`` and ``kwargs`` re-read for every new connection (they may be
-    callables, for rotating credentials)."""
+    callables, for rotating credentials). A failed connect is raised with the
+    passwords of what it was given masked (:class:`pypool.dbapi.Secrets`)."""
 
     def __init__(
         self, conninfo: Any, connection_class: type, kwargs: Any, transaction_pooling: bool
@@ -272,16 +273,28 @@ class _Connect:
         return arguments
 
     def __call__(self) -> Any:
+        conninfo = _resolve(self.conninfo) or ""
         kwargs = self._arguments(_resolve(self.kwargs))
-        conn = self.connection_class.connect(  # type: ignore[attr-defined]
-            _resolve(self.conninfo) or "", **kwargs
-        )
+        try:
+            conn = self.connection_class.connect(conninfo, **kwargs)  # type: ignore[attr-defined]
+        except Exception as exc:
+            Secrets(conninfo, kwargs).scrub(exc)
+            raise
         conn._pool = self.pool
         return conn
 
+    @property
+    def secrets(self) -> Secrets:
+        """The passwords of the conninfo and kwargs given (not of those a
+        callable returns: each connect masks its own)."""
+        return Secrets(
+            "" if callable(self.conninfo) else self.conninfo,
+            None if callable(self.kwargs) else self.kwargs,
+        )
+
     def __repr__(self) -> str:
-        conninfo = "<callable>" if callable(self.conninfo) else mask_dsn(str(self.conninfo))
-        return f"<connect {self.connection_class.__name__} {conninfo!r}>"
+        conninfo = "<callable>" if callable(self.conninfo) else str(self.conninfo)
+        return f"<connect {self.connection_class.__name__} {self.secrets.mask(conninfo)!r}>"
 
 
 class _Lease:
@@ -850,9 +863,14 @@ class _AsyncConnect(_Connect):
         kwargs = self.kwargs() if callable(self.kwargs) else self.kwargs
         if hasattr(kwargs, "__await__"):
             kwargs = await kwargs
-        conn = await self.connection_class.connect(  # type: ignore[attr-defined]
-            conninfo or "", **self._arguments(kwargs)
-        )
+        kwargs = self._arguments(kwargs)
+        try:
+            conn = await self.connection_class.connect(  # type: ignore[attr-defined]
+                conninfo or "", **kwargs
+            )
+        except Exception as exc:
+            Secrets(conninfo, kwargs).scrub(exc)
+            raise
         conn._pool = self.pool
         return conn
 
