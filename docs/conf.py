@@ -205,20 +205,29 @@ def _signature(
 
 
 def _resolve_in_package(app: Sphinx, env: Any, node: Any, contnode: Any) -> Any:
-    """Resolves a name a docstring gives without its module (``:class:`NotBorrowed```
-    in a method inherited from the core, ``:data:`EVENTS``` in ``Pool``'s) in
-    pypool's public modules, where the reader looks for it."""
+    """Resolves in pypool's public modules, where the reader looks for it, a
+    name a docstring gives without its module (``:class:`NotBorrowed``` in a
+    method inherited from the core, ``:data:`EVENTS``` in ``Pool``'s) or an
+    annotation gives with a private one (``pypool._corepool_py.WaiterTicket``)."""
     if node.get("refdomain") != "py":
         return None
     target = node["reftarget"]
-    if target.startswith(("pypool.", "_")):
+    if target.startswith("_"):
         return None
+    parts = target.split(".")
+    if parts[0] == "pypool":
+        private = [i for i, p in enumerate(parts) if p.startswith("_") and not p.endswith("__")]
+        if not private or private[-1] == len(parts) - 1:
+            return None
+        target = ".".join(parts[private[-1] + 1 :])
     domain = env.get_domain("py")
     for modname in PUBLIC_MODULES:
+        name = f"{modname}.{target}"
         found = domain.resolve_xref(
-            env, node["refdoc"], app.builder, node["reftype"], f"{modname}.{target}", node, contnode
+            env, node["refdoc"], app.builder, node["reftype"], name, node, contnode
         )
         if found is not None:
+            found["reftitle"] = name
             return found
     return None
 
