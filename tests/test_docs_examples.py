@@ -247,9 +247,12 @@ class Run:
     output: str
 
 
-def run_code(code: str, name: str, tmp_path: Path, grace: float = 30.0) -> Run:
-    """Runs ``code`` in a fresh interpreter in ``tmp_path``; a pool's
-    threads may take ``grace`` seconds to end after the code closed it."""
+def run_code(
+    code: str, name: str, tmp_path: Path, grace: float = 30.0, timeout: float = TIMEOUT
+) -> Run:
+    """Runs ``code`` in a fresh interpreter in ``tmp_path``, for at most
+    ``timeout`` seconds; a pool's threads may take ``grace`` seconds to end
+    after the code closed it."""
     script = tmp_path / "example.py"
     script.write_text(code, encoding="utf-8")
     runner = tmp_path / "_run_example.py"
@@ -262,13 +265,16 @@ def run_code(code: str, name: str, tmp_path: Path, grace: float = 30.0) -> Run:
             env=env,
             capture_output=True,
             text=True,
-            timeout=TIMEOUT,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired as exc:
-        output = (exc.stdout or "") + (exc.stderr or "")
-        if isinstance(output, bytes):
-            output = output.decode(errors="replace")
-        return Run(-1, f"timed out after {TIMEOUT:.0f} s\n{output}")
+        # What it printed so far (bytes, whatever ``text`` says).
+        output = "".join(
+            part.decode(errors="replace") if isinstance(part, bytes) else part
+            for part in (exc.stdout, exc.stderr)
+            if part
+        )
+        return Run(-1, f"timed out after {timeout:.0f} s\n{output}")
     return Run(proc.returncode, proc.stdout + proc.stderr)
 
 
@@ -467,6 +473,14 @@ def test_the_runner_fails_what_it_must(tmp_path: Path, code: str, expected: str)
     result = run_code(code, "page.md:1", tmp_path, grace=1.0)
     assert result.returncode != 0
     assert expected in result.output
+
+
+def test_the_runner_stops_an_example_that_hangs(tmp_path: Path) -> None:
+    result = run_code(
+        "print('started', flush=True)\nwhile True: pass\n", "page.md:1", tmp_path, timeout=5
+    )
+    assert result.returncode == -1
+    assert "timed out after 5 s" in result.output and "started" in result.output
 
 
 @pytest.mark.parametrize(
