@@ -8,6 +8,8 @@ extension is absent, on interpreters other than CPython, or when
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import asyncpg, dbapi, stats
 from ._core import CORE, CorePool, WaiterTicket
 from .aio import AsyncPool
@@ -23,8 +25,6 @@ from .errors import (
     UnusableConnection,
 )
 from .pool import Pool
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CORE",
@@ -46,3 +46,22 @@ __all__ = [
     "dbapi",
     "stats",
 ]
+
+if TYPE_CHECKING:
+    #: The installed distribution's version (``pyproject.toml`` is its one source).
+    __version__: str
+else:
+
+    def __getattr__(name: str) -> str:
+        # __version__ is read from the installed metadata when first asked
+        # for: importlib.metadata costs a third of pypool's own import time.
+        if name != "__version__":
+            raise AttributeError(f"module 'pypool' has no attribute {name!r}")
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("pypool")
+        except PackageNotFoundError:  # imported from a source tree never installed
+            value = "0+unknown"
+        globals()["__version__"] = value
+        return value

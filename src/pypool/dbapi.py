@@ -40,15 +40,13 @@ psycopg 3  ``rollback()`` if libpq's transaction  An empty query in autocommit (
            status is INTRANS or INERROR, nothing  psycopg_pool's ``check_connection``):
            if IDLE (read locally); raises if the  one round trip, no transaction. With a
            connection is closed or broken, or a   timeout, sent through libpq directly
-           command is still in progress (ACTIVE). and waited for with ``select()``.
+           command is in progress (ACTIVE).       and waited for with ``select()``.
 psycopg2   as psycopg 3, from                     ``SELECT 1`` in autocommit (switching
            ``get_transaction_status()`` and       autocommit costs no round trip).
            ``closed``.
 PyMySQL    raises if not ``open``; no round trip  ``ping(reconnect=False)``; with a
-                                                  timeout, the socket's timeout is
-                                                  lowered to it for the ping.
-           only in autocommit mode with no
-           transaction flagged (see below); else
+           only in autocommit mode with no        timeout, the socket's timeout is
+           transaction flagged (see below); else  lowered to it for the ping.
            ``rollback()``.
 other      ``"rollback"`` (the pool calls         ``ping()`` if the connection has one, else
            ``conn.rollback()``).                  a cursor ``SELECT 1``, then a rollback

@@ -36,15 +36,15 @@ with their conventional instrument kinds and units (every one carries
 metric                                      instrument                  unit
 ==========================================  ==========================  =============
 ``db.client.connection.count``              observable up-down counter  {connection}
-                                            (attribute
-                                            ``db.client.connection.state``:
-                                            ``idle`` or ``used``)
 ``db.client.connection.max``                observable up-down counter  {connection}
 ``db.client.connection.idle.max``           observable up-down counter  {connection}
 ``db.client.connection.idle.min``           observable up-down counter  {connection}
 ``db.client.connection.pending_requests``   observable up-down counter  {request}
 ``db.client.connection.timeouts``           observable counter          {timeout}
 ==========================================  ==========================  =============
+
+``db.client.connection.count`` has the attribute ``db.client.connection.state``
+too: ``idle`` or ``used``.
 
 **Deviation: no histograms.** The conventions make ``create_time``,
 ``wait_time`` and ``use_time`` histograms, recorded once per connect, hand-out
