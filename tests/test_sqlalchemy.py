@@ -812,6 +812,42 @@ def _pid(conn: Any) -> int:
     return int(conn.exec_driver_sql("select pg_backend_pid()").scalar())
 
 
+def scenario_timeout_none(scene: Scene) -> dict[str, Any]:
+    """pool_timeout=None: a checkout at the limit waits for as long as it
+    takes, then gets the returned connection."""
+    engine = scene.engine(pool_size=1, max_overflow=0, pool_timeout=None)
+    log = EventLog(engine.pool, scene.labels)
+    held = engine.connect()
+    held_backend = scene.backend(held)
+
+    def waiter() -> int | None:
+        with engine.connect() as conn:
+            return scene.backend(conn)
+
+    actor = scene.runner.spawn(waiter)
+    scene.runner.sleep(1.0)
+    still_waiting = not scene.runner.done(actor)
+    status_while_waiting = engine.pool.status()
+    held.close()
+    got = scene.runner.join(actor)
+    return {
+        "timeout": engine.pool.timeout(),
+        "still_waiting": still_waiting,
+        "waiter_got": got,
+        "held": held_backend,
+        "status": [status_while_waiting, engine.pool.status()],
+        "events": log.events,
+    }
+
+
+@pytest.mark.db
+def test_pool_timeout_none_waits_forever(dsn: str, kind: str, mode: str) -> None:
+    seen = side_by_side(dsn, kind, mode, scenario_timeout_none)
+    assert seen["timeout"] is None
+    assert seen["still_waiting"]
+    assert seen["waiter_got"] == seen["held"]  # the returned connection, reused
+
+
 def scenario_timeout_bounded(scene: Scene, timeout: float) -> dict[str, Any]:
     """At the limit, a checkout raises TimeoutError: at once with 0, after
     ``timeout`` seconds otherwise; below the limit it connects, never waits."""
@@ -821,9 +857,16 @@ def scenario_timeout_bounded(scene: Scene, timeout: float) -> dict[str, Any]:
     second = engine.connect()  # an overflow connection: made, not waited for
     status_full = engine.pool.status()
 
-    def release_later() -> None:
-        scene.runner.sleep(timeout + 3.0)
+    ended: list[bool] = []
+
+    def release_later() -> bool:
+        # Returns the connection when the checkout below has ended, or after
+        # timeout + 5 s if it has not: True if it had ended by then.
+        deadline = time.monotonic() + timeout + 5.0
+        while not ended and time.monotonic() < deadline:
+            scene.runner.sleep(0.02)
         first.close()
+        return bool(ended)
 
     releaser = scene.runner.spawn(release_later)
     start = time.monotonic()
@@ -833,8 +876,8 @@ def scenario_timeout_bounded(scene: Scene, timeout: float) -> dict[str, Any]:
     except sa.exc.TimeoutError as exc:
         outcome = f"TimeoutError: {exc}"
     waited = time.monotonic() - start
-    raised_before_release = not scene.runner.done(releaser)
-    scene.runner.join(releaser)
+    ended.append(True)
+    raised_before_release = scene.runner.join(releaser)
     with engine.connect() as conn:  # usable again: the returned connection
         reused = scene.backend(conn)
     second.close()

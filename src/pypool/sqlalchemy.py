@@ -91,7 +91,7 @@ class QueuePool(sa_pool.QueuePool):
         creator: Any,
         pool_size: int = 5,
         max_overflow: int = 10,
-        timeout: float = 30.0,
+        timeout: float | None = 30.0,
         use_lifo: bool = False,
         **kw: Any,
     ) -> None:
@@ -179,6 +179,8 @@ class QueuePool(sa_pool.QueuePool):
                 if record is not None:
                     return record
                 continue
+            if self._timeout is None:  # pool_timeout=None: wait as long as it takes
+                return self._wait(None)
             if deadline is None:
                 deadline = _clock() + self._timeout
             try:
@@ -191,7 +193,7 @@ class QueuePool(sa_pool.QueuePool):
                 code="3o7r",
             )
 
-    def _wait(self, timeout: float) -> Any:
+    def _wait(self, timeout: float | None) -> Any:
         return self._core.acquire(timeout)
 
     def _do_return_conn(self, record: Any) -> None:
@@ -258,7 +260,7 @@ class QueuePool(sa_pool.QueuePool):
     def size(self) -> int:
         return self._pool_size
 
-    def timeout(self) -> float:
+    def timeout(self) -> float | None:
         return self._timeout
 
     def checkedin(self) -> int:
@@ -299,10 +301,10 @@ class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
     _is_asyncio = True
     _dialect = _AsyncConnDialect()
 
-    def _wait(self, timeout: float) -> Any:
+    def _wait(self, timeout: float | None) -> Any:
         return _await(self._wait_async(timeout))
 
-    async def _wait_async(self, timeout: float) -> Any:
+    async def _wait_async(self, timeout: float | None) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
