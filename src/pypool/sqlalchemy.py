@@ -86,6 +86,10 @@ class QueuePool(sa_pool.QueuePool):
     #: the one :mod:`pypool._core` picked. See :meth:`with_core`.
     _core_module: ClassVar[ModuleType | None] = None
 
+    #: Seconds a checkout waits at the limit; None: no limit (SQLAlchemy's
+    #: annotation says float, but its pools accept None with that meaning).
+    _timeout: float | None  # type: ignore[assignment]
+
     def __init__(
         self,
         creator: Any,
@@ -260,7 +264,7 @@ class QueuePool(sa_pool.QueuePool):
     def size(self) -> int:
         return self._pool_size
 
-    def timeout(self) -> float | None:
+    def timeout(self) -> float | None:  # type: ignore[override]
         return self._timeout
 
     def checkedin(self) -> int:
