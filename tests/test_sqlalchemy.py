@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import itertools
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,6 +30,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # no
 from _support.sa_matrix import (  # noqa: E402
     EventLog,
     Labels,
+    capture_logs,
+    logger_level,
     runner_for,
 )
 from conftest import import_native_core  # noqa: E402
@@ -1086,3 +1090,50 @@ def test_pool_pre_ping(dsn: str, kind: str, mode: str, pre_ping: bool) -> None:
     assert seen["backends"] == [0, 1]
     assert (seen["failure"] is None) == pre_ping
     assert seen["status"] == STATUS.format(2, 1, -1, 0)
+
+
+def scenario_logging(scene: Scene, echo: Any, name: str | None) -> list[tuple[str, str, str]]:
+    """The pool's log records: checkout, checkin, reset, exhaustion,
+    dispose and recreate."""
+    level = logger_level("sqlalchemy.pool", logging.DEBUG) if echo is None else nullcontext()
+    with capture_logs("sqlalchemy.pool", "pypool") as logs, level:
+        engine = scene.engine(
+            pool_size=1,
+            max_overflow=1,
+            pool_timeout=0.05,
+            echo_pool=echo,
+            pool_logging_name=name,
+        )
+        with engine.connect() as conn:
+            conn.exec_driver_sql("select 1")
+        held = [engine.connect(), engine.connect()]
+        with pytest.raises(sa.exc.TimeoutError):
+            engine.connect()
+        for conn in held:
+            conn.close()
+        engine.dispose()
+    return logs.records
+
+
+ECHO_CASES = [
+    pytest.param(True, None, id="echo"),
+    pytest.param("debug", None, id="debug"),
+    pytest.param("debug", "mine", id="debug-named"),
+    pytest.param(None, "mine", id="logger-level-named"),
+]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(("echo", "name"), ECHO_CASES)
+def test_echo_pool_and_logging_name(
+    dsn: str, kind: str, mode: str, echo: Any, name: str | None
+) -> None:
+    records = side_by_side(dsn, kind, mode, scenario_logging, echo, name)
+    cls = "QueuePool" if mode == "sync" else "AsyncAdaptedQueuePool"
+    logger = f"sqlalchemy.pool.impl.{cls}" + (f".{name}" if name else "")
+    assert records and {r[0] for r in records} == {logger}
+    messages = [r[2] for r in records]
+    assert any(m.startswith("Pool disposed.") for m in messages)
+    assert ("Pool recreating" in messages) and (
+        any("checked out from pool" in m for m in messages) == (echo != True)  # noqa: E712
+    )

@@ -86,6 +86,11 @@ class QueuePool(sa_pool.QueuePool):
     #: the one :mod:`pypool._core` picked. See :meth:`with_core`.
     _core_module: ClassVar[ModuleType | None] = None
 
+    #: Log under SQLAlchemy's own logger name for the pool class (plus
+    #: ``.<logging_name>``), so that ``echo_pool``, ``pool_logging_name`` and a
+    #: logging configuration for ``sqlalchemy.pool`` work as with its pools.
+    _sqla_logger_namespace = f"{sa_pool.QueuePool.__module__}.{sa_pool.QueuePool.__name__}"
+
     #: Seconds a checkout waits at the limit; None: no limit (SQLAlchemy's
     #: annotation says float, but its pools accept None with that meaning).
     _timeout: float | None  # type: ignore[assignment]
@@ -304,6 +309,9 @@ class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
 
     _is_asyncio = True
     _dialect = _AsyncConnDialect()
+    _sqla_logger_namespace = (
+        f"{sa_pool.AsyncAdaptedQueuePool.__module__}.{sa_pool.AsyncAdaptedQueuePool.__name__}"
+    )
 
     def _wait(self, timeout: float | None) -> Any:
         return _await(self._wait_async(timeout))
