@@ -312,6 +312,53 @@ def test_pool_dispose_keeps_pool_usable(pypool_class: type, sqlite_url: str) -> 
     engine.dispose()
 
 
+BAD_ARGUMENTS = [
+    pytest.param({"pool_size": -1}, "pool_size", id="pool_size-negative"),
+    pytest.param({"pool_size": 2.5}, "pool_size", id="pool_size-float"),
+    pytest.param({"pool_size": "5"}, "pool_size", id="pool_size-str"),
+    pytest.param({"max_overflow": -2}, "max_overflow", id="max_overflow-below-minus-one"),
+    pytest.param({"max_overflow": 1.5}, "max_overflow", id="max_overflow-float"),
+    pytest.param({"pool_size": 200_000, "max_overflow": 100_000}, "at most", id="too-large"),
+    pytest.param({"pool_timeout": -1}, "pool_timeout", id="timeout-negative"),
+    pytest.param({"pool_timeout": float("nan")}, "pool_timeout", id="timeout-nan"),
+    pytest.param({"pool_timeout": "30"}, "pool_timeout", id="timeout-str"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "named"), BAD_ARGUMENTS)
+@pytest.mark.parametrize("asyncio", [False, True], ids=["sync", "async"])
+def test_bad_arguments_raise_at_once(
+    pypool_class: type, arguments: dict[str, Any], named: str, asyncio: bool
+) -> None:
+    # SQLAlchemy's pools take these and misbehave later: a RecursionError at
+    # the first checkout beyond pool_size (max_overflow=-2), a ValueError in
+    # the first caller that waits (negative timeout; asyncio: a TimeoutError
+    # at once), a wait that never ends (NaN), counts that drift (a float
+    # pool_size). pypool's refuse them when the engine is made, with an error
+    # that is both pypool's ConfigurationError and SQLAlchemy's ArgumentError.
+    cls = pypool_class
+    if asyncio:
+        cls = pp.AsyncAdaptedQueuePool.with_core(pypool_class._core_module)
+    kw = {"poolclass": cls, **arguments}
+    if asyncio:
+        pytest.importorskip("asyncpg")
+        from sqlalchemy.ext.asyncio import create_async_engine
+    with pytest.raises(pp.ConfigurationError, match=named) as info:
+        if asyncio:  # makes no connection
+            create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none", **kw)
+        else:
+            sa.create_engine("sqlite://", **kw)
+    assert isinstance(info.value, sa.exc.ArgumentError)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("timeout", [None, 0, 1, 2.5, float("inf")])
+def test_accepted_timeouts(pypool_class: type, timeout: float | None) -> None:
+    engine = sa.create_engine("sqlite://", poolclass=pypool_class, pool_timeout=timeout)
+    assert engine.pool.timeout() == timeout
+    engine.dispose()
+
+
 def test_connect_failure_frees_the_slot(poolclass: type, engines: list[Any]) -> None:
     failures = [True]
 

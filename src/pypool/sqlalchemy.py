@@ -46,9 +46,10 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
     from sqlalchemy.util.concurrency import await_only as _await
 
 from . import _core
+from . import errors as _errors
 from .errors import NotBorrowed, PoolClosed, PoolTimeout
 
-__all__ = ["AsyncAdaptedQueuePool", "QueuePool"]
+__all__ = ["AsyncAdaptedQueuePool", "ConfigurationError", "QueuePool"]
 
 _clock = time.monotonic
 
@@ -69,6 +70,41 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ConfigurationError(_errors.ConfigurationError, sa_exc.ArgumentError):
+    """A pool argument is invalid; the message says which and what to change.
+
+    Both :class:`pypool.ConfigurationError` (a ``ValueError``) and
+    :class:`sqlalchemy.exc.ArgumentError`, so either ``except`` catches it.
+    Raised when the pool (that is, the engine) is made, for values that
+    SQLAlchemy's own pools accept there and then misuse later.
+    """
+
+    __module__ = "pypool.sqlalchemy"
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__}")
+    if value < low:
+        raise ConfigurationError(f"{name} must be {low} or more, not {value}")
+    return value
+
+
+def _check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"timeout (pool_timeout) must be a number of seconds or None, "
+            f"not {type(value).__name__}"
+        )
+    if not value >= 0:  # rejects NaN too
+        raise ConfigurationError(
+            f"timeout (pool_timeout) must be 0 or more seconds (None: no limit), not {value!r}"
+        )
+    return value
 
 
 class QueuePool(sa_pool.QueuePool):
@@ -104,8 +140,16 @@ class QueuePool(sa_pool.QueuePool):
         use_lifo: bool = False,
         **kw: Any,
     ) -> None:
-        sa_pool.Pool.__init__(self, creator, **kw)
         module = self._core_module if self._core_module is not None else _core
+        pool_size = _check_int("pool_size", pool_size, 0)
+        max_overflow = _check_int("max_overflow", max_overflow, -1)
+        timeout = _check_timeout(timeout)
+        if pool_size + max(max_overflow, 0) > module.MAX_SIZE:
+            raise ConfigurationError(
+                f"pool_size + max_overflow must be at most {module.MAX_SIZE} "
+                f"(max_overflow=-1: no limit), not {pool_size + max_overflow}"
+            )
+        sa_pool.Pool.__init__(self, creator, **kw)
         self._pool_size = pool_size
         self._max_overflow = -1 if pool_size == 0 else max_overflow
         self._timeout = timeout
@@ -113,7 +157,7 @@ class QueuePool(sa_pool.QueuePool):
         if self._max_overflow < 0:
             max_size = module.MAX_SIZE
         else:
-            max_size = min(max(pool_size + self._max_overflow, 1), module.MAX_SIZE)
+            max_size = max(pool_size + self._max_overflow, 1)
         self._idle_state = module.IDLE
         self._core = module.CorePool(max_size, lifo=self._use_lifo)
         self._try_acquire = self._core.try_acquire
