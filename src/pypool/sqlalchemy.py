@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import threading
 import time
 import weakref
@@ -53,9 +54,8 @@ __all__ = ["AsyncAdaptedQueuePool", "ConfigurationError", "QueuePool"]
 
 _clock = time.monotonic
 
-#: Records returned in a fork child that were borrowed in the parent: their
-#: connections share the parent's sockets, so they are kept here, never
-#: closed nor finalized, for the life of the process.
+#: The parent's DBAPI connections in a fork child, where no reference
+#: counting applies (see _keep_forever).
 _fork_orphans: list[Any] = []
 
 _bound_classes: dict[tuple[type, ModuleType], type] = {}
@@ -63,9 +63,26 @@ _bound_classes: dict[tuple[type, ModuleType], type] = {}
 _live_pools: weakref.WeakSet[QueuePool] = weakref.WeakSet()
 
 
+def _keep_forever(obj: Any) -> None:
+    """Make sure ``obj`` is never finalized in this process.
+
+    In a fork child the parent's connections share the parent's sockets:
+    closing or finalizing one (some drivers close on garbage collection,
+    asyncio drivers touch the parent's event loop) can end or confuse the
+    parent's session. An extra reference that is never dropped keeps the
+    object alive through interpreter shutdown too.
+    """
+    if sys.implementation.name == "cpython":
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    else:  # pragma: no cover - no reference counting to rely on
+        _fork_orphans.append(obj)
+
+
 def _after_fork_in_child() -> None:
     for pool in list(_live_pools):
-        pool._fast_return(False)
+        pool._forget_parent()
 
 
 if hasattr(os, "register_at_fork"):
@@ -165,10 +182,41 @@ class QueuePool(sa_pool.QueuePool):
         # While no more than this many connections exist, a returned one is
         # always kept: the hot path then reads one number.
         self._keep_all_up_to = pool_size if pool_size else module.MAX_SIZE
-        self._pid = os.getpid()
         self._mode_lock = threading.Lock()
+        # Every record this pool made, and (in a fork child) those the parent
+        # had checked out at the fork, which may still come back here.
+        self._records: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._forgotten: weakref.WeakSet[Any] = weakref.WeakSet()
         self._fast_return(True)
         _live_pools.add(self)
+
+    def _create_connection(self) -> Any:
+        record = super()._create_connection()
+        self._records.add(record)
+        return record
+
+    def _forget_parent(self) -> None:
+        # In a fork child (the core has forgotten its slots): the parent's
+        # connections are never handed out, reset, closed nor finalized here.
+        # Each is kept alive for good and dropped from its record; a
+        # checked-out one is taken from its proxy too, which SQLAlchemy then
+        # treats as invalidated (its return does no I/O; an engine Connection
+        # reconnects with a new connection, or raises PendingRollbackError
+        # inside a transaction).
+        self._mode_lock = threading.Lock()
+        self._fast_return(False)
+        for record in list(self._records):
+            conn = record.dbapi_connection
+            if conn is not None:
+                _keep_forever(conn)
+                record.dbapi_connection = None
+            record.finalize_callback.clear()
+            if record.fairy_ref is not None:  # checked out in the parent
+                fairy = record.fairy_ref()
+                if fairy is not None:
+                    fairy.dbapi_connection = None
+                self._forgotten.add(record)
+        self._records = weakref.WeakSet()
 
     def _fast_return(self, fast: bool) -> None:
         # While no overflow connection exists, every returned connection is
@@ -259,11 +307,11 @@ class QueuePool(sa_pool.QueuePool):
             elif not core.release(record):  # pragma: no cover - the core is never closed
                 record.close()
         except NotBorrowed:
-            if os.getpid() != self._pid:  # borrowed in the parent before a fork
-                _fork_orphans.append(record)
+            if record in self._forgotten:  # checked out in the parent before a fork
+                self._forgotten.discard(record)
                 return
             raise
-        if core.size <= self._keep_all_up_to and os.getpid() == self._pid:
+        if core.size <= self._keep_all_up_to and not self._forgotten:
             with self._mode_lock:
                 if core.size <= self._keep_all_up_to:
                     self._fast_return(True)
