@@ -20,9 +20,11 @@ waited a couple of milliseconds (bounded fairness). A return keeps the
 connection idle unless ``pool_size`` connections are idle already, in which
 case it is closed, as ``QueuePool`` does.
 
-In a child process made by ``os.fork()`` the core forgets the parent's
-connections: the child connects its own, and never closes or reuses one it
-shares with the parent.
+In a child process made by ``os.fork()`` the pool starts afresh: the child
+connects its own connections and never hands out, resets, closes or
+finalizes one of the parent's; one the parent had checked out is, in the
+child, an invalidated connection. ``docs/sqlalchemy.md`` lists every way
+the pools differ from SQLAlchemy's.
 """
 
 from __future__ import annotations
@@ -131,8 +133,10 @@ class QueuePool(sa_pool.QueuePool):
     ``pool_size`` connections are kept, up to ``max_overflow`` more are made
     under load and closed when returned (``-1``: no limit, and ``pool_size=0``
     means no limit at all), a checkout waits up to ``timeout`` seconds before
-    ``sqlalchemy.exc.TimeoutError``, ``use_lifo`` reuses the most recently
-    returned connection first.
+    ``sqlalchemy.exc.TimeoutError`` (``None``: no limit; ``0``: not at all),
+    ``use_lifo`` reuses the most recently returned connection first. Values
+    SQLAlchemy's pools would misuse later (a negative size or timeout,
+    ``max_overflow`` below -1, ...) raise :class:`ConfigurationError` here.
     """
 
     #: The core module (``pypool._corepool`` or ``pypool._corepool_py``); None:
