@@ -475,7 +475,8 @@ class Base(DeclarativeBase):
 
 
 class Item(Base):
-    __tablename__ = "pypool_sa_items"
+    # Unique to this process: the servers are shared with other test runs.
+    __tablename__ = f"pypool_sa_items_{os.getpid()}"
     id: Mapped[int] = mapped_column(primary_key=True)
     worker: Mapped[int]
     n: Mapped[int]
