@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import itertools
+import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +27,13 @@ from sqlalchemy import event  # noqa: E402
 from sqlalchemy import pool as sa_pool  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
 
+from _support.sa_matrix import (  # noqa: E402
+    EventLog,
+    Labels,
+    capture_logs,
+    logger_level,
+    runner_for,
+)
 from conftest import import_native_core  # noqa: E402
 from pypool import sqlalchemy as pp  # noqa: E402
 
@@ -84,47 +94,6 @@ def engines() -> Iterator[list[Any]]:
 
 # ------------------------------------------------------------------ helpers
 
-POOL_EVENTS = (
-    "connect",
-    "first_connect",
-    "checkout",
-    "checkin",
-    "reset",
-    "invalidate",
-    "soft_invalidate",
-    "close",
-    "close_detached",
-    "detach",
-)
-
-
-class EventLog:
-    """Records pool events, naming each DBAPI connection by first appearance."""
-
-    def __init__(self, pool: Any) -> None:
-        self.events: list[tuple[str, int | None]] = []
-        self._seen: list[Any] = []  # kept alive so identities stay unique
-        for name in POOL_EVENTS:
-            event.listen(pool, name, self._listener(name))
-
-    def _label(self, obj: Any) -> int | None:
-        if obj is None:
-            return None
-        for i, seen in enumerate(self._seen):
-            if seen is obj:
-                return i
-        self._seen.append(obj)
-        return len(self._seen) - 1
-
-    def _listener(self, name: str) -> Callable[..., None]:
-        def listener(dbapi_connection: Any, *args: Any) -> None:
-            self.events.append((name, self._label(dbapi_connection)))
-
-        return listener
-
-    def count(self, name: str) -> int:
-        return sum(1 for n, _ in self.events if n == name)
-
 
 def sqlite_event_scenario(poolclass: type, url: str) -> tuple[list[Any], list[str]]:
     engine = sa.create_engine(url, poolclass=poolclass, pool_size=1, max_overflow=2)
@@ -167,7 +136,7 @@ def test_events_and_status_match_queuepool(pypool_class: type, sqlite_url: str) 
     expected = sqlite_event_scenario(sa_pool.QueuePool, sqlite_url)
     got = sqlite_event_scenario(pypool_class, sqlite_url)
     assert got == expected
-    events = [name for name, _ in got[0]]
+    events = [entry[0] for entry in got[0]]
     assert events[:3] == ["first_connect", "connect", "checkout"]
     for name in ("invalidate", "soft_invalidate", "detach", "close_detached", "reset", "close"):
         assert name in events
@@ -343,6 +312,53 @@ def test_pool_dispose_keeps_pool_usable(pypool_class: type, sqlite_url: str) -> 
     engine.dispose()
 
 
+BAD_ARGUMENTS = [
+    pytest.param({"pool_size": -1}, "pool_size", id="pool_size-negative"),
+    pytest.param({"pool_size": 2.5}, "pool_size", id="pool_size-float"),
+    pytest.param({"pool_size": "5"}, "pool_size", id="pool_size-str"),
+    pytest.param({"max_overflow": -2}, "max_overflow", id="max_overflow-below-minus-one"),
+    pytest.param({"max_overflow": 1.5}, "max_overflow", id="max_overflow-float"),
+    pytest.param({"pool_size": 200_000, "max_overflow": 100_000}, "at most", id="too-large"),
+    pytest.param({"pool_timeout": -1}, "pool_timeout", id="timeout-negative"),
+    pytest.param({"pool_timeout": float("nan")}, "pool_timeout", id="timeout-nan"),
+    pytest.param({"pool_timeout": "30"}, "pool_timeout", id="timeout-str"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "named"), BAD_ARGUMENTS)
+@pytest.mark.parametrize("asyncio", [False, True], ids=["sync", "async"])
+def test_bad_arguments_raise_at_once(
+    pypool_class: type, arguments: dict[str, Any], named: str, asyncio: bool
+) -> None:
+    # SQLAlchemy's pools take these and misbehave later: a RecursionError at
+    # the first checkout beyond pool_size (max_overflow=-2), a ValueError in
+    # the first caller that waits (negative timeout; asyncio: a TimeoutError
+    # at once), a wait that never ends (NaN), counts that drift (a float
+    # pool_size). pypool's refuse them when the engine is made, with an error
+    # that is both pypool's ConfigurationError and SQLAlchemy's ArgumentError.
+    cls = pypool_class
+    if asyncio:
+        cls = pp.AsyncAdaptedQueuePool.with_core(pypool_class._core_module)
+    kw = {"poolclass": cls, **arguments}
+    if asyncio:
+        pytest.importorskip("asyncpg")
+        from sqlalchemy.ext.asyncio import create_async_engine
+    with pytest.raises(pp.ConfigurationError, match=named) as info:
+        if asyncio:  # makes no connection
+            create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:9/none", **kw)
+        else:
+            sa.create_engine("sqlite://", **kw)
+    assert isinstance(info.value, sa.exc.ArgumentError)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("timeout", [None, 0, 1, 2.5, float("inf")])
+def test_accepted_timeouts(pypool_class: type, timeout: float | None) -> None:
+    engine = sa.create_engine("sqlite://", poolclass=pypool_class, pool_timeout=timeout)
+    assert engine.pool.timeout() == timeout
+    engine.dispose()
+
+
 def test_connect_failure_frees_the_slot(poolclass: type, engines: list[Any]) -> None:
     failures = [True]
 
@@ -459,7 +475,8 @@ class Base(DeclarativeBase):
 
 
 class Item(Base):
-    __tablename__ = "pypool_sa_items"
+    # Unique to this process: the servers are shared with other test runs.
+    __tablename__ = f"pypool_sa_items_{os.getpid()}"
     id: Mapped[int] = mapped_column(primary_key=True)
     worker: Mapped[int]
     n: Mapped[int]
@@ -710,3 +727,461 @@ def test_async_killed_backend(async_poolclass: type, async_url: str, pg_url: str
 def test_async_pool_refuses_sync_engine(sqlite_url: str) -> None:
     with pytest.raises(sa.exc.ArgumentError):
         sa.create_engine(sqlite_url, poolclass=pp.AsyncAdaptedQueuePool)
+
+
+# ------------------------------------------- the pool arguments, side by side
+#
+# Each scenario below runs on SQLAlchemy's own pool and on the pool under test
+# (``kind``), on a sync engine (psycopg) and on asyncio engines (asyncpg and
+# psycopg's async driver), and what a user can observe must be the same: which
+# calls block, what they raise (and whether they waited), status(), which
+# connection each checkout got (by backend pid), which events fired, which log
+# records were written. For kind "sqlalchemy" the scenario's own assertions
+# check that they describe SQLAlchemy's behaviour.
+
+MODES = ["sync", "asyncpg", "psycopg-async"]
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "native":
+        import_native_core()  # skips (or fails when required) without it
+    return str(request.param)
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    if request.param != "sync":
+        pytest.importorskip("greenlet")
+        pytest.importorskip("asyncpg" if request.param == "asyncpg" else "psycopg")
+    return str(request.param)
+
+
+def matrix_poolclass(kind: str, mode: str) -> type:
+    if mode == "sync":
+        return sa_pool.QueuePool if kind == "sqlalchemy" else pp.QueuePool.with_core(
+            _core_module(kind)
+        )
+    if kind == "sqlalchemy":
+        return sa_pool.AsyncAdaptedQueuePool
+    return pp.AsyncAdaptedQueuePool.with_core(_core_module(kind))
+
+
+_DRIVERS = {"sync": "psycopg", "asyncpg": "asyncpg", "psycopg-async": "psycopg_async"}
+_table_names = itertools.count()
+
+
+class Scene:
+    """What a scenario works with: engines of the pool class under test, the
+    runner (threads or tasks), a name for every backend seen, and a plain
+    psycopg connection outside the pool for looking at the database."""
+
+    def __init__(self, dsn: str, mode: str, poolclass: type) -> None:
+        self.dsn = dsn
+        self.mode = mode
+        self.poolclass = poolclass
+        self.url = f"postgresql+{_DRIVERS[mode]}://" + dsn.split("://", 1)[1]
+        self.runner = runner_for("sync" if mode == "sync" else "async")
+        self.backends = Labels(by_value=True)
+        self.labels = Labels()
+        self._engines: list[Any] = []
+        self._tables: list[str] = []
+
+    def engine(self, **kw: Any) -> Any:
+        """An engine on the pool class under test (the sync face of an
+        asyncio engine, used inside the runner); disposed at the end."""
+        if self.mode == "sync":
+            engine = sa.create_engine(self.url, poolclass=self.poolclass, **kw)
+        else:
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            engine = create_async_engine(self.url, poolclass=self.poolclass, **kw).sync_engine
+        self._engines.append(engine)
+        return engine
+
+    def backend(self, conn: Any) -> int | None:
+        """The label of the server session behind an engine connection."""
+        return self.backends(conn.exec_driver_sql("select pg_backend_pid()").scalar())
+
+    def raw_backend(self, raw: Any) -> int | None:
+        cursor = raw.cursor()
+        cursor.execute("select pg_backend_pid()")
+        pid = cursor.fetchone()[0]
+        cursor.close()
+        return self.backends(pid)
+
+    def outside(self, sql: str) -> Any:
+        """Runs one statement on a connection of its own (autocommit)."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            row = cursor.fetchone() if cursor.description else None
+            return None if row is None else row[0]
+
+    def table(self) -> str:
+        name = f"pypool_sa_{os.getpid()}_{next(_table_names)}"
+        self.outside(f"create table {name} (x integer)")
+        self._tables.append(name)
+        return name
+
+    def terminate(self, pid: int) -> None:
+        self.outside(f"select pg_terminate_backend({int(pid)})")
+
+    def close(self) -> None:
+        for engine in self._engines:
+            engine.dispose()
+        for name in self._tables:
+            self.outside(f"drop table if exists {name}")
+
+
+def observe(dsn: str, kind: str, mode: str, scenario: Callable[..., Any], *args: Any) -> Any:
+    """Runs ``scenario(scene, *args)`` on ``kind``'s pool class and returns
+    what it observed."""
+    scene = Scene(dsn, mode, matrix_poolclass(kind, mode))
+
+    def main() -> Any:
+        try:
+            return scenario(scene, *args)
+        finally:
+            scene.close()
+
+    return scene.runner.run(main)
+
+
+def side_by_side(dsn: str, kind: str, mode: str, scenario: Callable[..., Any], *args: Any) -> Any:
+    """The scenario's observations on ``kind``, which must equal SQLAlchemy's
+    own pool's (run first, in the same test)."""
+    expected = observe(dsn, "sqlalchemy", mode, scenario, *args)
+    if kind == "sqlalchemy":
+        return expected
+    got = observe(dsn, kind, mode, scenario, *args)
+    assert got == expected
+    return got
+
+
+def _pid(conn: Any) -> int:
+    return int(conn.exec_driver_sql("select pg_backend_pid()").scalar())
+
+
+def scenario_timeout_none(scene: Scene) -> dict[str, Any]:
+    """pool_timeout=None: a checkout at the limit waits for as long as it
+    takes, then gets the returned connection."""
+    engine = scene.engine(pool_size=1, max_overflow=0, pool_timeout=None)
+    log = EventLog(engine.pool, scene.labels)
+    held = engine.connect()
+    held_backend = scene.backend(held)
+
+    def waiter() -> int | None:
+        with engine.connect() as conn:
+            return scene.backend(conn)
+
+    actor = scene.runner.spawn(waiter)
+    scene.runner.sleep(1.0)
+    still_waiting = not scene.runner.done(actor)
+    status_while_waiting = engine.pool.status()
+    held.close()
+    got = scene.runner.join(actor)
+    return {
+        "timeout": engine.pool.timeout(),
+        "still_waiting": still_waiting,
+        "waiter_got": got,
+        "held": held_backend,
+        "status": [status_while_waiting, engine.pool.status()],
+        "events": log.events,
+    }
+
+
+@pytest.mark.db
+def test_pool_timeout_none_waits_forever(dsn: str, kind: str, mode: str) -> None:
+    seen = side_by_side(dsn, kind, mode, scenario_timeout_none)
+    assert seen["timeout"] is None
+    assert seen["still_waiting"]
+    assert seen["waiter_got"] == seen["held"]  # the returned connection, reused
+
+
+def scenario_timeout_bounded(scene: Scene, timeout: float) -> dict[str, Any]:
+    """At the limit, a checkout raises TimeoutError: at once with 0, after
+    ``timeout`` seconds otherwise; below the limit it connects, never waits."""
+    engine = scene.engine(pool_size=1, max_overflow=1, pool_timeout=timeout)
+    log = EventLog(engine.pool, scene.labels)
+    first = engine.connect()
+    second = engine.connect()  # an overflow connection: made, not waited for
+    status_full = engine.pool.status()
+
+    ended: list[bool] = []
+
+    def release_later() -> bool:
+        # Returns the connection when the checkout below has ended, or after
+        # timeout + 5 s if it has not: True if it had ended by then.
+        deadline = time.monotonic() + timeout + 5.0
+        while not ended and time.monotonic() < deadline:
+            scene.runner.sleep(0.02)
+        first.close()
+        return bool(ended)
+
+    releaser = scene.runner.spawn(release_later)
+    start = time.monotonic()
+    try:
+        engine.connect()
+        outcome = "connected"
+    except sa.exc.TimeoutError as exc:
+        outcome = f"TimeoutError: {exc}"
+    waited = time.monotonic() - start
+    ended.append(True)
+    raised_before_release = scene.runner.join(releaser)
+    with engine.connect() as conn:  # usable again: the returned connection
+        reused = scene.backend(conn)
+    second.close()
+    return {
+        "timeout": engine.pool.timeout(),
+        "outcome": outcome,
+        "waited_the_timeout": waited >= timeout * 0.95,
+        "raised_before_release": raised_before_release,
+        "reused": reused,
+        "status": [status_full, engine.pool.status()],
+        "events": log.events,
+    }
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("timeout", [0, 0.3], ids=["zero", "positive"])
+def test_pool_timeout_bounded(dsn: str, kind: str, mode: str, timeout: float) -> None:
+    seen = side_by_side(dsn, kind, mode, scenario_timeout_bounded, timeout)
+    assert seen["outcome"].startswith("TimeoutError: " + TIMEOUT_MESSAGE.format(1, 1, timeout))
+    assert seen["raised_before_release"] and seen["waited_the_timeout"]
+    assert seen["timeout"] == timeout
+
+
+def scenario_pool_size_zero(scene: Scene) -> dict[str, Any]:
+    """pool_size=0: no limit at all (max_overflow is ignored), every returned
+    connection kept."""
+    engine = scene.engine(pool_size=0, max_overflow=0, pool_timeout=0.5)
+    log = EventLog(engine.pool, scene.labels)
+    statuses = []
+    conns = [engine.connect() for _ in range(7)]
+    first = [scene.backend(c) for c in conns]
+    statuses.append(engine.pool.status())
+    for conn in conns:
+        conn.close()
+    statuses.append(engine.pool.status())
+    conns = [engine.connect() for _ in range(7)]
+    again = [scene.backend(c) for c in conns]
+    statuses.append(engine.pool.status())
+    for conn in conns:
+        conn.close()
+    statuses.append(engine.pool.status())
+    return {
+        "first": first,
+        "again": again,
+        "size_overflow": (engine.pool.size(), engine.pool.overflow()),
+        "status": statuses,
+        "connects": log.count("connect"),
+        "closes": log.count("close"),
+    }
+
+
+@pytest.mark.db
+def test_pool_size_zero_means_no_limit(dsn: str, kind: str, mode: str) -> None:
+    seen = side_by_side(dsn, kind, mode, scenario_pool_size_zero)
+    assert seen["connects"] == 7 and seen["closes"] == 0
+    assert sorted(seen["again"]) == sorted(seen["first"])
+    assert seen["status"][1] == STATUS.format(0, 7, 0, 0)
+
+
+def scenario_max_overflow_unlimited(scene: Scene) -> dict[str, Any]:
+    """max_overflow=-1: no limit on overflow connections, each closed when
+    returned beyond pool_size idle ones."""
+    engine = scene.engine(pool_size=2, max_overflow=-1, pool_timeout=0.5)
+    log = EventLog(engine.pool, scene.labels)
+    conns = [engine.connect() for _ in range(8)]
+    first = [scene.backend(c) for c in conns]
+    statuses = [engine.pool.status()]
+    for conn in conns:
+        conn.close()
+        statuses.append(engine.pool.status())
+    conns = [engine.connect() for _ in range(3)]
+    again = [scene.backend(c) for c in conns]
+    for conn in conns:
+        conn.close()
+    statuses.append(engine.pool.status())
+    return {"first": first, "again": again, "status": statuses, "events": log.events}
+
+
+@pytest.mark.db
+def test_max_overflow_minus_one_means_no_limit(dsn: str, kind: str, mode: str) -> None:
+    seen = side_by_side(dsn, kind, mode, scenario_max_overflow_unlimited)
+    assert seen["status"][0] == STATUS.format(2, 0, 6, 8)
+    assert seen["status"][-1] == STATUS.format(2, 2, 0, 0)
+
+
+def scenario_recycle(scene: Scene, recycle: int) -> dict[str, Any]:
+    """pool_recycle=-1: never recycled; 0: recycled at every checkout."""
+    engine = scene.engine(pool_size=1, max_overflow=0, pool_recycle=recycle)
+    log = EventLog(engine.pool, scene.labels)
+    seen = []
+    for _ in range(3):
+        with engine.connect() as conn:
+            seen.append(scene.backend(conn))
+        scene.runner.sleep(0.05)
+    return {"backends": seen, "events": log.events, "status": engine.pool.status()}
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("recycle", [-1, 0])
+def test_pool_recycle(dsn: str, kind: str, mode: str, recycle: int) -> None:
+    seen = side_by_side(dsn, kind, mode, scenario_recycle, recycle)
+    assert seen["backends"] == ([0, 0, 0] if recycle == -1 else [0, 1, 2])
+
+
+def scenario_reset_on_return(scene: Scene, reset: Any) -> dict[str, Any]:
+    """What each pool_reset_on_return value does to a connection returned
+    with an open transaction, through the pool (raw connection) and through
+    an engine Connection; the reset event sees the same state."""
+    table = scene.table()
+    engine = scene.engine(pool_size=1, max_overflow=1, pool_reset_on_return=reset)
+    log = EventLog(engine.pool, scene.labels)
+    out: dict[str, Any] = {}
+
+    raw = engine.raw_connection()
+    first = scene.raw_backend(raw)
+    cursor = raw.cursor()
+    cursor.execute(f"insert into {table} values (1)")
+    cursor.close()
+    raw.close()  # the pool's reset on return
+    with engine.connect() as conn:  # the same connection, next borrower
+        out["next_borrower"] = (
+            scene.backend(conn),
+            conn.exec_driver_sql(f"select count(*) from {table}").scalar(),
+        )
+    out["committed_raw"] = scene.outside(f"select count(*) from {table}")
+
+    with engine.connect() as conn:  # the Connection rolls back on close itself
+        conn.exec_driver_sql(f"insert into {table} values (2)")
+    out["committed_connection"] = scene.outside(f"select count(*) from {table}")
+    out["first"] = first
+    out["events"] = log.events
+    out["status"] = engine.pool.status()
+    return out
+
+
+RESET_VALUES = ["rollback", "commit", None, False, True]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("reset", RESET_VALUES, ids=[str(v) for v in RESET_VALUES])
+def test_pool_reset_on_return(dsn: str, kind: str, mode: str, reset: Any) -> None:
+    seen = side_by_side(dsn, kind, mode, scenario_reset_on_return, reset)
+    backend, count = seen["next_borrower"]
+    assert backend == seen["first"]
+    expected = {"rollback": (0, 0), "commit": (1, 1), None: (1, 0), False: (1, 0), True: (0, 0)}
+    assert (count, seen["committed_raw"]) == expected[reset]
+    assert seen["committed_connection"] == seen["committed_raw"]
+    resets = [e for e in seen["events"] if e[0] == "reset"]
+    assert resets[0][2:] == (False, False, True)  # raw: the pool resets
+    assert resets[-1][2:] == (True, False, True)  # Connection: reset already
+
+
+def scenario_use_lifo(scene: Scene, lifo: bool) -> list[int | None]:
+    """Which idle connection each checkout gets."""
+    engine = scene.engine(pool_size=3, max_overflow=0, pool_use_lifo=lifo)
+    conns = [engine.connect() for _ in range(3)]
+    for conn in conns:
+        scene.backend(conn)
+    for conn in conns:
+        conn.close()
+    again = [engine.connect() for _ in range(3)]
+    order = [scene.backend(c) for c in again]
+    for conn in again:
+        conn.close()
+    return order
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("lifo", [False, True], ids=["fifo", "lifo"])
+def test_pool_use_lifo(dsn: str, kind: str, mode: str, lifo: bool) -> None:
+    order = side_by_side(dsn, kind, mode, scenario_use_lifo, lifo)
+    assert order == ([2, 1, 0] if lifo else [0, 1, 2])
+
+
+def scenario_pre_ping(scene: Scene, pre_ping: bool) -> dict[str, Any]:
+    """A backend terminated while its connection is idle: with pre-ping the
+    next checkout reconnects; without, the first statement fails and the
+    connection is invalidated."""
+    engine = scene.engine(pool_size=2, max_overflow=0, pool_pre_ping=pre_ping)
+    log = EventLog(engine.pool, scene.labels)
+    with engine.connect() as conn:
+        pid = _pid(conn)
+        first = scene.backends(pid)
+    scene.terminate(pid)
+    scene.runner.sleep(0.3)
+    failure = None
+    try:
+        with engine.connect() as conn:
+            second = scene.backend(conn)
+    except sa.exc.DBAPIError as exc:
+        failure = (type(exc).__name__, exc.connection_invalidated)
+        with engine.connect() as conn:
+            second = scene.backend(conn)
+    return {
+        "backends": [first, second],
+        "failure": failure,
+        "events": log.events,
+        "status": engine.pool.status(),
+    }
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("pre_ping", [True, False], ids=["pre_ping", "no_pre_ping"])
+def test_pool_pre_ping(dsn: str, kind: str, mode: str, pre_ping: bool) -> None:
+    seen = side_by_side(dsn, kind, mode, scenario_pre_ping, pre_ping)
+    assert seen["backends"] == [0, 1]
+    assert (seen["failure"] is None) == pre_ping
+    assert seen["status"] == STATUS.format(2, 1, -1, 0)
+
+
+def scenario_logging(scene: Scene, echo: Any, name: str | None) -> list[tuple[str, str, str]]:
+    """The pool's log records: checkout, checkin, reset, exhaustion,
+    dispose and recreate."""
+    level = logger_level("sqlalchemy.pool", logging.DEBUG) if echo is None else nullcontext()
+    with capture_logs("sqlalchemy.pool", "pypool") as logs, level:
+        engine = scene.engine(
+            pool_size=1,
+            max_overflow=1,
+            pool_timeout=0.05,
+            echo_pool=echo,
+            pool_logging_name=name,
+        )
+        with engine.connect() as conn:
+            conn.exec_driver_sql("select 1")
+        held = [engine.connect(), engine.connect()]
+        with pytest.raises(sa.exc.TimeoutError):
+            engine.connect()
+        for conn in held:
+            conn.close()
+        engine.dispose()
+    return logs.records
+
+
+ECHO_CASES = [
+    pytest.param(True, None, id="echo"),
+    pytest.param("debug", None, id="debug"),
+    pytest.param("debug", "mine", id="debug-named"),
+    pytest.param(None, "mine", id="logger-level-named"),
+]
+
+
+@pytest.mark.db
+@pytest.mark.parametrize(("echo", "name"), ECHO_CASES)
+def test_echo_pool_and_logging_name(
+    dsn: str, kind: str, mode: str, echo: Any, name: str | None
+) -> None:
+    records = side_by_side(dsn, kind, mode, scenario_logging, echo, name)
+    cls = "QueuePool" if mode == "sync" else "AsyncAdaptedQueuePool"
+    logger = f"sqlalchemy.pool.impl.{cls}" + (f".{name}" if name else "")
+    assert records and {r[0] for r in records} == {logger}
+    messages = [r[2] for r in records]
+    assert any(m.startswith("Pool disposed.") for m in messages)
+    assert ("Pool recreating" in messages) and (
+        any("checked out from pool" in m for m in messages) == (echo != True)  # noqa: E712
+    )

@@ -20,9 +20,11 @@ waited a couple of milliseconds (bounded fairness). A return keeps the
 connection idle unless ``pool_size`` connections are idle already, in which
 case it is closed, as ``QueuePool`` does.
 
-In a child process made by ``os.fork()`` the core forgets the parent's
-connections: the child connects its own, and never closes or reuses one it
-shares with the parent.
+In a child process made by ``os.fork()`` the pool starts afresh: the child
+connects its own connections and never hands out, resets, closes or
+finalizes one of the parent's; one the parent had checked out is, in the
+child, an invalidated connection. ``docs/sqlalchemy.md`` lists every way
+the pools differ from SQLAlchemy's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import threading
 import time
 import weakref
@@ -46,15 +49,15 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
     from sqlalchemy.util.concurrency import await_only as _await
 
 from . import _core
+from . import errors as _errors
 from .errors import NotBorrowed, PoolClosed, PoolTimeout
 
-__all__ = ["AsyncAdaptedQueuePool", "QueuePool"]
+__all__ = ["AsyncAdaptedQueuePool", "ConfigurationError", "QueuePool"]
 
 _clock = time.monotonic
 
-#: Records returned in a fork child that were borrowed in the parent: their
-#: connections share the parent's sockets, so they are kept here, never
-#: closed nor finalized, for the life of the process.
+#: The parent's DBAPI connections in a fork child, where no reference
+#: counting applies (see _keep_forever).
 _fork_orphans: list[Any] = []
 
 _bound_classes: dict[tuple[type, ModuleType], type] = {}
@@ -62,13 +65,65 @@ _bound_classes: dict[tuple[type, ModuleType], type] = {}
 _live_pools: weakref.WeakSet[QueuePool] = weakref.WeakSet()
 
 
+def _keep_forever(obj: Any) -> None:
+    """Make sure ``obj`` is never finalized in this process.
+
+    In a fork child the parent's connections share the parent's sockets:
+    closing or finalizing one (some drivers close on garbage collection,
+    asyncio drivers touch the parent's event loop) can end or confuse the
+    parent's session. An extra reference that is never dropped keeps the
+    object alive through interpreter shutdown too.
+    """
+    if sys.implementation.name == "cpython":
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    else:  # pragma: no cover - no reference counting to rely on
+        _fork_orphans.append(obj)
+
+
 def _after_fork_in_child() -> None:
     for pool in list(_live_pools):
-        pool._fast_return(False)
+        pool._forget_parent()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ConfigurationError(_errors.ConfigurationError, sa_exc.ArgumentError):
+    """A pool argument is invalid; the message says which and what to change.
+
+    Both :class:`pypool.ConfigurationError` (a ``ValueError``) and
+    :class:`sqlalchemy.exc.ArgumentError`, so either ``except`` catches it.
+    Raised when the pool (that is, the engine) is made, for values that
+    SQLAlchemy's own pools accept there and then misuse later.
+    """
+
+    __module__ = "pypool.sqlalchemy"
+
+
+def _check_int(name: str, value: object, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__}")
+    if value < low:
+        raise ConfigurationError(f"{name} must be {low} or more, not {value}")
+    return value
+
+
+def _check_timeout(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"timeout (pool_timeout) must be a number of seconds or None, "
+            f"not {type(value).__name__}"
+        )
+    if not value >= 0:  # rejects NaN too
+        raise ConfigurationError(
+            f"timeout (pool_timeout) must be 0 or more seconds (None: no limit), not {value!r}"
+        )
+    return value
 
 
 class QueuePool(sa_pool.QueuePool):
@@ -78,25 +133,44 @@ class QueuePool(sa_pool.QueuePool):
     ``pool_size`` connections are kept, up to ``max_overflow`` more are made
     under load and closed when returned (``-1``: no limit, and ``pool_size=0``
     means no limit at all), a checkout waits up to ``timeout`` seconds before
-    ``sqlalchemy.exc.TimeoutError``, ``use_lifo`` reuses the most recently
-    returned connection first.
+    ``sqlalchemy.exc.TimeoutError`` (``None``: no limit; ``0``: not at all),
+    ``use_lifo`` reuses the most recently returned connection first. Values
+    SQLAlchemy's pools would misuse later (a negative size or timeout,
+    ``max_overflow`` below -1, ...) raise :class:`ConfigurationError` here.
     """
 
     #: The core module (``pypool._corepool`` or ``pypool._corepool_py``); None:
     #: the one :mod:`pypool._core` picked. See :meth:`with_core`.
     _core_module: ClassVar[ModuleType | None] = None
 
+    #: Log under SQLAlchemy's own logger name for the pool class (plus
+    #: ``.<logging_name>``), so that ``echo_pool``, ``pool_logging_name`` and a
+    #: logging configuration for ``sqlalchemy.pool`` work as with its pools.
+    _sqla_logger_namespace = f"{sa_pool.QueuePool.__module__}.{sa_pool.QueuePool.__name__}"
+
+    #: Seconds a checkout waits at the limit; None: no limit (SQLAlchemy's
+    #: annotation says float, but its pools accept None with that meaning).
+    _timeout: float | None  # type: ignore[assignment]
+
     def __init__(
         self,
         creator: Any,
         pool_size: int = 5,
         max_overflow: int = 10,
-        timeout: float = 30.0,
+        timeout: float | None = 30.0,
         use_lifo: bool = False,
         **kw: Any,
     ) -> None:
-        sa_pool.Pool.__init__(self, creator, **kw)
         module = self._core_module if self._core_module is not None else _core
+        pool_size = _check_int("pool_size", pool_size, 0)
+        max_overflow = _check_int("max_overflow", max_overflow, -1)
+        timeout = _check_timeout(timeout)
+        if pool_size + max(max_overflow, 0) > module.MAX_SIZE:
+            raise ConfigurationError(
+                f"pool_size + max_overflow must be at most {module.MAX_SIZE} "
+                f"(max_overflow=-1: no limit), not {pool_size + max_overflow}"
+            )
+        sa_pool.Pool.__init__(self, creator, **kw)
         self._pool_size = pool_size
         self._max_overflow = -1 if pool_size == 0 else max_overflow
         self._timeout = timeout
@@ -104,7 +178,7 @@ class QueuePool(sa_pool.QueuePool):
         if self._max_overflow < 0:
             max_size = module.MAX_SIZE
         else:
-            max_size = min(max(pool_size + self._max_overflow, 1), module.MAX_SIZE)
+            max_size = max(pool_size + self._max_overflow, 1)
         self._idle_state = module.IDLE
         self._core = module.CorePool(max_size, lifo=self._use_lifo)
         self._try_acquire = self._core.try_acquire
@@ -112,10 +186,41 @@ class QueuePool(sa_pool.QueuePool):
         # While no more than this many connections exist, a returned one is
         # always kept: the hot path then reads one number.
         self._keep_all_up_to = pool_size if pool_size else module.MAX_SIZE
-        self._pid = os.getpid()
         self._mode_lock = threading.Lock()
+        # Every record this pool made, and (in a fork child) those the parent
+        # had checked out at the fork, which may still come back here.
+        self._records: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._forgotten: weakref.WeakSet[Any] = weakref.WeakSet()
         self._fast_return(True)
         _live_pools.add(self)
+
+    def _create_connection(self) -> Any:
+        record = super()._create_connection()
+        self._records.add(record)
+        return record
+
+    def _forget_parent(self) -> None:
+        # In a fork child (the core has forgotten its slots): the parent's
+        # connections are never handed out, reset, closed nor finalized here.
+        # Each is kept alive for good and dropped from its record; a
+        # checked-out one is taken from its proxy too, which SQLAlchemy then
+        # treats as invalidated (its return does no I/O; an engine Connection
+        # reconnects with a new connection, or raises PendingRollbackError
+        # inside a transaction).
+        self._mode_lock = threading.Lock()
+        self._fast_return(False)
+        for record in list(self._records):
+            conn = record.dbapi_connection
+            if conn is not None:
+                _keep_forever(conn)
+                record.dbapi_connection = None
+            record.finalize_callback.clear()
+            if record.fairy_ref is not None:  # checked out in the parent
+                fairy = record.fairy_ref()
+                if fairy is not None:
+                    fairy.dbapi_connection = None
+                self._forgotten.add(record)
+        self._records = weakref.WeakSet()
 
     def _fast_return(self, fast: bool) -> None:
         # While no overflow connection exists, every returned connection is
@@ -179,6 +284,8 @@ class QueuePool(sa_pool.QueuePool):
                 if record is not None:
                     return record
                 continue
+            if self._timeout is None:  # pool_timeout=None: wait as long as it takes
+                return self._wait(None)
             if deadline is None:
                 deadline = _clock() + self._timeout
             try:
@@ -191,7 +298,7 @@ class QueuePool(sa_pool.QueuePool):
                 code="3o7r",
             )
 
-    def _wait(self, timeout: float) -> Any:
+    def _wait(self, timeout: float | None) -> Any:
         return self._core.acquire(timeout)
 
     def _do_return_conn(self, record: Any) -> None:
@@ -204,11 +311,11 @@ class QueuePool(sa_pool.QueuePool):
             elif not core.release(record):  # pragma: no cover - the core is never closed
                 record.close()
         except NotBorrowed:
-            if os.getpid() != self._pid:  # borrowed in the parent before a fork
-                _fork_orphans.append(record)
+            if record in self._forgotten:  # checked out in the parent before a fork
+                self._forgotten.discard(record)
                 return
             raise
-        if core.size <= self._keep_all_up_to and os.getpid() == self._pid:
+        if core.size <= self._keep_all_up_to and not self._forgotten:
             with self._mode_lock:
                 if core.size <= self._keep_all_up_to:
                     self._fast_return(True)
@@ -258,7 +365,7 @@ class QueuePool(sa_pool.QueuePool):
     def size(self) -> int:
         return self._pool_size
 
-    def timeout(self) -> float:
+    def timeout(self) -> float | None:  # type: ignore[override]
         return self._timeout
 
     def checkedin(self) -> int:
@@ -298,11 +405,14 @@ class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
 
     _is_asyncio = True
     _dialect = _AsyncConnDialect()
+    _sqla_logger_namespace = (
+        f"{sa_pool.AsyncAdaptedQueuePool.__module__}.{sa_pool.AsyncAdaptedQueuePool.__name__}"
+    )
 
-    def _wait(self, timeout: float) -> Any:
+    def _wait(self, timeout: float | None) -> Any:
         return _await(self._wait_async(timeout))
 
-    async def _wait_async(self, timeout: float) -> Any:
+    async def _wait_async(self, timeout: float | None) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
 
