@@ -433,8 +433,8 @@ class FaultProxy:
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._new == _RESET:
+                self.reset += 1  # counted first: the client may look as soon as it sees the reset
                 _rst(client)
-                self.reset += 1
                 continue
             if self._new == _HOLD:
                 self.held += 1
