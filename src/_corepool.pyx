@@ -170,6 +170,30 @@ cdef enum:
 
 _clock = time.monotonic
 
+# The named call-out points of the slow paths (see the Python core): where an
+# operation may run Python code it does not own, with its state consistent.
+# The test hook runs at each; the hot path never looks at it.
+_CALL_OUT_POINTS = (
+    "acquire.empty",
+    "acquire.queued",
+    "wait.sleep",
+    "wait.woke",
+)
+
+cdef object _interleave = None
+
+
+def _set_interleave_hook(hook):
+    """For tests only: ``hook(point, core)`` runs at each of the named
+    call-out points (:data:`_CALL_OUT_POINTS`), None turns it off. Returns
+    the hook it replaces. The hot path never looks at it."""
+    global _interleave
+    if hook is not None and not callable(hook):
+        raise ConfigurationError("the interleave hook must be callable or None")
+    previous = _interleave
+    _interleave = hook
+    return previous
+
 
 cdef inline double _seconds(int64_t ns) noexcept:
     return <double>ns / 1e9
@@ -851,45 +875,72 @@ cdef class CorePool:
         waiter at that moment is passed on, never lost.
         """
         cdef double wait_for = _check_timeout(timeout)
-        cdef _Waiter waiter
         if self._closed:
             raise PoolClosed("the pool is closed")
         conn = self._pop()
         if conn is not None:
             return conn
+        return self._acquire_slow(wait_for)
+
+    cdef object _acquire_slow(self, double wait_for):
+        # The free list was empty. Everything from here to the enqueue that
+        # may run Python code (the allocations: a garbage collection runs
+        # finalizers, which may give a connection back) comes first; then the
+        # pop is retried and the waiter queued in one step, with no Python
+        # code in between, so that no release can slip through unseen.
+        cdef _Waiter waiter
         if wait_for == 0.0:
             self.timeouts += 1
-            raise PoolTimeout(self._timeout_message(0.0))
-        if self._max_waiting and self.n_waiting >= self._max_waiting:
-            raise TooManyRequests(
-                f"{self.n_waiting} callers wait already (max_waiting={self._max_waiting})"
-            )
+            raise self._timeout(0.0, 0)
+        self._check_waiting()
+        if _interleave is not None:
+            _interleave("acquire.empty", self)
         lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
         lock.acquire()
         waiter = _Waiter()
         waiter.lock = lock
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        conn = self._pop()
+        if conn is not None:
+            return conn
+        self._check_waiting()
         self._enqueue(waiter)
+        if _interleave is not None:
+            _interleave("acquire.queued", self)
         if self._on_wait is not None:
             self._on_wait()
         return self._wait(waiter, wait_for)
 
+    cdef int _check_waiting(self) except -1:
+        if self._max_waiting and self.n_waiting >= self._max_waiting:
+            raise TooManyRequests(
+                f"{self.n_waiting} callers wait already (max_waiting={self._max_waiting})"
+            )
+        return 0
+
     cdef object _wait(self, _Waiter waiter, double wait_for):
+        # Sleeps in slices until the waiter is handed a connection, the pool
+        # closes or the deadline passes. Every slice, woken or not, ends with
+        # a retry of the pop: a waiter never sleeps again, nor times out,
+        # while a connection it could take is idle.
         cdef double deadline = -1.0 if wait_for < 0 else _clock() + wait_for
-        cdef double remaining
+        cdef double pause
         cdef bint woken
+        cdef int idle
+        lock = waiter.lock
         try:
             while True:
                 if deadline < 0:
-                    woken = waiter.lock.acquire(True, _WAIT_SLICE)
+                    pause = _WAIT_SLICE
                 else:
-                    remaining = deadline - _clock()
-                    woken = remaining > 0 and waiter.lock.acquire(
-                        True, min(remaining, _WAIT_SLICE)
-                    )
-                    if not woken and _clock() >= deadline:
-                        return self._wait_timed_out(waiter, wait_for)
-                if not woken:
-                    continue
+                    pause = min(deadline - _clock(), _WAIT_SLICE)
+                if _interleave is not None:
+                    _interleave("wait.sleep", self)
+                woken = pause > 0 and lock.acquire(True, pause)
+                if _interleave is not None:
+                    _interleave("wait.woke", self)
+                # From here to the return or raise: no Python code runs.
                 if waiter.state == _HANDED:
                     waiter.state = _DONE
                     conn = waiter.conn
@@ -898,15 +949,21 @@ cdef class CorePool:
                 if waiter.state == _CLOSED:
                     waiter.state = _DONE
                     raise PoolClosed("the pool was closed while waiting")
-                # Woken to retry: a connection was made idle for us, but a
-                # caller that did not wait may have taken it first.
-                waiter.notified = False
-                self.n_sleeping += 1
+                if woken:
+                    # Woken to retry: a connection was made idle for us. The
+                    # lock is ours again, ready for the next wake-up.
+                    waiter.notified = False
+                    self.n_sleeping += 1
                 conn = self._pop()
                 if conn is not None:
                     self._leave(waiter)
                     self._count_wait(waiter)
                     return conn
+                if deadline >= 0 and _clock() >= deadline:
+                    idle = self.n_idle  # 0: the pop just failed
+                    self._leave(waiter)
+                    self.timeouts += 1
+                    raise self._timeout(wait_for, idle)
         except BaseException:
             if waiter.state == _HANDED:  # handed at the moment we were interrupted
                 conn = waiter.conn
@@ -917,26 +974,18 @@ cdef class CorePool:
                 self._leave(waiter)
             raise
 
-    cdef object _wait_timed_out(self, _Waiter waiter, double waited):
-        if waiter.state == _HANDED:  # handed just in time: take it
-            waiter.state = _DONE
-            conn = waiter.conn
-            waiter.conn = None
-            return conn
-        if waiter.state == _CLOSED:
-            waiter.state = _DONE
-            raise PoolClosed("the pool was closed while waiting")
-        self._leave(waiter)
-        self.timeouts += 1
-        raise PoolTimeout(self._timeout_message(waited))
-
-    cdef str _timeout_message(self, double waited):
-        return (
+    cdef object _timeout(self, double waited, int idle):
+        """The PoolTimeout of a caller the core just gave up on, with ``idle``,
+        the idle connections counted at that decision (0, unless the protocol
+        is broken)."""
+        exc = PoolTimeout(
             f"no connection available after {waited:.3f} s "
-            f"(size {self._size}/{self._max_size}, idle {self.n_idle}, "
+            f"(size {self._size}/{self._max_size}, idle {idle}, "
             f"in use {self.n_busy}, connecting {self.n_creating}, "
             f"waiting {self.n_waiting})"
         )
+        exc.idle = idle
+        return exc
 
     # ----------------------------------------------------------- asyncio use
 

@@ -23,6 +23,15 @@ Slot states and moves (every slot is in exactly one state)::
 Concurrency: one mutex guards all state. It is never held while waiting, and
 never while calling out to code the core does not own (ticket callbacks and
 the ``on_wait`` / ``on_abandon`` hooks run after it is released).
+
+The mutex is re-entrant for one reason: garbage collection can run inside any
+allocation, also one made while the mutex is held, and a finalizer it runs
+may give a connection back (SQLAlchemy returns connections from a weak
+reference's callback). Such a ``release()`` or ``discard()`` finds the mutex
+held by its own thread, in the middle of an operation whose state is not
+consistent: it checks what it can, records the call and returns at once; the
+interrupted operation completes it when it leaves its critical section
+(``_drain``). Any other operation run from there raises :class:`PoolError`.
 """
 
 from __future__ import annotations
@@ -123,6 +132,31 @@ _CLOSED: Final = 2  # the pool closed while it waited
 _DONE: Final = 3  # left the queue: took its connection, timed out or was cancelled
 
 _clock = time.monotonic
+
+#: The named call-out points of the slow paths: the places where a core
+#: operation may run Python code it does not own (an allocation that collects
+#: garbage, a hook, a callback, a lock of gevent's) with its state consistent.
+#: The test hook (:func:`_set_interleave_hook`) runs at each; the native core
+#: has the same points under the same names.
+_CALL_OUT_POINTS: Final = (
+    "acquire.empty",  # the free list was empty; the waiter is not made yet
+    "acquire.queued",  # the waiter is queued; on_wait has not run
+    "wait.sleep",  # before each wait slice
+    "wait.woke",  # after each wait slice, before the retry
+)
+
+_interleave: Callable[[str, Any], object] | None = None
+
+
+def _set_interleave_hook(hook: Callable[[str, Any], object] | None) -> Any:
+    """For tests only: ``hook(point, core)`` runs at each of the named
+    call-out points (:data:`_CALL_OUT_POINTS`), None turns it off. Returns
+    the hook it replaces. The hot path never looks at it."""
+    global _interleave
+    if hook is not None and not callable(hook):
+        raise ConfigurationError("the interleave hook must be callable or None")
+    previous, _interleave = _interleave, hook
+    return previous
 
 
 def _check_seconds(name: str, value: object, *, or_none: bool = False) -> float:
@@ -226,7 +260,7 @@ class WaiterTicket(_Waiter):
         and :class:`PoolError` if the ticket still waits or its connection was
         taken or passed on already.
         """
-        with self._core._mutex:
+        with self._core._locked("WaiterTicket.result"):
             if self._state == _HANDED:
                 conn, self._conn = self._conn, None
                 self._state = _DONE
@@ -246,7 +280,7 @@ class WaiterTicket(_Waiter):
         """
         core = self._core
         calls: list[Callable[[], object]] = []
-        with core._mutex:
+        with core._locked("WaiterTicket.cancel"):
             if self._state == _WAITING:
                 core._leave_locked(self)
                 if timed_out:
@@ -347,7 +381,10 @@ class CorePool:
         _live_cores.add(self)
 
     def _reset_state(self) -> None:
-        self._mutex = threading.Lock()
+        # Re-entrant only so that a finalizer inside a critical section can
+        # tell that it is nested (see the module docstring).
+        self._mutex: Any = threading.RLock()  # Any: typeshed lacks RLock._is_owned
+        self._deferred: deque[tuple[bool, Any, bool]] = deque()  # (release?, conn, taken)
         self._slots: list[_Slot] = []
         self._empty: list[int] = []  # stack of EMPTY slot indices
         self._idle: deque[int] = deque()  # idle list; may hold stale indices
@@ -378,7 +415,7 @@ class CorePool:
     @max_size.setter
     def max_size(self, value: int) -> None:
         value = _check_int("max_size", value, 1, MAX_SIZE)
-        with self._mutex:
+        with self._locked("CorePool.max_size"):
             self._check_open()
             self._max_size = value
 
@@ -390,7 +427,7 @@ class CorePool:
     @max_waiting.setter
     def max_waiting(self, value: int) -> None:
         value = _check_int("max_waiting", value, 0, 2**31 - 1)
-        with self._mutex:
+        with self._locked("CorePool.max_waiting"):
             self._check_open()
             self._max_waiting = value
 
@@ -414,7 +451,7 @@ class CorePool:
     def advance_generation(self) -> int:
         """Starts a new generation (for drain and invalidate) and returns it:
         every slot reserved before now is of an older one (STALE)."""
-        with self._mutex:
+        with self._locked("CorePool.advance_generation"):
             self._check_open()
             self._generation += 1
             return self._generation
@@ -524,6 +561,10 @@ class CorePool:
 
     def try_acquire(self) -> Any:
         """An idle connection, now, or None. Never waits."""
+        if self._mutex._is_owned():
+            raise self._nested("CorePool.try_acquire")
+        if self._deferred:
+            self._drain()
         with self._mutex:
             if self._closed:
                 raise PoolClosed("the pool is closed")
@@ -532,6 +573,8 @@ class CorePool:
                 self._reap_locked()
         if self._abandoned_slots:
             self._run([])
+        if self._deferred:
+            self._drain()
         return conn
 
     def release(self, conn: Any, /) -> bool:
@@ -542,6 +585,10 @@ class CorePool:
         Raises :class:`NotBorrowed` (changing nothing) for an object that is
         not borrowed from this pool.
         """
+        if self._mutex._is_owned():
+            return self._defer(True, conn)
+        if self._deferred:
+            self._drain()
         calls: list[Callable[[], object]] = []
         with self._mutex:
             slot = self._slot_of_borrowed(conn)
@@ -556,6 +603,8 @@ class CorePool:
             if self._dead:
                 self._reap_locked()
         self._run(calls)
+        if self._deferred:
+            self._drain()
         return result
 
     def acquire(self, timeout: float | None = None) -> Any:
@@ -568,42 +617,75 @@ class CorePool:
         waiter at that moment is passed on, never lost.
         """
         wait_for = _check_timeout(timeout)
-        with self._mutex:
-            if self._closed:
-                raise PoolClosed("the pool is closed")
-            conn = self._pop_locked()
-            if conn is not None:
-                return conn
-            if wait_for == 0:
-                self._timeouts += 1
-                raise PoolTimeout(self._timeout_message(0.0))
-            if self._max_waiting and len(self._waiters) >= self._max_waiting:
-                raise TooManyRequests(
-                    f"{len(self._waiters)} callers wait already (max_waiting={self._max_waiting})"
-                )
-            lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
-            lock.acquire()
-            waiter = _Waiter(lock)
-            self._waiters.append(waiter)
+        if self._mutex._is_owned():
+            raise self._nested("CorePool.acquire")
+        if self._deferred:
+            self._drain()
+        try:
+            with self._mutex:
+                if self._closed:
+                    raise PoolClosed("the pool is closed")
+                conn = self._pop_locked()
+                if conn is None:
+                    if wait_for == 0:
+                        self._timeouts += 1
+                        raise self._timeout_locked(0.0, 0)
+                    self._check_waiting_locked()
+        finally:
+            if self._deferred:
+                self._drain()
+        if conn is not None:
+            return conn
+        # Call-out: making the waiter allocates, and an allocation may run
+        # any Python code (a garbage collection and its finalizers), which
+        # may give a connection back. The pop is retried once it is queued.
+        if _interleave is not None:
+            _interleave("acquire.empty", self)
+        lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
+        lock.acquire()
+        waiter = _Waiter(lock)
+        try:
+            with self._mutex:
+                if self._closed:
+                    raise PoolClosed("the pool is closed")
+                conn = self._pop_locked()
+                if conn is None:
+                    self._check_waiting_locked()
+                    self._waiters.append(waiter)
+        finally:
+            if self._deferred:
+                self._drain()
+        if conn is not None:
+            return conn
+        if _interleave is not None:
+            _interleave("acquire.queued", self)
         if self._on_wait is not None:
             self._on_wait()
         return self._wait(waiter, wait_for)
 
+    def _check_waiting_locked(self) -> None:
+        if self._max_waiting and len(self._waiters) >= self._max_waiting:
+            raise TooManyRequests(
+                f"{len(self._waiters)} callers wait already (max_waiting={self._max_waiting})"
+            )
+
     def _wait(self, waiter: _Waiter, wait_for: float | None) -> Any:
+        """Sleeps in slices until the waiter is handed a connection, the pool
+        closes or the deadline passes. Every slice, woken or not, ends with a
+        retry of the pop: a waiter never sleeps again, nor times out, while a
+        connection it could take is idle."""
         deadline = None if wait_for is None else waiter._started + wait_for
+        lock = waiter._lock
         try:
             while True:
-                if deadline is None:
-                    woken = waiter._lock.acquire(True, _WAIT_SLICE)
-                else:
-                    remaining = deadline - _clock()
-                    woken = remaining > 0 and waiter._lock.acquire(
-                        True, min(remaining, _WAIT_SLICE)
-                    )
-                    if not woken and _clock() >= deadline:
-                        return self._wait_timed_out(waiter, wait_for or 0.0)
-                if not woken:
-                    continue
+                if self._deferred:
+                    self._drain()
+                pause = _WAIT_SLICE if deadline is None else min(deadline - _clock(), _WAIT_SLICE)
+                if _interleave is not None:
+                    _interleave("wait.sleep", self)
+                woken = pause > 0 and lock.acquire(True, pause)
+                if _interleave is not None:
+                    _interleave("wait.woke", self)
                 with self._mutex:
                     if waiter._state == _HANDED:
                         waiter._state = _DONE
@@ -612,14 +694,20 @@ class CorePool:
                     if waiter._state == _CLOSED:
                         waiter._state = _DONE
                         raise PoolClosed("the pool was closed while waiting")
-                    # Woken to retry: a connection was made idle for us, but a
-                    # caller that did not wait may have taken it first.
-                    waiter._notified = False
+                    if woken:
+                        # Woken to retry: a connection was made idle for us.
+                        # The lock is ours again, ready for the next wake-up.
+                        waiter._notified = False
                     conn = self._pop_locked()
                     if conn is not None:
                         self._leave_locked(waiter)
                         self._count_wait(waiter)
                         return conn
+                    if deadline is not None and _clock() >= deadline:
+                        idle = self._n_idle  # 0: the pop just failed
+                        self._leave_locked(waiter)
+                        self._timeouts += 1
+                        raise self._timeout_locked(wait_for or 0.0, idle)
         except BaseException:
             calls: list[Callable[[], object]] = []
             with self._mutex:
@@ -630,28 +718,22 @@ class CorePool:
                 elif waiter._state == _WAITING:
                     self._leave_locked(waiter)
             self._run(calls)
+            if self._deferred:
+                self._drain()
             raise
 
-    def _wait_timed_out(self, waiter: _Waiter, waited: float) -> Any:
-        with self._mutex:
-            if waiter._state == _HANDED:  # handed just in time: take it
-                waiter._state = _DONE
-                conn, waiter._conn = waiter._conn, None
-                return conn
-            if waiter._state == _CLOSED:
-                waiter._state = _DONE
-                raise PoolClosed("the pool was closed while waiting")
-            self._leave_locked(waiter)
-            self._timeouts += 1
-            raise PoolTimeout(self._timeout_message(waited))
-
-    def _timeout_message(self, waited: float) -> str:
-        return (
+    def _timeout_locked(self, waited: float, idle: int) -> PoolTimeout:
+        """The PoolTimeout of a caller the core just gave up on, with ``idle``,
+        the idle connections counted at that decision (0, unless the protocol
+        is broken)."""
+        exc = PoolTimeout(
             f"no connection available after {waited:.3f} s "
-            f"(size {self._size}/{self._max_size}, idle {self._n_idle}, "
+            f"(size {self._size}/{self._max_size}, idle {idle}, "
             f"in use {self._n_busy}, connecting {self._n_creating}, "
             f"waiting {len(self._waiters)})"
         )
+        exc.idle = idle
+        return exc
 
     # ----------------------------------------------------------- asyncio use
 
@@ -665,7 +747,7 @@ class CorePool:
         if not callable(callback):
             raise ConfigurationError("callback must be callable")
         ticket = WaiterTicket(self, callback)
-        with self._mutex:
+        with self._locked("CorePool.enqueue"):
             if self._closed:
                 raise PoolClosed("the pool is closed")
             conn = self._pop_locked()
@@ -694,7 +776,7 @@ class CorePool:
         Returns the slot index (now CREATING), or None at the limit. The
         caller must then :meth:`fill` or :meth:`abandon` it.
         """
-        with self._mutex:
+        with self._locked("CorePool.reserve"):
             self._check_open()
             if self._size >= self._max_size:
                 return None
@@ -722,7 +804,7 @@ class CorePool:
             raise TypeError("a connection cannot be None")
         life = None if lifetime is None else _check_seconds("lifetime", lifetime)
         calls: list[Callable[[], object]] = []
-        with self._mutex:
+        with self._locked("CorePool.fill"):
             s = self._slot_at(slot, CREATING)
             other = self._where.get(id(conn))
             if other is not None:
@@ -744,7 +826,7 @@ class CorePool:
 
     def abandon(self, slot: int) -> None:
         """Frees a reserved (CREATING) slot whose connect failed."""
-        with self._mutex:
+        with self._locked("CorePool.abandon"):
             self._empty_locked(self._slot_at(slot, CREATING), CREATING)
 
     def discard(self, conn: Any, /) -> None:
@@ -752,10 +834,15 @@ class CorePool:
 
         The caller keeps the connection and closes it. Works after close().
         """
+        if self._mutex._is_owned():
+            self._defer(False, conn)
+            return
         with self._mutex:
             s = self._slot_of_borrowed(conn)
             self._use_time += _clock() - s.checked_out
             self._empty_locked(s, BUSY)
+        if self._deferred:
+            self._drain()
 
     # ------------------------------------------------------------ maintenance
 
@@ -765,7 +852,7 @@ class CorePool:
 
         The caller must then :meth:`restore` or :meth:`retire` the slot.
         """
-        with self._mutex:
+        with self._locked("CorePool.claim"):
             self._check_open()
             s = self._slot_at(slot, None)
             if s.state != IDLE:
@@ -782,7 +869,7 @@ class CorePool:
         the caller must close the connection.
         """
         calls: list[Callable[[], object]] = []
-        with self._mutex:
+        with self._locked("CorePool.restore"):
             s = self._slot_at(slot, RESERVED)
             if self._closed:
                 self._empty_locked(s, RESERVED)
@@ -794,7 +881,7 @@ class CorePool:
     def retire(self, slot: int) -> Any:
         """Frees a claimed (RESERVED) slot and returns its connection, which
         the caller must close."""
-        with self._mutex:
+        with self._locked("CorePool.retire"):
             s = self._slot_at(slot, RESERVED)
             conn = s.conn
             self._empty_locked(s, RESERVED)
@@ -845,7 +932,7 @@ class CorePool:
         list, where only another ``close()`` finds it."""
         calls: list[Callable[[], object]] = []
         idle: list[Any] = []
-        with self._mutex:
+        with self._locked("CorePool.close"):
             self._closed = True
             for s in self._slots:
                 s.listed = False
@@ -869,6 +956,60 @@ class CorePool:
 
     # -------------------------------------------------------------- internals
     # Everything below runs with self._mutex held, unless named otherwise.
+
+    def _locked(self, name: str) -> Any:
+        """The mutex, for an operation that changes state; refused inside a
+        finalizer that interrupted a critical section of this thread."""
+        if self._mutex._is_owned():
+            raise self._nested(name)
+        if self._deferred:
+            self._drain()
+        return self._mutex
+
+    @staticmethod
+    def _nested(name: str) -> PoolError:
+        return PoolError(
+            f"{name}() cannot run from a finalizer that interrupted a core "
+            "operation in the same thread; only release() and discard() can"
+        )
+
+    def _defer(self, release: bool, conn: Any) -> bool:
+        """release() or discard() from a finalizer that runs inside a critical
+        section of this thread: checked as far as the interrupted state
+        allows, recorded, and completed by ``_drain`` when that section ends.
+        Returns what release() returns: False when the pool is closed."""
+        self._slot_of_borrowed(conn)
+        if any(pending is conn for _, pending, _ in self._deferred):
+            raise NotBorrowed("this connection was returned already")
+        taken = release and not self._closed
+        self._deferred.append((release, conn, taken))
+        return taken
+
+    def _drain(self) -> None:
+        """Completes the releases and discards that finalizers deferred (see
+        ``_defer``). A no-op when called inside a critical section."""
+        if self._mutex._is_owned():
+            return  # the interrupted operation drains when it leaves
+        calls: list[Callable[[], object]] = []
+        with self._mutex:
+            while self._deferred:
+                release, conn, taken = self._deferred.popleft()
+                try:
+                    s = self._slot_of_borrowed(conn)
+                except NotBorrowed:
+                    continue  # reaped meanwhile
+                if not release:
+                    self._use_time += _clock() - s.checked_out
+                    self._empty_locked(s, BUSY)
+                elif self._closed and not taken:
+                    self._empty_locked(s, BUSY)  # its caller was told to close it
+                else:
+                    # Closed meanwhile, after the caller was told True: it
+                    # goes idle, where the next close() finds it.
+                    s.returned = _clock()
+                    self._use_time += s.returned - s.checked_out
+                    self._return_locked(s, conn, calls)
+        self._run(calls)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1047,7 +1188,7 @@ class CorePool:
         thread, maybe in one that holds the mutex already (a garbage
         collection inside a core operation): then the next operation reaps."""
         self._dead.append((index, ref))
-        if self._mutex.acquire(False):
+        if not self._mutex._is_owned() and self._mutex.acquire(False):
             try:
                 self._reap_locked()
             finally:
