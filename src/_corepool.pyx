@@ -177,7 +177,8 @@ _CALL_OUT_POINTS = (
     "acquire.empty",
     "acquire.queued",
     "wait.sleep",
-    "wait.woke",
+    "wait.woken",
+    "wait.slice_out",
 )
 
 cdef object _interleave = None
@@ -343,9 +344,10 @@ cdef void _map_del(AddrMap *m, uintptr_t key) noexcept:
 
 # ---------------------------------------------------------------- waiters
 # The wait queue is an intrusive doubly linked list of _Waiter objects: the
-# head, a removal and a walk are C operations. `n_sleeping` counts the thread
-# waiters not yet woken, so that a release with only woken waiters queued
-# (the common case under contention) walks nothing.
+# head, a removal and a walk are C operations. `n_sleeping`, `n_notified` and
+# `n_tickets` count the thread waiters not yet woken, those woken and not yet
+# run, and the tickets, so that a release walks the queue only when a
+# connection is idle that no woken waiter is on its way to take (`_serve`).
 
 cdef class _Waiter:
     cdef object lock        # held while the waiter sleeps; released to wake it
@@ -499,6 +501,8 @@ cdef class CorePool:
     cdef _Waiter wq_tail
     cdef Py_ssize_t n_waiting
     cdef Py_ssize_t n_sleeping     # thread waiters not woken yet
+    cdef Py_ssize_t n_notified     # thread waiters woken, not yet run
+    cdef Py_ssize_t n_tickets      # tickets queued
     cdef int _size
     cdef int n_idle
     cdef int n_busy
@@ -575,6 +579,8 @@ cdef class CorePool:
         self.wq_tail = None
         self.n_waiting = 0
         self.n_sleeping = 0
+        self.n_notified = 0
+        self.n_tickets = 0
         self._size = 0
         self.n_idle = 0
         self.n_busy = 0
@@ -939,7 +945,7 @@ cdef class CorePool:
                     _interleave("wait.sleep", self)
                 woken = pause > 0 and lock.acquire(True, pause)
                 if _interleave is not None:
-                    _interleave("wait.woke", self)
+                    _interleave("wait.woken" if woken else "wait.slice_out", self)
                 # From here to the return or raise: no Python code runs.
                 if waiter.state == _HANDED:
                     waiter.state = _DONE
@@ -949,10 +955,11 @@ cdef class CorePool:
                 if waiter.state == _CLOSED:
                     waiter.state = _DONE
                     raise PoolClosed("the pool was closed while waiting")
-                if woken:
+                if woken and waiter.notified:
                     # Woken to retry: a connection was made idle for us. The
                     # lock is ours again, ready for the next wake-up.
                     waiter.notified = False
+                    self.n_notified -= 1
                     self.n_sleeping += 1
                 conn = self._pop()
                 if conn is not None:
@@ -1286,6 +1293,9 @@ cdef class CorePool:
                 first.state = _HANDED
                 first.conn = conn
                 self._wake(first)
+                # If it had been woken for an idle connection, that wake-up
+                # was overtaken: it goes to the next waiter.
+                self._serve()
                 return 0
         if s.conn == NULL:
             Py_INCREF(conn)
@@ -1300,8 +1310,7 @@ cdef class CorePool:
             self.n_reserved -= 1
             pfl_unclaim(self.fl, i)
         self.n_idle += 1
-        if self.n_sleeping:
-            self._notify_one()
+        self._serve()
         return 0
 
     cdef void _enqueue(self, _Waiter waiter) noexcept:
@@ -1313,7 +1322,9 @@ cdef class CorePool:
             self.wq_tail.next = waiter
         self.wq_tail = waiter
         self.n_waiting += 1
-        if not waiter.is_ticket:
+        if waiter.is_ticket:
+            self.n_tickets += 1
+        else:
             self.n_sleeping += 1
 
     cdef void _unlink(self, _Waiter waiter) noexcept:
@@ -1328,27 +1339,57 @@ cdef class CorePool:
         waiter.prev = None
         waiter.next = None
         self.n_waiting -= 1
-        if not waiter.is_ticket and not waiter.notified:
+        if waiter.is_ticket:
+            self.n_tickets -= 1
+        elif waiter.notified:
+            self.n_notified -= 1
+        else:
             self.n_sleeping -= 1
 
-    cdef int _notify_one(self) except -1:
-        """Wakes the first thread waiter not woken already, to retry."""
-        cdef _Waiter w = self.wq_head
-        while w is not None:
-            if not w.notified and not w.is_ticket:
+    cdef int _serve(self) except -1:
+        """While more connections are idle than woken thread waiters are on
+        their way to take, wakes the next sleeping thread waiter to come and
+        take one, or hands one to the next ticket (a ticket cannot come).
+
+        This keeps "a waiter never sleeps while a connection it could take is
+        idle" after every change: a connection made idle, a waiter that leaves
+        with a wake-up it did not use, a woken waiter handed a different
+        connection. Each wake-up is a call-out (a lock release, a ticket's
+        callback) made with the state consistent; the loop then looks at the
+        state afresh."""
+        cdef _Waiter w
+        cdef uint32_t i
+        while self.n_idle > self.n_notified and (self.n_sleeping or self.n_tickets):
+            w = self.wq_head
+            while w is not None and not w.is_ticket and w.notified:
+                w = w.next
+            if w is None:
+                return 0
+            if w.is_ticket:
+                i = pfl_pop(self.fl)
+                if i == PFL_NIL:  # cannot be: n_idle > 0
+                    return 0
+                conn = self._take(i)
+                self._unlink(w)
+                self._count_wait(w)
+                w.state = _HANDED
+                w.conn = conn
+                self._wake(w)
+            else:
                 w.notified = True
                 self.n_sleeping -= 1
+                self.n_notified += 1
                 w.lock.release()
-                return 0
-            w = w.next
         return 0
 
     cdef int _leave(self, _Waiter waiter) except -1:
-        """Removes a waiter that gives up; passes on a wake-up it received."""
+        """Removes a waiter that gives up or takes a connection itself;
+        passes on a wake-up it did not use."""
+        cdef bint notified = waiter.notified and not waiter.is_ticket
         self._unlink(waiter)
         waiter.state = _DONE
-        if waiter.notified and self.n_idle and self.n_sleeping:
-            self._notify_one()
+        if notified:
+            self._serve()
         return 0
 
     cdef void _count_wait(self, _Waiter waiter) noexcept:

@@ -11,13 +11,42 @@ real threads under hypothesis, fault injection, contention) are in
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
 
-from _support.interleave import finalizer_at_allocation, interleaving
+from _support.interleave import Choreography, finalizer_at_allocation, interleaving
 from conftest import FakeConn
 from pypool.errors import PoolTimeout
+
+
+class Caller(threading.Thread):
+    """A thread that makes one call and keeps what it returned or raised."""
+
+    def __init__(self, name: str, fn: Any) -> None:
+        super().__init__(name=name, daemon=True)
+        self.fn = fn
+        self.outcome: tuple[str, Any] | None = None
+
+    def run(self) -> None:
+        try:
+            self.outcome = ("returned", self.fn())
+        except BaseException as exc:
+            self.outcome = ("raised", exc)
+
+    def result(self, timeout: float = 30.0) -> tuple[str, Any]:
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.name} hangs"
+        assert self.outcome is not None
+        return self.outcome
+
+
+def wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.001)
 
 
 def in_thread(fn: Any, timeout: float = 20.0) -> Any:
@@ -82,7 +111,7 @@ def test_release_by_a_finalizer_inside_acquire_is_not_lost(CorePool: Any) -> Non
     assert got_it >= 3  # the first allocations are inside acquire(), before any decision
 
 
-@pytest.mark.parametrize("point", ["acquire.empty", "acquire.queued", "wait.sleep", "wait.woke"])
+@pytest.mark.parametrize("point", ["acquire.empty", "acquire.queued", "wait.sleep"])
 def test_release_at_a_call_out_point_reaches_the_waiter(
     make_pool: Any, core_module: Any, point: str
 ) -> None:
@@ -124,3 +153,84 @@ def test_interleave_hook_must_be_callable(core_module: Any) -> None:
     with pytest.raises(ConfigurationError):
         core_module._set_interleave_hook(42)
     assert core_module._set_interleave_hook(None) is None
+
+
+# ------------------------------------ 2. a wake-up overtaken by a direct hand-off
+
+
+def _notified_then_handed(pool: Any, dance: Choreography, behind: str) -> Any:
+    """W1 waits, with a thread waiter or a ticket behind it. A release makes
+    a connection idle and wakes W1 to take it; W1 is held before it runs
+    until it has waited longer than handoff_after, when the next release
+    hands it a different connection directly. Returns (W1, what is behind,
+    the connection left idle, the one handed to W1, W1's gate, W2's gate)."""
+    a, b = pool.try_acquire(), pool.try_acquire()
+    w1_woken = dance.hold("W1", "wait.woken")
+    w2_asleep = dance.hold("W2", "wait.sleep")
+    w1 = Caller("W1", lambda: pool.acquire(timeout=30))
+    w1.start()
+    wait_until(lambda: pool.waiting == 1)
+    if behind == "thread":
+        second: Any = Caller("W2", lambda: pool.acquire(timeout=30))
+        second.start()
+        w2_asleep.wait_reached()  # queued, and held before it sleeps
+    else:
+        second = pool.enqueue(lambda ticket: None)
+    assert pool.waiting == 2
+    assert pool.release(a) is True  # W1 is young: a goes idle and W1 is woken
+    w1_woken.wait_reached()
+    assert (pool.idle, pool.waiting) == (1, 2), "W1 was handed a: too slow a machine?"
+    time.sleep(pool.handoff_after * 1.2)  # W1 is owed a hand-off now
+    assert pool.release(b) is True  # handed to W1, first in the queue
+    return w1, second, a, b, w1_woken, w2_asleep
+
+
+@pytest.mark.timeout(60)
+def test_a_ticket_behind_an_overtaken_wake_up_is_served(make_pool: Any, core_module: Any) -> None:
+    pool, _ = make_pool(2, handoff_after=0.5)
+    dance = Choreography(pool)
+    with interleaving(core_module, dance):
+        w1, ticket, a, b, w1_woken, _ = _notified_then_handed(pool, dance, "ticket")
+        # a is idle, W1 took b: the ticket must have a, not wait for it.
+        assert ticket.done, "a ticket waits while a connection is idle"
+        assert ticket.result() is a
+        w1_woken.open()
+        assert w1.result() == ("returned", b)
+    assert (pool.idle, pool.in_use, pool.waiting) == (0, 2, 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_thread_behind_an_overtaken_wake_up_is_woken(make_pool: Any, core_module: Any) -> None:
+    pool, _ = make_pool(2, handoff_after=0.5)
+    dance = Choreography(pool)
+    with interleaving(core_module, dance):
+        w1, w2, a, b, w1_woken, w2_asleep = _notified_then_handed(pool, dance, "thread")
+        seen = len(dance.log["W2"])
+        w2_asleep.open()
+        assert w2.result() == ("returned", a)
+        # W2 was woken for a, not left to find it when its slice ran out.
+        assert dance.log["W2"][seen:][:1] == ["wait.woken"], dance.log["W2"]
+        w1_woken.open()
+        assert w1.result() == ("returned", b)
+    assert (pool.idle, pool.in_use, pool.waiting) == (0, 2, 0)
+
+
+@pytest.mark.timeout(60)
+def test_a_ticket_behind_a_waiter_that_leaves_is_served(make_pool: Any, core_module: Any) -> None:
+    # W1 is woken for an idle connection and then interrupted before it takes
+    # it: the wake-up passes on, to a ticket too.
+    pool, _ = make_pool(1, handoff_after=30)
+    a = pool.try_acquire()
+    dance = Choreography(pool)
+    dance.raise_at("W1", "wait.woken", KeyboardInterrupt())
+    with interleaving(core_module, dance):
+        w1 = Caller("W1", lambda: pool.acquire(timeout=30))
+        w1.start()
+        wait_until(lambda: pool.waiting == 1)
+        ticket = pool.enqueue(lambda ticket: None)
+        assert pool.release(a) is True
+        kind, exc = w1.result()
+        assert (kind, type(exc)) == ("raised", KeyboardInterrupt)
+        assert ticket.done, "a ticket waits while a connection is idle"
+        assert ticket.result() is a
+    assert (pool.idle, pool.in_use, pool.waiting) == (0, 1, 0)

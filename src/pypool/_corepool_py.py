@@ -142,7 +142,8 @@ _CALL_OUT_POINTS: Final = (
     "acquire.empty",  # the free list was empty; the waiter is not made yet
     "acquire.queued",  # the waiter is queued; on_wait has not run
     "wait.sleep",  # before each wait slice
-    "wait.woke",  # after each wait slice, before the retry
+    "wait.woken",  # after a slice that a wake-up or a hand-off ended
+    "wait.slice_out",  # after a slice that ran out; the pop is retried next
 )
 
 _interleave: Callable[[str, Any], object] | None = None
@@ -282,7 +283,7 @@ class WaiterTicket(_Waiter):
         calls: list[Callable[[], object]] = []
         with core._locked("WaiterTicket.cancel"):
             if self._state == _WAITING:
-                core._leave_locked(self)
+                core._leave_locked(self, calls)
                 if timed_out:
                     core._timeouts += 1
                 result = True
@@ -390,6 +391,7 @@ class CorePool:
         self._idle: deque[int] = deque()  # idle list; may hold stale indices
         self._where: dict[int, int] = {}  # id(conn) -> slot index
         self._waiters: deque[_Waiter] = deque()
+        self._n_notified = 0  # thread waiters queued and woken, not yet run
         self._dead: list[tuple[int, weakref.ref[Any]]] = []  # finalized while borrowed
         self._abandoned_slots: list[int] = []  # reaped; on_abandon not yet called
         self._size = 0  # slots not EMPTY
@@ -685,7 +687,9 @@ class CorePool:
                     _interleave("wait.sleep", self)
                 woken = pause > 0 and lock.acquire(True, pause)
                 if _interleave is not None:
-                    _interleave("wait.woke", self)
+                    _interleave("wait.woken" if woken else "wait.slice_out", self)
+                calls: list[Callable[[], object]] = []
+                timed_out: PoolTimeout | None = None
                 with self._mutex:
                     if waiter._state == _HANDED:
                         waiter._state = _DONE
@@ -694,30 +698,35 @@ class CorePool:
                     if waiter._state == _CLOSED:
                         waiter._state = _DONE
                         raise PoolClosed("the pool was closed while waiting")
-                    if woken:
+                    if woken and waiter._notified:
                         # Woken to retry: a connection was made idle for us.
                         # The lock is ours again, ready for the next wake-up.
                         waiter._notified = False
+                        self._n_notified -= 1
                     conn = self._pop_locked()
                     if conn is not None:
-                        self._leave_locked(waiter)
+                        self._leave_locked(waiter, calls)
                         self._count_wait(waiter)
-                        return conn
-                    if deadline is not None and _clock() >= deadline:
+                    elif deadline is not None and _clock() >= deadline:
                         idle = self._n_idle  # 0: the pop just failed
-                        self._leave_locked(waiter)
+                        self._leave_locked(waiter, calls)
                         self._timeouts += 1
-                        raise self._timeout_locked(wait_for or 0.0, idle)
+                        timed_out = self._timeout_locked(wait_for or 0.0, idle)
+                self._run(calls)
+                if conn is not None:
+                    return conn
+                if timed_out is not None:
+                    raise timed_out
         except BaseException:
-            calls: list[Callable[[], object]] = []
+            undo: list[Callable[[], object]] = []
             with self._mutex:
                 if waiter._state == _HANDED:  # handed at the moment we were interrupted
                     conn, waiter._conn = waiter._conn, None
                     waiter._state = _DONE
-                    self._return_locked(self._slot_of_borrowed(conn), conn, calls)
+                    self._return_locked(self._slot_of_borrowed(conn), conn, undo)
                 elif waiter._state == _WAITING:
-                    self._leave_locked(waiter)
-            self._run(calls)
+                    self._leave_locked(waiter, undo)
+            self._run(undo)
             if self._deferred:
                 self._drain()
             raise
@@ -944,6 +953,7 @@ class CorePool:
                 w = self._waiters.popleft()
                 w._state = _CLOSED
                 self._wake(w, calls)
+            self._n_notified = 0
         self._run(calls)
         return idle
 
@@ -1101,12 +1111,17 @@ class CorePool:
                 _clock() - first._started >= self._handoff_after
             ):
                 waiters.popleft()
+                if first._notified:
+                    self._n_notified -= 1
                 self._hand_out(s)
                 s.conn = None if s.ref is not None else conn
                 self._count_wait(first)
                 first._state = _HANDED
                 first._conn = conn
                 self._wake(first, calls)
+                # If it had been woken for an idle connection, that wake-up
+                # was overtaken: it goes to the next waiter.
+                self._serve_locked(calls)
                 return
         if s.state == BUSY:
             self._n_busy -= 1
@@ -1120,22 +1135,44 @@ class CorePool:
         if not s.listed:
             s.listed = True
             self._idle.append(s.index)
-        self._notify_one(calls)
+        self._serve_locked(calls)
 
-    def _notify_one(self, calls: list[Callable[[], object]]) -> None:
-        """Wakes the first thread waiter not woken already, to retry."""
-        for w in self._waiters:
-            if not w._notified and not isinstance(w, WaiterTicket):
-                w._notified = True
-                w._lock.release()
-                return
+    def _serve_locked(self, calls: list[Callable[[], object]]) -> None:
+        """While more connections are idle than woken thread waiters are on
+        their way to take, wakes the next sleeping thread waiter to come and
+        take one, or hands one to the next ticket (a ticket cannot come).
 
-    def _leave_locked(self, waiter: _Waiter) -> None:
-        """Removes a waiter that gives up; passes on a wake-up it received."""
+        This is what keeps "a waiter never sleeps while a connection it could
+        take is idle" after every change: a connection made idle, a waiter
+        that leaves with a wake-up it did not use, a woken waiter handed a
+        different connection."""
+        while self._n_idle > self._n_notified:
+            for w in self._waiters:
+                if isinstance(w, WaiterTicket):
+                    conn = self._pop_locked()
+                    assert conn is not None  # _n_idle > 0
+                    self._waiters.remove(w)
+                    self._count_wait(w)
+                    w._state = _HANDED
+                    w._conn = conn
+                    self._wake(w, calls)
+                    break
+                if not w._notified:
+                    w._notified = True
+                    self._n_notified += 1
+                    w._lock.release()
+                    break
+            else:
+                return  # every waiter is woken already
+
+    def _leave_locked(self, waiter: _Waiter, calls: list[Callable[[], object]]) -> None:
+        """Removes a waiter that gives up or takes a connection itself;
+        passes on a wake-up it did not use."""
         self._waiters.remove(waiter)
         waiter._state = _DONE
-        if waiter._notified and self._n_idle:
-            self._notify_one([])
+        if waiter._notified:
+            self._n_notified -= 1
+            self._serve_locked(calls)
 
     def _count_wait(self, waiter: _Waiter) -> None:
         waited = _clock() - waiter._started
@@ -1145,6 +1182,9 @@ class CorePool:
             self._wait_time_max = waited
 
     def _wake(self, waiter: _Waiter, calls: list[Callable[[], object]]) -> None:
+        """Wakes a waiter taken off the queue, whose state says why: a thread
+        by releasing its lock (unless woken already), a ticket by its callback
+        (collected in ``calls``, run after the mutex is released)."""
         if isinstance(waiter, WaiterTicket):
             callback = waiter._callback
             calls.append(lambda: callback(waiter))

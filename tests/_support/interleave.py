@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, ClassVar
@@ -94,3 +96,55 @@ def finalizer_at_allocation(k: int, action: Callable[[], object]) -> Iterator[Fi
         gc.set_threshold(*thresholds)
         if not enabled:
             gc.disable()
+
+
+class Gate:
+    """Where a thread is held: ``reached`` is set when it arrives, and it
+    goes on when ``open()`` is called."""
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+
+    def open(self) -> None:
+        self.opened.set()
+
+    def wait_reached(self, timeout: float = 30.0) -> None:
+        assert self.reached.wait(timeout), "the thread never reached its gate"
+
+
+class Choreography:
+    """A hook for one core that logs, per thread (by name), the call-out
+    points each passes, and holds a thread at a point (``hold``) or raises
+    in it there (``raise_at``), once."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.log: dict[str, list[str]] = defaultdict(list)
+        self._holds: dict[tuple[str, str], Gate] = {}
+        self._raises: dict[tuple[str, str], BaseException] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, thread: str, point: str) -> Gate:
+        gate = Gate()
+        with self._lock:
+            self._holds[thread, point] = gate
+        return gate
+
+    def raise_at(self, thread: str, point: str, exc: BaseException) -> None:
+        with self._lock:
+            self._raises[thread, point] = exc
+
+    def __call__(self, point: str, core: Any) -> None:
+        if core is not self.core:
+            return
+        name = threading.current_thread().name
+        with self._lock:
+            self.log[name].append(point)
+            gate = self._holds.pop((name, point), None)
+            exc = self._raises.pop((name, point), None)
+        if gate is not None:
+            gate.reached.set()
+            assert gate.opened.wait(60), f"{name} held at {point} for good"
+        if exc is not None:
+            raise exc
