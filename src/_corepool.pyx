@@ -176,6 +176,7 @@ _clock = time.monotonic
 _CALL_OUT_POINTS = (
     "acquire.empty",
     "acquire.queued",
+    "enqueue.queued",
     "wait.sleep",
     "wait.woken",
     "wait.slice_out",
@@ -912,10 +913,14 @@ cdef class CorePool:
             return conn
         self._check_waiting()
         self._enqueue(waiter)
-        if _interleave is not None:
-            _interleave("acquire.queued", self)
-        if self._on_wait is not None:
-            self._on_wait()
+        try:
+            if _interleave is not None:
+                _interleave("acquire.queued", self)
+            if self._on_wait is not None:
+                self._on_wait()
+        except BaseException:
+            self._give_up(waiter)  # no exit leaves a waiter queued
+            raise
         return self._wait(waiter, wait_for)
 
     cdef int _check_waiting(self) except -1:
@@ -972,14 +977,23 @@ cdef class CorePool:
                     self.timeouts += 1
                     raise self._timeout(wait_for, idle)
         except BaseException:
-            if waiter.state == _HANDED:  # handed at the moment we were interrupted
-                conn = waiter.conn
-                waiter.conn = None
-                waiter.state = _DONE
-                self._return(self._slot_of_borrowed(conn), conn)
-            elif waiter.state == _WAITING:
-                self._leave(waiter)
+            self._give_up(waiter)
             raise
+
+    cdef int _give_up(self, _Waiter waiter) except -1:
+        """A waiter's caller is leaving with an exception (a hook's, a signal
+        handler's): unlinks it, and passes on a connection handed to it
+        meanwhile or a wake-up it did not use."""
+        if waiter.state == _HANDED:  # handed at the moment we were interrupted
+            conn = waiter.conn
+            waiter.conn = None
+            waiter.state = _DONE
+            self._return(self._slot_of_borrowed(conn), conn)
+        elif waiter.state == _WAITING:
+            self._leave(waiter)
+        else:
+            waiter.state = _DONE
+        return 0
 
     cdef object _timeout(self, double waited, int idle):
         """The PoolTimeout of a caller the core just gave up on, with ``idle``,
@@ -1010,18 +1024,24 @@ cdef class CorePool:
             raise PoolClosed("the pool is closed")
         conn = self._pop()
         if conn is None:
-            if self._max_waiting and self.n_waiting >= self._max_waiting:
-                raise TooManyRequests(
-                    f"{self.n_waiting} callers wait already "
-                    f"(max_waiting={self._max_waiting})"
-                )
+            self._check_waiting()
             self._enqueue(ticket)
-            if self._on_wait is not None:
-                self._on_wait()
         else:
             ticket.state = _HANDED
             ticket.conn = conn
-            callback(ticket)
+        try:
+            if conn is None:
+                if _interleave is not None:
+                    _interleave("enqueue.queued", self)
+                if self._on_wait is not None:
+                    self._on_wait()
+            else:
+                callback(ticket)
+        except BaseException:
+            # The caller never gets the ticket, so it cannot cancel it: leave
+            # the queue, or pass on the connection handed to it.
+            self._give_up(ticket)
+            raise
         return ticket
 
     # ------------------------------------------------------- connect workers

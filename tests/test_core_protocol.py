@@ -234,3 +234,77 @@ def test_a_ticket_behind_a_waiter_that_leaves_is_served(make_pool: Any, core_mod
         assert ticket.done, "a ticket waits while a connection is idle"
         assert ticket.result() is a
     assert (pool.idle, pool.in_use, pool.waiting) == (0, 1, 0)
+
+
+# ------------------------------------------------ 3. every exit path unlinks
+
+
+class HookFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("error", [HookFailed, KeyboardInterrupt], ids=["Exception", "Ctrl-C"])
+@pytest.mark.parametrize("how", ["acquire", "ticket"])
+def test_on_wait_that_raises_orphans_nothing(CorePool: Any, how: str, error: type) -> None:
+    raised: list[int] = []
+
+    def on_wait() -> None:
+        raised.append(1)
+        raise error("on_wait failed")
+
+    pool = CorePool(1, on_wait=on_wait)
+    conn = FakeConn()
+    pool.fill(pool.reserve(), conn)
+    assert pool.try_acquire() is conn
+    calls: list[Any] = []
+    with pytest.raises(error):
+        if how == "acquire":
+            pool.acquire(timeout=5)
+        else:
+            pool.enqueue(calls.append)
+    assert raised == [1]
+    assert pool.waiting == 0, "the caller left, its place in the queue stayed"
+    # The next release makes the connection idle: nobody left owns it.
+    assert pool.release(conn) is True
+    assert (pool.idle, pool.in_use, pool.waiting) == (1, 0, 0)
+    assert calls == []
+    assert pool.try_acquire() is conn
+    pool.release(conn)
+    assert pool.close() == [conn]
+
+
+@pytest.mark.parametrize("error", [HookFailed, KeyboardInterrupt], ids=["Exception", "Ctrl-C"])
+def test_on_wait_that_raises_after_a_hand_off_passes_it_on(CorePool: Any, error: type) -> None:
+    # on_wait gives the connection back (so it is handed to this very
+    # waiter), then raises: the connection must not go with the exception.
+    held: list[Any] = []
+
+    def on_wait() -> None:
+        pool.release(held.pop())
+        raise error("on_wait failed")
+
+    pool = CorePool(1, handoff_after=0, on_wait=on_wait)
+    conn = FakeConn()
+    pool.fill(pool.reserve(), conn)
+    held.append(pool.try_acquire())
+    with pytest.raises(error):
+        pool.acquire(timeout=5)
+    assert (pool.idle, pool.in_use, pool.waiting) == (1, 0, 0)
+    assert pool.try_acquire() is conn
+
+
+@pytest.mark.parametrize("error", [HookFailed, KeyboardInterrupt], ids=["Exception", "Ctrl-C"])
+def test_enqueue_whose_callback_raises_at_once_passes_the_connection_on(
+    make_pool: Any, error: type
+) -> None:
+    # Served at once, the callback raises inside enqueue(): the caller never
+    # gets the ticket, so the connection must not stay with it.
+    pool, (conn,) = make_pool(1)
+
+    def callback(ticket: Any) -> None:
+        raise error("the loop is closed")
+
+    with pytest.raises(error):
+        pool.enqueue(callback)
+    assert (pool.idle, pool.in_use, pool.waiting) == (1, 0, 0)
+    assert pool.try_acquire() is conn

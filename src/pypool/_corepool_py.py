@@ -141,6 +141,7 @@ _clock = time.monotonic
 _CALL_OUT_POINTS: Final = (
     "acquire.empty",  # the free list was empty; the waiter is not made yet
     "acquire.queued",  # the waiter is queued; on_wait has not run
+    "enqueue.queued",  # a ticket is queued; on_wait has not run
     "wait.sleep",  # before each wait slice
     "wait.woken",  # after a slice that a wake-up or a hand-off ended
     "wait.slice_out",  # after a slice that ran out; the pop is retried next
@@ -659,10 +660,14 @@ class CorePool:
                 self._drain()
         if conn is not None:
             return conn
-        if _interleave is not None:
-            _interleave("acquire.queued", self)
-        if self._on_wait is not None:
-            self._on_wait()
+        try:
+            if _interleave is not None:
+                _interleave("acquire.queued", self)
+            if self._on_wait is not None:
+                self._on_wait()
+        except BaseException:
+            self._give_up(waiter)  # no exit leaves a waiter queued
+            raise
         return self._wait(waiter, wait_for)
 
     def _check_waiting_locked(self) -> None:
@@ -718,18 +723,26 @@ class CorePool:
                 if timed_out is not None:
                     raise timed_out
         except BaseException:
-            undo: list[Callable[[], object]] = []
-            with self._mutex:
-                if waiter._state == _HANDED:  # handed at the moment we were interrupted
-                    conn, waiter._conn = waiter._conn, None
-                    waiter._state = _DONE
-                    self._return_locked(self._slot_of_borrowed(conn), conn, undo)
-                elif waiter._state == _WAITING:
-                    self._leave_locked(waiter, undo)
-            self._run(undo)
-            if self._deferred:
-                self._drain()
+            self._give_up(waiter)
             raise
+
+    def _give_up(self, waiter: _Waiter) -> None:
+        """A waiter's caller is leaving with an exception (a hook's, a signal
+        handler's): unlinks it, and passes on a connection handed to it
+        meanwhile or a wake-up it did not use."""
+        calls: list[Callable[[], object]] = []
+        with self._mutex:
+            if waiter._state == _HANDED:  # handed at the moment we were interrupted
+                conn, waiter._conn = waiter._conn, None
+                waiter._state = _DONE
+                self._return_locked(self._slot_of_borrowed(conn), conn, calls)
+            elif waiter._state == _WAITING:
+                self._leave_locked(waiter, calls)
+            else:
+                waiter._state = _DONE
+        self._run(calls)
+        if self._deferred:
+            self._drain()
 
     def _timeout_locked(self, waited: float, idle: int) -> PoolTimeout:
         """The PoolTimeout of a caller the core just gave up on, with ``idle``,
@@ -770,11 +783,19 @@ class CorePool:
             else:
                 ticket._state = _HANDED
                 ticket._conn = conn
-        if conn is None:
-            if self._on_wait is not None:
-                self._on_wait()
-        else:
-            callback(ticket)
+        try:
+            if conn is None:
+                if _interleave is not None:
+                    _interleave("enqueue.queued", self)
+                if self._on_wait is not None:
+                    self._on_wait()
+            else:
+                callback(ticket)
+        except BaseException:
+            # The caller never gets the ticket, so it cannot cancel it: leave
+            # the queue, or pass on the connection handed to it.
+            self._give_up(ticket)
+            raise
         return ticket
 
     # ------------------------------------------------------- connect workers
