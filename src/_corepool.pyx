@@ -177,6 +177,7 @@ _CALL_OUT_POINTS = (
     "acquire.empty",
     "acquire.queued",
     "enqueue.queued",
+    "close.waiter",
     "wait.sleep",
     "wait.woken",
     "wait.slice_out",
@@ -1226,11 +1227,25 @@ cdef class CorePool:
         # EMPTY, BUSY, CREATING or RESERVED now, so nothing is taken).
         while pfl_pop(self.fl) != PFL_NIL:
             pass
+        # Every waiter is unlinked and told first; then each is woken, and
+        # whatever a wake-up raises, the others are woken too.
+        waking = []
         while self.wq_head is not None:
             w = self.wq_head
             self._unlink(w)
             w.state = _CLOSED
-            self._wake(w)
+            waking.append(w)
+        error = None
+        for w in waking:
+            try:
+                self._wake(w)
+                if _interleave is not None:
+                    _interleave("close.waiter", self)
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
         return idle
 
     def __repr__(self):
@@ -1312,10 +1327,13 @@ cdef class CorePool:
                 self._count_wait(first)
                 first.state = _HANDED
                 first.conn = conn
-                self._wake(first)
                 # If it had been woken for an idle connection, that wake-up
-                # was overtaken: it goes to the next waiter.
-                self._serve()
+                # was overtaken: it goes to the next waiter (_serve), also
+                # when the wake-up of this one raises.
+                try:
+                    self._wake(first)
+                finally:
+                    self._serve()
                 return 0
         if s.conn == NULL:
             Py_INCREF(conn)
@@ -1379,27 +1397,34 @@ cdef class CorePool:
         state afresh."""
         cdef _Waiter w
         cdef uint32_t i
+        error = None
         while self.n_idle > self.n_notified and (self.n_sleeping or self.n_tickets):
             w = self.wq_head
             while w is not None and not w.is_ticket and w.notified:
                 w = w.next
             if w is None:
-                return 0
+                break
             if w.is_ticket:
                 i = pfl_pop(self.fl)
                 if i == PFL_NIL:  # cannot be: n_idle > 0
-                    return 0
+                    break
                 conn = self._take(i)
                 self._unlink(w)
                 self._count_wait(w)
                 w.state = _HANDED
                 w.conn = conn
-                self._wake(w)
+                try:
+                    self._wake(w)
+                except BaseException as exc:  # the others are served all the same
+                    if error is None:
+                        error = exc
             else:
                 w.notified = True
                 self.n_sleeping -= 1
                 self.n_notified += 1
                 w.lock.release()
+        if error is not None:
+            raise error
         return 0
 
     cdef int _leave(self, _Waiter waiter) except -1:

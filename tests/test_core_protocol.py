@@ -308,3 +308,61 @@ def test_enqueue_whose_callback_raises_at_once_passes_the_connection_on(
         pool.enqueue(callback)
     assert (pool.idle, pool.in_use, pool.waiting) == (1, 0, 0)
     assert pool.try_acquire() is conn
+
+
+# ----------------------------------- 4. a callback that raises stops nothing
+
+
+class LoopClosed(RuntimeError):
+    pass
+
+
+@pytest.mark.timeout(60)
+def test_close_completes_when_a_ticket_callback_raises(make_pool: Any) -> None:
+    pool, (conn,) = make_pool(1)
+    assert pool.try_acquire() is conn
+    called: list[int] = []
+
+    def callback(n: int) -> Any:
+        def call(ticket: Any) -> None:
+            called.append(n)
+            if n == 2:
+                raise LoopClosed("Event loop is closed")
+
+        return call
+
+    tickets = [pool.enqueue(callback(n)) for n in (1, 2, 3)]
+    thread = Caller("T", lambda: pool.acquire(timeout=None))
+    thread.start()
+    wait_until(lambda: pool.waiting == 4)
+    with pytest.raises(LoopClosed):
+        pool.close()
+    assert called == [1, 2, 3]
+    assert all(t.done for t in tickets)
+    kind, exc = thread.result(timeout=20)
+    assert (kind, type(exc).__name__) == ("raised", "PoolClosed")
+    assert pool.waiting == 0
+    assert pool.release(conn) is False
+
+
+def test_release_completes_when_a_ticket_callback_raises(make_pool: Any) -> None:
+    # The connection is handed to the first ticket, whose callback raises:
+    # the release is done all the same (the error is re-raised after), and
+    # the ticket's owner can still cancel it to pass the connection on.
+    pool, (a, b) = make_pool(2)
+    assert pool.try_acquire() is b
+    assert pool.try_acquire() is a
+
+    def broken(ticket: Any) -> None:
+        raise LoopClosed("Event loop is closed")
+
+    first = pool.enqueue(broken)
+    second = pool.enqueue(lambda ticket: None)
+    with pytest.raises(LoopClosed):
+        pool.release(a)
+    assert first.done and not second.done
+    assert (pool.idle, pool.in_use, pool.waiting) == (0, 2, 1)
+    assert first.cancel() is True
+    assert second.result() is a
+    assert pool.release(b) is True
+    assert (pool.idle, pool.in_use, pool.waiting) == (1, 1, 0)

@@ -142,6 +142,7 @@ _CALL_OUT_POINTS: Final = (
     "acquire.empty",  # the free list was empty; the waiter is not made yet
     "acquire.queued",  # the waiter is queued; on_wait has not run
     "enqueue.queued",  # a ticket is queued; on_wait has not run
+    "close.waiter",  # close(): between the wake-ups of two waiters
     "wait.sleep",  # before each wait slice
     "wait.woken",  # after a slice that a wake-up or a hand-off ended
     "wait.slice_out",  # after a slice that ran out; the pop is retried next
@@ -159,6 +160,12 @@ def _set_interleave_hook(hook: Callable[[str, Any], object] | None) -> Any:
         raise ConfigurationError("the interleave hook must be callable or None")
     previous, _interleave = _interleave, hook
     return previous
+
+
+def _call_out(point: str, core: Any) -> None:
+    """Runs the test hook at ``point``, if one is set."""
+    if _interleave is not None:
+        _interleave(point, core)
 
 
 def _check_seconds(name: str, value: object, *, or_none: bool = False) -> float:
@@ -974,6 +981,8 @@ class CorePool:
                 w = self._waiters.popleft()
                 w._state = _CLOSED
                 self._wake(w, calls)
+                if _interleave is not None:
+                    calls.append(lambda: _call_out("close.waiter", self))
             self._n_notified = 0
         self._run(calls)
         return idle
@@ -1267,14 +1276,28 @@ class CorePool:
             self._abandoned_slots.append(index)
 
     def _run(self, calls: list[Callable[[], object]]) -> None:
-        """Runs callbacks collected under the mutex, after releasing it."""
+        """Runs what was collected under the mutex, after releasing it: wake
+        callbacks, then ``on_abandon`` for reaped slots. Each runs whatever
+        the one before it raised; the first exception is re-raised at the
+        end, when the operation is complete."""
+        error: BaseException | None = None
         for call in calls:
-            call()
+            try:
+                call()
+            except BaseException as exc:
+                if error is None:
+                    error = exc
         if self._abandoned_slots:
             reaped, self._abandoned_slots = self._abandoned_slots, []
             if self._on_abandon is not None:
                 for index in reaped:
-                    self._on_abandon(index)
+                    try:
+                        self._on_abandon(index)
+                    except BaseException as exc:
+                        if error is None:
+                            error = exc
+        if error is not None:
+            raise error
 
     def _forget_after_fork(self) -> None:
         """In a child process: drop every slot without closing or finalizing
