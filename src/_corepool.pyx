@@ -382,11 +382,13 @@ cdef class WaiterTicket(_Waiter):
 
     cdef CorePool _core
     cdef object _callback
+    cdef int64_t _epoch            # a ticket from before a fork is done in the child
     cdef object __weakref__
 
     def __init__(self, CorePool core, callback):
         self._core = core
         self._callback = callback
+        self._epoch = core._epoch
         self.is_ticket = True
 
     @property
@@ -401,6 +403,8 @@ cdef class WaiterTicket(_Waiter):
         and :class:`PoolError` if the ticket still waits or its connection was
         taken or passed on already.
         """
+        if self._epoch != self._core._epoch:
+            raise PoolError("the ticket was made before a fork: it is done in this process")
         if self.state == _HANDED:
             conn = self.conn
             self.conn = None
@@ -421,6 +425,9 @@ cdef class WaiterTicket(_Waiter):
         """
         cdef CorePool core = self._core
         cdef uint32_t i
+        if self._epoch != core._epoch:  # made before a fork: not ours
+            self.state = _DONE
+            return False
         if self.state == _WAITING:
             core._leave(self)
             if timed_out:
@@ -526,6 +533,7 @@ cdef class CorePool:
     cdef int64_t check_after_ns    # -1: never
     cdef list dead                 # [(slot, ref)] finalized while borrowed
     cdef list abandoned_slots      # reaped; on_abandon not yet called
+    cdef int64_t _epoch            # forks survived: older tickets are done
     cdef object self_ref
     cdef object __weakref__
 
@@ -567,6 +575,7 @@ cdef class CorePool:
         self._check_after = None
         self.check_after_ns = -1
         self.self_ref = weakref.ref(self)
+        self._epoch = 0
         self._reset_state()
         _live_cores.add(self)
 
@@ -1534,7 +1543,18 @@ cdef class CorePool:
 
     cdef _forget_after_fork(self):
         """In a child process: drop every slot without closing or finalizing
-        its object (they belong to the parent), start with fresh locks."""
+        its object (they belong to the parent), mark the parent's waiters and
+        tickets done, start with fresh locks."""
+        cdef _Waiter w = self.wq_head
+        cdef _Waiter after
+        while w is not None:
+            after = w.next
+            w.prev = None
+            w.next = None
+            w.state = _DONE
+            w.conn = None
+            w = after
+        self._epoch += 1
         self._free_storage(True)
         self._reset_state()
 

@@ -250,12 +250,13 @@ class WaiterTicket(_Waiter):
     removes it from the queue, or passes on a connection already handed to it.
     """
 
-    __slots__ = ("__weakref__", "_callback", "_core")
+    __slots__ = ("__weakref__", "_callback", "_core", "_epoch")
 
     def __init__(self, core: CorePool, callback: Callable[[WaiterTicket], object]) -> None:
         super().__init__(None)
         self._core = core
         self._callback = callback
+        self._epoch = core._epoch  # a ticket from before a fork is done in the child
 
     @property
     def done(self) -> bool:
@@ -270,6 +271,8 @@ class WaiterTicket(_Waiter):
         taken or passed on already.
         """
         with self._core._locked("WaiterTicket.result"):
+            if self._epoch != self._core._epoch:
+                raise PoolError("the ticket was made before a fork: it is done in this process")
             if self._state == _HANDED:
                 conn, self._conn = self._conn, None
                 self._state = _DONE
@@ -290,7 +293,10 @@ class WaiterTicket(_Waiter):
         core = self._core
         calls: list[Callable[[], object]] = []
         with core._locked("WaiterTicket.cancel"):
-            if self._state == _WAITING:
+            if self._epoch != core._epoch:  # made before a fork: not ours
+                self._state = _DONE
+                result = False
+            elif self._state == _WAITING:
                 core._leave_locked(self, calls)
                 if timed_out:
                     core._timeouts += 1
@@ -386,6 +392,7 @@ class CorePool:
         self._min_size = 0
         self._max_uses = 0
         self._check_after: float | None = None
+        self._epoch = 0  # forks survived: tickets from an older epoch are done
         self._reset_state()
         _live_cores.add(self)
 
@@ -1301,7 +1308,12 @@ class CorePool:
 
     def _forget_after_fork(self) -> None:
         """In a child process: drop every slot without closing or finalizing
-        its object (they belong to the parent), start with fresh locks."""
+        its object (they belong to the parent), mark the parent's waiters and
+        tickets done, start with fresh locks."""
+        for w in self._waiters:
+            w._state = _DONE
+            w._conn = None
+        self._epoch += 1
         for s in self._slots:
             held = s.conn if s.conn is not None else (s.ref() if s.ref is not None else None)
             if held is not None:
