@@ -403,6 +403,7 @@ cdef class WaiterTicket(_Waiter):
         and :class:`PoolError` if the ticket still waits or its connection was
         taken or passed on already.
         """
+        self._core._before()
         if self._epoch != self._core._epoch:
             raise PoolError("the ticket was made before a fork: it is done in this process")
         if self.state == _HANDED:
@@ -425,6 +426,7 @@ cdef class WaiterTicket(_Waiter):
         """
         cdef CorePool core = self._core
         cdef uint32_t i
+        core._before()
         if self._epoch != core._epoch:  # made before a fork: not ours
             self.state = _DONE
             return False
@@ -649,6 +651,7 @@ cdef class CorePool:
     @max_size.setter
     def max_size(self, value):
         value = _check_int("max_size", value, 1, MAX_SIZE)
+        self._before()
         self._check_open()
         self._max_size = value
 
@@ -660,6 +663,7 @@ cdef class CorePool:
     @max_waiting.setter
     def max_waiting(self, value):
         value = _check_int("max_waiting", value, 0, 2**31 - 1)
+        self._before()
         self._check_open()
         self._max_waiting = value
 
@@ -683,6 +687,7 @@ cdef class CorePool:
     def advance_generation(self):
         """Starts a new generation (for drain and invalidate) and returns it:
         every slot reserved before now is of an older one (STALE)."""
+        self._before()
         self._check_open()
         self._generation += 1
         return self._generation
@@ -794,6 +799,7 @@ cdef class CorePool:
 
     def stats(self):
         """Counters since creation (or since a fork) and current gauges."""
+        self._before()
         return {
             "acquires": self.acquires,
             "waits": self.waits,
@@ -906,6 +912,7 @@ cdef class CorePool:
         # pop is retried and the waiter queued in one step, with no Python
         # code in between, so that no release can slip through unseen.
         cdef _Waiter waiter
+        self._before()
         if wait_for == 0.0:
             self.timeouts += 1
             raise self._timeout(0.0, 0)
@@ -952,6 +959,7 @@ cdef class CorePool:
         lock = waiter.lock
         try:
             while True:
+                self._before()
                 if deadline < 0:
                     pause = _WAIT_SLICE
                 else:
@@ -1029,6 +1037,7 @@ cdef class CorePool:
         """
         if not callable(callback):
             raise ConfigurationError("callback must be callable")
+        self._before()
         cdef WaiterTicket ticket = WaiterTicket(self, callback)
         if self._closed:
             raise PoolClosed("the pool is closed")
@@ -1063,6 +1072,7 @@ cdef class CorePool:
         caller must then :meth:`fill` or :meth:`abandon` it.
         """
         cdef uint32_t i
+        self._before()
         self._check_open()
         if self._size >= self._max_size:
             return None
@@ -1103,6 +1113,7 @@ cdef class CorePool:
         """
         if conn is None:
             raise TypeError("a connection cannot be None")
+        self._before()
         cdef double life = -1.0 if lifetime is None else _check_seconds("lifetime", lifetime)
         cdef uint32_t i = self._slot_at(slot, PFL_CREATING)
         cdef uint32_t other = _map_get(&self.where, <uintptr_t><PyObject *>conn)
@@ -1129,6 +1140,7 @@ cdef class CorePool:
 
     def abandon(self, slot):
         """Frees a reserved (CREATING) slot whose connect failed."""
+        self._before()
         self._empty(self._slot_at(slot, PFL_CREATING), PFL_CREATING)
 
     @cython.always_allow_keywords(False)
@@ -1149,6 +1161,7 @@ cdef class CorePool:
 
         The caller must then :meth:`restore` or :meth:`retire` the slot.
         """
+        self._before()
         self._check_open()
         cdef uint32_t i = self._slot_at(slot, PFL_NIL)
         if not pfl_claim(self.fl, i):
@@ -1163,6 +1176,7 @@ cdef class CorePool:
         Returns False if the pool was closed meanwhile: the slot is freed and
         the caller must close the connection.
         """
+        self._before()
         cdef uint32_t i = self._slot_at(slot, PFL_RESERVED)
         if self._closed:
             self._empty(i, PFL_RESERVED)
@@ -1173,6 +1187,7 @@ cdef class CorePool:
     def retire(self, slot):
         """Frees a claimed (RESERVED) slot and returns its connection, which
         the caller must close."""
+        self._before()
         cdef uint32_t i = self._slot_at(slot, PFL_RESERVED)
         conn = <object>self._slot(i).conn
         self._empty(i, PFL_RESERVED)
@@ -1208,6 +1223,7 @@ cdef class CorePool:
         """Indices of the slots in ``state`` (all slots when None), ascending."""
         cdef uint32_t i
         cdef uint32_t n = self.nsegs * PFL_SEG_SIZE
+        self._before()
         if state is None:
             return list(range(n))
         return [i for i in range(n) if pfl_state(self.fl, i) == state]
@@ -1225,6 +1241,7 @@ cdef class CorePool:
         cdef list idle = []
         cdef uint32_t i
         cdef _Waiter w
+        self._before()
         self._closed = True
         for i in range(self.nsegs * PFL_SEG_SIZE):
             if pfl_claim(self.fl, i):
@@ -1499,9 +1516,12 @@ cdef class CorePool:
             return None
 
     cdef _finalized(self, uint32_t i, object ref):
-        """A borrowed object died without being returned (in any thread, at
-        any allocation). Core operations call out to Python code only where
-        their state is consistent, so the slot is reaped at once."""
+        """A borrowed object died without being returned. This runs in a
+        finalizer: in any thread, inside any allocation, maybe while the
+        thread holds a lock of the policy's. It only records the death (and
+        forgets the address, which a new object may now take: C only, no
+        Python code); _report reaps the slot and runs on_abandon in the next
+        slow-path operation."""
         cdef Slot *s
         if i < self.nsegs * PFL_SEG_SIZE:
             s = self._slot(i)
@@ -1510,8 +1530,6 @@ cdef class CorePool:
                     _map_del(&self.where, s.key)
                 s.key = 0
         self.dead.append((i, ref))
-        self._reap()
-        self._run_hooks()
 
     cdef int _reap(self) except -1:
         cdef list dead = self.dead
@@ -1530,15 +1548,34 @@ cdef class CorePool:
             self.abandoned_slots.append(i)
         return 0
 
-    cdef int _run_hooks(self) except -1:
-        """Runs on_abandon for the slots reaped."""
+    cdef inline int _before(self) except -1:
+        if self.dead or self.abandoned_slots:
+            self._report()
+        return 0
+
+    cdef int _report(self) except -1:
+        """Reaps the slots whose borrowed object died unreturned, then runs
+        on_abandon for each (every one, whatever the others raise; the first
+        exception is re-raised after). Runs before a slow-path operation does
+        anything, and at every wait slice; never in a finalizer, nor in
+        try_acquire(), release() or discard(), which a finalizer may call."""
         cdef list reaped
-        if self.abandoned_slots:
-            reaped = self.abandoned_slots
-            self.abandoned_slots = []
-            if self._on_abandon is not None:
-                for i in reaped:
+        if self.dead:
+            self._reap()
+        if not self.abandoned_slots:
+            return 0
+        reaped = self.abandoned_slots
+        self.abandoned_slots = []
+        error = None
+        if self._on_abandon is not None:
+            for i in reaped:
+                try:
                     self._on_abandon(i)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
+        if error is not None:
+            raise error
         return 0
 
     cdef _forget_after_fork(self):

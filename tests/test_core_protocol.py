@@ -10,6 +10,7 @@ real threads under hypothesis, fault injection, contention) are in
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Any
@@ -366,3 +367,36 @@ def test_release_completes_when_a_ticket_callback_raises(make_pool: Any) -> None
     assert second.result() is a
     assert pool.release(b) is True
     assert (pool.idle, pool.in_use, pool.waiting) == (1, 1, 0)
+
+
+# -------------------------------------- 6. finalizers do no policy work
+
+
+@pytest.mark.timeout(60)
+def test_a_finalizer_only_records_the_death(CorePool: Any) -> None:
+    # on_abandon takes a lock (as Pool's takes Policy.lock). A collection that
+    # finalizes a borrowed connection while the thread holds that lock must
+    # not run on_abandon there: it would deadlock. The next operation reaps.
+    lock = threading.Lock()
+    reports: list[int] = []
+
+    def on_abandon(slot: int) -> None:
+        with lock:
+            reports.append(slot)
+
+    pool = CorePool(2, on_abandon=on_abandon)
+    pool.fill(pool.reserve(), FakeConn())
+    held = [pool.try_acquire()]
+    slot = pool.slot_of(held[0])
+
+    def drop() -> list[int]:
+        with lock:
+            held.clear()  # the last reference: finalized here, lock held
+            gc.collect()
+            return list(reports)
+
+    assert in_thread(drop, timeout=10) == ("returned", [])
+    assert reports == []
+    assert pool.stats()["abandoned"] == 1  # the next operation reaps, and reports
+    assert reports == [slot]
+    assert (pool.size, pool.in_use) == (0, 0)

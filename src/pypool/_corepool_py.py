@@ -555,6 +555,8 @@ class CorePool:
 
     def stats(self) -> dict[str, float | int]:
         """Counters since creation (or since a fork) and current gauges."""
+        if self._dead or self._abandoned_slots:
+            self._report()
         with self._mutex:
             return {
                 "acquires": self._acquires,
@@ -586,10 +588,6 @@ class CorePool:
             if self._closed:
                 raise PoolClosed("the pool is closed")
             conn = self._pop_locked()
-            if self._dead:
-                self._reap_locked()
-        if self._abandoned_slots:
-            self._run([])
         if self._deferred:
             self._drain()
         return conn
@@ -617,8 +615,6 @@ class CorePool:
                 self._use_time += slot.returned - slot.checked_out
                 self._return_locked(slot, conn, calls)
                 result = True
-            if self._dead:
-                self._reap_locked()
         self._run(calls)
         if self._deferred:
             self._drain()
@@ -653,6 +649,8 @@ class CorePool:
                 self._drain()
         if conn is not None:
             return conn
+        if self._dead or self._abandoned_slots:
+            self._report()
         # Call-out: making the waiter allocates, and an allocation may run
         # any Python code (a garbage collection and its finalizers), which
         # may give a connection back. The pop is retried once it is queued.
@@ -701,6 +699,8 @@ class CorePool:
             while True:
                 if self._deferred:
                     self._drain()
+                if self._dead or self._abandoned_slots:
+                    self._report()
                 pause = _WAIT_SLICE if deadline is None else min(deadline - _clock(), _WAIT_SLICE)
                 if _interleave is not None:
                     _interleave("wait.sleep", self)
@@ -959,6 +959,8 @@ class CorePool:
 
     def slots(self, state: int | None = None) -> list[int]:
         """Indices of the slots in ``state`` (all slots when None), ascending."""
+        if self._dead or self._abandoned_slots:
+            self._report()
         with self._mutex:
             if state is None:
                 return [s.index for s in self._slots]
@@ -1011,6 +1013,8 @@ class CorePool:
             raise self._nested(name)
         if self._deferred:
             self._drain()
+        if self._dead or self._abandoned_slots:
+            self._report()
         return self._mutex
 
     @staticmethod
@@ -1261,16 +1265,36 @@ class CorePool:
             return None
 
     def _finalized(self, index: int, ref: weakref.ref[Any]) -> None:
-        """A borrowed object died without being returned. This runs in any
-        thread, maybe in one that holds the mutex already (a garbage
-        collection inside a core operation): then the next operation reaps."""
+        """A borrowed object died without being returned. This runs in a
+        finalizer: in any thread, inside any allocation, maybe while this
+        thread holds the mutex or a lock of the policy's. It only records the
+        death (a list append needs no lock); ``_report`` reaps the slot and
+        runs ``on_abandon`` in the next slow-path operation."""
         self._dead.append((index, ref))
-        if not self._mutex._is_owned() and self._mutex.acquire(False):
-            try:
+
+    def _report(self) -> None:
+        """Reaps the slots whose borrowed object died unreturned, then runs
+        ``on_abandon`` for each (every one, whatever the others raise; the
+        first exception is re-raised after). Runs before a slow-path
+        operation does anything, and at every wait slice; never in a
+        finalizer, nor in try_acquire(), release() or discard(), which a
+        finalizer may call."""
+        if self._dead and not self._mutex._is_owned():
+            with self._mutex:
                 self._reap_locked()
-            finally:
-                self._mutex.release()
-            self._run([])
+        if not self._abandoned_slots:
+            return
+        reaped, self._abandoned_slots = self._abandoned_slots, []
+        error: BaseException | None = None
+        if self._on_abandon is not None:
+            for index in reaped:
+                try:
+                    self._on_abandon(index)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
+        if error is not None:
+            raise error
 
     def _reap_locked(self) -> None:
         dead, self._dead = self._dead, []
@@ -1283,10 +1307,9 @@ class CorePool:
             self._abandoned_slots.append(index)
 
     def _run(self, calls: list[Callable[[], object]]) -> None:
-        """Runs what was collected under the mutex, after releasing it: wake
-        callbacks, then ``on_abandon`` for reaped slots. Each runs whatever
-        the one before it raised; the first exception is re-raised at the
-        end, when the operation is complete."""
+        """Runs the wake-up callbacks collected under the mutex, after
+        releasing it. Each runs whatever the one before it raised; the first
+        exception is re-raised at the end, when the operation is complete."""
         error: BaseException | None = None
         for call in calls:
             try:
@@ -1294,15 +1317,6 @@ class CorePool:
             except BaseException as exc:
                 if error is None:
                     error = exc
-        if self._abandoned_slots:
-            reaped, self._abandoned_slots = self._abandoned_slots, []
-            if self._on_abandon is not None:
-                for index in reaped:
-                    try:
-                        self._on_abandon(index)
-                    except BaseException as exc:
-                        if error is None:
-                            error = exc
         if error is not None:
             raise error
 
