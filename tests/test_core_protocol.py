@@ -400,3 +400,36 @@ def test_a_finalizer_only_records_the_death(CorePool: Any) -> None:
     assert pool.stats()["abandoned"] == 1  # the next operation reaps, and reports
     assert reports == [slot]
     assert (pool.size, pool.in_use) == (0, 0)
+
+
+# ------------------------------- 7. a dead connection's address is free again
+
+
+def test_a_new_connection_may_take_a_dead_ones_address(CorePool: Any) -> None:
+    # A borrowed connection dies unreturned; its death is only recorded (the
+    # finalizer does nothing else). A new connection that gets the dead one's
+    # address must fill, and the dead slot must not count against max_size:
+    # reserve() and fill() reap what died before they do anything.
+    hits = 0
+    for _ in range(20):
+        pool = CorePool(1)
+        pool.fill(pool.reserve(), FakeConn())
+        conn = pool.try_acquire()
+        address = id(conn)
+        del conn  # finalized here
+        spare: list[Any] = []
+        for _ in range(10_000):
+            new = FakeConn()
+            if id(new) == address:
+                break
+            spare.append(new)
+        else:
+            continue  # the allocator chose another address this time
+        hits += 1
+        assert pool.size == 1  # not reaped yet: only recorded
+        slot = pool.reserve()
+        assert slot is not None, "the dead slot still counts against max_size"
+        pool.fill(slot, new)
+        assert pool.try_acquire() is new
+        assert pool.stats()["abandoned"] == 1
+    assert hits > 0

@@ -852,7 +852,11 @@ class CorePool:
             s = self._slot_at(slot, CREATING)
             other = self._where.get(id(conn))
             if other is not None:
-                raise InvalidSlot(f"this object is in the pool already (slot {other})")
+                o = self._slots[other]
+                if (o.borrowed() if o.state == BUSY else o.conn) is conn:
+                    raise InvalidSlot(f"this object is in the pool already (slot {other})")
+                # Else the address of an object that died borrowed, its death
+                # recorded but not reaped yet: the new object takes it over.
             if self._closed:
                 self._empty_locked(s, CREATING)
                 raise PoolClosed("the pool was closed while connecting")

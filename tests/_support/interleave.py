@@ -148,3 +148,17 @@ class Choreography:
             assert gate.opened.wait(60), f"{name} held at {point} for good"
         if exc is not None:
             raise exc
+
+
+@contextlib.contextmanager
+def collect_at_allocation(k: int) -> Iterator[None]:
+    """Within the block, the collector runs at about the ``k``-th allocation
+    of a tracked object, on whatever garbage exists (make it with the
+    collector paused: ``gc.disable()`` first, this turns it back on)."""
+    thresholds = gc.get_threshold()
+    gc.set_threshold(k)
+    gc.enable()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
