@@ -228,6 +228,13 @@ cdef inline int64_t _ns(double seconds) noexcept:
     return <int64_t>(seconds * 1e9)
 
 
+cdef inline int64_t _add_ns(int64_t a, int64_t b) noexcept:
+    """a + b for non-negative clock values, saturating at the largest."""
+    if b > <int64_t>0x7FFFFFFFFFFFFFFF - a:
+        return <int64_t>0x7FFFFFFFFFFFFFFF
+    return a + b
+
+
 cdef object _check_int(str name, object value, object low, object high):
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigurationError(f"{name} must be an integer, not {type(value).__name__}")
@@ -1134,7 +1141,8 @@ cdef class CorePool:
         s.created = s.returned = pfl_now_ns()
         s.checked_out = 0
         s.uses = 0
-        s.expires = 0 if life < 0 else s.created + _ns(life)  # created > 0: never 0
+        # created > 0, so never 0; saturating: a very long lifetime never ends.
+        s.expires = 0 if life < 0 else _add_ns(s.created, _ns(life))
         _map_put(&self.where, s.key, i)
         self._return(i, conn)
 

@@ -433,3 +433,28 @@ def test_a_new_connection_may_take_a_dead_ones_address(CorePool: Any) -> None:
         assert pool.try_acquire() is new
         assert pool.stats()["abandoned"] == 1
     assert hits > 0
+
+
+# ------------------------------------------------ 8. a long lifetime saturates
+
+
+@pytest.mark.parametrize("lifetime", [9.3e9, 1e10, 1e300, float("inf"), 2**80])
+def test_a_very_long_lifetime_never_expires(CorePool: Any, core_module: Any, lifetime: Any) -> None:
+    pool = CorePool(1)
+    slot = pool.reserve()
+    pool.fill(slot, FakeConn(), lifetime=lifetime)
+    assert pool.verdict(slot, True) == core_module.OK
+    assert pool.verdict(slot, False) == core_module.OK
+    _, created, *_, expires = pool.slot_info(slot)
+    assert expires > created + 9e9
+
+
+def test_the_longest_lifetime_is_the_same_in_both_cores(
+    native_module: Any, python_module: Any
+) -> None:
+    ends = []
+    for core in (native_module, python_module):
+        pool = core.CorePool(1)
+        pool.fill(pool.reserve(), FakeConn(), lifetime=1e12)
+        ends.append(pool.slot_info(0)[-1])
+    assert ends[0] == pytest.approx(ends[1])

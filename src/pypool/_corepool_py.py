@@ -132,6 +132,9 @@ _CLOSED: Final = 2  # the pool closed while it waited
 _DONE: Final = 3  # left the queue: took its connection, timed out or was cancelled
 
 _clock = time.monotonic
+#: The latest end of a lifetime (the native core counts in int64
+#: nanoseconds, and saturates there): a longer lifetime never ends.
+_NEVER: Final = (2**63 - 1) / 1e9
 
 #: The named call-out points of the slow paths: the places where a core
 #: operation may run Python code it does not own (an allocation that collects
@@ -867,7 +870,7 @@ class CorePool:
             s.created = s.returned = now
             s.checked_out = 0.0
             s.uses = 0
-            s.expires = 0.0 if life is None else now + life
+            s.expires = 0.0 if life is None else min(now + life, _NEVER)
             self._where[id(conn)] = s.index
             self._return_locked(s, conn, calls)
         self._run(calls)
