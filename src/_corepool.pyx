@@ -919,10 +919,11 @@ cdef class CorePool:
         # pop is retried and the waiter queued in one step, with no Python
         # code in between, so that no release can slip through unseen.
         cdef _Waiter waiter
-        self._before()
+        cdef int64_t started = pfl_monotonic_ns()  # the deadline counts from here
         if wait_for == 0.0:
             self.timeouts += 1
             raise self._timeout(0.0, 0)
+        self._before()
         self._check_waiting()
         if _interleave is not None:
             _interleave("acquire.empty", self)
@@ -930,6 +931,7 @@ cdef class CorePool:
         lock.acquire()
         waiter = _Waiter()
         waiter.lock = lock
+        waiter.started = started
         if self._closed:
             raise PoolClosed("the pool is closed")
         conn = self._pop()
@@ -959,7 +961,9 @@ cdef class CorePool:
         # closes or the deadline passes. Every slice, woken or not, ends with
         # a retry of the pop: a waiter never sleeps again, nor times out,
         # while a connection it could take is idle.
-        cdef double deadline = -1.0 if wait_for < 0 else _clock() + wait_for
+        # The deadline counts from the call (waiter.started: the moment the
+        # free list was found empty), hooks and allocations included.
+        cdef int64_t deadline = -1 if wait_for < 0 else _add_ns(waiter.started, _ns(wait_for))
         cdef double pause
         cdef bint woken
         cdef int idle
@@ -970,7 +974,7 @@ cdef class CorePool:
                 if deadline < 0:
                     pause = _WAIT_SLICE
                 else:
-                    pause = min(deadline - _clock(), _WAIT_SLICE)
+                    pause = min(_seconds(deadline - pfl_monotonic_ns()), _WAIT_SLICE)
                 if _interleave is not None:
                     _interleave("wait.sleep", self)
                 woken = pause > 0 and lock.acquire(True, pause)
@@ -996,7 +1000,7 @@ cdef class CorePool:
                     self._leave(waiter)
                     self._count_wait(waiter)
                     return conn
-                if deadline >= 0 and _clock() >= deadline:
+                if deadline >= 0 and pfl_monotonic_ns() >= deadline:
                     idle = self.n_idle  # 0: the pop just failed
                     self._leave(waiter)
                     self.timeouts += 1

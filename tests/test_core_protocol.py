@@ -458,3 +458,30 @@ def test_the_longest_lifetime_is_the_same_in_both_cores(
         pool.fill(pool.reserve(), FakeConn(), lifetime=1e12)
         ends.append(pool.slot_info(0)[-1])
     assert ends[0] == pytest.approx(ends[1])
+
+
+# ------------------------------------- 9. the deadline counts from the call
+
+
+@pytest.mark.timeout(60)
+def test_the_deadline_counts_from_the_call_hooks_included(
+    CorePool: Any, core_module: Any
+) -> None:
+    # on_wait takes longer than the whole timeout: when it returns, the
+    # deadline has passed, so the caller times out after one last retry of
+    # the pop, without sleeping through further slices.
+    def slow_on_wait() -> None:
+        time.sleep(0.3)
+
+    pool = CorePool(1, on_wait=slow_on_wait)
+    pool.fill(pool.reserve(), FakeConn())
+    pool.try_acquire()
+    dance = Choreography(pool)
+    with interleaving(core_module, dance):
+        caller = Caller("W", lambda: pool.acquire(timeout=0.2))
+        caller.start()
+        kind, exc = caller.result()
+    assert (kind, type(exc)) == ("raised", PoolTimeout)
+    assert exc.idle == 0
+    slices = [p for p in dance.log["W"] if p.startswith("wait.") and p != "wait.sleep"]
+    assert slices == ["wait.slice_out"], dance.log["W"]

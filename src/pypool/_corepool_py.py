@@ -652,6 +652,7 @@ class CorePool:
                 self._drain()
         if conn is not None:
             return conn
+        started = _clock()  # the deadline counts from here, hooks included
         if self._dead or self._abandoned_slots:
             self._report()
         # Call-out: making the waiter allocates, and an allocation may run
@@ -662,6 +663,7 @@ class CorePool:
         lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
         lock.acquire()
         waiter = _Waiter(lock)
+        waiter._started = started
         try:
             with self._mutex:
                 if self._closed:
