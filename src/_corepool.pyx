@@ -178,6 +178,9 @@ _CALL_OUT_POINTS = (
     "acquire.queued",
     "enqueue.queued",
     "close.waiter",
+    "return.handoff",
+    "wake.callback",
+    "reap.on_abandon",
     "wait.sleep",
     "wait.woken",
     "wait.slice_out",
@@ -1369,6 +1372,8 @@ cdef class CorePool:
                 # was overtaken: it goes to the next waiter (_serve), also
                 # when the wake-up of this one raises.
                 try:
+                    if _interleave is not None:
+                        _interleave("return.handoff", self)
                     self._wake(first)
                 finally:
                     self._serve()
@@ -1452,6 +1457,8 @@ cdef class CorePool:
                 w.state = _HANDED
                 w.conn = conn
                 try:
+                    if _interleave is not None:
+                        _interleave("return.handoff", self)
                     self._wake(w)
                 except BaseException as exc:  # the others are served all the same
                     if error is None:
@@ -1490,6 +1497,8 @@ cdef class CorePool:
         cdef WaiterTicket ticket
         if waiter.is_ticket:
             ticket = <WaiterTicket>waiter
+            if _interleave is not None:
+                _interleave("wake.callback", self)
             ticket._callback(ticket)
         elif not waiter.notified:  # a waiter woken to retry is awake already
             waiter.notified = True
@@ -1582,6 +1591,8 @@ cdef class CorePool:
         if self._on_abandon is not None:
             for i in reaped:
                 try:
+                    if _interleave is not None:
+                        _interleave("reap.on_abandon", self)
                     self._on_abandon(i)
                 except BaseException as exc:
                     if error is None:

@@ -146,6 +146,9 @@ _CALL_OUT_POINTS: Final = (
     "acquire.queued",  # the waiter is queued; on_wait has not run
     "enqueue.queued",  # a ticket is queued; on_wait has not run
     "close.waiter",  # close(): between the wake-ups of two waiters
+    "return.handoff",  # a connection was just handed to a waiter, not yet woken
+    "wake.callback",  # before a ticket's callback
+    "reap.on_abandon",  # a dead slot was reaped; before its on_abandon
     "wait.sleep",  # before each wait slice
     "wait.woken",  # after a slice that a wake-up or a hand-off ended
     "wait.slice_out",  # after a slice that ran out; the pop is retried next
@@ -1168,6 +1171,8 @@ class CorePool:
                 self._count_wait(first)
                 first._state = _HANDED
                 first._conn = conn
+                if _interleave is not None:
+                    calls.append(lambda: _call_out("return.handoff", self))
                 self._wake(first, calls)
                 # If it had been woken for an idle connection, that wake-up
                 # was overtaken: it goes to the next waiter.
@@ -1205,6 +1210,8 @@ class CorePool:
                     self._count_wait(w)
                     w._state = _HANDED
                     w._conn = conn
+                    if _interleave is not None:
+                        calls.append(lambda: _call_out("return.handoff", self))
                     self._wake(w, calls)
                     break
                 if not w._notified:
@@ -1237,7 +1244,12 @@ class CorePool:
         (collected in ``calls``, run after the mutex is released)."""
         if isinstance(waiter, WaiterTicket):
             callback = waiter._callback
-            calls.append(lambda: callback(waiter))
+
+            def wake() -> None:
+                _call_out("wake.callback", self)
+                callback(waiter)
+
+            calls.append(wake)
         elif not waiter._notified:  # a waiter woken to retry is awake already
             waiter._notified = True
             waiter._lock.release()
@@ -1298,6 +1310,7 @@ class CorePool:
         if self._on_abandon is not None:
             for index in reaped:
                 try:
+                    _call_out("reap.on_abandon", self)
                     self._on_abandon(index)
                 except BaseException as exc:
                     if error is None:
