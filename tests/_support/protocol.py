@@ -74,6 +74,9 @@ class Ledger:
     timeouts: list[PoolTimeout] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # unexpected outcomes
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: What an interference may raise out of a call (the call completed or
+    #: never started; the ledger then finds out which).
+    tolerate: tuple[type[BaseException], ...] = ()
 
     def new(self, name: str) -> Conn:
         conn = Conn(name)
@@ -105,7 +108,7 @@ class Ledger:
                     self.freed.append(conn.name)
         except NotBorrowed:
             pass  # given back already (by an action), or handed on
-        except (Interference, KeyboardInterrupt):
+        except (Interference, KeyboardInterrupt, *self.tolerate):
             pass  # an action raised in the release, which completed
 
     def outcome(self, what: str, fn: Callable[[], Any]) -> None:
@@ -114,7 +117,7 @@ class Ledger:
             conn = fn()
         except PoolTimeout as exc:
             self.timeouts.append(exc)
-        except (PoolClosed, Interference, KeyboardInterrupt):
+        except (PoolClosed, Interference, KeyboardInterrupt, *self.tolerate):
             pass
         except BaseException as exc:
             self.errors.append(f"{what}: {exc!r}")
@@ -129,12 +132,15 @@ class Ledger:
                     self.hold(ticket.result())
                 else:
                     ticket.cancel()
-            except (PoolError, Interference, KeyboardInterrupt):
+            except (PoolError, Interference, KeyboardInterrupt, *self.tolerate):
                 pass
         for conn in list(self.maybe_held):
             self.release(conn)
         for _ in range(2):  # the second finds what came back idle after the first
-            self.closed(self.pool.close())
+            try:
+                self.closed(self.pool.close())
+            except (Interference, KeyboardInterrupt, *self.tolerate):
+                pass  # a callback raised in it; the close completed
 
 
 # ------------------------------------------------------------------ actions
