@@ -26,11 +26,35 @@
 #
 # Everything else (waiters, tickets, reaping abandoned slots, fork) runs with
 # the GIL held, which is what makes the Python-side state consistent; this
-# module is therefore not marked free-threading compatible.  A core operation
-# calls out to Python code (a lock release, a ticket callback, a hook) only
-# when its own state is consistent, and a weak-reference callback, which can
-# run inside any allocation, only records the death and clears the address
-# from the map: the slot is reaped at the end of the next operation.
+# module is therefore not marked free-threading compatible (pypool._core picks
+# the Python core on an interpreter without the GIL).
+#
+# The waiting protocol (the Python core's docstring states it in full)
+# --------------------------------------------------------------------
+# C code between two calls into Python runs atomically under the GIL. What may
+# run Python code: the hooks and callbacks called on purpose (on_wait,
+# on_abandon, a ticket's callback, a lock's release, which gevent makes
+# Python), and every allocation of a tracked object (a garbage collection, its
+# finalizers and weak-reference callbacks), after which any other thread may
+# have run any core operation. These are the named call-out points
+# (_CALL_OUT_POINTS); at each, the state is consistent, and nothing read
+# before it is trusted after it. Hence:
+#
+# 1. A waiter never sleeps while a connection it could take is idle. acquire()
+#    makes its waiter (allocations) before it retries the pop and queues the
+#    waiter, with no Python code in between; every wait slice retries the pop;
+#    _serve wakes a sleeping thread or serves a ticket whenever more
+#    connections are idle than woken waiters are on their way to take (after
+#    a release, a waiter that leaves with an unused wake-up, a woken waiter
+#    handed a different connection).
+# 2. Every exit unlinks (_give_up); close() and every hand-off complete
+#    whatever a callback raises, and re-raise after.
+# 3. A finalizer only records a death and forgets the address (C only); the
+#    reap and on_abandon run before the next slow-path operation (_report),
+#    never in try_acquire(), release() or discard(), which a finalizer may call.
+# 4. Deadlines count from the call, hooks and allocations included.
+# 5. A slot goes to a borrower only through its state word; Python code runs
+#    only after the state is settled.
 
 # cython: language_level=3, freethreading_compatible=False
 

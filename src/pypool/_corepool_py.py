@@ -20,9 +20,54 @@ Slot states and moves (every slot is in exactly one state)::
       ^                                     claim(slot): IDLE -> RESERVED, then
       '-------------discard(conn) / retire(slot)-------- restore(slot) -> IDLE
 
-Concurrency: one mutex guards all state. It is never held while waiting, and
-never while calling out to code the core does not own (ticket callbacks and
-the ``on_wait`` / ``on_abandon`` hooks run after it is released).
+The waiting protocol
+--------------------
+
+Callers that find no idle connection wait in one FIFO queue: threads (a
+``_Waiter`` with a lock they sleep on) and tickets (``WaiterTicket``, for
+asyncio: a callback instead of a sleep). A connection that becomes available
+(``release``, ``fill``, ``restore``, a cancelled ticket passing one on) is
+handed directly to the first waiter if that waiter is owed one (a ticket, or
+a thread that has waited longer than ``handoff_after``); otherwise it goes
+idle and a waiter is woken to come and take it, in competition with callers
+that did not wait (bounded unfairness: see :data:`DEFAULT_HANDOFF_AFTER`).
+
+What may run Python code inside an operation. Besides the hooks and callbacks
+the core calls on purpose (``on_wait``, ``on_abandon``, a ticket's callback,
+a gevent lock's ``release``), any allocation can run a garbage collection,
+whose finalizers and weak-reference callbacks run arbitrary code (they may
+give a connection back, abandon one, close the pool, or raise); a signal
+handler (Ctrl-C) may raise; and any Python code lets another thread run.
+The core is written so that none of this can break it:
+
+1. *A waiter never sleeps while a connection it could take is idle.* Python
+   code between "the free list is empty" and "I am queued" may release a
+   connection that then sees no waiter: the waiter is made first and the pop
+   is retried in the same step that queues it, and every wait slice, woken
+   or not, retries the pop before sleeping again or timing out. Whenever
+   more connections are idle than woken waiters are on their way to take,
+   the next sleeping thread is woken or the next ticket handed one
+   (``_serve_locked``): after a release, after a waiter leaves with a
+   wake-up it did not use, and after a woken waiter was handed a different
+   connection (its wake-up was overtaken and is passed on).
+2. *Every exit unlinks.* A hook, callback or signal that raises after a
+   waiter is queued (``on_wait``, a callback inside ``enqueue``, Ctrl-C in a
+   wait) gives the waiter up (``_give_up``): it leaves the queue, and a
+   connection handed to it meanwhile is passed on. ``close()`` and every
+   hand-off complete whatever a callback raises, and re-raise after.
+3. *Finalizers do no policy work.* A borrowed connection's weak-reference
+   callback only records the death (``_finalized``); the slot is reaped and
+   ``on_abandon`` runs before the next slow-path operation does anything
+   (``_report``), never in the finalizer, where a lock the thread holds
+   (Policy.lock) would deadlock, and never in ``try_acquire``, ``release``
+   or ``discard``, which a finalizer may call. A dead object's address is
+   free for a new one at once.
+4. *Deadlines are counted from the call*, hooks and allocations included.
+5. *Python code never runs inside the core's critical section* on purpose:
+   callbacks and hooks run after the mutex is released, with the state
+   consistent; what is handed to them is settled first. Nothing is handed
+   out twice: a slot goes to a borrower only through its state (IDLE ->
+   BUSY, or straight to BUSY for a hand-off), under the mutex.
 
 The mutex is re-entrant for one reason: garbage collection can run inside any
 allocation, also one made while the mutex is held, and a finalizer it runs
@@ -31,7 +76,30 @@ reference's callback). Such a ``release()`` or ``discard()`` finds the mutex
 held by its own thread, in the middle of an operation whose state is not
 consistent: it checks what it can, records the call and returns at once; the
 interrupted operation completes it when it leaves its critical section
-(``_drain``). Any other operation run from there raises :class:`PoolError`.
+(``_drain``), as does the next operation of any thread. Any other operation
+run from there raises :class:`PoolError`. (Pure Python cannot keep a signal
+handler's exception out of a critical section; the native core's critical
+sections are C code, which signal handlers do not interrupt.)
+
+The named call-out points are where an operation may run Python code it
+does not own, each with the state consistent; the native core has the same
+points under the same names, and a test-only hook
+(:func:`_set_interleave_hook`) runs at each, never on the hot path:
+
+- ``acquire.empty``: the free list was empty; the waiter is not made yet;
+- ``acquire.queued``: the waiter is queued, ``on_wait`` has not run;
+- ``enqueue.queued``: a ticket is queued, ``on_wait`` has not run;
+- ``wait.sleep``: before each wait slice;
+- ``wait.woken`` / ``wait.slice_out``: after a slice that a wake-up ended,
+  or that ran out; the pop is retried next;
+- ``close.waiter``: in ``close()``, between the wake-ups of two waiters;
+- ``return.handoff``: a connection was just handed to a waiter (by a
+  release, fill, restore or cancel), which is not woken yet;
+- ``wake.callback``: before a ticket's callback;
+- ``reap.on_abandon``: a dead slot was reaped; before its ``on_abandon``.
+
+The hot path (``try_acquire``, and ``release`` with nobody waiting) takes the
+mutex once and calls out to nothing.
 """
 
 from __future__ import annotations
