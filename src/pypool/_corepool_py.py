@@ -31,6 +31,10 @@ handed directly to the first waiter if that waiter is owed one (a ticket, or
 a thread that has waited longer than ``handoff_after``); otherwise it goes
 idle and a waiter is woken to come and take it, in competition with callers
 that did not wait (bounded unfairness: see :data:`DEFAULT_HANDOFF_AFTER`).
+A caller that finds nothing idle while nobody is queued first lets other
+threads run a few times (``_YIELDS``), retrying the pop after each: with the
+GIL, a holder switched out while holding a connection can only give it back
+once it runs again, and that is cheaper than a park and a wake-up.
 
 What may run Python code inside an operation. Besides the hooks and callbacks
 the core calls on purpose (``on_wait``, ``on_abandon``, a ticket's callback,
@@ -189,6 +193,13 @@ MAX_SIZE: Final = SEGMENT * 4096
 #: handed to it directly. Short enough that no waiter starves, long enough that
 #: a busy pool does not pay a thread switch for every release.
 DEFAULT_HANDOFF_AFTER: Final = 0.002
+#: How many times a caller that finds no idle connection lets other threads
+#: run (and retries the pop) before it queues and sleeps: with the GIL, a
+#: holder that was switched out while holding a connection can only give it
+#: back once it runs again, and a few yields cost less than a park and a wake.
+_YIELDS: Final = 16
+#: Gives the processor (and the GIL) to another ready thread, if there is one.
+_yield: Final = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 #: Longest single sleep of a waiting thread: bounds how late a signal handler
 #: (Ctrl-C) runs on platforms where a lock wait is not interrupted by signals.
 _WAIT_SLICE: Final = 0.05
@@ -724,6 +735,16 @@ class CorePool:
         if conn is not None:
             return conn
         started = _clock()  # the deadline counts from here, hooks included
+        for _ in range(_YIELDS):
+            if self._waiters:
+                break  # others wait already: they are served first
+            _yield()
+            with self._mutex:
+                if self._closed:
+                    raise PoolClosed("the pool is closed")
+                conn = self._pop_locked()
+            if conn is not None:
+                return conn
         if self._dead or self._abandoned_slots:
             self._report()
         # Call-out: making the waiter allocates, and an allocation may run
