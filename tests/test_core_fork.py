@@ -266,3 +266,59 @@ def test_fork_with_tickets_queued(core_module: Any, tmp_path: Path) -> None:
     assert parent["waiting"] == 2
     assert parent["served_in_order"] is True
     assert parent["final"] == {"waiting": 1, "in_use": 2, "idle": 0}
+
+
+_FORK_WAITERS_SCRIPT = r"""
+import importlib, json, os, sys, threading, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+core = importlib.import_module(sys.argv[1])
+
+pool = core.CorePool(2)
+pool.fill(pool.reserve(), object())
+a = pool.try_acquire()
+got = []
+waiter = threading.Thread(target=lambda: got.append(pool.acquire(timeout=30)), daemon=True)
+waiter.start()
+while pool.waiting < 1:
+    time.sleep(0.001)
+ticket = pool.enqueue(lambda t: None)
+sys.stdout.flush()
+
+pid = os.fork()
+if pid == 0:
+    ok = pool.waiting == 0 and pool.size == 0 and ticket.done and not ticket.cancel()
+    # The child's own waiting thread is served by the child's own connection.
+    mine = []
+    t = threading.Thread(target=lambda: mine.append(pool.acquire(timeout=10)), daemon=True)
+    t.start()
+    while pool.waiting < 1 and t.is_alive():
+        time.sleep(0.001)
+    conn = object()
+    pool.fill(pool.reserve(), conn)
+    t.join(10)
+    ok = ok and mine == [conn] and pool.waiting == 0
+    print(json.dumps({"who": "child", "ok": ok, "waiting": pool.waiting}), flush=True)
+    os._exit(0)
+
+_, status = os.waitpid(pid, 0)
+waiting_after_child = pool.waiting
+pool.release(a)  # to the parent's thread, first in line
+waiter.join(10)
+pool.release(got[0])  # to the parent's ticket
+print(json.dumps({
+    "who": "parent", "status": status, "waiting_after_child": waiting_after_child,
+    "thread_served": got == [a], "ticket_served": ticket.done and ticket.result() is a,
+    "waiting": pool.waiting,
+}), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_fork_with_a_thread_and_a_ticket_waiting(core_module: Any, tmp_path: Path) -> None:
+    child, parent, _ = _run(core_module, tmp_path, _FORK_WAITERS_SCRIPT)
+    assert child == {"who": "child", "ok": True, "waiting": 0}
+    assert parent["status"] == 0
+    assert parent["waiting_after_child"] == 2
+    assert parent["thread_served"] is True
+    assert parent["ticket_served"] is True
+    assert parent["waiting"] == 0
