@@ -441,7 +441,6 @@ cdef class WaiterTicket(_Waiter):
         and :class:`PoolError` if the ticket still waits or its connection was
         taken or passed on already.
         """
-        self._core._before()
         if self._epoch != self._core._epoch:
             raise PoolError("the ticket was made before a fork: it is done in this process")
         if self.state == _HANDED:
@@ -464,7 +463,6 @@ cdef class WaiterTicket(_Waiter):
         """
         cdef CorePool core = self._core
         cdef uint32_t i
-        core._before()
         if self._epoch != core._epoch:  # made before a fork: not ours
             self.state = _DONE
             return False
@@ -1026,7 +1024,7 @@ cdef class CorePool:
                 woken = pause > 0 and lock.acquire(True, pause)
                 if _interleave is not None:
                     _interleave("wait.woken" if woken else "wait.slice_out", self)
-                # From here to the return or raise: no Python code runs.
+                # The decision below is made with no Python code before it.
                 if waiter.state == _HANDED:
                     waiter.state = _DONE
                     conn = waiter.conn
@@ -1173,14 +1171,19 @@ cdef class CorePool:
         self._before()
         cdef double life = -1.0 if lifetime is None else _check_seconds("lifetime", lifetime)
         cdef uint32_t i = self._slot_at(slot, PFL_CREATING)
-        cdef uint32_t other = _map_get(&self.where, <uintptr_t><PyObject *>conn)
+        cdef uint32_t other
         cdef Slot *s
+        # The weak reference is made first: making it allocates, and what that
+        # may run (a finalizer that closes the pool) is seen by the checks
+        # below, which lead to the fill with no Python code in between.
+        ref = self._weakref_for(conn, i)
+        i = self._slot_at(slot, PFL_CREATING)
+        other = _map_get(&self.where, <uintptr_t><PyObject *>conn)
         if other != PFL_NIL:
             raise InvalidSlot(f"this object is in the pool already (slot {other})")
         if self._closed:
             self._empty(i, PFL_CREATING)
             raise PoolClosed("the pool was closed while connecting")
-        ref = self._weakref_for(conn, i)
         s = self._slot(i)
         Py_INCREF(conn)
         s.conn = <PyObject *>conn

@@ -19,7 +19,7 @@ import pytest
 
 from _support.interleave import Choreography, finalizer_at_allocation, interleaving
 from conftest import FakeConn
-from pypool.errors import PoolTimeout
+from pypool.errors import PoolClosed, PoolTimeout
 
 
 class Caller(threading.Thread):
@@ -485,3 +485,36 @@ def test_the_deadline_counts_from_the_call_hooks_included(
     assert exc.idle == 0
     slices = [p for p in dance.log["W"] if p.startswith("wait.") and p != "wait.sleep"]
     assert slices == ["wait.slice_out"], dance.log["W"]
+
+
+# --------------------------- nothing read before a call-out is trusted after
+
+
+@pytest.mark.timeout(120)
+def test_fill_sees_a_close_made_by_a_finalizer_inside_it(CorePool: Any) -> None:
+    # fill() allocates (its weak reference); a collection there may run a
+    # finalizer that closes the pool. Then fill() must raise PoolClosed (the
+    # caller closes the connection), not fill a closed pool.
+    for k in range(1, 12):
+        pool = CorePool(1)
+        slot = pool.reserve()
+        conn = FakeConn()
+        closed: list[Any] = []
+
+        def close(pool: Any = pool, closed: list[Any] = closed) -> None:
+            closed.extend(pool.close())
+
+        with finalizer_at_allocation(k, close) as finalizer:
+            try:
+                pool.fill(slot, conn)
+                outcome = "filled"
+            except PoolClosed:
+                outcome = "refused"
+        gc.collect()
+        if not finalizer.ran or finalizer.error is not None:
+            continue  # the collection came too late, or the close was refused
+        if outcome == "filled":
+            assert any(c is conn for c in closed), f"k={k}: filled into a closed pool"
+        else:
+            assert closed == [] and pool.size == 0
+        assert pool.close() == []

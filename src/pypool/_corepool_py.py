@@ -64,8 +64,9 @@ The core is written so that none of this can break it:
    ``on_abandon`` runs before the next slow-path operation does anything
    (``_report``), never in the finalizer, where a lock the thread holds
    (Policy.lock) would deadlock, and never in ``try_acquire``, ``release``
-   or ``discard``, which a finalizer may call. A dead object's address is
-   free for a new one at once.
+   or ``discard``, which a finalizer may call (nor in a ticket's ``result``
+   or ``cancel``, which run where a connection must not be stranded). A
+   dead object's address is free for a new one at once.
 4. *Deadlines are counted from the call*, hooks and allocations included.
 5. *Python code never runs inside the core's critical section* on purpose:
    callbacks and hooks run after the mutex is released, with the state
@@ -355,7 +356,7 @@ class WaiterTicket(_Waiter):
         and :class:`PoolError` if the ticket still waits or its connection was
         taken or passed on already.
         """
-        with self._core._locked("WaiterTicket.result"):
+        with self._core._locked("WaiterTicket.result", report=False):
             if self._epoch != self._core._epoch:
                 raise PoolError("the ticket was made before a fork: it is done in this process")
             if self._state == _HANDED:
@@ -377,7 +378,7 @@ class WaiterTicket(_Waiter):
         """
         core = self._core
         calls: list[Callable[[], object]] = []
-        with core._locked("WaiterTicket.cancel"):
+        with core._locked("WaiterTicket.cancel", report=False):
             if self._epoch != core._epoch:  # made before a fork: not ours
                 self._state = _DONE
                 result = False
@@ -1107,14 +1108,16 @@ class CorePool:
     # -------------------------------------------------------------- internals
     # Everything below runs with self._mutex held, unless named otherwise.
 
-    def _locked(self, name: str) -> Any:
+    def _locked(self, name: str, report: bool = True) -> Any:
         """The mutex, for an operation that changes state; refused inside a
-        finalizer that interrupted a critical section of this thread."""
+        finalizer that interrupted a critical section of this thread. With
+        ``report``, deaths recorded since the last operation are reaped and
+        reported first (see ``_report``)."""
         if self._mutex._is_owned():
             raise self._nested(name)
         if self._deferred:
             self._drain()
-        if self._dead or self._abandoned_slots:
+        if report and (self._dead or self._abandoned_slots):
             self._report()
         return self._mutex
 
