@@ -1041,8 +1041,14 @@ cdef class CorePool:
                     self.n_sleeping += 1
                 conn = self._pop()
                 if conn is not None:
-                    self._leave(waiter)
                     self._count_wait(waiter)
+                    try:
+                        self._leave(waiter)
+                    except BaseException:
+                        # A wake-up it passed on raised: this caller leaves
+                        # with the exception, so the connection goes back.
+                        self._return(self._slot_of_borrowed(conn), conn)
+                        raise
                     return conn
                 if deadline >= 0 and pfl_monotonic_ns() >= deadline:
                     idle = self.n_idle  # 0: the pop just failed

@@ -248,6 +248,22 @@ def _set_interleave_hook(hook: Callable[[str, Any], object] | None) -> Any:
     return previous
 
 
+class _Unraisable:
+    """What ``sys.unraisablehook`` is given (the interpreter's own type has no
+    public constructor)."""
+
+    def __init__(self, exc: BaseException, message: str) -> None:
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = f"Exception ignored in {message}"
+        self.object = None
+
+
+def _unraisable(exc: BaseException, message: str) -> None:
+    sys.unraisablehook(_Unraisable(exc, message))  # type: ignore[arg-type]
+
+
 def _call_out(point: str, core: Any) -> None:
     """Runs the test hook at ``point``, if one is set."""
     if _interleave is not None:
@@ -829,7 +845,14 @@ class CorePool:
                         self._leave_locked(waiter, calls)
                         self._timeouts += 1
                         timed_out = self._timeout_locked(wait_for or 0.0, idle)
-                self._run(calls)
+                try:
+                    self._run(calls)
+                except BaseException:
+                    if conn is not None:
+                        # A wake-up it passed on raised: this caller leaves
+                        # with the exception, so the connection goes back.
+                        self._give_back(conn)
+                    raise
                 if conn is not None:
                     return conn
                 if timed_out is not None:
@@ -1164,6 +1187,21 @@ class CorePool:
                     s.returned = _clock()
                     self._use_time += s.returned - s.checked_out
                     self._return_locked(s, conn, calls)
+        # These releases were a finalizer's: what their wake-ups raise is
+        # reported as a finalizer's exception is, not raised into whichever
+        # operation completes them.
+        for call in calls:
+            try:
+                call()
+            except BaseException as exc:
+                _unraisable(exc, "a wake-up of a release deferred from a finalizer")
+
+    def _give_back(self, conn: Any) -> None:
+        """Returns a connection just handed to a caller that leaves with an
+        exception instead."""
+        calls: list[Callable[[], object]] = []
+        with self._mutex:
+            self._return_locked(self._slot_of_borrowed(conn), conn, calls)
         self._run(calls)
 
     def _check_open(self) -> None:
