@@ -82,7 +82,7 @@ print(json.dumps({"runs": runs, "failures": failures}))
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform has no fork()")
 @pytest.mark.timeout(600)
 def test_every_point_against_a_fork(core_module: ModuleType) -> None:
-    # Forking the test process itself would duplicate the session: a child
+    # Forking the test process itself would duplicate the test run: a child
     # interpreter plays the scenarios and forks at each point.
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     proc = subprocess.run(
