@@ -26,11 +26,35 @@
 #
 # Everything else (waiters, tickets, reaping abandoned slots, fork) runs with
 # the GIL held, which is what makes the Python-side state consistent; this
-# module is therefore not marked free-threading compatible.  A core operation
-# calls out to Python code (a lock release, a ticket callback, a hook) only
-# when its own state is consistent, and a weak-reference callback, which can
-# run inside any allocation, only records the death and clears the address
-# from the map: the slot is reaped at the end of the next operation.
+# module is therefore not marked free-threading compatible (pypool._core picks
+# the Python core on an interpreter without the GIL).
+#
+# The waiting protocol (the Python core's docstring states it in full)
+# --------------------------------------------------------------------
+# C code between two calls into Python runs atomically under the GIL. What may
+# run Python code: the hooks and callbacks called on purpose (on_wait,
+# on_abandon, a ticket's callback, a lock's release, which gevent makes
+# Python), and every allocation of a tracked object (a garbage collection, its
+# finalizers and weak-reference callbacks), after which any other thread may
+# have run any core operation. These are the named call-out points
+# (_CALL_OUT_POINTS); at each, the state is consistent, and nothing read
+# before it is trusted after it. Hence:
+#
+# 1. A waiter never sleeps while a connection it could take is idle. acquire()
+#    makes its waiter (allocations) before it retries the pop and queues the
+#    waiter, with no Python code in between; every wait slice retries the pop;
+#    _serve wakes a sleeping thread or serves a ticket whenever more
+#    connections are idle than woken waiters are on their way to take (after
+#    a release, a waiter that leaves with an unused wake-up, a woken waiter
+#    handed a different connection).
+# 2. Every exit unlinks (_give_up); close() and every hand-off complete
+#    whatever a callback raises, and re-raise after.
+# 3. A finalizer only records a death and forgets the address (C only); the
+#    reap and on_abandon run before the next slow-path operation (_report),
+#    never in try_acquire(), release() or discard(), which a finalizer may call.
+# 4. Deadlines count from the call, hooks and allocations included.
+# 5. A slot goes to a borrower only through its state word; Python code runs
+#    only after the state is settled.
 
 # cython: language_level=3, freethreading_compatible=False
 
@@ -76,6 +100,7 @@ cdef extern from "pypool_freelist.h" nogil:
     uint32_t PFL_RESERVED
     int64_t pfl_now_ns()
     int64_t pfl_monotonic_ns()
+    void pfl_yield()
     int pfl_init(pfl_list *fl, int fifo)
     void pfl_destroy(pfl_list *fl)
     int pfl_grow(pfl_list *fl)
@@ -160,6 +185,9 @@ SEGMENT = PFL_SEG_SIZE
 MAX_SIZE = PFL_MAX_SLOTS
 DEFAULT_HANDOFF_AFTER = 0.002
 cdef double _WAIT_SLICE = 0.05
+# How many times a caller that finds the free list empty lets other threads
+# run (and retries the pop) before it queues and sleeps (see _acquire_slow).
+cdef int _YIELDS = 16
 
 # Waiter states.
 cdef enum:
@@ -169,6 +197,36 @@ cdef enum:
     _DONE = 3
 
 _clock = time.monotonic
+
+# The named call-out points of the slow paths (see the Python core): where an
+# operation may run Python code it does not own, with its state consistent.
+# The test hook runs at each; the hot path never looks at it.
+_CALL_OUT_POINTS = (
+    "acquire.empty",
+    "acquire.queued",
+    "enqueue.queued",
+    "close.waiter",
+    "return.handoff",
+    "wake.callback",
+    "reap.on_abandon",
+    "wait.sleep",
+    "wait.woken",
+    "wait.slice_out",
+)
+
+cdef object _interleave = None
+
+
+def _set_interleave_hook(hook):
+    """For tests only: ``hook(point, core)`` runs at each of the named
+    call-out points (:data:`_CALL_OUT_POINTS`), None turns it off. Returns
+    the hook it replaces. The hot path never looks at it."""
+    global _interleave
+    if hook is not None and not callable(hook):
+        raise ConfigurationError("the interleave hook must be callable or None")
+    previous = _interleave
+    _interleave = hook
+    return previous
 
 
 cdef inline double _seconds(int64_t ns) noexcept:
@@ -199,6 +257,13 @@ cdef inline int64_t _ns(double seconds) noexcept:
     if seconds >= 9.2e9:
         return <int64_t>0x7FFFFFFFFFFFFFFF
     return <int64_t>(seconds * 1e9)
+
+
+cdef inline int64_t _add_ns(int64_t a, int64_t b) noexcept:
+    """a + b for non-negative clock values, saturating at the largest."""
+    if b > <int64_t>0x7FFFFFFFFFFFFFFF - a:
+        return <int64_t>0x7FFFFFFFFFFFFFFF
+    return a + b
 
 
 cdef object _check_int(str name, object value, object low, object high):
@@ -319,9 +384,10 @@ cdef void _map_del(AddrMap *m, uintptr_t key) noexcept:
 
 # ---------------------------------------------------------------- waiters
 # The wait queue is an intrusive doubly linked list of _Waiter objects: the
-# head, a removal and a walk are C operations. `n_sleeping` counts the thread
-# waiters not yet woken, so that a release with only woken waiters queued
-# (the common case under contention) walks nothing.
+# head, a removal and a walk are C operations. `n_sleeping`, `n_notified` and
+# `n_tickets` count the thread waiters not yet woken, those woken and not yet
+# run, and the tickets, so that a release walks the queue only when a
+# connection is idle that no woken waiter is on its way to take (`_serve`).
 
 cdef class _Waiter:
     cdef object lock        # held while the waiter sleeps; released to wake it
@@ -354,11 +420,13 @@ cdef class WaiterTicket(_Waiter):
 
     cdef CorePool _core
     cdef object _callback
+    cdef int64_t _epoch            # a ticket from before a fork is done in the child
     cdef object __weakref__
 
     def __init__(self, CorePool core, callback):
         self._core = core
         self._callback = callback
+        self._epoch = core._epoch
         self.is_ticket = True
 
     @property
@@ -373,6 +441,8 @@ cdef class WaiterTicket(_Waiter):
         and :class:`PoolError` if the ticket still waits or its connection was
         taken or passed on already.
         """
+        if self._epoch != self._core._epoch:
+            raise PoolError("the ticket was made before a fork: it is done in this process")
         if self.state == _HANDED:
             conn = self.conn
             self.conn = None
@@ -393,6 +463,9 @@ cdef class WaiterTicket(_Waiter):
         """
         cdef CorePool core = self._core
         cdef uint32_t i
+        if self._epoch != core._epoch:  # made before a fork: not ours
+            self.state = _DONE
+            return False
         if self.state == _WAITING:
             core._leave(self)
             if timed_out:
@@ -475,6 +548,8 @@ cdef class CorePool:
     cdef _Waiter wq_tail
     cdef Py_ssize_t n_waiting
     cdef Py_ssize_t n_sleeping     # thread waiters not woken yet
+    cdef Py_ssize_t n_notified     # thread waiters woken, not yet run
+    cdef Py_ssize_t n_tickets      # tickets queued
     cdef int _size
     cdef int n_idle
     cdef int n_busy
@@ -496,6 +571,7 @@ cdef class CorePool:
     cdef int64_t check_after_ns    # -1: never
     cdef list dead                 # [(slot, ref)] finalized while borrowed
     cdef list abandoned_slots      # reaped; on_abandon not yet called
+    cdef int64_t _epoch            # forks survived: older tickets are done
     cdef object self_ref
     cdef object __weakref__
 
@@ -537,6 +613,7 @@ cdef class CorePool:
         self._check_after = None
         self.check_after_ns = -1
         self.self_ref = weakref.ref(self)
+        self._epoch = 0
         self._reset_state()
         _live_cores.add(self)
 
@@ -551,6 +628,8 @@ cdef class CorePool:
         self.wq_tail = None
         self.n_waiting = 0
         self.n_sleeping = 0
+        self.n_notified = 0
+        self.n_tickets = 0
         self._size = 0
         self.n_idle = 0
         self.n_busy = 0
@@ -608,6 +687,7 @@ cdef class CorePool:
     @max_size.setter
     def max_size(self, value):
         value = _check_int("max_size", value, 1, MAX_SIZE)
+        self._before()
         self._check_open()
         self._max_size = value
 
@@ -619,6 +699,7 @@ cdef class CorePool:
     @max_waiting.setter
     def max_waiting(self, value):
         value = _check_int("max_waiting", value, 0, 2**31 - 1)
+        self._before()
         self._check_open()
         self._max_waiting = value
 
@@ -642,6 +723,7 @@ cdef class CorePool:
     def advance_generation(self):
         """Starts a new generation (for drain and invalidate) and returns it:
         every slot reserved before now is of an older one (STALE)."""
+        self._before()
         self._check_open()
         self._generation += 1
         return self._generation
@@ -753,6 +835,7 @@ cdef class CorePool:
 
     def stats(self):
         """Counters since creation (or since a fork) and current gauges."""
+        self._before()
         return {
             "acquires": self.acquires,
             "waits": self.waits,
@@ -851,45 +934,97 @@ cdef class CorePool:
         waiter at that moment is passed on, never lost.
         """
         cdef double wait_for = _check_timeout(timeout)
-        cdef _Waiter waiter
         if self._closed:
             raise PoolClosed("the pool is closed")
         conn = self._pop()
         if conn is not None:
             return conn
+        return self._acquire_slow(wait_for)
+
+    cdef object _acquire_slow(self, double wait_for):
+        # The free list was empty. Everything from here to the enqueue that
+        # may run Python code (the allocations: a garbage collection runs
+        # finalizers, which may give a connection back) comes first; then the
+        # pop is retried and the waiter queued in one step, with no Python
+        # code in between, so that no release can slip through unseen.
+        cdef _Waiter waiter
+        cdef int64_t started = pfl_monotonic_ns()  # the deadline counts from here
+        cdef int spins = 0
         if wait_for == 0.0:
             self.timeouts += 1
-            raise PoolTimeout(self._timeout_message(0.0))
-        if self._max_waiting and self.n_waiting >= self._max_waiting:
-            raise TooManyRequests(
-                f"{self.n_waiting} callers wait already (max_waiting={self._max_waiting})"
-            )
+            raise self._timeout(0.0, 0)
+        # With the GIL, a holder that was switched out while holding a
+        # connection can only give it back once it runs again: let it run (a
+        # few yields of the GIL, retrying the pop after each) rather than pay
+        # for a park and a wake-up. Not when others wait already: they are
+        # served first.
+        while spins < _YIELDS and not self.n_waiting:
+            spins += 1
+            with nogil:
+                pfl_yield()
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            conn = self._pop()
+            if conn is not None:
+                return conn
+        self._before()
+        self._check_waiting()
+        if _interleave is not None:
+            _interleave("acquire.empty", self)
         lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
         lock.acquire()
         waiter = _Waiter()
         waiter.lock = lock
+        waiter.started = started
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        conn = self._pop()
+        if conn is not None:
+            return conn
+        self._check_waiting()
         self._enqueue(waiter)
-        if self._on_wait is not None:
-            self._on_wait()
+        try:
+            if _interleave is not None:
+                _interleave("acquire.queued", self)
+            if self._on_wait is not None:
+                self._on_wait()
+        except BaseException:
+            self._give_up(waiter)  # no exit leaves a waiter queued
+            raise
         return self._wait(waiter, wait_for)
 
+    cdef int _check_waiting(self) except -1:
+        if self._max_waiting and self.n_waiting >= self._max_waiting:
+            raise TooManyRequests(
+                f"{self.n_waiting} callers wait already (max_waiting={self._max_waiting})"
+            )
+        return 0
+
     cdef object _wait(self, _Waiter waiter, double wait_for):
-        cdef double deadline = -1.0 if wait_for < 0 else _clock() + wait_for
-        cdef double remaining
+        # Sleeps in slices until the waiter is handed a connection, the pool
+        # closes or the deadline passes. Every slice, woken or not, ends with
+        # a retry of the pop: a waiter never sleeps again, nor times out,
+        # while a connection it could take is idle.
+        # The deadline counts from the call (waiter.started: the moment the
+        # free list was found empty), hooks and allocations included.
+        cdef int64_t deadline = -1 if wait_for < 0 else _add_ns(waiter.started, _ns(wait_for))
+        cdef double pause
         cdef bint woken
+        cdef int idle
+        lock = waiter.lock
         try:
             while True:
+                self._before()
                 if deadline < 0:
-                    woken = waiter.lock.acquire(True, _WAIT_SLICE)
+                    pause = _WAIT_SLICE
                 else:
-                    remaining = deadline - _clock()
-                    woken = remaining > 0 and waiter.lock.acquire(
-                        True, min(remaining, _WAIT_SLICE)
-                    )
-                    if not woken and _clock() >= deadline:
-                        return self._wait_timed_out(waiter, wait_for)
-                if not woken:
-                    continue
+                    pause = min(_seconds(deadline - pfl_monotonic_ns()), _WAIT_SLICE)
+                if _interleave is not None:
+                    _interleave("wait.sleep", self)
+                woken = pause > 0 and lock.acquire(True, pause)
+                if _interleave is not None:
+                    _interleave("wait.woken" if woken else "wait.slice_out", self)
+                # The decision below is made with no Python code before it.
                 if waiter.state == _HANDED:
                     waiter.state = _DONE
                     conn = waiter.conn
@@ -898,45 +1033,59 @@ cdef class CorePool:
                 if waiter.state == _CLOSED:
                     waiter.state = _DONE
                     raise PoolClosed("the pool was closed while waiting")
-                # Woken to retry: a connection was made idle for us, but a
-                # caller that did not wait may have taken it first.
-                waiter.notified = False
-                self.n_sleeping += 1
+                if woken and waiter.notified:
+                    # Woken to retry: a connection was made idle for us. The
+                    # lock is ours again, ready for the next wake-up.
+                    waiter.notified = False
+                    self.n_notified -= 1
+                    self.n_sleeping += 1
                 conn = self._pop()
                 if conn is not None:
-                    self._leave(waiter)
                     self._count_wait(waiter)
+                    try:
+                        self._leave(waiter)
+                    except BaseException:
+                        # A wake-up it passed on raised: this caller leaves
+                        # with the exception, so the connection goes back.
+                        self._return(self._slot_of_borrowed(conn), conn)
+                        raise
                     return conn
+                if deadline >= 0 and pfl_monotonic_ns() >= deadline:
+                    idle = self.n_idle  # 0: the pop just failed
+                    self._leave(waiter)
+                    self.timeouts += 1
+                    raise self._timeout(wait_for, idle)
         except BaseException:
-            if waiter.state == _HANDED:  # handed at the moment we were interrupted
-                conn = waiter.conn
-                waiter.conn = None
-                waiter.state = _DONE
-                self._return(self._slot_of_borrowed(conn), conn)
-            elif waiter.state == _WAITING:
-                self._leave(waiter)
+            self._give_up(waiter)
             raise
 
-    cdef object _wait_timed_out(self, _Waiter waiter, double waited):
-        if waiter.state == _HANDED:  # handed just in time: take it
-            waiter.state = _DONE
+    cdef int _give_up(self, _Waiter waiter) except -1:
+        """A waiter's caller is leaving with an exception (a hook's, a signal
+        handler's): unlinks it, and passes on a connection handed to it
+        meanwhile or a wake-up it did not use."""
+        if waiter.state == _HANDED:  # handed at the moment we were interrupted
             conn = waiter.conn
             waiter.conn = None
-            return conn
-        if waiter.state == _CLOSED:
             waiter.state = _DONE
-            raise PoolClosed("the pool was closed while waiting")
-        self._leave(waiter)
-        self.timeouts += 1
-        raise PoolTimeout(self._timeout_message(waited))
+            self._return(self._slot_of_borrowed(conn), conn)
+        elif waiter.state == _WAITING:
+            self._leave(waiter)
+        else:
+            waiter.state = _DONE
+        return 0
 
-    cdef str _timeout_message(self, double waited):
-        return (
+    cdef object _timeout(self, double waited, int idle):
+        """The PoolTimeout of a caller the core just gave up on, with ``idle``,
+        the idle connections counted at that decision (0, unless the protocol
+        is broken)."""
+        exc = PoolTimeout(
             f"no connection available after {waited:.3f} s "
-            f"(size {self._size}/{self._max_size}, idle {self.n_idle}, "
+            f"(size {self._size}/{self._max_size}, idle {idle}, "
             f"in use {self.n_busy}, connecting {self.n_creating}, "
             f"waiting {self.n_waiting})"
         )
+        exc.idle = idle
+        return exc
 
     # ----------------------------------------------------------- asyncio use
 
@@ -949,23 +1098,30 @@ cdef class CorePool:
         """
         if not callable(callback):
             raise ConfigurationError("callback must be callable")
+        self._before()
         cdef WaiterTicket ticket = WaiterTicket(self, callback)
         if self._closed:
             raise PoolClosed("the pool is closed")
         conn = self._pop()
         if conn is None:
-            if self._max_waiting and self.n_waiting >= self._max_waiting:
-                raise TooManyRequests(
-                    f"{self.n_waiting} callers wait already "
-                    f"(max_waiting={self._max_waiting})"
-                )
+            self._check_waiting()
             self._enqueue(ticket)
-            if self._on_wait is not None:
-                self._on_wait()
         else:
             ticket.state = _HANDED
             ticket.conn = conn
-            callback(ticket)
+        try:
+            if conn is None:
+                if _interleave is not None:
+                    _interleave("enqueue.queued", self)
+                if self._on_wait is not None:
+                    self._on_wait()
+            else:
+                callback(ticket)
+        except BaseException:
+            # The caller never gets the ticket, so it cannot cancel it: leave
+            # the queue, or pass on the connection handed to it.
+            self._give_up(ticket)
+            raise
         return ticket
 
     # ------------------------------------------------------- connect workers
@@ -977,6 +1133,7 @@ cdef class CorePool:
         caller must then :meth:`fill` or :meth:`abandon` it.
         """
         cdef uint32_t i
+        self._before()
         self._check_open()
         if self._size >= self._max_size:
             return None
@@ -1017,16 +1174,22 @@ cdef class CorePool:
         """
         if conn is None:
             raise TypeError("a connection cannot be None")
+        self._before()
         cdef double life = -1.0 if lifetime is None else _check_seconds("lifetime", lifetime)
         cdef uint32_t i = self._slot_at(slot, PFL_CREATING)
-        cdef uint32_t other = _map_get(&self.where, <uintptr_t><PyObject *>conn)
+        cdef uint32_t other
         cdef Slot *s
+        # The weak reference is made first: making it allocates, and what that
+        # may run (a finalizer that closes the pool) is seen by the checks
+        # below, which lead to the fill with no Python code in between.
+        ref = self._weakref_for(conn, i)
+        i = self._slot_at(slot, PFL_CREATING)
+        other = _map_get(&self.where, <uintptr_t><PyObject *>conn)
         if other != PFL_NIL:
             raise InvalidSlot(f"this object is in the pool already (slot {other})")
         if self._closed:
             self._empty(i, PFL_CREATING)
             raise PoolClosed("the pool was closed while connecting")
-        ref = self._weakref_for(conn, i)
         s = self._slot(i)
         Py_INCREF(conn)
         s.conn = <PyObject *>conn
@@ -1037,12 +1200,14 @@ cdef class CorePool:
         s.created = s.returned = pfl_now_ns()
         s.checked_out = 0
         s.uses = 0
-        s.expires = 0 if life < 0 else s.created + _ns(life)  # created > 0: never 0
+        # created > 0, so never 0; saturating: a very long lifetime never ends.
+        s.expires = 0 if life < 0 else _add_ns(s.created, _ns(life))
         _map_put(&self.where, s.key, i)
         self._return(i, conn)
 
     def abandon(self, slot):
         """Frees a reserved (CREATING) slot whose connect failed."""
+        self._before()
         self._empty(self._slot_at(slot, PFL_CREATING), PFL_CREATING)
 
     @cython.always_allow_keywords(False)
@@ -1063,6 +1228,7 @@ cdef class CorePool:
 
         The caller must then :meth:`restore` or :meth:`retire` the slot.
         """
+        self._before()
         self._check_open()
         cdef uint32_t i = self._slot_at(slot, PFL_NIL)
         if not pfl_claim(self.fl, i):
@@ -1077,6 +1243,7 @@ cdef class CorePool:
         Returns False if the pool was closed meanwhile: the slot is freed and
         the caller must close the connection.
         """
+        self._before()
         cdef uint32_t i = self._slot_at(slot, PFL_RESERVED)
         if self._closed:
             self._empty(i, PFL_RESERVED)
@@ -1087,6 +1254,7 @@ cdef class CorePool:
     def retire(self, slot):
         """Frees a claimed (RESERVED) slot and returns its connection, which
         the caller must close."""
+        self._before()
         cdef uint32_t i = self._slot_at(slot, PFL_RESERVED)
         conn = <object>self._slot(i).conn
         self._empty(i, PFL_RESERVED)
@@ -1122,6 +1290,7 @@ cdef class CorePool:
         """Indices of the slots in ``state`` (all slots when None), ascending."""
         cdef uint32_t i
         cdef uint32_t n = self.nsegs * PFL_SEG_SIZE
+        self._before()
         if state is None:
             return list(range(n))
         return [i for i in range(n) if pfl_state(self.fl, i) == state]
@@ -1139,6 +1308,7 @@ cdef class CorePool:
         cdef list idle = []
         cdef uint32_t i
         cdef _Waiter w
+        self._before()
         self._closed = True
         for i in range(self.nsegs * PFL_SEG_SIZE):
             if pfl_claim(self.fl, i):
@@ -1150,11 +1320,25 @@ cdef class CorePool:
         # EMPTY, BUSY, CREATING or RESERVED now, so nothing is taken).
         while pfl_pop(self.fl) != PFL_NIL:
             pass
+        # Every waiter is unlinked and told first; then each is woken, and
+        # whatever a wake-up raises, the others are woken too.
+        waking = []
         while self.wq_head is not None:
             w = self.wq_head
             self._unlink(w)
             w.state = _CLOSED
-            self._wake(w)
+            waking.append(w)
+        error = None
+        for w in waking:
+            try:
+                self._wake(w)
+                if _interleave is not None:
+                    _interleave("close.waiter", self)
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
         return idle
 
     def __repr__(self):
@@ -1236,7 +1420,15 @@ cdef class CorePool:
                 self._count_wait(first)
                 first.state = _HANDED
                 first.conn = conn
-                self._wake(first)
+                # If it had been woken for an idle connection, that wake-up
+                # was overtaken: it goes to the next waiter (_serve), also
+                # when the wake-up of this one raises.
+                try:
+                    if _interleave is not None:
+                        _interleave("return.handoff", self)
+                    self._wake(first)
+                finally:
+                    self._serve()
                 return 0
         if s.conn == NULL:
             Py_INCREF(conn)
@@ -1251,8 +1443,7 @@ cdef class CorePool:
             self.n_reserved -= 1
             pfl_unclaim(self.fl, i)
         self.n_idle += 1
-        if self.n_sleeping:
-            self._notify_one()
+        self._serve()
         return 0
 
     cdef void _enqueue(self, _Waiter waiter) noexcept:
@@ -1264,7 +1455,9 @@ cdef class CorePool:
             self.wq_tail.next = waiter
         self.wq_tail = waiter
         self.n_waiting += 1
-        if not waiter.is_ticket:
+        if waiter.is_ticket:
+            self.n_tickets += 1
+        else:
             self.n_sleeping += 1
 
     cdef void _unlink(self, _Waiter waiter) noexcept:
@@ -1279,27 +1472,66 @@ cdef class CorePool:
         waiter.prev = None
         waiter.next = None
         self.n_waiting -= 1
-        if not waiter.is_ticket and not waiter.notified:
+        if waiter.is_ticket:
+            self.n_tickets -= 1
+        elif waiter.notified:
+            self.n_notified -= 1
+        else:
             self.n_sleeping -= 1
 
-    cdef int _notify_one(self) except -1:
-        """Wakes the first thread waiter not woken already, to retry."""
-        cdef _Waiter w = self.wq_head
-        while w is not None:
-            if not w.notified and not w.is_ticket:
+    cdef int _serve(self) except -1:
+        """While more connections are idle than woken thread waiters are on
+        their way to take, wakes the next sleeping thread waiter to come and
+        take one, or hands one to the next ticket (a ticket cannot come).
+
+        This keeps "a waiter never sleeps while a connection it could take is
+        idle" after every change: a connection made idle, a waiter that leaves
+        with a wake-up it did not use, a woken waiter handed a different
+        connection. Each wake-up is a call-out (a lock release, a ticket's
+        callback) made with the state consistent; the loop then looks at the
+        state afresh."""
+        cdef _Waiter w
+        cdef uint32_t i
+        error = None
+        while self.n_idle > self.n_notified and (self.n_sleeping or self.n_tickets):
+            w = self.wq_head
+            while w is not None and not w.is_ticket and w.notified:
+                w = w.next
+            if w is None:
+                break
+            if w.is_ticket:
+                i = pfl_pop(self.fl)
+                if i == PFL_NIL:  # cannot be: n_idle > 0
+                    break
+                conn = self._take(i)
+                self._unlink(w)
+                self._count_wait(w)
+                w.state = _HANDED
+                w.conn = conn
+                try:
+                    if _interleave is not None:
+                        _interleave("return.handoff", self)
+                    self._wake(w)
+                except BaseException as exc:  # the others are served all the same
+                    if error is None:
+                        error = exc
+            else:
                 w.notified = True
                 self.n_sleeping -= 1
+                self.n_notified += 1
                 w.lock.release()
-                return 0
-            w = w.next
+        if error is not None:
+            raise error
         return 0
 
     cdef int _leave(self, _Waiter waiter) except -1:
-        """Removes a waiter that gives up; passes on a wake-up it received."""
+        """Removes a waiter that gives up or takes a connection itself;
+        passes on a wake-up it did not use."""
+        cdef bint notified = waiter.notified and not waiter.is_ticket
         self._unlink(waiter)
         waiter.state = _DONE
-        if waiter.notified and self.n_idle and self.n_sleeping:
-            self._notify_one()
+        if notified:
+            self._serve()
         return 0
 
     cdef void _count_wait(self, _Waiter waiter) noexcept:
@@ -1317,6 +1549,8 @@ cdef class CorePool:
         cdef WaiterTicket ticket
         if waiter.is_ticket:
             ticket = <WaiterTicket>waiter
+            if _interleave is not None:
+                _interleave("wake.callback", self)
             ticket._callback(ticket)
         elif not waiter.notified:  # a waiter woken to retry is awake already
             waiter.notified = True
@@ -1355,9 +1589,12 @@ cdef class CorePool:
             return None
 
     cdef _finalized(self, uint32_t i, object ref):
-        """A borrowed object died without being returned (in any thread, at
-        any allocation). Core operations call out to Python code only where
-        their state is consistent, so the slot is reaped at once."""
+        """A borrowed object died without being returned. This runs in a
+        finalizer: in any thread, inside any allocation, maybe while the
+        thread holds a lock of the policy's. It only records the death (and
+        forgets the address, which a new object may now take: C only, no
+        Python code); _report reaps the slot and runs on_abandon in the next
+        slow-path operation."""
         cdef Slot *s
         if i < self.nsegs * PFL_SEG_SIZE:
             s = self._slot(i)
@@ -1366,8 +1603,6 @@ cdef class CorePool:
                     _map_del(&self.where, s.key)
                 s.key = 0
         self.dead.append((i, ref))
-        self._reap()
-        self._run_hooks()
 
     cdef int _reap(self) except -1:
         cdef list dead = self.dead
@@ -1386,20 +1621,52 @@ cdef class CorePool:
             self.abandoned_slots.append(i)
         return 0
 
-    cdef int _run_hooks(self) except -1:
-        """Runs on_abandon for the slots reaped."""
+    cdef inline int _before(self) except -1:
+        if self.dead or self.abandoned_slots:
+            self._report()
+        return 0
+
+    cdef int _report(self) except -1:
+        """Reaps the slots whose borrowed object died unreturned, then runs
+        on_abandon for each (every one, whatever the others raise; the first
+        exception is re-raised after). Runs before a slow-path operation does
+        anything, and at every wait slice; never in a finalizer, nor in
+        try_acquire(), release() or discard(), which a finalizer may call."""
         cdef list reaped
-        if self.abandoned_slots:
-            reaped = self.abandoned_slots
-            self.abandoned_slots = []
-            if self._on_abandon is not None:
-                for i in reaped:
+        if self.dead:
+            self._reap()
+        if not self.abandoned_slots:
+            return 0
+        reaped = self.abandoned_slots
+        self.abandoned_slots = []
+        error = None
+        if self._on_abandon is not None:
+            for i in reaped:
+                try:
+                    if _interleave is not None:
+                        _interleave("reap.on_abandon", self)
                     self._on_abandon(i)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
+        if error is not None:
+            raise error
         return 0
 
     cdef _forget_after_fork(self):
         """In a child process: drop every slot without closing or finalizing
-        its object (they belong to the parent), start with fresh locks."""
+        its object (they belong to the parent), mark the parent's waiters and
+        tickets done, start with fresh locks."""
+        cdef _Waiter w = self.wq_head
+        cdef _Waiter after
+        while w is not None:
+            after = w.next
+            w.prev = None
+            w.next = None
+            w.state = _DONE
+            w.conn = None
+            w = after
+        self._epoch += 1
         self._free_storage(True)
         self._reset_state()
 

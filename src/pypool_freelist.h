@@ -63,6 +63,8 @@
 #    define WIN32_LEAN_AND_MEAN
 #  endif
 #  include <windows.h>
+#else
+#  include <sched.h>
 #endif
 
 #define PFL_NIL        0xFFFFFFFFu
@@ -137,6 +139,16 @@ static inline int64_t pfl_monotonic_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+#endif
+}
+
+/* Gives the processor to another ready thread, if there is one. */
+static inline void pfl_yield(void)
+{
+#if defined(_WIN32)
+    SwitchToThread();
+#else
+    sched_yield();
 #endif
 }
 

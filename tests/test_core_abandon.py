@@ -6,6 +6,10 @@ EMPTY again, the ``abandoned`` counter grows and ``on_abandon(slot)`` runs.
 Objects without weak references are held strongly while borrowed: a dropped
 one is never finalized and its slot stays BUSY (the policy layer's
 ``leak_timeout`` reports those).
+
+The finalizer only records the death: the slot is reaped, and ``on_abandon``
+runs, in the next slow-path operation (``reap`` below calls one), never in
+the finalizer itself.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ class TracedNoWeakConn:
         finalized.append(self.name)
 
 
+def reap(pool: Any) -> None:
+    """Collects garbage, then runs an operation that reaps (as the
+    maintenance worker's calls do)."""
+    gc.collect()
+    pool.stats()
+
+
 @pytest.fixture(autouse=True)
 def _clear_finalized() -> None:
     gc.collect()  # what earlier tests left behind is finalized now, not during this one
@@ -52,7 +63,7 @@ def test_dropped_borrowed_connection_is_recovered(CorePool: Any, core_module: An
     slot = pool.slot_of(conn)
     assert slot == 2
     del conn
-    gc.collect()
+    reap(pool)
     assert finalized == ["c"]
     assert reports == [slot]
     assert pool.slot_info(slot)[0] == core_module.EMPTY
@@ -76,7 +87,7 @@ def test_dropped_in_a_reference_cycle(CorePool: Any, core_module: Any) -> None:
     probe = weakref.ref(conn)
     del conn
     assert probe() is not None
-    gc.collect()
+    reap(pool)
     assert probe() is None
     assert reports == [0]
     assert pool.slot_info(0)[0] == core_module.EMPTY
@@ -88,7 +99,7 @@ def test_recovered_without_hook(CorePool: Any) -> None:
     pool.fill(pool.reserve(), FakeConn())
     conn = pool.try_acquire()
     del conn
-    gc.collect()
+    reap(pool)
     assert (pool.size, pool.stats()["abandoned"]) == (0, 1)
     assert pool.reserve() == 0
 
@@ -99,7 +110,7 @@ def test_abandoned_slot_lets_a_waiting_ticket_be_served(CorePool: Any) -> None:
     conn = pool.try_acquire()
     ticket = pool.enqueue(lambda t: None)
     del conn
-    gc.collect()
+    reap(pool)
     assert pool.size == 0
     assert pool.waiting == 1  # the waiter is still owed a connection
     new = FakeConn()
@@ -114,7 +125,7 @@ def test_dropped_after_close_is_recovered(CorePool: Any) -> None:
     conn = pool.try_acquire()
     pool.close()
     del conn
-    gc.collect()
+    reap(pool)
     assert reports == [0]
     assert (pool.size, pool.in_use) == (0, 0)
 
@@ -209,7 +220,7 @@ def test_many_abandoned(CorePool: Any) -> None:
     held = [pool.try_acquire() for _ in range(100)]
     slots = sorted(pool.slot_of(c) for c in held)
     held.clear()
-    gc.collect()
+    reap(pool)
     assert sorted(reports) == slots == list(range(100))
     assert (pool.size, pool.in_use, pool.stats()["abandoned"]) == (0, 0, 100)
 

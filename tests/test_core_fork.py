@@ -201,3 +201,124 @@ def test_fork_while_threads_use_the_pool(core_module: Any, tmp_path: Path) -> No
     _, parent, _ = _run(core_module, tmp_path, _FORK_BUSY_SCRIPT)
     assert parent["statuses"] == [0] * 20
     assert (parent["idle"], parent["size"]) == (2, 2)
+
+
+_FORK_TICKETS_SCRIPT = r"""
+import importlib, json, os, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+core = importlib.import_module(sys.argv[1])
+from pypool.errors import PoolError
+
+woken = []
+pool = core.CorePool(2)
+for _ in range(2):
+    pool.fill(pool.reserve(), object())
+a = pool.try_acquire()
+handed = pool.enqueue(woken.append)  # served at once, result() not taken yet
+queued = [pool.enqueue(woken.append) for _ in range(2)]
+sys.stdout.flush()
+
+pid = os.fork()
+if pid == 0:
+    out = {"who": "child", "waiting": pool.waiting}
+    out["done"] = [t.done for t in [handed, *queued]]
+    out["cancel"] = [t.cancel() for t in [handed, *queued]]
+    out["cancel_timed_out"] = queued[0].cancel(timed_out=True)
+    try:
+        handed.result()
+        out["handed_result"] = "returned"
+    except PoolError as exc:
+        out["handed_result"] = type(exc).__name__
+    out["after_cancel"] = {"waiting": pool.waiting, "timeouts": pool.stats()["timeouts"]}
+    # The child's own waiter is served by the child's own connection.
+    mine = pool.enqueue(woken.append)
+    conn = object()
+    pool.fill(pool.reserve(), conn)
+    out["own_served"] = mine.done and mine.result() is conn
+    out["final"] = {"waiting": pool.waiting, "in_use": pool.in_use, "size": pool.size}
+    print(json.dumps(out), flush=True)
+    os._exit(0)
+
+_, status = os.waitpid(pid, 0)
+out = {"who": "parent", "status": status, "waiting": pool.waiting}
+pool.release(a)
+out["served_in_order"] = [t.done for t in queued] == [True, False] and handed.result() is not None
+out["final"] = {"waiting": pool.waiting, "in_use": pool.in_use, "idle": pool.idle}
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_fork_with_tickets_queued(core_module: Any, tmp_path: Path) -> None:
+    # Tickets queued (or handed) in the parent are done in the child: cancel()
+    # there is harmless and returns False, result() raises, and the child's
+    # queue is its own, so its own waiter gets its own connection.
+    child, parent, _ = _run(core_module, tmp_path, _FORK_TICKETS_SCRIPT)
+    assert child["waiting"] == 0
+    assert child["done"] == [True, True, True]
+    assert child["cancel"] == [False, False, False]
+    assert child["cancel_timed_out"] is False
+    assert child["handed_result"] == "PoolError"
+    assert child["after_cancel"] == {"waiting": 0, "timeouts": 0}
+    assert child["own_served"] is True
+    assert child["final"] == {"waiting": 0, "in_use": 1, "size": 1}
+    assert parent["status"] == 0
+    assert parent["waiting"] == 2
+    assert parent["served_in_order"] is True
+    assert parent["final"] == {"waiting": 1, "in_use": 2, "idle": 0}
+
+
+_FORK_WAITERS_SCRIPT = r"""
+import importlib, json, os, sys, threading, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+core = importlib.import_module(sys.argv[1])
+
+pool = core.CorePool(2)
+pool.fill(pool.reserve(), object())
+a = pool.try_acquire()
+got = []
+waiter = threading.Thread(target=lambda: got.append(pool.acquire(timeout=30)), daemon=True)
+waiter.start()
+while pool.waiting < 1:
+    time.sleep(0.001)
+ticket = pool.enqueue(lambda t: None)
+sys.stdout.flush()
+
+pid = os.fork()
+if pid == 0:
+    ok = pool.waiting == 0 and pool.size == 0 and ticket.done and not ticket.cancel()
+    # The child's own waiting thread is served by the child's own connection.
+    mine = []
+    t = threading.Thread(target=lambda: mine.append(pool.acquire(timeout=10)), daemon=True)
+    t.start()
+    while pool.waiting < 1 and t.is_alive():
+        time.sleep(0.001)
+    conn = object()
+    pool.fill(pool.reserve(), conn)
+    t.join(10)
+    ok = ok and mine == [conn] and pool.waiting == 0
+    print(json.dumps({"who": "child", "ok": ok, "waiting": pool.waiting}), flush=True)
+    os._exit(0)
+
+_, status = os.waitpid(pid, 0)
+waiting_after_child = pool.waiting
+pool.release(a)  # to the parent's thread, first in line
+waiter.join(10)
+pool.release(got[0])  # to the parent's ticket
+print(json.dumps({
+    "who": "parent", "status": status, "waiting_after_child": waiting_after_child,
+    "thread_served": got == [a], "ticket_served": ticket.done and ticket.result() is a,
+    "waiting": pool.waiting,
+}), flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_fork_with_a_thread_and_a_ticket_waiting(core_module: Any, tmp_path: Path) -> None:
+    child, parent, _ = _run(core_module, tmp_path, _FORK_WAITERS_SCRIPT)
+    assert child == {"who": "child", "ok": True, "waiting": 0}
+    assert parent["status"] == 0
+    assert parent["waiting_after_child"] == 2
+    assert parent["thread_served"] is True
+    assert parent["ticket_served"] is True
+    assert parent["waiting"] == 0

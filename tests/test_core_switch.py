@@ -11,6 +11,7 @@ import inspect
 import os
 import subprocess
 import sys
+import sysconfig
 from types import ModuleType
 from typing import Any
 
@@ -36,6 +37,19 @@ def core_of(code: str = "", **env: str | None) -> str:
     return proc.stdout.strip()
 
 
+#: A child interpreter runs without the GIL (a free-threaded build, GIL not
+#: forced on): there the default is the Python core.
+CHILD_WITHOUT_GIL = bool(sysconfig.get_config_var("Py_GIL_DISABLED")) and os.environ.get(
+    "PYTHON_GIL"
+) not in ("1",)
+
+
+@pytest.fixture(scope="module")
+def native_by_default(native_available: bool) -> bool:
+    """The native core is what a child picks when nothing is asked."""
+    return native_available and not CHILD_WITHOUT_GIL
+
+
 @pytest.fixture(scope="module")
 def native_available() -> bool:
     available = native_core_importable()
@@ -50,16 +64,16 @@ def test_no_extensions_selects_python(value: str) -> None:
 
 
 @pytest.mark.parametrize("value", ["", "0"])
-def test_no_extensions_empty_or_zero_is_off(value: str, native_available: bool) -> None:
-    assert core_of(PYPOOL_NO_EXTENSIONS=value) == ("native" if native_available else "python")
+def test_no_extensions_empty_or_zero_is_off(value: str, native_by_default: bool) -> None:
+    assert core_of(PYPOOL_NO_EXTENSIONS=value) == ("native" if native_by_default else "python")
 
 
 def test_core_python_selects_python() -> None:
     assert core_of(PYPOOL_CORE="python") == "python"
 
 
-def test_default_is_native_when_importable(native_available: bool) -> None:
-    assert core_of() == ("native" if native_available else "python")
+def test_default_is_native_when_importable(native_by_default: bool) -> None:
+    assert core_of() == ("native" if native_by_default else "python")
 
 
 def test_default_falls_back_when_native_is_unimportable() -> None:
@@ -69,6 +83,8 @@ def test_default_falls_back_when_native_is_unimportable() -> None:
 
 @pytest.mark.native
 def test_core_native_selects_native(native_available: bool) -> None:
+    if CHILD_WITHOUT_GIL:
+        pytest.skip("without the GIL, PYPOOL_CORE=native raises (tested below)")
     if not native_available:
         pytest.skip("the native core cannot be imported")
     assert core_of(PYPOOL_CORE="native") == "native"
@@ -162,3 +178,38 @@ def test_same_exceptions(native_module: ModuleType, python_module: ModuleType) -
         with pytest.raises(errors.PoolClosed):
             pool.reserve()
     assert errors.PoolTimeout.__module__ == "pypool"
+
+
+# ------------------------------------------------- without the GIL
+
+#: Makes the child interpreter say it runs without the GIL, as a free-threaded
+#: build does (this one cannot be had here: the decision is what is tested).
+NO_GIL = "import sys; sys._is_gil_enabled = lambda: False"
+WITH_GIL = "import sys; sys._is_gil_enabled = lambda: True"
+
+
+def test_without_the_gil_the_python_core_is_used_and_says_why() -> None:
+    proc = child_core("import warnings; warnings.simplefilter('always')\n" + NO_GIL)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "python"
+    assert "RuntimeWarning" in proc.stderr
+    assert "GIL" in proc.stderr and "Python core" in proc.stderr
+
+
+def test_without_the_gil_native_on_request_raises_saying_why() -> None:
+    proc = child_core(NO_GIL, PYPOOL_CORE="native")
+    assert proc.returncode != 0
+    assert "ImportError" in proc.stderr
+    assert "GIL" in proc.stderr
+
+
+def test_without_the_gil_python_on_request_is_quiet() -> None:
+    quiet = "import warnings; warnings.simplefilter('error')\n"
+    proc = child_core(quiet + NO_GIL, PYPOOL_CORE="python")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "python"
+
+
+def test_with_the_gil_enabled_the_native_core_is_used(native_available: bool) -> None:
+    # A free-threaded build whose GIL is on (PYTHON_GIL=1) runs the native core.
+    assert core_of(WITH_GIL) == ("native" if native_available else "python")

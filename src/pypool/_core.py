@@ -1,14 +1,19 @@
 """Pick the core: the compiled ``_corepool`` or its pure-Python twin ``_corepool_py``.
 
 The Python core is used when ``PYPOOL_NO_EXTENSIONS`` is set (to anything but
-``""`` or ``"0"``), on interpreters other than CPython, and when the compiled
-module is absent. ``PYPOOL_CORE=native`` demands the compiled core: if it cannot
-be imported, the ``ImportError`` propagates. ``PYPOOL_CORE=python`` demands the
-Python core. ``CORE`` says which one was loaded: ``"native"`` or ``"python"``.
+``""`` or ``"0"``), on interpreters other than CPython, when the compiled
+module is absent, and when the interpreter runs without the GIL (a
+free-threaded build): the native core relies on the GIL for the state around
+its lock-free free list, so there it would run unprotected; a
+``RuntimeWarning`` says so. ``PYPOOL_CORE=native`` demands the compiled core:
+if it cannot be imported, or the GIL is off, ``ImportError`` is raised.
+``PYPOOL_CORE=python`` demands the Python core. ``CORE`` says which one was
+loaded: ``"native"`` or ``"python"``.
 """
 
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
 __all__ = (
@@ -38,6 +43,22 @@ NO_EXTENSIONS = (
     or _REQUESTED == "python"
 ) and _REQUESTED != "native"
 
+#: Why the native core does not run without the GIL.
+NO_GIL_REASON = (
+    "this interpreter runs without the GIL (a free-threaded build), and the native "
+    "core relies on the GIL for the state around its free list (wait queue, address "
+    "map, counters)"
+)
+
+
+def gil_disabled() -> bool:
+    """True when the interpreter runs without the GIL (checked before the
+    native core is imported: importing it would turn the GIL back on, or,
+    with ``PYTHON_GIL=0``, run it unprotected)."""
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return is_enabled is not None and not is_enabled()
+
+
 if TYPE_CHECKING:  # the Python core is the type source
     from ._corepool_py import (
         BUSY,
@@ -60,6 +81,20 @@ else:
 
     def _load():
         if NO_EXTENSIONS:
+            from . import _corepool_py
+
+            return _corepool_py, "python"
+        if gil_disabled():
+            if _REQUESTED == "native":
+                raise ImportError(
+                    f"PYPOOL_CORE=native, but {NO_GIL_REASON}: run with the GIL "
+                    "(PYTHON_GIL=1) or use the Python core"
+                )
+            warnings.warn(
+                f"pypool uses its Python core: {NO_GIL_REASON}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             from . import _corepool_py
 
             return _corepool_py, "python"

@@ -20,9 +20,91 @@ Slot states and moves (every slot is in exactly one state)::
       ^                                     claim(slot): IDLE -> RESERVED, then
       '-------------discard(conn) / retire(slot)-------- restore(slot) -> IDLE
 
-Concurrency: one mutex guards all state. It is never held while waiting, and
-never while calling out to code the core does not own (ticket callbacks and
-the ``on_wait`` / ``on_abandon`` hooks run after it is released).
+The waiting protocol
+--------------------
+
+Callers that find no idle connection wait in one FIFO queue: threads (a
+``_Waiter`` with a lock they sleep on) and tickets (``WaiterTicket``, for
+asyncio: a callback instead of a sleep). A connection that becomes available
+(``release``, ``fill``, ``restore``, a cancelled ticket passing one on) is
+handed directly to the first waiter if that waiter is owed one (a ticket, or
+a thread that has waited longer than ``handoff_after``); otherwise it goes
+idle and a waiter is woken to come and take it, in competition with callers
+that did not wait (bounded unfairness: see :data:`DEFAULT_HANDOFF_AFTER`).
+A caller that finds nothing idle while nobody is queued first lets other
+threads run a few times (``_YIELDS``), retrying the pop after each: with the
+GIL, a holder switched out while holding a connection can only give it back
+once it runs again, and that is cheaper than a park and a wake-up.
+
+What may run Python code inside an operation. Besides the hooks and callbacks
+the core calls on purpose (``on_wait``, ``on_abandon``, a ticket's callback,
+a gevent lock's ``release``), any allocation can run a garbage collection,
+whose finalizers and weak-reference callbacks run arbitrary code (they may
+give a connection back, abandon one, close the pool, or raise); a signal
+handler (Ctrl-C) may raise; and any Python code lets another thread run.
+The core is written so that none of this can break it:
+
+1. *A waiter never sleeps while a connection it could take is idle.* Python
+   code between "the free list is empty" and "I am queued" may release a
+   connection that then sees no waiter: the waiter is made first and the pop
+   is retried in the same step that queues it, and every wait slice, woken
+   or not, retries the pop before sleeping again or timing out. Whenever
+   more connections are idle than woken waiters are on their way to take,
+   the next sleeping thread is woken or the next ticket handed one
+   (``_serve_locked``): after a release, after a waiter leaves with a
+   wake-up it did not use, and after a woken waiter was handed a different
+   connection (its wake-up was overtaken and is passed on).
+2. *Every exit unlinks.* A hook, callback or signal that raises after a
+   waiter is queued (``on_wait``, a callback inside ``enqueue``, Ctrl-C in a
+   wait) gives the waiter up (``_give_up``): it leaves the queue, and a
+   connection handed to it meanwhile is passed on. ``close()`` and every
+   hand-off complete whatever a callback raises, and re-raise after.
+3. *Finalizers do no policy work.* A borrowed connection's weak-reference
+   callback only records the death (``_finalized``); the slot is reaped and
+   ``on_abandon`` runs before the next slow-path operation does anything
+   (``_report``), never in the finalizer, where a lock the thread holds
+   (Policy.lock) would deadlock, and never in ``try_acquire``, ``release``
+   or ``discard``, which a finalizer may call (nor in a ticket's ``result``
+   or ``cancel``, which run where a connection must not be stranded). A
+   dead object's address is free for a new one at once.
+4. *Deadlines are counted from the call*, hooks and allocations included.
+5. *Python code never runs inside the core's critical section* on purpose:
+   callbacks and hooks run after the mutex is released, with the state
+   consistent; what is handed to them is settled first. Nothing is handed
+   out twice: a slot goes to a borrower only through its state (IDLE ->
+   BUSY, or straight to BUSY for a hand-off), under the mutex.
+
+The mutex is re-entrant for one reason: garbage collection can run inside any
+allocation, also one made while the mutex is held, and a finalizer it runs
+may give a connection back (SQLAlchemy returns connections from a weak
+reference's callback). Such a ``release()`` or ``discard()`` finds the mutex
+held by its own thread, in the middle of an operation whose state is not
+consistent: it checks what it can, records the call and returns at once; the
+interrupted operation completes it when it leaves its critical section
+(``_drain``), as does the next operation of any thread. Any other operation
+run from there raises :class:`PoolError`. (Pure Python cannot keep a signal
+handler's exception out of a critical section; the native core's critical
+sections are C code, which signal handlers do not interrupt.)
+
+The named call-out points are where an operation may run Python code it
+does not own, each with the state consistent; the native core has the same
+points under the same names, and a test-only hook
+(:func:`_set_interleave_hook`) runs at each, never on the hot path:
+
+- ``acquire.empty``: the free list was empty; the waiter is not made yet;
+- ``acquire.queued``: the waiter is queued, ``on_wait`` has not run;
+- ``enqueue.queued``: a ticket is queued, ``on_wait`` has not run;
+- ``wait.sleep``: before each wait slice;
+- ``wait.woken`` / ``wait.slice_out``: after a slice that a wake-up ended,
+  or that ran out; the pop is retried next;
+- ``close.waiter``: in ``close()``, between the wake-ups of two waiters;
+- ``return.handoff``: a connection was just handed to a waiter (by a
+  release, fill, restore or cancel), which is not woken yet;
+- ``wake.callback``: before a ticket's callback;
+- ``reap.on_abandon``: a dead slot was reaped; before its ``on_abandon``.
+
+The hot path (``try_acquire``, and ``release`` with nobody waiting) takes the
+mutex once and calls out to nothing.
 """
 
 from __future__ import annotations
@@ -112,6 +194,13 @@ MAX_SIZE: Final = SEGMENT * 4096
 #: handed to it directly. Short enough that no waiter starves, long enough that
 #: a busy pool does not pay a thread switch for every release.
 DEFAULT_HANDOFF_AFTER: Final = 0.002
+#: How many times a caller that finds no idle connection lets other threads
+#: run (and retries the pop) before it queues and sleeps: with the GIL, a
+#: holder that was switched out while holding a connection can only give it
+#: back once it runs again, and a few yields cost less than a park and a wake.
+_YIELDS: Final = 16
+#: Gives the processor (and the GIL) to another ready thread, if there is one.
+_yield: Final = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
 #: Longest single sleep of a waiting thread: bounds how late a signal handler
 #: (Ctrl-C) runs on platforms where a lock wait is not interrupted by signals.
 _WAIT_SLICE: Final = 0.05
@@ -123,6 +212,62 @@ _CLOSED: Final = 2  # the pool closed while it waited
 _DONE: Final = 3  # left the queue: took its connection, timed out or was cancelled
 
 _clock = time.monotonic
+#: The latest end of a lifetime (the native core counts in int64
+#: nanoseconds, and saturates there): a longer lifetime never ends.
+_NEVER: Final = (2**63 - 1) / 1e9
+
+#: The named call-out points of the slow paths: the places where a core
+#: operation may run Python code it does not own (an allocation that collects
+#: garbage, a hook, a callback, a lock of gevent's) with its state consistent.
+#: The test hook (:func:`_set_interleave_hook`) runs at each; the native core
+#: has the same points under the same names.
+_CALL_OUT_POINTS: Final = (
+    "acquire.empty",  # the free list was empty; the waiter is not made yet
+    "acquire.queued",  # the waiter is queued; on_wait has not run
+    "enqueue.queued",  # a ticket is queued; on_wait has not run
+    "close.waiter",  # close(): between the wake-ups of two waiters
+    "return.handoff",  # a connection was just handed to a waiter, not yet woken
+    "wake.callback",  # before a ticket's callback
+    "reap.on_abandon",  # a dead slot was reaped; before its on_abandon
+    "wait.sleep",  # before each wait slice
+    "wait.woken",  # after a slice that a wake-up or a hand-off ended
+    "wait.slice_out",  # after a slice that ran out; the pop is retried next
+)
+
+_interleave: Callable[[str, Any], object] | None = None
+
+
+def _set_interleave_hook(hook: Callable[[str, Any], object] | None) -> Any:
+    """For tests only: ``hook(point, core)`` runs at each of the named
+    call-out points (:data:`_CALL_OUT_POINTS`), None turns it off. Returns
+    the hook it replaces. The hot path never looks at it."""
+    global _interleave
+    if hook is not None and not callable(hook):
+        raise ConfigurationError("the interleave hook must be callable or None")
+    previous, _interleave = _interleave, hook
+    return previous
+
+
+class _Unraisable:
+    """What ``sys.unraisablehook`` is given (the interpreter's own type has no
+    public constructor)."""
+
+    def __init__(self, exc: BaseException, message: str) -> None:
+        self.exc_type = type(exc)
+        self.exc_value = exc
+        self.exc_traceback = exc.__traceback__
+        self.err_msg = f"Exception ignored in {message}"
+        self.object = None
+
+
+def _unraisable(exc: BaseException, message: str) -> None:
+    sys.unraisablehook(_Unraisable(exc, message))  # type: ignore[arg-type]
+
+
+def _call_out(point: str, core: Any) -> None:
+    """Runs the test hook at ``point``, if one is set."""
+    if _interleave is not None:
+        _interleave(point, core)
 
 
 def _check_seconds(name: str, value: object, *, or_none: bool = False) -> float:
@@ -207,12 +352,13 @@ class WaiterTicket(_Waiter):
     removes it from the queue, or passes on a connection already handed to it.
     """
 
-    __slots__ = ("__weakref__", "_callback", "_core")
+    __slots__ = ("__weakref__", "_callback", "_core", "_epoch")
 
     def __init__(self, core: CorePool, callback: Callable[[WaiterTicket], object]) -> None:
         super().__init__(None)
         self._core = core
         self._callback = callback
+        self._epoch = core._epoch  # a ticket from before a fork is done in the child
 
     @property
     def done(self) -> bool:
@@ -226,7 +372,9 @@ class WaiterTicket(_Waiter):
         and :class:`PoolError` if the ticket still waits or its connection was
         taken or passed on already.
         """
-        with self._core._mutex:
+        with self._core._locked("WaiterTicket.result", report=False):
+            if self._epoch != self._core._epoch:
+                raise PoolError("the ticket was made before a fork: it is done in this process")
             if self._state == _HANDED:
                 conn, self._conn = self._conn, None
                 self._state = _DONE
@@ -246,9 +394,12 @@ class WaiterTicket(_Waiter):
         """
         core = self._core
         calls: list[Callable[[], object]] = []
-        with core._mutex:
-            if self._state == _WAITING:
-                core._leave_locked(self)
+        with core._locked("WaiterTicket.cancel", report=False):
+            if self._epoch != core._epoch:  # made before a fork: not ours
+                self._state = _DONE
+                result = False
+            elif self._state == _WAITING:
+                core._leave_locked(self, calls)
                 if timed_out:
                     core._timeouts += 1
                 result = True
@@ -343,16 +494,21 @@ class CorePool:
         self._min_size = 0
         self._max_uses = 0
         self._check_after: float | None = None
+        self._epoch = 0  # forks survived: tickets from an older epoch are done
         self._reset_state()
         _live_cores.add(self)
 
     def _reset_state(self) -> None:
-        self._mutex = threading.Lock()
+        # Re-entrant only so that a finalizer inside a critical section can
+        # tell that it is nested (see the module docstring).
+        self._mutex: Any = threading.RLock()  # Any: typeshed lacks RLock._is_owned
+        self._deferred: deque[tuple[bool, Any, bool]] = deque()  # (release?, conn, taken)
         self._slots: list[_Slot] = []
         self._empty: list[int] = []  # stack of EMPTY slot indices
         self._idle: deque[int] = deque()  # idle list; may hold stale indices
         self._where: dict[int, int] = {}  # id(conn) -> slot index
         self._waiters: deque[_Waiter] = deque()
+        self._n_notified = 0  # thread waiters queued and woken, not yet run
         self._dead: list[tuple[int, weakref.ref[Any]]] = []  # finalized while borrowed
         self._abandoned_slots: list[int] = []  # reaped; on_abandon not yet called
         self._size = 0  # slots not EMPTY
@@ -378,7 +534,7 @@ class CorePool:
     @max_size.setter
     def max_size(self, value: int) -> None:
         value = _check_int("max_size", value, 1, MAX_SIZE)
-        with self._mutex:
+        with self._locked("CorePool.max_size"):
             self._check_open()
             self._max_size = value
 
@@ -390,7 +546,7 @@ class CorePool:
     @max_waiting.setter
     def max_waiting(self, value: int) -> None:
         value = _check_int("max_waiting", value, 0, 2**31 - 1)
-        with self._mutex:
+        with self._locked("CorePool.max_waiting"):
             self._check_open()
             self._max_waiting = value
 
@@ -414,7 +570,7 @@ class CorePool:
     def advance_generation(self) -> int:
         """Starts a new generation (for drain and invalidate) and returns it:
         every slot reserved before now is of an older one (STALE)."""
-        with self._mutex:
+        with self._locked("CorePool.advance_generation"):
             self._check_open()
             self._generation += 1
             return self._generation
@@ -501,6 +657,8 @@ class CorePool:
 
     def stats(self) -> dict[str, float | int]:
         """Counters since creation (or since a fork) and current gauges."""
+        if self._dead or self._abandoned_slots:
+            self._report()
         with self._mutex:
             return {
                 "acquires": self._acquires,
@@ -524,14 +682,16 @@ class CorePool:
 
     def try_acquire(self) -> Any:
         """An idle connection, now, or None. Never waits."""
+        if self._mutex._is_owned():
+            raise self._nested("CorePool.try_acquire")
+        if self._deferred:
+            self._drain()
         with self._mutex:
             if self._closed:
                 raise PoolClosed("the pool is closed")
             conn = self._pop_locked()
-            if self._dead:
-                self._reap_locked()
-        if self._abandoned_slots:
-            self._run([])
+        if self._deferred:
+            self._drain()
         return conn
 
     def release(self, conn: Any, /) -> bool:
@@ -542,6 +702,10 @@ class CorePool:
         Raises :class:`NotBorrowed` (changing nothing) for an object that is
         not borrowed from this pool.
         """
+        if self._mutex._is_owned():
+            return self._defer(True, conn)
+        if self._deferred:
+            self._drain()
         calls: list[Callable[[], object]] = []
         with self._mutex:
             slot = self._slot_of_borrowed(conn)
@@ -553,9 +717,9 @@ class CorePool:
                 self._use_time += slot.returned - slot.checked_out
                 self._return_locked(slot, conn, calls)
                 result = True
-            if self._dead:
-                self._reap_locked()
         self._run(calls)
+        if self._deferred:
+            self._drain()
         return result
 
     def acquire(self, timeout: float | None = None) -> Any:
@@ -568,42 +732,97 @@ class CorePool:
         waiter at that moment is passed on, never lost.
         """
         wait_for = _check_timeout(timeout)
-        with self._mutex:
-            if self._closed:
-                raise PoolClosed("the pool is closed")
-            conn = self._pop_locked()
+        if self._mutex._is_owned():
+            raise self._nested("CorePool.acquire")
+        if self._deferred:
+            self._drain()
+        try:
+            with self._mutex:
+                if self._closed:
+                    raise PoolClosed("the pool is closed")
+                conn = self._pop_locked()
+                if conn is None:
+                    if wait_for == 0:
+                        self._timeouts += 1
+                        raise self._timeout_locked(0.0, 0)
+                    self._check_waiting_locked()
+        finally:
+            if self._deferred:
+                self._drain()
+        if conn is not None:
+            return conn
+        started = _clock()  # the deadline counts from here, hooks included
+        for _ in range(_YIELDS):
+            if self._waiters:
+                break  # others wait already: they are served first
+            _yield()
+            with self._mutex:
+                if self._closed:
+                    raise PoolClosed("the pool is closed")
+                conn = self._pop_locked()
             if conn is not None:
                 return conn
-            if wait_for == 0:
-                self._timeouts += 1
-                raise PoolTimeout(self._timeout_message(0.0))
-            if self._max_waiting and len(self._waiters) >= self._max_waiting:
-                raise TooManyRequests(
-                    f"{len(self._waiters)} callers wait already (max_waiting={self._max_waiting})"
-                )
-            lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
-            lock.acquire()
-            waiter = _Waiter(lock)
-            self._waiters.append(waiter)
-        if self._on_wait is not None:
-            self._on_wait()
+        if self._dead or self._abandoned_slots:
+            self._report()
+        # Call-out: making the waiter allocates, and an allocation may run
+        # any Python code (a garbage collection and its finalizers), which
+        # may give a connection back. The pop is retried once it is queued.
+        if _interleave is not None:
+            _interleave("acquire.empty", self)
+        lock = _thread.allocate_lock()  # looked up now: gevent/eventlet patch it
+        lock.acquire()
+        waiter = _Waiter(lock)
+        waiter._started = started
+        try:
+            with self._mutex:
+                if self._closed:
+                    raise PoolClosed("the pool is closed")
+                conn = self._pop_locked()
+                if conn is None:
+                    self._check_waiting_locked()
+                    self._waiters.append(waiter)
+        finally:
+            if self._deferred:
+                self._drain()
+        if conn is not None:
+            return conn
+        try:
+            if _interleave is not None:
+                _interleave("acquire.queued", self)
+            if self._on_wait is not None:
+                self._on_wait()
+        except BaseException:
+            self._give_up(waiter)  # no exit leaves a waiter queued
+            raise
         return self._wait(waiter, wait_for)
 
+    def _check_waiting_locked(self) -> None:
+        if self._max_waiting and len(self._waiters) >= self._max_waiting:
+            raise TooManyRequests(
+                f"{len(self._waiters)} callers wait already (max_waiting={self._max_waiting})"
+            )
+
     def _wait(self, waiter: _Waiter, wait_for: float | None) -> Any:
+        """Sleeps in slices until the waiter is handed a connection, the pool
+        closes or the deadline passes. Every slice, woken or not, ends with a
+        retry of the pop: a waiter never sleeps again, nor times out, while a
+        connection it could take is idle."""
         deadline = None if wait_for is None else waiter._started + wait_for
+        lock = waiter._lock
         try:
             while True:
-                if deadline is None:
-                    woken = waiter._lock.acquire(True, _WAIT_SLICE)
-                else:
-                    remaining = deadline - _clock()
-                    woken = remaining > 0 and waiter._lock.acquire(
-                        True, min(remaining, _WAIT_SLICE)
-                    )
-                    if not woken and _clock() >= deadline:
-                        return self._wait_timed_out(waiter, wait_for or 0.0)
-                if not woken:
-                    continue
+                if self._deferred:
+                    self._drain()
+                if self._dead or self._abandoned_slots:
+                    self._report()
+                pause = _WAIT_SLICE if deadline is None else min(deadline - _clock(), _WAIT_SLICE)
+                if _interleave is not None:
+                    _interleave("wait.sleep", self)
+                woken = pause > 0 and lock.acquire(True, pause)
+                if _interleave is not None:
+                    _interleave("wait.woken" if woken else "wait.slice_out", self)
+                calls: list[Callable[[], object]] = []
+                timed_out: PoolTimeout | None = None
                 with self._mutex:
                     if waiter._state == _HANDED:
                         waiter._state = _DONE
@@ -612,46 +831,66 @@ class CorePool:
                     if waiter._state == _CLOSED:
                         waiter._state = _DONE
                         raise PoolClosed("the pool was closed while waiting")
-                    # Woken to retry: a connection was made idle for us, but a
-                    # caller that did not wait may have taken it first.
-                    waiter._notified = False
+                    if woken and waiter._notified:
+                        # Woken to retry: a connection was made idle for us.
+                        # The lock is ours again, ready for the next wake-up.
+                        waiter._notified = False
+                        self._n_notified -= 1
                     conn = self._pop_locked()
                     if conn is not None:
-                        self._leave_locked(waiter)
+                        self._leave_locked(waiter, calls)
                         self._count_wait(waiter)
-                        return conn
+                    elif deadline is not None and _clock() >= deadline:
+                        idle = self._n_idle  # 0: the pop just failed
+                        self._leave_locked(waiter, calls)
+                        self._timeouts += 1
+                        timed_out = self._timeout_locked(wait_for or 0.0, idle)
+                try:
+                    self._run(calls)
+                except BaseException:
+                    if conn is not None:
+                        # A wake-up it passed on raised: this caller leaves
+                        # with the exception, so the connection goes back.
+                        self._give_back(conn)
+                    raise
+                if conn is not None:
+                    return conn
+                if timed_out is not None:
+                    raise timed_out
         except BaseException:
-            calls: list[Callable[[], object]] = []
-            with self._mutex:
-                if waiter._state == _HANDED:  # handed at the moment we were interrupted
-                    conn, waiter._conn = waiter._conn, None
-                    waiter._state = _DONE
-                    self._return_locked(self._slot_of_borrowed(conn), conn, calls)
-                elif waiter._state == _WAITING:
-                    self._leave_locked(waiter)
-            self._run(calls)
+            self._give_up(waiter)
             raise
 
-    def _wait_timed_out(self, waiter: _Waiter, waited: float) -> Any:
+    def _give_up(self, waiter: _Waiter) -> None:
+        """A waiter's caller is leaving with an exception (a hook's, a signal
+        handler's): unlinks it, and passes on a connection handed to it
+        meanwhile or a wake-up it did not use."""
+        calls: list[Callable[[], object]] = []
         with self._mutex:
-            if waiter._state == _HANDED:  # handed just in time: take it
-                waiter._state = _DONE
+            if waiter._state == _HANDED:  # handed at the moment we were interrupted
                 conn, waiter._conn = waiter._conn, None
-                return conn
-            if waiter._state == _CLOSED:
                 waiter._state = _DONE
-                raise PoolClosed("the pool was closed while waiting")
-            self._leave_locked(waiter)
-            self._timeouts += 1
-            raise PoolTimeout(self._timeout_message(waited))
+                self._return_locked(self._slot_of_borrowed(conn), conn, calls)
+            elif waiter._state == _WAITING:
+                self._leave_locked(waiter, calls)
+            else:
+                waiter._state = _DONE
+        self._run(calls)
+        if self._deferred:
+            self._drain()
 
-    def _timeout_message(self, waited: float) -> str:
-        return (
+    def _timeout_locked(self, waited: float, idle: int) -> PoolTimeout:
+        """The PoolTimeout of a caller the core just gave up on, with ``idle``,
+        the idle connections counted at that decision (0, unless the protocol
+        is broken)."""
+        exc = PoolTimeout(
             f"no connection available after {waited:.3f} s "
-            f"(size {self._size}/{self._max_size}, idle {self._n_idle}, "
+            f"(size {self._size}/{self._max_size}, idle {idle}, "
             f"in use {self._n_busy}, connecting {self._n_creating}, "
             f"waiting {len(self._waiters)})"
         )
+        exc.idle = idle
+        return exc
 
     # ----------------------------------------------------------- asyncio use
 
@@ -665,7 +904,7 @@ class CorePool:
         if not callable(callback):
             raise ConfigurationError("callback must be callable")
         ticket = WaiterTicket(self, callback)
-        with self._mutex:
+        with self._locked("CorePool.enqueue"):
             if self._closed:
                 raise PoolClosed("the pool is closed")
             conn = self._pop_locked()
@@ -679,11 +918,19 @@ class CorePool:
             else:
                 ticket._state = _HANDED
                 ticket._conn = conn
-        if conn is None:
-            if self._on_wait is not None:
-                self._on_wait()
-        else:
-            callback(ticket)
+        try:
+            if conn is None:
+                if _interleave is not None:
+                    _interleave("enqueue.queued", self)
+                if self._on_wait is not None:
+                    self._on_wait()
+            else:
+                callback(ticket)
+        except BaseException:
+            # The caller never gets the ticket, so it cannot cancel it: leave
+            # the queue, or pass on the connection handed to it.
+            self._give_up(ticket)
+            raise
         return ticket
 
     # ------------------------------------------------------- connect workers
@@ -694,7 +941,7 @@ class CorePool:
         Returns the slot index (now CREATING), or None at the limit. The
         caller must then :meth:`fill` or :meth:`abandon` it.
         """
-        with self._mutex:
+        with self._locked("CorePool.reserve"):
             self._check_open()
             if self._size >= self._max_size:
                 return None
@@ -722,11 +969,15 @@ class CorePool:
             raise TypeError("a connection cannot be None")
         life = None if lifetime is None else _check_seconds("lifetime", lifetime)
         calls: list[Callable[[], object]] = []
-        with self._mutex:
+        with self._locked("CorePool.fill"):
             s = self._slot_at(slot, CREATING)
             other = self._where.get(id(conn))
             if other is not None:
-                raise InvalidSlot(f"this object is in the pool already (slot {other})")
+                o = self._slots[other]
+                if (o.borrowed() if o.state == BUSY else o.conn) is conn:
+                    raise InvalidSlot(f"this object is in the pool already (slot {other})")
+                # Else the address of an object that died borrowed, its death
+                # recorded but not reaped yet: the new object takes it over.
             if self._closed:
                 self._empty_locked(s, CREATING)
                 raise PoolClosed("the pool was closed while connecting")
@@ -737,14 +988,14 @@ class CorePool:
             s.created = s.returned = now
             s.checked_out = 0.0
             s.uses = 0
-            s.expires = 0.0 if life is None else now + life
+            s.expires = 0.0 if life is None else min(now + life, _NEVER)
             self._where[id(conn)] = s.index
             self._return_locked(s, conn, calls)
         self._run(calls)
 
     def abandon(self, slot: int) -> None:
         """Frees a reserved (CREATING) slot whose connect failed."""
-        with self._mutex:
+        with self._locked("CorePool.abandon"):
             self._empty_locked(self._slot_at(slot, CREATING), CREATING)
 
     def discard(self, conn: Any, /) -> None:
@@ -752,10 +1003,15 @@ class CorePool:
 
         The caller keeps the connection and closes it. Works after close().
         """
+        if self._mutex._is_owned():
+            self._defer(False, conn)
+            return
         with self._mutex:
             s = self._slot_of_borrowed(conn)
             self._use_time += _clock() - s.checked_out
             self._empty_locked(s, BUSY)
+        if self._deferred:
+            self._drain()
 
     # ------------------------------------------------------------ maintenance
 
@@ -765,7 +1021,7 @@ class CorePool:
 
         The caller must then :meth:`restore` or :meth:`retire` the slot.
         """
-        with self._mutex:
+        with self._locked("CorePool.claim"):
             self._check_open()
             s = self._slot_at(slot, None)
             if s.state != IDLE:
@@ -782,7 +1038,7 @@ class CorePool:
         the caller must close the connection.
         """
         calls: list[Callable[[], object]] = []
-        with self._mutex:
+        with self._locked("CorePool.restore"):
             s = self._slot_at(slot, RESERVED)
             if self._closed:
                 self._empty_locked(s, RESERVED)
@@ -794,7 +1050,7 @@ class CorePool:
     def retire(self, slot: int) -> Any:
         """Frees a claimed (RESERVED) slot and returns its connection, which
         the caller must close."""
-        with self._mutex:
+        with self._locked("CorePool.retire"):
             s = self._slot_at(slot, RESERVED)
             conn = s.conn
             self._empty_locked(s, RESERVED)
@@ -828,6 +1084,8 @@ class CorePool:
 
     def slots(self, state: int | None = None) -> list[int]:
         """Indices of the slots in ``state`` (all slots when None), ascending."""
+        if self._dead or self._abandoned_slots:
+            self._report()
         with self._mutex:
             if state is None:
                 return [s.index for s in self._slots]
@@ -845,7 +1103,7 @@ class CorePool:
         list, where only another ``close()`` finds it."""
         calls: list[Callable[[], object]] = []
         idle: list[Any] = []
-        with self._mutex:
+        with self._locked("CorePool.close"):
             self._closed = True
             for s in self._slots:
                 s.listed = False
@@ -857,6 +1115,9 @@ class CorePool:
                 w = self._waiters.popleft()
                 w._state = _CLOSED
                 self._wake(w, calls)
+                if _interleave is not None:
+                    calls.append(lambda: _call_out("close.waiter", self))
+            self._n_notified = 0
         self._run(calls)
         return idle
 
@@ -869,6 +1130,79 @@ class CorePool:
 
     # -------------------------------------------------------------- internals
     # Everything below runs with self._mutex held, unless named otherwise.
+
+    def _locked(self, name: str, report: bool = True) -> Any:
+        """The mutex, for an operation that changes state; refused inside a
+        finalizer that interrupted a critical section of this thread. With
+        ``report``, deaths recorded since the last operation are reaped and
+        reported first (see ``_report``)."""
+        if self._mutex._is_owned():
+            raise self._nested(name)
+        if self._deferred:
+            self._drain()
+        if report and (self._dead or self._abandoned_slots):
+            self._report()
+        return self._mutex
+
+    @staticmethod
+    def _nested(name: str) -> PoolError:
+        return PoolError(
+            f"{name}() cannot run from a finalizer that interrupted a core "
+            "operation in the same thread; only release() and discard() can"
+        )
+
+    def _defer(self, release: bool, conn: Any) -> bool:
+        """release() or discard() from a finalizer that runs inside a critical
+        section of this thread: checked as far as the interrupted state
+        allows, recorded, and completed by ``_drain`` when that section ends.
+        Returns what release() returns: False when the pool is closed."""
+        self._slot_of_borrowed(conn)
+        if any(pending is conn for _, pending, _ in self._deferred):
+            raise NotBorrowed("this connection was returned already")
+        taken = release and not self._closed
+        self._deferred.append((release, conn, taken))
+        return taken
+
+    def _drain(self) -> None:
+        """Completes the releases and discards that finalizers deferred (see
+        ``_defer``). A no-op when called inside a critical section."""
+        if self._mutex._is_owned():
+            return  # the interrupted operation drains when it leaves
+        calls: list[Callable[[], object]] = []
+        with self._mutex:
+            while self._deferred:
+                release, conn, taken = self._deferred.popleft()
+                try:
+                    s = self._slot_of_borrowed(conn)
+                except NotBorrowed:
+                    continue  # reaped meanwhile
+                if not release:
+                    self._use_time += _clock() - s.checked_out
+                    self._empty_locked(s, BUSY)
+                elif self._closed and not taken:
+                    self._empty_locked(s, BUSY)  # its caller was told to close it
+                else:
+                    # Closed meanwhile, after the caller was told True: it
+                    # goes idle, where the next close() finds it.
+                    s.returned = _clock()
+                    self._use_time += s.returned - s.checked_out
+                    self._return_locked(s, conn, calls)
+        # These releases were a finalizer's: what their wake-ups raise is
+        # reported as a finalizer's exception is, not raised into whichever
+        # operation completes them.
+        for call in calls:
+            try:
+                call()
+            except BaseException as exc:
+                _unraisable(exc, "a wake-up of a release deferred from a finalizer")
+
+    def _give_back(self, conn: Any) -> None:
+        """Returns a connection just handed to a caller that leaves with an
+        exception instead."""
+        calls: list[Callable[[], object]] = []
+        with self._mutex:
+            self._return_locked(self._slot_of_borrowed(conn), conn, calls)
+        self._run(calls)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -960,12 +1294,19 @@ class CorePool:
                 _clock() - first._started >= self._handoff_after
             ):
                 waiters.popleft()
+                if first._notified:
+                    self._n_notified -= 1
                 self._hand_out(s)
                 s.conn = None if s.ref is not None else conn
                 self._count_wait(first)
                 first._state = _HANDED
                 first._conn = conn
+                if _interleave is not None:
+                    calls.append(lambda: _call_out("return.handoff", self))
                 self._wake(first, calls)
+                # If it had been woken for an idle connection, that wake-up
+                # was overtaken: it goes to the next waiter.
+                self._serve_locked(calls)
                 return
         if s.state == BUSY:
             self._n_busy -= 1
@@ -979,22 +1320,46 @@ class CorePool:
         if not s.listed:
             s.listed = True
             self._idle.append(s.index)
-        self._notify_one(calls)
+        self._serve_locked(calls)
 
-    def _notify_one(self, calls: list[Callable[[], object]]) -> None:
-        """Wakes the first thread waiter not woken already, to retry."""
-        for w in self._waiters:
-            if not w._notified and not isinstance(w, WaiterTicket):
-                w._notified = True
-                w._lock.release()
-                return
+    def _serve_locked(self, calls: list[Callable[[], object]]) -> None:
+        """While more connections are idle than woken thread waiters are on
+        their way to take, wakes the next sleeping thread waiter to come and
+        take one, or hands one to the next ticket (a ticket cannot come).
 
-    def _leave_locked(self, waiter: _Waiter) -> None:
-        """Removes a waiter that gives up; passes on a wake-up it received."""
+        This is what keeps "a waiter never sleeps while a connection it could
+        take is idle" after every change: a connection made idle, a waiter
+        that leaves with a wake-up it did not use, a woken waiter handed a
+        different connection."""
+        while self._n_idle > self._n_notified:
+            for w in self._waiters:
+                if isinstance(w, WaiterTicket):
+                    conn = self._pop_locked()
+                    assert conn is not None  # _n_idle > 0
+                    self._waiters.remove(w)
+                    self._count_wait(w)
+                    w._state = _HANDED
+                    w._conn = conn
+                    if _interleave is not None:
+                        calls.append(lambda: _call_out("return.handoff", self))
+                    self._wake(w, calls)
+                    break
+                if not w._notified:
+                    w._notified = True
+                    self._n_notified += 1
+                    w._lock.release()
+                    break
+            else:
+                return  # every waiter is woken already
+
+    def _leave_locked(self, waiter: _Waiter, calls: list[Callable[[], object]]) -> None:
+        """Removes a waiter that gives up or takes a connection itself;
+        passes on a wake-up it did not use."""
         self._waiters.remove(waiter)
         waiter._state = _DONE
-        if waiter._notified and self._n_idle:
-            self._notify_one([])
+        if waiter._notified:
+            self._n_notified -= 1
+            self._serve_locked(calls)
 
     def _count_wait(self, waiter: _Waiter) -> None:
         waited = _clock() - waiter._started
@@ -1004,9 +1369,17 @@ class CorePool:
             self._wait_time_max = waited
 
     def _wake(self, waiter: _Waiter, calls: list[Callable[[], object]]) -> None:
+        """Wakes a waiter taken off the queue, whose state says why: a thread
+        by releasing its lock (unless woken already), a ticket by its callback
+        (collected in ``calls``, run after the mutex is released)."""
         if isinstance(waiter, WaiterTicket):
             callback = waiter._callback
-            calls.append(lambda: callback(waiter))
+
+            def wake() -> None:
+                _call_out("wake.callback", self)
+                callback(waiter)
+
+            calls.append(wake)
         elif not waiter._notified:  # a waiter woken to retry is awake already
             waiter._notified = True
             waiter._lock.release()
@@ -1043,16 +1416,37 @@ class CorePool:
             return None
 
     def _finalized(self, index: int, ref: weakref.ref[Any]) -> None:
-        """A borrowed object died without being returned. This runs in any
-        thread, maybe in one that holds the mutex already (a garbage
-        collection inside a core operation): then the next operation reaps."""
+        """A borrowed object died without being returned. This runs in a
+        finalizer: in any thread, inside any allocation, maybe while this
+        thread holds the mutex or a lock of the policy's. It only records the
+        death (a list append needs no lock); ``_report`` reaps the slot and
+        runs ``on_abandon`` in the next slow-path operation."""
         self._dead.append((index, ref))
-        if self._mutex.acquire(False):
-            try:
+
+    def _report(self) -> None:
+        """Reaps the slots whose borrowed object died unreturned, then runs
+        ``on_abandon`` for each (every one, whatever the others raise; the
+        first exception is re-raised after). Runs before a slow-path
+        operation does anything, and at every wait slice; never in a
+        finalizer, nor in try_acquire(), release() or discard(), which a
+        finalizer may call."""
+        if self._dead and not self._mutex._is_owned():
+            with self._mutex:
                 self._reap_locked()
-            finally:
-                self._mutex.release()
-            self._run([])
+        if not self._abandoned_slots:
+            return
+        reaped, self._abandoned_slots = self._abandoned_slots, []
+        error: BaseException | None = None
+        if self._on_abandon is not None:
+            for index in reaped:
+                try:
+                    _call_out("reap.on_abandon", self)
+                    self._on_abandon(index)
+                except BaseException as exc:
+                    if error is None:
+                        error = exc
+        if error is not None:
+            raise error
 
     def _reap_locked(self) -> None:
         dead, self._dead = self._dead, []
@@ -1065,18 +1459,27 @@ class CorePool:
             self._abandoned_slots.append(index)
 
     def _run(self, calls: list[Callable[[], object]]) -> None:
-        """Runs callbacks collected under the mutex, after releasing it."""
+        """Runs the wake-up callbacks collected under the mutex, after
+        releasing it. Each runs whatever the one before it raised; the first
+        exception is re-raised at the end, when the operation is complete."""
+        error: BaseException | None = None
         for call in calls:
-            call()
-        if self._abandoned_slots:
-            reaped, self._abandoned_slots = self._abandoned_slots, []
-            if self._on_abandon is not None:
-                for index in reaped:
-                    self._on_abandon(index)
+            try:
+                call()
+            except BaseException as exc:
+                if error is None:
+                    error = exc
+        if error is not None:
+            raise error
 
     def _forget_after_fork(self) -> None:
         """In a child process: drop every slot without closing or finalizing
-        its object (they belong to the parent), start with fresh locks."""
+        its object (they belong to the parent), mark the parent's waiters and
+        tickets done, start with fresh locks."""
+        for w in self._waiters:
+            w._state = _DONE
+            w._conn = None
+        self._epoch += 1
         for s in self._slots:
             held = s.conn if s.conn is not None else (s.ref() if s.ref is not None else None)
             if held is not None:

@@ -341,14 +341,16 @@ class Policy:
 
     def timeout_error(self, exc: PoolTimeout, timeout: float) -> PoolTimeout:
         """What a caller whose wait timed out is told: how long it waited, the
-        pool's state, and the last connection error (a failed connect or
-        check) as the cause."""
+        pool's state, the idle connections the core counted when it decided
+        (``idle``), and the last connection error (a failed connect or check)
+        as the cause."""
         core = self.core
         error = PoolTimeout(
             f"pool {self.settings.name!r}: no connection available within {timeout:.3f} s "
             f"(size {core.size}/{core.max_size}, idle {core.idle}, in use {core.in_use}, "
             f"connecting {core.connecting}, waiting {core.waiting})"
         )
+        error.idle = exc.idle  # the core's count, taken with its decision
         cause = self.last_error
         if cause is not None:
             error.__cause__ = cause

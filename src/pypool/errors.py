@@ -41,9 +41,16 @@ class PoolTimeout(PoolError, TimeoutError):
     The message says how long the caller waited and what state the pool was
     in; when the pool failed to connect, the last connection error is the
     exception's ``__cause__``.
+
+    ``idle`` is how many connections the pool held idle when it decided
+    that this caller timed out (0 when none could be taken; None when the
+    exception did not come from that decision).
     """
 
     __module__ = "pypool"
+
+    #: Idle connections at the moment of the decision (None: not known).
+    idle: int | None = None
 
 
 class TooManyRequests(PoolError):
