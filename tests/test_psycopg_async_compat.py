@@ -1373,6 +1373,29 @@ async def dirty_everything(conn: Any, role: str, key: int, name: str) -> None:
     await conn.execute(f"SET ROLE {role}")  # last: the rest needs the original role
 
 
+class _NoConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+    """A connection class whose connect() gives nothing back."""
+
+    @classmethod
+    async def connect(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return None
+
+
+def test_pypool_factory_returning_none_is_a_failed_connect(run_pypool: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(connection_class=_NoConnection, min_size=0, max_size=1, timeout=0.5)
+        with pytest.raises(pypool.psycopg.PoolTimeout) as info:
+            await pool.getconn()
+        cause = info.value.__cause__
+        assert isinstance(cause, pypool.ConnectionFailed), repr(cause)
+        assert "returned None" in str(cause)
+        assert pool.get_stats()["connections_errors"] >= 1
+        assert await wait_until(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
+        assert all(not t.done() for t in pool._tasks)
+
+    run_pypool(scenario)
+
+
 def test_pypool_has_no_async_reset_policy() -> None:
     """``discard_all`` / ``reset_session`` are sync functions: with an async
     pool a user needs an async reset of their own (as :func:`adiscard_all`)."""

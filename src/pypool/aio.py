@@ -61,6 +61,9 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
+#: What stops a task rather than fails a connect: re-raised, never counted.
+_STOPS = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
 #: The types a timeout in seconds may have on the fast path (not bool).
 _SECONDS = (int, float)
 
@@ -549,41 +552,66 @@ class _AsyncPoolMethods(_PoolShared):
     # ------------------------------------------------------------ connects
 
     async def _connect_into(self, slot: int) -> bool:
-        """Connects into a reserved slot; False (the slot abandoned) when the
-        factory or configure failed."""
+        """Connects into a reserved slot; False (the slot given back) when the
+        connect failed.
+
+        Whatever the factory or ``configure`` raises fails this connect, as
+        does anything the pool cannot take as a new connection (None, a
+        connection already in the pool); the worker task lives on. A
+        cancellation, ``KeyboardInterrupt`` or ``SystemExit`` is not a
+        failed connect: the new connection is closed, its slot given back,
+        and the exception goes on (it ends the worker, or the program)."""
         settings = self._settings
         core = self._core
         started = time.monotonic()
         conn = None
         try:
             conn = await _maybe_await(settings.factory())
+            self._refuse_new(conn, sync=False)
             if settings.configure is not None:
                 await _maybe_await(settings.configure(conn))
             if not self._reset_known:
                 self._reset_plan = settings.adapter.reset_for(conn)
                 self._reset_known = True
                 self._apply_hot_path()
-        except Exception as exc:
-            core.abandon(slot)
-            if conn is not None:
-                await _maybe_await(settings.adapter.close(conn))
-            if self._policy.connect_failed(exc):
-                self._reconnect_failed()
+            self._emit("connect", conn)
+        except _STOPS:
+            if core.slot_info(slot)[0] == _core.CREATING:
+                core.abandon(slot)
+            if conn is not None and not self._in_pool(conn):
+                # Shielded, and never in place of what stops the task.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(_maybe_await(settings.adapter.close(conn)))
+            raise
+        except BaseException as exc:
+            self._connect_failed(slot, exc)
+            await self._close_new(conn)
             await self._tell_ready()
             return False
-        except BaseException:
-            core.abandon(slot)
-            if conn is not None:
-                await asyncio.shield(_maybe_await(settings.adapter.close(conn)))
-            raise
-        self._policy.connected(time.monotonic() - started)
-        self._emit("connect", conn)
+        took = time.monotonic() - started
+        self._policy.connected(took)
         try:
             core.fill(slot, conn, self._policy.lifetime())
         except PoolClosed:
             await self._close_connection(conn, "closed", None)
+        except BaseException as exc:  # the core refused it after all
+            self._policy.not_connected(took)
+            self._connect_failed(slot, self._refused(conn, exc))
+            await self._close_new(conn)
+            await self._tell_ready()
+            return False
         await self._tell_ready()
         return True
+
+    async def _close_new(self, conn: Any) -> None:
+        """Closes a connection a failed connect made, unless it is not one or
+        belongs to the pool already."""
+        if conn is None or self._in_pool(conn):
+            return
+        try:
+            await _maybe_await(self._settings.adapter.close(conn))
+        except Exception as exc:
+            self._log.warning("pool %r: error closing a connection: %s", self.name, exc)
 
     async def _tell_ready(self) -> None:
         ready = self._ready

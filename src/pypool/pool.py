@@ -36,8 +36,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core, stats
-from ._policy import Policy, Settings, check_sizes, make_core
-from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolTimeout
+from ._policy import Policy, Settings, _one_line, check_sizes, make_core
+from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
 
 __all__ = ["EVENTS", "Pool"]
 
@@ -277,6 +277,55 @@ class _PoolShared:
         )
         self._emit("abandon", slot)
         self._wake_workers()
+
+    # ------------------------------------------------------ failed connects
+
+    def _refuse_new(self, conn: Any, *, sync: bool) -> None:
+        """Raises :class:`ConnectionFailed`, saying what the factory
+        returned, when ``conn`` cannot be a new connection: None, an
+        awaitable (for a pool that cannot await it), or a connection that is
+        in the pool already."""
+        name = self.name
+        if conn is None:
+            raise ConnectionFailed(
+                f"pool {name!r}: the factory returned None instead of a new connection"
+            )
+        if sync and inspect.isawaitable(conn):
+            raise ConnectionFailed(
+                f"pool {name!r}: the factory returned a {_describe(conn, short=True)}, which a "
+                "pool of threads cannot await: use pypool.AsyncPool for a coroutine function"
+            )
+        if self._in_pool(conn):
+            raise ConnectionFailed(
+                f"pool {name!r}: the factory returned {_describe(conn)}, a connection that is "
+                f"in the pool already: a factory must make a new connection at every call"
+            )
+
+    def _refused(self, conn: Any, exc: BaseException) -> ConnectionFailed:
+        """The failure to record when the core refused what the factory
+        returned (``exc`` says why, and is the cause)."""
+        error = ConnectionFailed(
+            f"pool {self.name!r}: the factory returned {_describe(conn)}, which the pool "
+            f"cannot hold: {_one_line(exc)}"
+        )
+        error.__cause__ = exc
+        return error
+
+    def _in_pool(self, conn: Any) -> bool:
+        try:
+            self._core.slot_of(conn)
+        except PoolError:
+            return False
+        return True
+
+    def _connect_failed(self, slot: int, exc: BaseException) -> None:
+        """A failed connect: its slot given back (if the core has not freed
+        it already), the failure counted and logged."""
+        core = self._core
+        if core.slot_info(slot)[0] == _core.CREATING:
+            core.abandon(slot)
+        if self._policy.connect_failed(exc):
+            self._reconnect_failed()
 
     def _reconnect_failed(self) -> None:
         self._log.error(
@@ -709,36 +758,60 @@ class _PoolMethods(_PoolShared):
                 self._wake.notify()
 
     def _connect_into(self, slot: int) -> bool:
-        """Connects into a reserved slot; False (the slot abandoned) when the
-        factory or configure failed."""
+        """Connects into a reserved slot; False (the slot given back) when the
+        connect failed.
+
+        It runs on a worker thread, where nothing is there to catch what
+        escapes: whatever the factory or ``configure`` raises (an Exception
+        or not), and anything the pool cannot take as a new connection
+        (None, a coroutine, a connection already in the pool), fails this
+        connect, which is counted, logged and retried with backoff."""
         settings = self._settings
         core = self._core
         started = time.monotonic()
         conn = None
         try:
             conn = settings.factory()
+            self._refuse_new(conn, sync=True)
             if settings.configure is not None:
                 settings.configure(conn)
             if not self._reset_known:
                 self._reset_plan = settings.adapter.reset_for(conn)
                 self._reset_known = True
                 self._apply_hot_path()
-        except Exception as exc:
-            core.abandon(slot)
-            if conn is not None:
-                settings.adapter.close(conn)
-            if self._policy.connect_failed(exc):
-                self._reconnect_failed()
+            self._emit("connect", conn)
+        except BaseException as exc:
+            self._connect_failed(slot, exc)
+            self._close_new(conn)
             self._tell_ready()
             return False
-        self._policy.connected(time.monotonic() - started)
-        self._emit("connect", conn)
+        took = time.monotonic() - started
+        self._policy.connected(took)
         try:
             core.fill(slot, conn, self._policy.lifetime())
         except PoolClosed:
             self._close_connection(conn, "closed", None)
+        except BaseException as exc:  # the core refused it after all
+            self._policy.not_connected(took)
+            self._connect_failed(slot, self._refused(conn, exc))
+            self._close_new(conn)
+            self._tell_ready()
+            return False
         self._tell_ready()
         return True
+
+    def _close_new(self, conn: Any) -> None:
+        """Closes a connection a failed connect made, unless it is not one or
+        belongs to the pool already."""
+        if conn is None or self._in_pool(conn):
+            return
+        if inspect.iscoroutine(conn):
+            conn.close()  # never awaited: say nothing about it
+            return
+        try:
+            self._settings.adapter.close(conn)
+        except Exception as exc:
+            self._log.warning("pool %r: error closing a connection: %s", self.name, exc)
 
     def _tell_ready(self) -> None:
         with self._ready:
@@ -868,6 +941,20 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
             return
 
 
+def _describe(obj: Any, short: bool = False) -> str:
+    """What an object is, for an error message: its type, and (unless
+    ``short``) its repr, shortened and with any password masked."""
+    from .dbapi import mask_dsn
+
+    kind = type(obj).__name__
+    if short:
+        return kind
+    text = mask_dsn(repr(obj))
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (a {kind})"
+
+
 async def _then_emit(reset: Awaitable[Any], pool: _PoolShared, event: str, conn: Any) -> None:
     """An async reset, then its event (only once it succeeded)."""
     await reset
@@ -982,7 +1069,12 @@ class Pool(_PoolMethods, _core.PoolBase):
     """A pool of database connections for threads.
 
     ``factory()`` makes a new connection; it runs on ``num_workers`` connect
-    workers, never on your thread. Borrow with ``with pool.connection() as
+    workers, never on your thread. A factory that raises (anything), or
+    returns None or a connection already in the pool, fails that connect:
+    it is counted in ``connect_errors``, logged and retried with backoff,
+    and a caller that times out meanwhile gets :class:`PoolTimeout` with
+    the failure (a :class:`ConnectionFailed` saying what the factory
+    returned) as its ``__cause__``. Borrow with ``with pool.connection() as
     conn:`` (or :meth:`acquire` and :meth:`release`: you must release every
     connection you acquire, or the pool runs dry).
 

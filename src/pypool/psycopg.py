@@ -254,7 +254,8 @@ class _Connect:
         conn = self.connection_class.connect(  # type: ignore[attr-defined]
             _resolve(self.conninfo) or "", **kwargs
         )
-        conn._pool = self.pool
+        if conn is not None:  # None: the pool says so, as a failed connect
+            conn._pool = self.pool
         return conn
 
     def __repr__(self) -> str:
@@ -828,7 +829,8 @@ class _AsyncConnect(_Connect):
         conn = await self.connection_class.connect(  # type: ignore[attr-defined]
             conninfo or "", **(kwargs or {})
         )
-        conn._pool = self.pool
+        if conn is not None:
+            conn._pool = self.pool
         return conn
 
 
