@@ -532,7 +532,12 @@ def test_configure_raising_base_exception_fails_the_connect(
     run(main())
 
 
-def test_open_wait_fail_fast_and_timeout(make: Callable[..., AsyncPool]) -> None:
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fail_fast", [False, True], ids=["timeout", "fail_fast"])
+def test_failed_open_wait_closes_the_pool(make: Callable[..., AsyncPool], fail_fast: bool) -> None:
+    """As for Pool: an ``open(wait=True)`` that fails closes the pool (its
+    tasks end, nothing connects any more) before it raises."""
+
     class Refused(Exception):
         pass
 
@@ -547,17 +552,54 @@ def test_open_wait_fail_fast_and_timeout(make: Callable[..., AsyncPool]) -> None
     async def main() -> None:
         pool = make(failing, min_size=1, max_size=1)
         start = time.monotonic()
-        with pytest.raises(ConnectionFailed) as failed:
-            await pool.open(wait=True, timeout=10, fail_fast=True)
-        assert time.monotonic() - start < 5.0  # at the first failure, not the timeout
-        assert isinstance(failed.value.__cause__, Refused)
+        expected = ConnectionFailed if fail_fast else PoolTimeout
+        with pytest.raises(expected) as info:
+            await pool.open(wait=True, timeout=0.5 if not fail_fast else 10, fail_fast=fail_fast)
+        assert time.monotonic() - start < 5.0  # fail_fast: at the first failure
+        assert isinstance(info.value.__cause__, Refused)
         assert attempts >= 1
+        assert pool.closed
+        assert all(t.done() for t in pool._tasks), pool._tasks
+        seen = attempts
+        await asyncio.sleep(0.3)
+        assert attempts == seen
+        with pytest.raises(PoolClosed):
+            await pool.acquire(timeout=0.1)
+        with pytest.raises(PoolClosed):
+            await pool.wait(timeout=1)
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_wait_that_fails_leaves_the_pool_open_and_connecting(
+    make: Callable[..., AsyncPool],
+) -> None:
+    class Refused(Exception):
+        pass
+
+    down = True
+
+    async def factory() -> Any:
+        await asyncio.sleep(0)
+        if down:
+            raise Refused("connection refused (test)")
+        return AsyncFakeConn()
+
+    async def main() -> None:
+        nonlocal down
+        pool = make(factory, min_size=1, max_size=1)
+        with pytest.raises(ConnectionFailed) as failed:
+            await pool.wait(timeout=10, fail_fast=True)
+        assert isinstance(failed.value.__cause__, Refused)
         with pytest.raises(PoolTimeout) as timed_out:
             await pool.wait(timeout=0.3)
         assert isinstance(timed_out.value.__cause__, Refused)
+        assert not pool.closed
+        down = False
+        await pool.wait(timeout=5)
+        assert pool.idle == 1
         await pool.close()
-        with pytest.raises(PoolClosed):
-            await pool.wait(timeout=1)
 
     run(main())
 

@@ -887,6 +887,59 @@ def test_lifo_and_round_robin(make_pool: Any) -> None:
         assert take(pool) is (b if lifo else a)
 
 
+# --------------------------------------------------------- open and wait
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fail_fast", [False, True], ids=["timeout", "fail_fast"])
+@pytest.mark.parametrize("min_size_at_init", [False, True], ids=["open", "init-then-open"])
+def test_failed_open_wait_closes_the_pool(
+    make_pool: Any, fail_fast: bool, min_size_at_init: bool
+) -> None:
+    """``open(wait=True)`` that fails (PoolTimeout, or ConnectionFailed with
+    ``fail_fast``) closes the pool before it raises: no thread goes on
+    connecting in the background of a service that did not start."""
+    error = FakeError("database is down")
+    factory = Factory(fail=error)
+    if min_size_at_init:  # min_size opens the pool at once; open(wait=True) then only waits
+        pool, _ = make_pool(factory, min_size=2, max_size=2)
+        assert wait_until(lambda: factory.calls >= 1)
+    else:
+        pool, _ = make_pool(factory, max_size=2)
+        pool._policy.min_size = 2  # as resize(2, 2) would, without opening it
+    expected = ConnectionFailed if fail_fast else PoolTimeout
+    with pytest.raises(expected) as info:
+        pool.open(wait=True, timeout=0.5, fail_fast=fail_fast)
+    assert info.value.__cause__ is error
+    assert pool.closed
+    assert all(not t.is_alive() for t in pool._threads), pool._threads
+    calls = factory.calls
+    time.sleep(0.3)
+    assert factory.calls == calls  # nothing connects any more
+    with pytest.raises(PoolClosed):
+        pool.acquire(0.1)
+
+
+@pytest.mark.timeout(30)
+def test_wait_that_fails_leaves_the_pool_open_and_connecting(make_pool: Any) -> None:
+    """A direct ``wait()`` is a question (are min_size connections ready?),
+    asked of a pool that may be serving already: when it raises, the pool
+    stays open and keeps connecting, so it recovers when the database
+    does."""
+    error = FakeError("database is down")
+    factory = Factory(fail=error)
+    pool, _ = make_pool(factory, min_size=2, max_size=2)
+    with pytest.raises(PoolTimeout) as info:
+        pool.wait(timeout=0.3)
+    assert info.value.__cause__ is error
+    with pytest.raises(ConnectionFailed):
+        pool.wait(timeout=5.0, fail_fast=True)
+    assert not pool.closed
+    factory.fail = None
+    pool.wait(timeout=5.0)
+    assert pool.idle == 2
+
+
 # ------------------------------------------------------------------- close
 
 

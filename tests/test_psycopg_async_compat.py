@@ -1270,6 +1270,37 @@ def test_null_pool_wait(run: Any) -> None:
     run(scenario)
 
 
+def test_null_pool_wait_unreachable_closes_the_pool(impl: Impl, run: Any) -> None:
+    """A null pool keeps no connection: ``wait()`` makes one to see that the
+    database answers, and closes the pool when it does not."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make.null(unreachable_conninfo())
+        with pytest.raises(impl.mod.PoolTimeout):
+            await pool.wait(timeout=1.0)
+        assert pool.closed
+        with pytest.raises(impl.mod.PoolClosed):
+            await pool.getconn()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("kind", ["pool", "null"])
+def test_open_wait_unreachable_closes_the_pool(impl: Impl, run: Any, kind: str) -> None:
+    async def scenario(make: Pools) -> None:
+        if kind == "pool":
+            pool = make.new(unreachable_conninfo(), min_size=1)
+        else:
+            pool = make.new_null(unreachable_conninfo())
+        with pytest.raises(impl.mod.PoolTimeout):
+            await pool.open(wait=True, timeout=1.0)
+        assert pool.closed
+        with pytest.raises(impl.mod.PoolClosed):
+            await pool.getconn()
+
+    run(scenario)
+
+
 def test_null_pool_resize(run: Any) -> None:
     async def scenario(make: Pools) -> None:
         pool = await make.null(max_size=1)

@@ -391,6 +391,17 @@ def test_wait_unreachable_closes_the_pool_and_raises_pool_timeout(impl: Impl, ma
         pool.getconn()
 
 
+@pytest.mark.parametrize("kind", ["pool", "null"])
+def test_open_wait_unreachable_closes_the_pool(impl: Impl, make: Pools, kind: str) -> None:
+    new = make if kind == "pool" else make.null
+    pool = new(unreachable_conninfo(), open=False, **({"min_size": 1} if kind == "pool" else {}))
+    with pytest.raises(impl.mod.PoolTimeout):
+        pool.open(wait=True, timeout=1.0)
+    assert pool.closed
+    with pytest.raises(impl.mod.PoolClosed):
+        pool.getconn()
+
+
 def test_context_manager(impl: Impl, dsn: str) -> None:
     with impl.pool(dsn, min_size=1) as pool:
         assert not pool.closed

@@ -221,17 +221,27 @@ class _AsyncPoolMethods(_PoolShared):
         self, wait: bool = False, timeout: float = 30.0, fail_fast: bool = False
     ) -> None:
         """Starts the connect and maintenance tasks on the running loop (also
-        done on first use). With ``wait``, waits as :meth:`wait` does."""
+        done on first use). With ``wait``, waits as :meth:`wait` does; if
+        that fails (:class:`PoolTimeout`, or :class:`ConnectionFailed` with
+        ``fail_fast``), the pool is closed before the error is raised. (A
+        direct :meth:`wait` leaves the pool open.)"""
         self._bind()
         if wait:
-            await _AsyncPoolMethods.wait(self, timeout, fail_fast)
+            try:
+                await _AsyncPoolMethods.wait(self, timeout, fail_fast)
+            except (PoolTimeout, ConnectionFailed) as exc:
+                self._log.info("pool %r could not open, closing it: %s", self.name, exc)
+                await self.close()
+                raise
 
     async def wait(self, timeout: float = 30.0, fail_fast: bool = False) -> None:
         """Waits until ``min_size`` connections are open, for a service that
         must not start against a dead database. Raises :class:`PoolTimeout`
         (with the last connection error as its cause) after ``timeout``
         seconds, or with ``fail_fast`` :class:`ConnectionFailed` as soon as a
-        connect has failed (at once if the last one already had)."""
+        connect has failed (at once if the last one already had). When it
+        raises, the pool stays open and connecting, as
+        :meth:`pypool.Pool.wait` does."""
         self._bind()
         assert self._ready is not None
         core = self._core

@@ -524,7 +524,13 @@ class _PoolMethods(_PoolShared):
 
     def open(self, wait: bool = False, timeout: float = 30.0, fail_fast: bool = False) -> None:
         """Starts the connect workers and the maintenance thread (also done on
-        first use). With ``wait``, blocks as :meth:`wait` does. Idempotent."""
+        first use). Idempotent.
+
+        With ``wait``, blocks as :meth:`wait` does; if that fails
+        (:class:`PoolTimeout`, or :class:`ConnectionFailed` with
+        ``fail_fast``), the pool is closed before the error is raised: a
+        pool that could not start does not go on connecting in the
+        background. (A direct :meth:`wait` leaves the pool open.)"""
         if self._core.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         if not self._started:
@@ -534,7 +540,12 @@ class _PoolMethods(_PoolShared):
                     self._started = True
                     self._log.info("pool %r opened (%s core)", self.name, self.core)
         if wait:
-            self.wait(timeout, fail_fast=fail_fast)
+            try:
+                _PoolMethods.wait(self, timeout, fail_fast=fail_fast)
+            except (PoolTimeout, ConnectionFailed) as exc:
+                self._log.info("pool %r could not open, closing it: %s", self.name, exc)
+                self.close()
+                raise
 
     def _start_threads(self) -> None:
         ref = weakref.ref(self)
@@ -563,7 +574,13 @@ class _PoolMethods(_PoolShared):
         must not start against a dead database. Raises :class:`PoolTimeout`
         (with the last connection error as its cause) after ``timeout``
         seconds, or with ``fail_fast`` :class:`ConnectionFailed` as soon as a
-        connect has failed (at once if the last one already had)."""
+        connect has failed (at once if the last one already had).
+
+        When it raises, the pool stays as it was: open, connecting, and
+        serving whoever uses it, so a readiness probe that gives up does not
+        take the service down. (psycopg_pool's ``wait()`` closes the pool
+        then, and so do the pools of :mod:`pypool.psycopg`.) To close on
+        failure, use ``open(wait=True)``, or call :meth:`close`."""
         self.open()
         policy = self._policy
         deadline = time.monotonic() + timeout

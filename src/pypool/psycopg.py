@@ -1078,6 +1078,19 @@ class _AsyncNullMethods(_AsyncPsycopgMethods):
         else:
             await self.discard(conn)
 
+    async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
+        """Checks that a connection can be made: one is made and closed (a
+        null pool keeps none); if not within ``timeout`` seconds, closes the
+        pool and raises PoolTimeout."""
+        try:
+            conn = await self.getconn(timeout)
+        except PoolTimeout as exc:
+            await self.close()
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+        await self.putconn(conn)
+
 
 class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool):  # type: ignore[misc]
     """psycopg_pool's ``AsyncNullConnectionPool``: no connection is kept;
