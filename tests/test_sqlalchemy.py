@@ -371,6 +371,47 @@ def test_connect_failure_frees_the_slot(poolclass: type, engines: list[Any]) -> 
     assert engine.pool.checkedin() == 1
 
 
+@pytest.mark.parametrize("where", ["creator", "connect", "checkout"])
+def test_interrupted_checkout_loses_no_slot(
+    poolclass: type, engines: list[Any], where: str
+) -> None:
+    """A Ctrl-C while a checkout makes or hands out a connection: the slot
+    is given back (its connection closed or pooled), as with QueuePool."""
+    import gc
+    import sqlite3
+
+    armed = [True]
+
+    def trap(*args: Any) -> None:
+        if armed:
+            armed.pop()
+            raise KeyboardInterrupt
+
+    def creator() -> Any:
+        if where == "creator":
+            trap()
+        return sqlite3.connect(":memory:", check_same_thread=False)
+
+    engine = sa.create_engine(
+        "sqlite://",
+        creator=creator,
+        poolclass=poolclass,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=1.0,
+    )
+    engines.append(engine)
+    if where != "creator":
+        event.listen(engine.pool, where, trap)
+    with pytest.raises(KeyboardInterrupt):
+        engine.raw_connection()
+    gc.collect()  # SQLAlchemy returns a dropped checkout from its finalizer
+    assert engine.pool.checkedout() == 0
+    raw = engine.raw_connection()  # pool_size=1, no overflow: a lost slot would time out
+    raw.close()
+    assert engine.pool.checkedout() == 0
+
+
 def test_stats(pypool_class: type, sqlite_url: str) -> None:
     engine = sa.create_engine(
         sqlite_url, poolclass=pypool_class, pool_size=2, max_overflow=0, pool_timeout=0.05

@@ -355,7 +355,7 @@ class _AsyncPoolMethods(_PoolShared):
                 conn = await self._wait_for_one(deadline)
                 verdict = core.verdict(core.slot_of(conn), True)
                 if verdict == _core.OK:
-                    self._checked_out(conn)
+                    self._hand_over(conn)
                     return conn
                 if verdict != _core.CHECK:
                     core.discard(conn)
@@ -365,18 +365,30 @@ class _AsyncPoolMethods(_PoolShared):
             try:
                 failure = await self._vet(conn, max(0.0, deadline - time.monotonic()))
             except BaseException:
-                # Cancelled mid-check: the connection may be mid-exchange
-                # with the server, so it is closed, not pooled.
+                # Cancelled or interrupted mid-check: the connection may be
+                # mid-exchange with the server, so it is closed, not pooled,
+                # before the task goes (the loop may be ending).
                 core.discard(conn)
-                self._close_later(conn, "discarded", None)
+                self._policy.rejected += 1
+                await self._close_on_the_way_out(conn, "discarded")
                 self._wake_workers()
                 raise
             if failure is None:
-                self._checked_out(conn)
+                self._hand_over(conn)
                 return conn
             core.discard(conn)
             self._rejected(conn, _core.CHECK, failure)
             conn = None
+
+    def _hand_over(self, conn: Any) -> None:
+        """The checkout hook on a connection about to go out; a hook that
+        raises (a ``KeyboardInterrupt`` too) gets it given back first."""
+        try:
+            self._checked_out(conn)
+        except BaseException:
+            if not self._core.release(conn):  # the pool closed meanwhile
+                self._close_later(conn, "closed", None)
+            raise
 
     async def _wait_for_one(self, deadline: float) -> Any:
         loop = self._loop
@@ -431,9 +443,11 @@ class _AsyncPoolMethods(_PoolShared):
                 await pending
         except BaseException as exc:
             self._core.discard(conn)
-            self._retire(conn, _core.RESET_FAILED, exc)
             if not isinstance(exc, Exception):
+                await self._close_on_the_way_out(conn, "reset_failed")
+                self._wake_workers()
                 raise
+            self._retire(conn, _core.RESET_FAILED, exc)
             return
         self._give_back(conn)
 
@@ -469,7 +483,11 @@ class _AsyncPoolMethods(_PoolShared):
             try:
                 result = await fn(conn)
             except Exception as exc:
-                broken = await self._is_broken(conn, exc)
+                try:
+                    broken = await self._is_broken(conn, exc)
+                except BaseException:  # cancelled or interrupted meanwhile
+                    await asyncio.shield(self.release(conn))
+                    raise
                 if broken:
                     await self.discard(conn, exc)
                 else:
@@ -545,6 +563,19 @@ class _AsyncPoolMethods(_PoolShared):
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         self._close_later(conn, _core.REASONS[reason], exc)
         self._wake_workers()
+
+    def _drop_unknown(self, conn: Any) -> None:
+        self._close_later(conn, "discarded", None)
+        self._wake_workers()
+
+    async def _close_on_the_way_out(self, conn: Any, reason: str) -> None:
+        """Closes a connection dropped by a task that is being cancelled or
+        interrupted, before the task goes: a close task of its own could be
+        destroyed unrun by the end of the loop. Shielded (a second
+        cancellation leaves the close running in its task) and silent: the
+        caller raises what stopped it."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self._close_connection(conn, reason, None))
 
     def _on_wait(self) -> None:
         self._wake_workers()
@@ -663,7 +694,12 @@ class _AsyncPoolMethods(_PoolShared):
             await self._replace_expiring(now)
         if settings.keepalive is not None:
             for index, conn in self._due_for_keepalive(now):
-                failure = await self._vet(conn, min(settings.timeout, 10.0))
+                try:
+                    failure = await self._vet(conn, min(settings.timeout, 10.0))
+                except BaseException as exc:  # cancelled mid-check: not kept
+                    self._kept_alive(index, exc)
+                    await self._close_on_the_way_out(conn, "discarded")
+                    raise
                 reason = self._kept_alive(index, failure)
                 if reason is not None:
                     await self._close_connection(conn, reason, failure)

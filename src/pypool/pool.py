@@ -78,6 +78,7 @@ class _PoolShared:
         def _set_observe(self, observe: bool) -> None: ...
         def _set_reset(self, reset: Any) -> None: ...
         def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None: ...
+        def _drop_unknown(self, conn: Any) -> None: ...
         def _wake_workers(self) -> None: ...
 
     def _adopt(self, settings: Settings, core: Any) -> None:
@@ -261,6 +262,11 @@ class _PoolShared:
 
     def _rejected(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         self._policy.rejected += 1
+        if exc is not None and not isinstance(exc, Exception):
+            # A check cut short (KeyboardInterrupt...): its state is unknown,
+            # not known bad; closed all the same, as "discarded".
+            self._drop_unknown(conn)
+            return
         if exc is not None:
             self._policy.check_failed(exc)
         self._retire(conn, reason, exc)
@@ -446,6 +452,7 @@ class _PoolMethods(_PoolShared):
         def acquire(self, timeout: float | None = None) -> Any: ...
         def release(self, conn: Any, /) -> None: ...
         def _set_timeout(self, timeout: float) -> None: ...
+        def _lease(self, timeout: float | None, end: Any) -> Any: ...
 
     def __init__(
         self,
@@ -674,6 +681,10 @@ class _PoolMethods(_PoolShared):
         it back; the pool makes a new one as needed."""
         slot = self._core.slot_of(conn)
         self._core.discard(conn)
+        self._dropped(slot, conn, exc)
+
+    def _dropped(self, slot: int, conn: Any, exc: BaseException | None) -> None:
+        """The end of a discard: the connection is out of the pool already."""
         self._leases.pop(slot, None)
         self._close_connection(conn, "broken" if exc is not None else "discarded", exc)
         self._wake_workers()
@@ -699,36 +710,39 @@ class _PoolMethods(_PoolShared):
         healthy connection (a failed query, a constraint violation) is raised
         at once, never retried; so is the last failure once retries run out.
         ``timeout`` bounds each acquire.
+
+        The connection is held as in ``with pool.connection()``, from the
+        moment the pool hands it out: whatever is raised (in ``fn``, in the
+        adapter's ``is_broken``, a Ctrl-C anywhere), it goes back, or is
+        discarded if it broke.
         """
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
         attempt = 0
         while True:
-            conn = self.acquire(timeout)
-            try:
-                result = fn(conn)
-            except Exception as exc:
-                broken = self._is_broken(conn, exc)
-                if broken:
-                    self.discard(conn, exc)
-                else:
-                    self.release(conn)
-                if not broken or attempt >= retries:
-                    raise
-                attempt += 1
-                self._log.info(
-                    "pool %r: connection broke during run(), retry %d of %d",
-                    self.name,
-                    attempt,
-                    retries,
-                )
-                time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + 0.5 * random.random()))
-                continue
-            except BaseException:
-                self.release(conn)
-                raise
-            self.release(conn)
-            return result
+            # The connection() block holds the connection from the moment the
+            # core hands it out: whatever is raised from then on (in fn, in
+            # is_broken, a Ctrl-C between two lines here), its exit gives the
+            # connection back, unless it was taken out as broken.
+            lease = self._lease(timeout, None)
+            with lease as conn:
+                try:
+                    return fn(conn)
+                except Exception as exc:
+                    if not self._is_broken(conn, exc):
+                        raise
+                    slot = self._core.slot_of(conn)
+                    self._dropped(slot, lease._discard(), exc)
+                    if attempt >= retries:
+                        raise
+            attempt += 1
+            self._log.info(
+                "pool %r: connection broke during run(), retry %d of %d",
+                self.name,
+                attempt,
+                retries,
+            )
+            time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + 0.5 * random.random()))
 
     def _is_broken(self, conn: Any, exc: BaseException) -> bool:
         try:
@@ -758,6 +772,12 @@ class _PoolMethods(_PoolShared):
 
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         self._close_connection(conn, _core.REASONS[reason], exc)
+        self._wake_workers()
+
+    def _drop_unknown(self, conn: Any) -> None:
+        """Closes a connection dropped because something cut short what was
+        done with it (its state unknown)."""
+        self._close_connection(conn, "discarded", None)
         self._wake_workers()
 
     def _on_wait(self) -> None:
@@ -855,7 +875,12 @@ class _PoolMethods(_PoolShared):
             self._replace_expiring(now)
         if settings.keepalive is not None:
             for index, conn in self._due_for_keepalive(now):
-                failure = self._vet(conn, min(settings.timeout, 10.0))
+                try:
+                    failure = self._vet(conn, min(settings.timeout, 10.0))
+                except BaseException as exc:  # its state is unknown: not kept
+                    self._kept_alive(index, exc)
+                    self._close_connection(conn, "discarded", None)
+                    raise
                 reason = self._kept_alive(index, failure)
                 if reason is not None:
                     self._close_connection(conn, reason, failure)
@@ -950,7 +975,7 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
             return
         try:
             pool._maintain()
-        except Exception:
+        except BaseException:  # on its own thread: nothing above to stop
             pool._log.exception("pool %r: maintenance failed", pool.name)
         stop, interval = pool._stop, pool._interval
         del pool
