@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -520,9 +521,9 @@ class _PoolMethods(_PoolShared):
         """The pool's threads and locks, new (at creation and in a forked
         child, where the parent's threads do not exist)."""
         self._lock = threading.Lock()  # lifecycle: open, close
-        self._wake = threading.Condition(threading.Lock())  # connect workers sleep here
-        self._ready = threading.Condition(threading.Lock())  # wait() sleeps here
-        self._stop = threading.Event()  # the maintenance thread sleeps here
+        self._wake = _Bell()  # connect workers sleep here
+        self._stop = _Bell()  # rung once, by close(): the threads end
+        self._ready: set[_Bell] = set()  # one for each wait() under way
         self._threads: list[threading.Thread] = []
         self._started = False
         self._closing = False
@@ -591,7 +592,9 @@ class _PoolMethods(_PoolShared):
         self.open()
         policy = self._policy
         deadline = time.monotonic() + timeout
-        with self._ready:
+        bell = _Bell()
+        try:
+            self._ready.add(bell)  # rung by every connect that ends
             while True:
                 core = self._core
                 if core.closed:
@@ -609,7 +612,9 @@ class _PoolMethods(_PoolShared):
                         f"{policy.min_size} connections ready after {timeout:.3f} s"
                     )
                     raise error from policy.last_error
-                self._ready.wait(min(remaining, 0.5))
+                bell.sleep(min(remaining, 0.5))
+        finally:
+            self._ready.discard(bell)
 
     def close(self, timeout: float = 5.0) -> None:
         """Closes the pool: idle connections at once, borrowed ones when they
@@ -622,10 +627,8 @@ class _PoolMethods(_PoolShared):
             self._closing = True
         idle = self._core.close()
         self._stop.set()
-        with self._wake:
-            self._wake.notify_all()
-        with self._ready:
-            self._ready.notify_all()
+        self._wake.ring(len(self._threads))
+        self._tell_ready()
         for conn in idle:
             self._close_connection(conn, "closed", None)
         deadline = time.monotonic() + timeout
@@ -791,8 +794,7 @@ class _PoolMethods(_PoolShared):
         if self._policy.wants_connection():
             if not self._started and not self._core.closed:
                 self.open()
-            with self._wake:
-                self._wake.notify()
+            self._wake.ring()
 
     def _connect_into(self, slot: int) -> bool:
         """Connects into a reserved slot; False (the slot given back) when the
@@ -851,8 +853,8 @@ class _PoolMethods(_PoolShared):
             self._log.warning("pool %r: error closing a connection: %s", self.name, exc)
 
     def _tell_ready(self) -> None:
-        with self._ready:
-            self._ready.notify_all()
+        for bell in list(self._ready):
+            bell.ring()
 
     def _close_connection(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         self._policy.retired_one(reason, exc)
@@ -939,18 +941,62 @@ class _PoolMethods(_PoolShared):
 # They hold the pool weakly, dropping even that while they sleep.
 
 
+class _Bell:
+    """What the pool's threads sleep on, rung from any thread by one call
+    into C (``queue.SimpleQueue.put``).
+
+    ``threading.Condition`` and ``Event`` take and release their lock in
+    Python code: a ``KeyboardInterrupt`` landing there, in the main thread
+    that rings them (a caller that has to wait, ``close()``), can leave the
+    lock held for good and every sleeper on it stuck. Here a ring is kept
+    until a sleeper takes it (none is lost between a check and the sleep),
+    and :meth:`set` makes the bell stay rung, as an Event's ``set()``."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._set = False
+
+    def ring(self, times: int = 1) -> None:
+        """Wakes one sleeper (now, or the next to sleep), ``times`` times."""
+        for _ in range(times):
+            self._queue.put_nowait(None)
+
+    def sleep(self, timeout: float) -> bool:
+        """Up to ``timeout`` seconds, until rung; True if it was."""
+        try:
+            self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        return True
+
+    def set(self) -> None:
+        """Rung for good: every sleeper wakes, now and from now on."""
+        self._set = True
+        self._queue.put_nowait(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Up to ``timeout`` seconds, until :meth:`set`; True if it is."""
+        if self._set:
+            return True
+        if self.sleep(timeout) and self.is_set():
+            self._queue.put_nowait(None)  # pass it on to the next sleeper
+        return self.is_set()
+
+
 def _connect_worker(ref: weakref.ref[Any]) -> None:
     backoff = 0.0
     while True:
         pool = ref()
         if pool is None or pool._closing:
             return
-        wake = pool._wake
-        with wake:
-            if not pool._policy.wants_connection():
-                del pool
-                wake.wait(1.0)
-                continue
+        if not pool._policy.wants_connection():
+            wake = pool._wake
+            del pool
+            wake.sleep(1.0)  # a ring between the check and here is kept
+            continue
         # Re-check at the last moment: a connection returned meanwhile may
         # have served the waiter.
         slot = pool._core.reserve() if pool._policy.wants_connection() else None
@@ -962,8 +1008,8 @@ def _connect_worker(ref: weakref.ref[Any]) -> None:
         backoff = pool._policy.backoff(backoff)
         stop = pool._stop
         del pool
-        # Sleep out the backoff whatever the demand (waiters would wake the
-        # condition at once); only close() cuts it short.
+        # Sleep out the backoff whatever the demand (waiters would ring the
+        # wake bell at once); only close() cuts it short.
         if stop.wait(backoff * (0.5 + 0.5 * random.random())):
             return
 
