@@ -412,6 +412,35 @@ def test_interrupted_checkout_loses_no_slot(
     assert engine.pool.checkedout() == 0
 
 
+@pytest.mark.parametrize("kind", [pytest.param("native", marks=pytest.mark.native), "python"])
+def test_async_wait_cancelled_as_a_connection_is_handed_is_cancelled(kind: str) -> None:
+    """A checkout waiting in the core's queue, cancelled in the very step a
+    returned connection is handed to it, ends cancelled (on 3.10 and 3.11,
+    asyncio.wait_for would have returned the connection instead), and the
+    connection is passed on, not lost."""
+    poolclass = pp.AsyncAdaptedQueuePool.with_core(_core_module(kind))
+    pool = poolclass(lambda: object(), pool_size=1, max_overflow=0, timeout=5)
+    core = pool._core
+    slot = core.reserve()
+    core.fill(slot, object())
+    held = core.try_acquire()
+
+    async def main() -> None:
+        waiter = asyncio.ensure_future(pool._wait_async(5.0))
+        for _ in range(100):
+            if core.waiting:
+                break
+            await asyncio.sleep(0.001)
+        assert core.waiting == 1
+        core.release(held)  # handed to the waiter: its wake-up is on its way...
+        waiter.cancel()  # ...and so is the cancellation
+        await asyncio.wait([waiter], timeout=5)
+        assert waiter.cancelled(), "the wait swallowed its cancellation"
+        assert core.idle == 1 and core.in_use == 0 and core.waiting == 0
+
+    asyncio.run(main())
+
+
 def test_stats(pypool_class: type, sqlite_url: str) -> None:
     engine = sa.create_engine(
         sqlite_url, poolclass=pypool_class, pool_size=2, max_overflow=0, pool_timeout=0.05

@@ -73,6 +73,96 @@ def _resolve(future: asyncio.Future[bool], handed: bool) -> None:
         future.set_result(handed)
 
 
+# Waits that never swallow a cancellation. On Python 3.10 and 3.11,
+# asyncio.wait_for(aw, timeout) returns aw's result instead of raising
+# CancelledError when the cancellation arrives in the loop iteration in which
+# aw completes: a task cancelled by asyncio.run()'s shutdown just as its
+# event was set went on running, and asyncio.run() waited for it forever.
+# Here a task awaits a plain future, resolved by the event or by a timer
+# (loop.call_later): a cancellation always reaches the task, since a task
+# cancelled while its future is already resolved gets CancelledError at its
+# next step.
+
+
+class _Signal:
+    """``asyncio.Event``, with a timeout on :meth:`wait` that needs no
+    ``asyncio.wait_for``, and :meth:`pulse` to wake the current waiters
+    without staying set. Loop thread only."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: set[asyncio.Future[bool]] = set()
+
+    def set(self) -> None:
+        self._set = True
+        self.pulse()
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def pulse(self) -> None:
+        """Wakes every task waiting now."""
+        for future in list(self._waiters):
+            _resolve(future, True)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Until set (or pulsed), or ``timeout`` seconds: True unless timed out."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _resolve, future, False)
+        self._waiters.add(future)
+        try:
+            return await future
+        finally:
+            self._waiters.discard(future)
+            if timer is not None:
+                timer.cancel()
+
+
+async def _within(awaitable: Awaitable[T], timeout: float) -> T:
+    """``await awaitable``, in a task of its own, for at most ``timeout``
+    seconds (then ``asyncio.TimeoutError``); the task is cancelled when the
+    caller is, or times out. Unlike ``asyncio.wait_for`` on 3.10 and 3.11, a
+    cancellation of the caller is never swallowed, and a timeout returns at
+    the deadline without waiting for the task to take its cancellation (a
+    driver stuck in I/O may not)."""
+    task = asyncio.ensure_future(awaitable)
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[bool] = loop.create_future()
+    task.add_done_callback(lambda _task: _resolve(finished, True))
+    timer = loop.call_later(timeout, _resolve, finished, False)
+    try:
+        in_time = await finished
+    except BaseException:
+        _abandon(task)
+        raise
+    finally:
+        timer.cancel()
+    if not in_time:
+        _abandon(task)
+        raise asyncio.TimeoutError(f"not done within {timeout:.3f} s")
+    return task.result()
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancels a task nobody will await any more; its outcome is read when
+    it ends, so that none is reported as never retrieved."""
+    task.cancel()
+    task.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class _Lease:
     """``async with pool.connection() as conn``: a connection, given back on
     exit (also when the block raises or the task is cancelled)."""
@@ -165,9 +255,9 @@ class _AsyncPoolMethods(_PoolShared):
         core_module.PoolBase.__init__(self, core, settings.timeout, None)
         self._adopt(settings, core)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._demand: asyncio.Event | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready: asyncio.Condition | None = None
+        self._demand: _Signal | None = None
+        self._stop: _Signal | None = None
+        self._ready: _Signal | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: set[asyncio.Task[None]] = set()  # closes run in the background
         self._loop_thread = 0
@@ -189,9 +279,9 @@ class _AsyncPoolMethods(_PoolShared):
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._set_thread(self._loop_thread)  # the hot path serves this thread only
-        self._demand = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._ready = asyncio.Condition()
+        self._demand = _Signal()
+        self._stop = _Signal()
+        self._ready = _Signal()
         ref = weakref.ref(self)
         for i in range(self._settings.num_workers):
             self._tasks.append(
@@ -243,26 +333,25 @@ class _AsyncPoolMethods(_PoolShared):
         raises, the pool stays open and connecting, as
         :meth:`pypool.Pool.wait` does."""
         self._bind()
-        assert self._ready is not None
+        ready = self._ready
+        assert ready is not None
         core = self._core
         policy = self._policy
         deadline = time.monotonic() + timeout
-        async with self._ready:
-            while core.idle + core.in_use + core.claimed < self._policy.min_size:
-                if core.closed:
-                    raise PoolClosed(f"pool {self.name!r} is closed")
-                if fail_fast and policy.failing:
-                    raise ConnectionFailed(
-                        f"pool {self.name!r}: could not connect"
-                    ) from policy.last_error
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PoolTimeout(
-                        f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
-                        f"{self._policy.min_size} connections ready after {timeout:.3f} s"
-                    ) from self._policy.last_error
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), min(remaining, 0.5))
+        while core.idle + core.in_use + core.claimed < self._policy.min_size:
+            if core.closed:
+                raise PoolClosed(f"pool {self.name!r} is closed")
+            if fail_fast and policy.failing:
+                raise ConnectionFailed(f"pool {self.name!r}: could not connect") from (
+                    policy.last_error
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PoolTimeout(
+                    f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
+                    f"{self._policy.min_size} connections ready after {timeout:.3f} s"
+                ) from self._policy.last_error
+            await ready.wait(min(remaining, 0.5))  # pulsed by every connect that ends
 
     async def close(self, timeout: float = 5.0) -> None:
         """Closes the pool: idle connections at once, borrowed ones when they
@@ -544,11 +633,13 @@ class _AsyncPoolMethods(_PoolShared):
         check = self._settings.check
         try:
             if check is None:
-                await asyncio.wait_for(
-                    _maybe_await(self._settings.adapter.check(conn)), max(timeout, 0.001)
-                )
+                pending = self._settings.adapter.check(conn)
             elif check is not False:
-                await asyncio.wait_for(_maybe_await(check(conn)), max(timeout, 0.001))
+                pending = check(conn)
+            else:
+                return None
+            if inspect.isawaitable(pending):
+                await _within(pending, max(timeout, 0.001))
         except Exception as exc:
             return exc
         return None
@@ -627,7 +718,7 @@ class _AsyncPoolMethods(_PoolShared):
         except BaseException as exc:
             self._connect_failed(slot, exc)
             await self._close_new(conn)
-            await self._tell_ready()
+            self._tell_ready()
             return False
         took = time.monotonic() - started
         self._policy.connected(took)
@@ -639,9 +730,9 @@ class _AsyncPoolMethods(_PoolShared):
             self._policy.not_connected(took)
             self._connect_failed(slot, self._refused(conn, exc))
             await self._close_new(conn)
-            await self._tell_ready()
+            self._tell_ready()
             return False
-        await self._tell_ready()
+        self._tell_ready()
         return True
 
     async def _close_new(self, conn: Any) -> None:
@@ -654,11 +745,10 @@ class _AsyncPoolMethods(_PoolShared):
         except Exception as exc:
             self._log.warning("pool %r: error closing a connection: %s", self.name, exc)
 
-    async def _tell_ready(self) -> None:
+    def _tell_ready(self) -> None:
         ready = self._ready
         if ready is not None:
-            async with ready:
-                ready.notify_all()
+            ready.pulse()
 
     def _close_later(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         """Closes a dropped connection in a task of its own: a caller never
@@ -784,7 +874,7 @@ class _GenericAsyncAdapter:
 
 
 async def _connect_worker(
-    ref: weakref.ref[_AsyncPoolMethods], demand: asyncio.Event, stop: asyncio.Event
+    ref: weakref.ref[_AsyncPoolMethods], demand: _Signal, stop: _Signal
 ) -> None:
     try:
         await _connect_loop(ref, demand, stop)
@@ -794,7 +884,7 @@ async def _connect_worker(
 
 
 async def _connect_loop(
-    ref: weakref.ref[_AsyncPoolMethods], demand: asyncio.Event, stop: asyncio.Event
+    ref: weakref.ref[_AsyncPoolMethods], demand: _Signal, stop: _Signal
 ) -> None:
     backoff = 0.0
     while not stop.is_set():
@@ -804,8 +894,7 @@ async def _connect_loop(
         if not pool._policy.wants_connection():
             demand.clear()
             del pool
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(demand.wait(), 1.0)
+            await demand.wait(1.0)
             continue
         slot = pool._core.reserve()
         if slot is None:
@@ -817,11 +906,10 @@ async def _connect_loop(
             continue
         backoff = pool._policy.backoff(backoff)
         del pool
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), backoff * (0.5 + 0.5 * random.random()))
+        await stop.wait(backoff * (0.5 + 0.5 * random.random()))
 
 
-async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: asyncio.Event) -> None:
+async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: _Signal) -> None:
     try:
         while not stop.is_set():
             pool = ref()
@@ -833,8 +921,7 @@ async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: asyncio
                 pool._log.exception("pool %r: maintenance failed", pool.name)
             interval = pool._interval
             del pool
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await stop.wait(interval)
     except asyncio.CancelledError:
         _tell_loop_ended(ref)
         raise

@@ -282,9 +282,9 @@ class QueuePool(sa_pool.QueuePool):
         return stats
 
 
-def _wake(future: asyncio.Future[None]) -> None:
+def _settle(future: asyncio.Future[bool], handed: bool) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(handed)
 
 
 class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
@@ -304,20 +304,26 @@ class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
 
     async def _wait_async(self, timeout: float) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[bool] = loop.create_future()
 
         def callback(ticket: Any) -> None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
-                loop.call_soon_threadsafe(_wake, future)
+                loop.call_soon_threadsafe(_settle, future, True)
 
         ticket = self._core.enqueue(callback)
         if not ticket.done:
+            # A plain future and a timer, not asyncio.wait_for: on Python
+            # 3.10 and 3.11 that returns the result of a future resolved in
+            # the step the task is cancelled, swallowing the cancellation.
+            timer = loop.call_later(timeout, _settle, future, False)
             try:
-                await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                ticket.cancel(timed_out=True)
-                raise PoolTimeout(f"no connection available after {timeout:.3f} s") from None
+                handed = await future
             except BaseException:
-                ticket.cancel()
+                ticket.cancel()  # passes on a connection handed at this moment
                 raise
+            finally:
+                timer.cancel()
+            if not handed and not ticket.done:
+                ticket.cancel(timed_out=True)
+                raise PoolTimeout(f"no connection available after {timeout:.3f} s")
         return ticket.result()
