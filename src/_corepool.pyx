@@ -1472,9 +1472,9 @@ cdef class PoolBase:
     (anything: ``KeyboardInterrupt`` too) gives the connection back to the
     pool untouched; a ``_vet`` that raises (not returns) leaves the
     connection's state unknown, so it is discarded (``_rejected`` with
-    CHECK and what was raised); a ``_checking_in`` or reset that raises on return gets the
-    connection discarded (``_retire`` with RESET_FAILED). The exception then
-    goes on. The one window left is a signal whose handler raises inside
+    CHECK and what was raised); a ``_checking_in`` or reset that raises on
+    return gets the connection discarded (``_retire`` with RESET_FAILED).
+    The exception then goes on. The one window left is a signal whose handler raises inside
     these give-backs themselves (or, in this Python core, between two
     bytecodes of the hand-out); a connection lost there is recovered by the
     garbage collector, as an abandoned one, where its type allows weak
@@ -1525,15 +1525,6 @@ cdef class PoolBase:
             self._reset_fn = reset
         else:
             raise ConfigurationError("reset must be a method name, a callable or None")
-
-    def _set_lease_end(self, end):
-        """With ``end``, a :meth:`connection` block ends with ``end(conn,
-        exc_type)`` (``exc_type`` None when the block did not raise), which
-        must give the connection back, instead of :meth:`release`. For
-        pools whose block does more (psycopg's commits or rolls back)."""
-        if end is not None and not callable(end):
-            raise ConfigurationError("a lease end must be a callable or None")
-        self._lease_end = end
 
     def acquire(self, timeout=None):
         """A connection, yours until you give it back with :meth:`release`.
