@@ -441,6 +441,52 @@ def test_async_wait_cancelled_as_a_connection_is_handed_is_cancelled(kind: str) 
     asyncio.run(main())
 
 
+class _FillInterrupted:
+    """A core whose next fill() is interrupted, as by a Ctrl-C landing just
+    after the creator returned."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    def fill(self, *args: Any) -> None:
+        raise KeyboardInterrupt
+
+
+def test_interrupt_between_connect_and_fill_frees_the_slot(
+    pypool_class: type, engines: list[Any]
+) -> None:
+    """A checkout interrupted after it connected, before the connection is
+    in the core: the slot does not stay "connecting" and the new connection
+    is closed."""
+    import sqlite3
+
+    made: list[Any] = []
+
+    def creator() -> Any:
+        made.append(sqlite3.connect(":memory:", check_same_thread=False))
+        return made[-1]
+
+    engine = sa.create_engine(
+        "sqlite://", creator=creator, poolclass=pypool_class, pool_size=1, max_overflow=0,
+        pool_timeout=1.0,
+    )  # fmt: skip
+    engines.append(engine)
+    core = engine.pool._core
+    engine.pool._core = _FillInterrupted(core)
+    with pytest.raises(KeyboardInterrupt):
+        engine.raw_connection()
+    engine.pool._core = core
+    assert core.connecting == 0 and core.size == 0
+    with pytest.raises(sqlite3.ProgrammingError):
+        made[0].execute("select 1")  # closed
+    raw = engine.raw_connection()
+    raw.close()
+    assert engine.pool.checkedout() == 0
+
+
 def test_stats(pypool_class: type, sqlite_url: str) -> None:
     engine = sa.create_engine(
         sqlite_url, poolclass=pypool_class, pool_size=2, max_overflow=0, pool_timeout=0.05

@@ -106,6 +106,7 @@ class QueuePool(sa_pool.QueuePool):
         else:
             max_size = min(max(pool_size + self._max_overflow, 1), module.MAX_SIZE)
         self._idle_state = module.IDLE
+        self._creating_state = module.CREATING
         self._core = module.CorePool(max_size, lifo=self._use_lifo)
         self._try_acquire = self._core.try_acquire
         self._release = self._core.release
@@ -160,19 +161,26 @@ class QueuePool(sa_pool.QueuePool):
         while True:
             slot = core.reserve()
             if slot is not None:
-                if core.size > self._keep_all_up_to:  # an overflow connection
-                    with self._mode_lock:
-                        if core.size > self._keep_all_up_to:
-                            self._fast_return(False)
+                record = None
                 try:
+                    if core.size > self._keep_all_up_to:  # an overflow connection
+                        with self._mode_lock:
+                            if core.size > self._keep_all_up_to:
+                                self._fast_return(False)
                     record = self._create_connection()
-                except BaseException:
-                    core.abandon(slot)
-                    raise
-                try:
                     core.fill(slot, record)
                 except PoolClosed:  # pragma: no cover - the core is never closed
-                    record.close()
+                    if record is not None:
+                        record.close()
+                    raise
+                except BaseException:
+                    # Whatever stopped it (a failed connect, a Ctrl-C), the
+                    # slot does not stay "connecting", and a connection made
+                    # but not pooled is closed.
+                    if core.slot_info(slot)[0] == self._creating_state:
+                        core.abandon(slot)
+                        if record is not None:
+                            record.close()
                     raise
                 # Idle now, or handed to a caller that waited: then look again.
                 record = core.try_acquire()
