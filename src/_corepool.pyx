@@ -1679,6 +1679,7 @@ cdef class _Lease:
 
     cdef PoolBase _pool
     cdef object _timeout
+    cdef object _end
     cdef object _conn
 
     def __enter__(self):
@@ -1691,7 +1692,22 @@ cdef class _Lease:
         conn = self._conn
         self._conn = None
         if conn is not None:
-            self._pool._release(conn, False)
+            if self._end is not None:
+                self._end(conn, exc_info[0])
+            else:
+                self._pool._release(conn, False)
+
+    def _discard(self):
+        """Takes the connection out of the block and out of the pool (its
+        slot freed, as ``CorePool.discard`` does) and returns it, for the
+        caller to close: the block's exit then gives nothing back. For a
+        caller that found the connection broken inside the block."""
+        conn = self._conn
+        if conn is None:
+            raise PoolError("this connection() block holds no connection")
+        self._pool._core.discard(conn)
+        self._conn = None
+        return conn
 
 
 cdef class PoolBase:
@@ -1717,6 +1733,19 @@ cdef class PoolBase:
     ``reset`` runs on every return before the connection is idle again: a
     method name (``"rollback"``: ``conn.rollback()``), a callable
     ``reset(conn)``, or None.
+
+    Whatever the hooks raise, a connection the core handed out reaches the
+    caller or goes back, never neither: a ``_checked_out`` that raises
+    (anything: ``KeyboardInterrupt`` too) gives the connection back to the
+    pool untouched; a ``_vet`` that raises (not returns) leaves the
+    connection's state unknown, so it is discarded (``_rejected`` with
+    CHECK and what was raised); a ``_checking_in`` or reset that raises on
+    return gets the connection discarded (``_retire`` with RESET_FAILED).
+    The exception then goes on. The one window left is a signal whose handler raises inside
+    these give-backs themselves (or, in this Python core, between two
+    bytecodes of the hand-out); a connection lost there is recovered by the
+    garbage collector, as an abandoned one, where its type allows weak
+    references.
     """
 
     cdef readonly CorePool _core
@@ -1790,7 +1819,7 @@ cdef class PoolBase:
         verdict = core._verdict(i, True, core._slot(i).checked_out)
         if verdict == _OK:
             if self._observe:
-                self._checked_out(conn)
+                self._deliver(conn)
             return conn
         return self._acquire_slow(conn, i, verdict, timeout)
 
@@ -1810,25 +1839,48 @@ cdef class PoolBase:
                 conn = core.acquire(max(0.0, deadline - _clock()))
                 i = core._slot_of_borrowed(conn)
                 verdict = core._verdict(i, True, pfl_now_ns())
-            if verdict == _OK:
-                if self._observe:
-                    self._checked_out(conn)
-                return conn
             if verdict == _CHECK:
-                failure = self._vet(conn, max(0.0, deadline - _clock()))
+                try:
+                    failure = self._vet(conn, max(0.0, deadline - _clock()))
+                except BaseException as exc:
+                    # Interrupted mid-check: its state is unknown.
+                    core.discard(conn)
+                    self._rejected(conn, _CHECK, exc)
+                    raise
                 if failure is None:
-                    if self._observe:
-                        self._checked_out(conn)
-                    return conn
-                core.discard(conn)
-                self._rejected(conn, _CHECK, failure)
-            else:
+                    verdict = _OK
+                else:
+                    core.discard(conn)
+                    self._rejected(conn, _CHECK, failure)
+            elif verdict != _OK:
                 core.discard(conn)
                 self._rejected(conn, verdict, None)
+            if verdict == _OK:
+                if self._observe:
+                    self._deliver(conn)
+                return conn
             conn = core.try_acquire()
             if conn is not None:
                 i = core._slot_of_borrowed(conn)
                 verdict = core._verdict(i, True, pfl_now_ns())
+
+    cdef int _deliver(self, object conn) except -1:
+        """The checkout hook on a connection about to go out; a hook that
+        raises gets the connection given back first."""
+        try:
+            self._checked_out(conn)
+        except BaseException:
+            self._give_back_unused(conn)
+            raise
+        return 0
+
+    cdef int _give_back_unused(self, object conn) except -1:
+        """A connection handed out but never delivered: back into the pool
+        as it was (no reset: nobody used it), or retired if the pool closed."""
+        cdef CorePool core = self._core
+        if core._release(conn, pfl_now_ns()) == 0:
+            self._retire(conn, _CLOSED_POOL, None)
+        return 0
 
     @cython.always_allow_keywords(False)
     def release(self, conn, /):
@@ -1867,7 +1919,7 @@ cdef class PoolBase:
             verdict = core._verdict(i, True, core._slot(i).checked_out)
             if verdict == _OK:
                 if self._observe:
-                    self._checked_out(conn)
+                    self._deliver(conn)
                 return conn
             if verdict == _CHECK:
                 self._unchecked = conn
@@ -1900,7 +1952,7 @@ cdef class PoolBase:
             self._retire(conn, _CLOSED_POOL, None)
             return None
         if self._observe:
-            self._checking_in(conn)
+            self._check_in(conn)
         if self._reset_name is not None or self._reset_fn is not None:
             try:
                 if self._reset_fn is not None:
@@ -1917,6 +1969,17 @@ cdef class PoolBase:
                 return result
         self._return(conn, i)
         return None
+
+    cdef int _check_in(self, object conn) except -1:
+        """The return hook; one that raises gets the connection discarded
+        (interrupted before its reset: never pooled unreset)."""
+        try:
+            self._checking_in(conn)
+        except BaseException as exc:
+            self._core.discard(conn)
+            self._retire(conn, _RESET_FAILED, exc)
+            raise
+        return 0
 
     cdef int _return(self, object conn, uint32_t i) except -1:
         cdef CorePool core = self._core
@@ -1935,6 +1998,21 @@ cdef class PoolBase:
         cdef _Lease lease = _Lease.__new__(_Lease)
         lease._pool = self
         lease._timeout = timeout
+        return lease
+
+    def _lease(self, timeout, end):
+        """:meth:`connection`, for a pool whose block does more than give the
+        connection back (psycopg's commits or rolls back): the block ends
+        with ``end(conn, exc_type)`` (``exc_type`` None when the block did
+        not raise), which must give the connection back; None: with
+        :meth:`release`. The hand-out is the same, so a connection is in the
+        block's keeping from the moment the core hands it out."""
+        if end is not None and not callable(end):
+            raise ConfigurationError("a lease end must be a callable or None")
+        cdef _Lease lease = _Lease.__new__(_Lease)
+        lease._pool = self
+        lease._timeout = timeout
+        lease._end = end
         return lease
 
     def _vet(self, conn, timeout):

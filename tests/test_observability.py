@@ -714,7 +714,7 @@ def test_password_never_logged(
     )
     try:
         with pytest.raises(pypool.ConnectionFailed) as info:
-            pool.open(wait=True, timeout=3.0, fail_fast=True)
+            pool.wait(timeout=3.0, fail_fast=True)  # open(wait=True) would close the pool
         with pytest.raises(PoolTimeout):
             pool.acquire(timeout=0.3)
         assert wait_until(lambda: pool.stats()[stats.CONNECT_ERRORS] >= 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from pypool import Pool
 from pypool import stats as names
 from pypool.errors import (
     ConfigurationError,
+    ConnectionFailed,
     NotBorrowed,
     PoolClosed,
     PoolTimeout,
@@ -486,6 +488,108 @@ def test_configure_failure_discards_the_connection(make_pool: Any) -> None:
     pool.release(conn)
 
 
+class Abort(BaseException):
+    """Not an Exception: what a library's own abort (gevent.Timeout, say) looks like."""
+
+
+def _bad_result(kind: str, first: list[FakeConn]) -> Any:
+    """What a broken factory gives, for the tests below."""
+    if kind == "None":
+        return None
+    if kind == "coroutine":
+
+        async def connect() -> FakeConn:  # an async factory given to the threaded Pool
+            return FakeConn(-1)
+
+        return connect()
+    if kind == "in-pool":
+        return first[0]  # the connection it made before, still in the pool
+    if kind == "BaseException":
+        raise Abort("factory aborted")
+    assert kind == "SystemExit"
+    raise SystemExit("factory called sys.exit()")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("kind", "says"),
+    [
+        ("None", r"factory returned None"),
+        ("coroutine", r"factory returned a coroutine.*AsyncPool"),
+        ("in-pool", r"factory returned .*FakeConn 0.* in the pool already"),
+        ("BaseException", r"factory aborted"),
+        ("SystemExit", r"sys.exit"),
+    ],
+)
+def test_bad_factory_result_is_a_failed_connect(
+    make_pool: Any, kind: str, says: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A factory that returns what cannot be a new connection, or raises
+    something that is not an Exception, fails that connect like any other:
+    counted, logged, its slot given back, retried with backoff; the caller's
+    PoolTimeout says what the factory did."""
+    state = {"broken": False}
+    made: list[FakeConn] = []
+
+    def factory() -> Any:
+        if state["broken"]:
+            return _bad_result(kind, made)
+        conn = FakeConn(len(made))
+        made.append(conn)
+        return conn
+
+    pool, _ = make_pool(factory, max_size=3, name="orders")
+    held = take(pool)  # the factory's first connection, good
+    state["broken"] = True
+    with caplog.at_level("WARNING", logger="pypool"), pytest.raises(PoolTimeout) as info:
+        pool.acquire(0.5)
+    cause = info.value.__cause__
+    assert cause is not None, "the timeout does not say why"
+    if kind in ("BaseException", "SystemExit"):
+        assert isinstance(cause, Abort if kind == "BaseException" else SystemExit)
+    else:
+        assert isinstance(cause, ConnectionFailed), repr(cause)
+    assert re.search(says, str(cause)), str(cause)
+    assert "connection failed" in caplog.text and re.search(says, caplog.text)
+    stats = pool.stats()
+    assert stats[names.CONNECT_ERRORS] >= 1 and stats[names.CREATED] == 1
+    # The slot was given back: nothing stays "connecting", the size is the held one.
+    assert wait_until(lambda: pool.stats()[names.CONNECTING] == 0 and pool.size == 1)
+    assert not held.closed  # a connection handed back twice is not closed under its borrower
+    errors_before = pool.stats()[names.CONNECT_ERRORS]
+    time.sleep(0.3)
+    assert pool.stats()[names.CONNECT_ERRORS] == errors_before  # no waiter: no retry
+
+    state["broken"] = False  # the factory mends: the workers are alive and connect again
+    conn = take(pool, timeout=5.0)
+    assert conn is not held and conn in made
+    pool.release(conn)
+    pool.release(held)
+    assert pool.in_use == 0 and pool.idle == pool.size == 2
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("raised", [Abort, KeyboardInterrupt, SystemExit])
+def test_configure_raising_base_exception_fails_the_connect(
+    make_pool: Any, raised: type[BaseException]
+) -> None:
+    """``configure`` runs on a worker thread: whatever it raises fails that
+    connect, closes the new connection and frees its slot."""
+    calls = {"n": 0}
+
+    def configure(conn: FakeConn) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise raised("configure interrupted")
+
+    pool, factory = make_pool(max_size=1, configure=configure)
+    conn = take(pool, timeout=5.0)
+    assert conn.serial == 1 and factory.conns[0].closed
+    assert pool.stats()[names.CONNECT_ERRORS] == 1
+    assert pool.stats()[names.CONNECTING] == 0 and pool.size == 1
+    pool.release(conn)
+
+
 # ------------------------------------------------------------------ reset
 
 
@@ -781,6 +885,59 @@ def test_lifo_and_round_robin(make_pool: Any) -> None:
         pool.release(a)
         pool.release(b)
         assert take(pool) is (b if lifo else a)
+
+
+# --------------------------------------------------------- open and wait
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fail_fast", [False, True], ids=["timeout", "fail_fast"])
+@pytest.mark.parametrize("min_size_at_init", [False, True], ids=["open", "init-then-open"])
+def test_failed_open_wait_closes_the_pool(
+    make_pool: Any, fail_fast: bool, min_size_at_init: bool
+) -> None:
+    """``open(wait=True)`` that fails (PoolTimeout, or ConnectionFailed with
+    ``fail_fast``) closes the pool before it raises: no thread goes on
+    connecting in the background of a service that did not start."""
+    error = FakeError("database is down")
+    factory = Factory(fail=error)
+    if min_size_at_init:  # min_size opens the pool at once; open(wait=True) then only waits
+        pool, _ = make_pool(factory, min_size=2, max_size=2)
+        assert wait_until(lambda: factory.calls >= 1)
+    else:
+        pool, _ = make_pool(factory, max_size=2)
+        pool._policy.min_size = 2  # as resize(2, 2) would, without opening it
+    expected = ConnectionFailed if fail_fast else PoolTimeout
+    with pytest.raises(expected) as info:
+        pool.open(wait=True, timeout=0.5, fail_fast=fail_fast)
+    assert info.value.__cause__ is error
+    assert pool.closed
+    assert all(not t.is_alive() for t in pool._threads), pool._threads
+    calls = factory.calls
+    time.sleep(0.3)
+    assert factory.calls == calls  # nothing connects any more
+    with pytest.raises(PoolClosed):
+        pool.acquire(0.1)
+
+
+@pytest.mark.timeout(30)
+def test_wait_that_fails_leaves_the_pool_open_and_connecting(make_pool: Any) -> None:
+    """A direct ``wait()`` is a question (are min_size connections ready?),
+    asked of a pool that may be serving already: when it raises, the pool
+    stays open and keeps connecting, so it recovers when the database
+    does."""
+    error = FakeError("database is down")
+    factory = Factory(fail=error)
+    pool, _ = make_pool(factory, min_size=2, max_size=2)
+    with pytest.raises(PoolTimeout) as info:
+        pool.wait(timeout=0.3)
+    assert info.value.__cause__ is error
+    with pytest.raises(ConnectionFailed):
+        pool.wait(timeout=5.0, fail_fast=True)
+    assert not pool.closed
+    factory.fail = None
+    pool.wait(timeout=5.0)
+    assert pool.idle == 2
 
 
 # ------------------------------------------------------------------- close

@@ -1270,6 +1270,37 @@ def test_null_pool_wait(run: Any) -> None:
     run(scenario)
 
 
+def test_null_pool_wait_unreachable_closes_the_pool(impl: Impl, run: Any) -> None:
+    """A null pool keeps no connection: ``wait()`` makes one to see that the
+    database answers, and closes the pool when it does not."""
+
+    async def scenario(make: Pools) -> None:
+        pool = await make.null(unreachable_conninfo())
+        with pytest.raises(impl.mod.PoolTimeout):
+            await pool.wait(timeout=1.0)
+        assert pool.closed
+        with pytest.raises(impl.mod.PoolClosed):
+            await pool.getconn()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("kind", ["pool", "null"])
+def test_open_wait_unreachable_closes_the_pool(impl: Impl, run: Any, kind: str) -> None:
+    async def scenario(make: Pools) -> None:
+        if kind == "pool":
+            pool = make.new(unreachable_conninfo(), min_size=1)
+        else:
+            pool = make.new_null(unreachable_conninfo())
+        with pytest.raises(impl.mod.PoolTimeout):
+            await pool.open(wait=True, timeout=1.0)
+        assert pool.closed
+        with pytest.raises(impl.mod.PoolClosed):
+            await pool.getconn()
+
+    run(scenario)
+
+
 def test_null_pool_resize(run: Any) -> None:
     async def scenario(make: Pools) -> None:
         pool = await make.null(max_size=1)
@@ -1371,6 +1402,29 @@ async def dirty_everything(conn: Any, role: str, key: int, name: str) -> None:
     await conn.execute("PREPARE ahygiene_stmt AS SELECT 1")
     await run_auto_query(conn)
     await conn.execute(f"SET ROLE {role}")  # last: the rest needs the original role
+
+
+class _NoConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+    """A connection class whose connect() gives nothing back."""
+
+    @classmethod
+    async def connect(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return None
+
+
+def test_pypool_factory_returning_none_is_a_failed_connect(run_pypool: Any) -> None:
+    async def scenario(make: Pools) -> None:
+        pool = await make(connection_class=_NoConnection, min_size=0, max_size=1, timeout=0.5)
+        with pytest.raises(pypool.psycopg.PoolTimeout) as info:
+            await pool.getconn()
+        cause = info.value.__cause__
+        assert isinstance(cause, pypool.ConnectionFailed), repr(cause)
+        assert "returned None" in str(cause)
+        assert pool.get_stats()["connections_errors"] >= 1
+        assert await wait_until(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
+        assert all(not t.done() for t in pool._tasks)
+
+    run_pypool(scenario)
 
 
 def test_pypool_has_no_async_reset_policy() -> None:

@@ -391,6 +391,17 @@ def test_wait_unreachable_closes_the_pool_and_raises_pool_timeout(impl: Impl, ma
         pool.getconn()
 
 
+@pytest.mark.parametrize("kind", ["pool", "null"])
+def test_open_wait_unreachable_closes_the_pool(impl: Impl, make: Pools, kind: str) -> None:
+    new = make if kind == "pool" else make.null
+    pool = new(unreachable_conninfo(), open=False, **({"min_size": 1} if kind == "pool" else {}))
+    with pytest.raises(impl.mod.PoolTimeout):
+        pool.open(wait=True, timeout=1.0)
+    assert pool.closed
+    with pytest.raises(impl.mod.PoolClosed):
+        pool.getconn()
+
+
 def test_context_manager(impl: Impl, dsn: str) -> None:
     with impl.pool(dsn, min_size=1) as pool:
         assert not pool.closed
@@ -1291,6 +1302,27 @@ def test_pypool_reset_runs_in_putconn(make_pypool: Pools) -> None:
     )
     pool.putconn(pool.getconn())
     assert threads == [threading.current_thread()]
+
+
+class _NoConnection(psycopg.Connection):  # type: ignore[type-arg]
+    """A connection class whose connect() gives nothing back."""
+
+    @classmethod
+    def connect(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return None
+
+
+def test_pypool_factory_returning_none_is_a_failed_connect(make_pypool: Pools) -> None:
+    """A ``connection_class.connect()`` that returns None fails the connect:
+    counted, retried, and the caller's PoolTimeout says what happened."""
+    pool = make_pypool(connection_class=_NoConnection, min_size=0, max_size=1, timeout=0.5)
+    with pytest.raises(pypool.psycopg.PoolTimeout) as info:
+        pool.getconn()
+    cause = info.value.__cause__
+    assert isinstance(cause, pypool.ConnectionFailed), repr(cause)
+    assert "returned None" in str(cause)
+    assert pool.get_stats()["connections_errors"] >= 1
+    assert wait_until(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
 
 
 # ------------------------------------------------------------------ warnings helpers

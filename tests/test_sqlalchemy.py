@@ -387,6 +387,122 @@ def test_connect_failure_frees_the_slot(poolclass: type, engines: list[Any]) -> 
     assert engine.pool.checkedin() == 1
 
 
+@pytest.mark.parametrize("where", ["creator", "connect", "checkout"])
+def test_interrupted_checkout_loses_no_slot(
+    poolclass: type, engines: list[Any], where: str
+) -> None:
+    """A Ctrl-C while a checkout makes or hands out a connection: the slot
+    is given back (its connection closed or pooled), as with QueuePool."""
+    import gc
+    import sqlite3
+
+    armed = [True]
+
+    def trap(*args: Any) -> None:
+        if armed:
+            armed.pop()
+            raise KeyboardInterrupt
+
+    def creator() -> Any:
+        if where == "creator":
+            trap()
+        return sqlite3.connect(":memory:", check_same_thread=False)
+
+    engine = sa.create_engine(
+        "sqlite://",
+        creator=creator,
+        poolclass=poolclass,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=1.0,
+    )
+    engines.append(engine)
+    if where != "creator":
+        event.listen(engine.pool, where, trap)
+    with pytest.raises(KeyboardInterrupt):
+        engine.raw_connection()
+    gc.collect()  # SQLAlchemy returns a dropped checkout from its finalizer
+    assert engine.pool.checkedout() == 0
+    raw = engine.raw_connection()  # pool_size=1, no overflow: a lost slot would time out
+    raw.close()
+    assert engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize("kind", [pytest.param("native", marks=pytest.mark.native), "python"])
+def test_async_wait_cancelled_as_a_connection_is_handed_is_cancelled(kind: str) -> None:
+    """A checkout waiting in the core's queue, cancelled in the very step a
+    returned connection is handed to it, ends cancelled (on 3.10 and 3.11,
+    asyncio.wait_for would have returned the connection instead), and the
+    connection is passed on, not lost."""
+    poolclass = pp.AsyncAdaptedQueuePool.with_core(_core_module(kind))
+    pool = poolclass(lambda: object(), pool_size=1, max_overflow=0, timeout=5)
+    core = pool._core
+    slot = core.reserve()
+    core.fill(slot, object())
+    held = core.try_acquire()
+
+    async def main() -> None:
+        waiter = asyncio.ensure_future(pool._wait_async(5.0))
+        for _ in range(100):
+            if core.waiting:
+                break
+            await asyncio.sleep(0.001)
+        assert core.waiting == 1
+        core.release(held)  # handed to the waiter: its wake-up is on its way...
+        waiter.cancel()  # ...and so is the cancellation
+        await asyncio.wait([waiter], timeout=5)
+        assert waiter.cancelled(), "the wait swallowed its cancellation"
+        assert core.idle == 1 and core.in_use == 0 and core.waiting == 0
+
+    asyncio.run(main())
+
+
+class _FillInterrupted:
+    """A core whose next fill() is interrupted, as by a Ctrl-C landing just
+    after the creator returned."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    def fill(self, *args: Any) -> None:
+        raise KeyboardInterrupt
+
+
+def test_interrupt_between_connect_and_fill_frees_the_slot(
+    pypool_class: type, engines: list[Any]
+) -> None:
+    """A checkout interrupted after it connected, before the connection is
+    in the core: the slot does not stay "connecting" and the new connection
+    is closed."""
+    import sqlite3
+
+    made: list[Any] = []
+
+    def creator() -> Any:
+        made.append(sqlite3.connect(":memory:", check_same_thread=False))
+        return made[-1]
+
+    engine = sa.create_engine(
+        "sqlite://", creator=creator, poolclass=pypool_class, pool_size=1, max_overflow=0,
+        pool_timeout=1.0,
+    )  # fmt: skip
+    engines.append(engine)
+    core = engine.pool._core
+    engine.pool._core = _FillInterrupted(core)
+    with pytest.raises(KeyboardInterrupt):
+        engine.raw_connection()
+    engine.pool._core = core
+    assert core.connecting == 0 and core.size == 0
+    with pytest.raises(sqlite3.ProgrammingError):
+        made[0].execute("select 1")  # closed
+    raw = engine.raw_connection()
+    raw.close()
+    assert engine.pool.checkedout() == 0
+
+
 def test_stats(pypool_class: type, sqlite_url: str) -> None:
     engine = sa.create_engine(
         sqlite_url, poolclass=pypool_class, pool_size=2, max_overflow=0, pool_timeout=0.05

@@ -1491,11 +1491,17 @@ class _Lease:
     """``with pool.connection() as conn``: a connection, given back on exit
     (also when the block raises)."""
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_conn", "_end", "_pool", "_timeout")
 
-    def __init__(self, pool: PoolBase, timeout: float | None) -> None:
+    def __init__(
+        self,
+        pool: PoolBase,
+        timeout: float | None,
+        end: Callable[[Any, Any], object] | None = None,
+    ) -> None:
         self._pool = pool
         self._timeout = timeout
+        self._end = end
         self._conn: Any = None
 
     def __enter__(self) -> Any:
@@ -1507,7 +1513,22 @@ class _Lease:
     def __exit__(self, *exc_info: object) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._pool.release(conn)
+            if self._end is not None:
+                self._end(conn, exc_info[0])
+            else:
+                self._pool.release(conn)
+
+    def _discard(self) -> Any:
+        """Takes the connection out of the block and out of the pool (its
+        slot freed, as ``CorePool.discard`` does) and returns it, for the
+        caller to close: the block's exit then gives nothing back. For a
+        caller that found the connection broken inside the block."""
+        conn = self._conn
+        if conn is None:
+            raise PoolError("this connection() block holds no connection")
+        self._pool._core.discard(conn)
+        self._conn = None
+        return conn
 
 
 class PoolBase:
@@ -1533,6 +1554,19 @@ class PoolBase:
     ``reset`` runs on every return before the connection is idle again: a
     method name (``"rollback"``: ``conn.rollback()``), a callable
     ``reset(conn)``, or None.
+
+    Whatever the hooks raise, a connection the core handed out reaches the
+    caller or goes back, never neither: a ``_checked_out`` that raises
+    (anything: ``KeyboardInterrupt`` too) gives the connection back to the
+    pool untouched; a ``_vet`` that raises (not returns) leaves the
+    connection's state unknown, so it is discarded (``_rejected`` with
+    CHECK and what was raised); a ``_checking_in`` or reset that raises on
+    return gets the connection discarded (``_retire`` with RESET_FAILED).
+    The exception then goes on. The one window left is a signal whose handler raises inside
+    these give-backs themselves (or, in this Python core, between two
+    bytecodes of the hand-out); a connection lost there is recovered by the
+    garbage collector, as an abandoned one, where its type allows weak
+    references.
     """
 
     def __init__(self, core: CorePool, timeout: float = 30.0, reset: Any = None) -> None:
@@ -1594,23 +1628,48 @@ class PoolBase:
         while True:
             if conn is None:
                 conn = core.acquire(max(0.0, deadline - _clock()))
-            verdict = core.verdict(core.slot_of(conn), True)
+            try:
+                verdict = core.verdict(core.slot_of(conn), True)
+            except BaseException:  # a signal between two bytecodes
+                self._give_back_unused(conn)
+                raise
+            if verdict == CHECK:
+                try:
+                    failure = self._vet(conn, max(0.0, deadline - _clock()))
+                except BaseException as exc:
+                    # Interrupted mid-check: its state is unknown.
+                    core.discard(conn)
+                    self._rejected(conn, CHECK, exc)
+                    raise
+                if failure is None:
+                    verdict = OK
+                else:
+                    core.discard(conn)
+                    self._rejected(conn, CHECK, failure)
+                    conn = core.try_acquire()
+                    continue
             if verdict == OK:
                 if self._observe:
-                    self._checked_out(conn)
+                    self._deliver(conn)
                 return conn
-            if verdict == CHECK:
-                failure = self._vet(conn, max(0.0, deadline - _clock()))
-                if failure is None:
-                    if self._observe:
-                        self._checked_out(conn)
-                    return conn
-                core.discard(conn)
-                self._rejected(conn, CHECK, failure)
-            else:
-                core.discard(conn)
-                self._rejected(conn, verdict, None)
+            core.discard(conn)
+            self._rejected(conn, verdict, None)
             conn = core.try_acquire()
+
+    def _deliver(self, conn: Any) -> None:
+        """The checkout hook on a connection about to go out; a hook that
+        raises gets the connection given back first."""
+        try:
+            self._checked_out(conn)
+        except BaseException:
+            self._give_back_unused(conn)
+            raise
+
+    def _give_back_unused(self, conn: Any) -> None:
+        """A connection handed out but never delivered: back into the pool
+        as it was (no reset: nobody used it), or retired if the pool closed."""
+        if not self._core.release(conn):
+            self._retire(conn, CLOSED, None)
 
     def release(self, conn: Any, /) -> None:
         """Gives back a connection from :meth:`acquire`.
@@ -1645,10 +1704,14 @@ class PoolBase:
                 return None
             if conn is None:
                 return None
-            verdict = core.verdict(core.slot_of(conn), True)
+            try:
+                verdict = core.verdict(core.slot_of(conn), True)
+            except BaseException:  # a signal between two bytecodes
+                self._give_back_unused(conn)
+                raise
             if verdict == OK:
                 if self._observe:
-                    self._checked_out(conn)
+                    self._deliver(conn)
                 return conn
             if verdict == CHECK:
                 self._unchecked = conn
@@ -1677,7 +1740,13 @@ class PoolBase:
             self._retire(conn, CLOSED, None)
             return None
         if self._observe:
-            self._checking_in(conn)
+            try:
+                self._checking_in(conn)
+            except BaseException as exc:
+                # Interrupted before its reset: never pooled unreset.
+                core.discard(conn)
+                self._retire(conn, RESET_FAILED, exc)
+                raise
         if self._reset_name is not None or self._reset_fn is not None:
             try:
                 if self._reset_fn is not None:
@@ -1708,6 +1777,17 @@ class PoolBase:
         """``with pool.connection() as conn:`` a connection from
         :meth:`acquire`, given back on exit (also when the block raises)."""
         return _Lease(self, timeout)
+
+    def _lease(self, timeout: float | None, end: Callable[[Any, Any], object] | None) -> _Lease:
+        """:meth:`connection`, for a pool whose block does more than give the
+        connection back (psycopg's commits or rolls back): the block ends
+        with ``end(conn, exc_type)`` (``exc_type`` None when the block did
+        not raise), which must give the connection back; None: with
+        :meth:`release`. The hand-out is the same, so a connection is in the
+        block's keeping from the moment the core hands it out."""
+        if end is not None and not callable(end):
+            raise ConfigurationError("a lease end must be a callable or None")
+        return _Lease(self, timeout, end)
 
     def _vet(self, conn: Any, timeout: float) -> BaseException | None:
         return None

@@ -285,6 +285,14 @@ class Policy:
             self.outage_since = None
             self.outage_reported = False
 
+    def not_connected(self, seconds: float) -> None:
+        """Takes back a :meth:`connected` whose connection the core then
+        refused (the caller records the failure)."""
+        with self.lock:
+            self.connects -= 1
+            self.created -= 1
+            self.connect_time -= seconds
+
     def check_failed(self, exc: BaseException) -> None:
         with self.lock:
             self.last_error = exc

@@ -61,6 +61,9 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
+#: What stops a task rather than fails a connect: re-raised, never counted.
+_STOPS = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
 #: The types a timeout in seconds may have on the fast path (not bool).
 _SECONDS = (int, float)
 
@@ -68,6 +71,96 @@ _SECONDS = (int, float)
 def _resolve(future: asyncio.Future[bool], handed: bool) -> None:
     if not future.done():
         future.set_result(handed)
+
+
+# Waits that never swallow a cancellation. On Python 3.10 and 3.11,
+# asyncio.wait_for(aw, timeout) returns aw's result instead of raising
+# CancelledError when the cancellation arrives in the loop iteration in which
+# aw completes: a task cancelled by asyncio.run()'s shutdown just as its
+# event was set went on running, and asyncio.run() waited for it forever.
+# Here a task awaits a plain future, resolved by the event or by a timer
+# (loop.call_later): a cancellation always reaches the task, since a task
+# cancelled while its future is already resolved gets CancelledError at its
+# next step.
+
+
+class _Signal:
+    """``asyncio.Event``, with a timeout on :meth:`wait` that needs no
+    ``asyncio.wait_for``, and :meth:`pulse` to wake the current waiters
+    without staying set. Loop thread only."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: set[asyncio.Future[bool]] = set()
+
+    def set(self) -> None:
+        self._set = True
+        self.pulse()
+
+    def clear(self) -> None:
+        self._set = False
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def pulse(self) -> None:
+        """Wakes every task waiting now."""
+        for future in list(self._waiters):
+            _resolve(future, True)
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Until set (or pulsed), or ``timeout`` seconds: True unless timed out."""
+        if self._set:
+            return True
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _resolve, future, False)
+        self._waiters.add(future)
+        try:
+            return await future
+        finally:
+            self._waiters.discard(future)
+            if timer is not None:
+                timer.cancel()
+
+
+async def _within(awaitable: Awaitable[T], timeout: float) -> T:
+    """``await awaitable``, in a task of its own, for at most ``timeout``
+    seconds (then ``asyncio.TimeoutError``); the task is cancelled when the
+    caller is, or times out. Unlike ``asyncio.wait_for`` on 3.10 and 3.11, a
+    cancellation of the caller is never swallowed, and a timeout returns at
+    the deadline without waiting for the task to take its cancellation (a
+    driver stuck in I/O may not)."""
+    task = asyncio.ensure_future(awaitable)
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[bool] = loop.create_future()
+    task.add_done_callback(lambda _task: _resolve(finished, True))
+    timer = loop.call_later(timeout, _resolve, finished, False)
+    try:
+        in_time = await finished
+    except BaseException:
+        _abandon(task)
+        raise
+    finally:
+        timer.cancel()
+    if not in_time:
+        _abandon(task)
+        raise asyncio.TimeoutError(f"not done within {timeout:.3f} s")
+    return task.result()
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancels a task nobody will await any more; its outcome is read when
+    it ends, so that none is reported as never retrieved."""
+    task.cancel()
+    task.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class _Lease:
@@ -164,9 +257,9 @@ class _AsyncPoolMethods(_PoolShared):
         core_module.PoolBase.__init__(self, core, settings.timeout, None)
         self._adopt(settings, core)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._demand: asyncio.Event | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready: asyncio.Condition | None = None
+        self._demand: _Signal | None = None
+        self._stop: _Signal | None = None
+        self._ready: _Signal | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closers: set[asyncio.Task[None]] = set()  # closes run in the background
         self._loop_thread = 0
@@ -188,9 +281,9 @@ class _AsyncPoolMethods(_PoolShared):
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._set_thread(self._loop_thread)  # the hot path serves this thread only
-        self._demand = asyncio.Event()
-        self._stop = asyncio.Event()
-        self._ready = asyncio.Condition()
+        self._demand = _Signal()
+        self._stop = _Signal()
+        self._ready = _Signal()
         ref = weakref.ref(self)
         for i in range(self._settings.num_workers):
             self._tasks.append(
@@ -220,38 +313,47 @@ class _AsyncPoolMethods(_PoolShared):
         self, wait: bool = False, timeout: float = 30.0, fail_fast: bool = False
     ) -> None:
         """Starts the connect and maintenance tasks on the running loop (also
-        done on first use). With ``wait``, waits as :meth:`wait` does."""
+        done on first use). With ``wait``, waits as :meth:`wait` does; if
+        that fails (:class:`PoolTimeout`, or :class:`ConnectionFailed` with
+        ``fail_fast``), the pool is closed before the error is raised. (A
+        direct :meth:`wait` leaves the pool open.)"""
         self._bind()
         if wait:
-            await _AsyncPoolMethods.wait(self, timeout, fail_fast)
+            try:
+                await _AsyncPoolMethods.wait(self, timeout, fail_fast)
+            except (PoolTimeout, ConnectionFailed) as exc:
+                self._log.info("pool %r could not open, closing it: %s", self.name, exc)
+                await self.close()
+                raise
 
     async def wait(self, timeout: float = 30.0, fail_fast: bool = False) -> None:
         """Waits until ``min_size`` connections are open, for a service that
         must not start against a dead database. Raises :class:`PoolTimeout`
         (with the last connection error as its cause) after ``timeout``
         seconds, or with ``fail_fast`` :class:`ConnectionFailed` as soon as a
-        connect has failed (at once if the last one already had)."""
+        connect has failed (at once if the last one already had). When it
+        raises, the pool stays open and connecting, as
+        :meth:`pypool.Pool.wait` does."""
         self._bind()
-        assert self._ready is not None
+        ready = self._ready
+        assert ready is not None
         core = self._core
         policy = self._policy
         deadline = time.monotonic() + timeout
-        async with self._ready:
-            while core.idle + core.in_use + core.claimed < self._policy.min_size:
-                if core.closed:
-                    raise PoolClosed(f"pool {self.name!r} is closed")
-                if fail_fast and policy.failing:
-                    raise ConnectionFailed(
-                        f"pool {self.name!r}: could not connect"
-                    ) from policy.last_error
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PoolTimeout(
-                        f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
-                        f"{self._policy.min_size} connections ready after {timeout:.3f} s"
-                    ) from self._policy.last_error
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._ready.wait(), min(remaining, 0.5))
+        while core.idle + core.in_use + core.claimed < self._policy.min_size:
+            if core.closed:
+                raise PoolClosed(f"pool {self.name!r} is closed")
+            if fail_fast and policy.failing:
+                raise ConnectionFailed(f"pool {self.name!r}: could not connect") from (
+                    policy.last_error
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PoolTimeout(
+                    f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
+                    f"{self._policy.min_size} connections ready after {timeout:.3f} s"
+                ) from self._policy.last_error
+            await ready.wait(min(remaining, 0.5))  # pulsed by every connect that ends
 
     async def close(self, timeout: float = 5.0) -> None:
         """Closes the pool: idle connections at once, borrowed ones when they
@@ -344,7 +446,7 @@ class _AsyncPoolMethods(_PoolShared):
                 conn = await self._wait_for_one(deadline)
                 verdict = core.verdict(core.slot_of(conn), True)
                 if verdict == _core.OK:
-                    self._checked_out(conn)
+                    self._hand_over(conn)
                     return conn
                 if verdict != _core.CHECK:
                     core.discard(conn)
@@ -354,18 +456,30 @@ class _AsyncPoolMethods(_PoolShared):
             try:
                 failure = await self._vet(conn, max(0.0, deadline - time.monotonic()))
             except BaseException:
-                # Cancelled mid-check: the connection may be mid-exchange
-                # with the server, so it is closed, not pooled.
+                # Cancelled or interrupted mid-check: the connection may be
+                # mid-exchange with the server, so it is closed, not pooled,
+                # before the task goes (the loop may be ending).
                 core.discard(conn)
-                self._close_later(conn, "discarded", None)
+                self._policy.rejected += 1
+                await self._close_on_the_way_out(conn, "discarded")
                 self._wake_workers()
                 raise
             if failure is None:
-                self._checked_out(conn)
+                self._hand_over(conn)
                 return conn
             core.discard(conn)
             self._rejected(conn, _core.CHECK, failure)
             conn = None
+
+    def _hand_over(self, conn: Any) -> None:
+        """The checkout hook on a connection about to go out; a hook that
+        raises (a ``KeyboardInterrupt`` too) gets it given back first."""
+        try:
+            self._checked_out(conn)
+        except BaseException:
+            if not self._core.release(conn):  # the pool closed meanwhile
+                self._close_later(conn, "closed", None)
+            raise
 
     async def _wait_for_one(self, deadline: float) -> Any:
         loop = self._loop
@@ -420,9 +534,11 @@ class _AsyncPoolMethods(_PoolShared):
                 await pending
         except BaseException as exc:
             self._core.discard(conn)
-            self._retire(conn, _core.RESET_FAILED, exc)
             if not isinstance(exc, Exception):
+                await self._close_on_the_way_out(conn, "reset_failed")
+                self._wake_workers()
                 raise
+            self._retire(conn, _core.RESET_FAILED, exc)
             return
         self._give_back(conn)
 
@@ -458,7 +574,11 @@ class _AsyncPoolMethods(_PoolShared):
             try:
                 result = await fn(conn)
             except Exception as exc:
-                broken = await self._is_broken(conn, exc)
+                try:
+                    broken = await self._is_broken(conn, exc)
+                except BaseException:  # cancelled or interrupted meanwhile
+                    await asyncio.shield(self.release(conn))
+                    raise
                 if broken:
                     await self.discard(conn, exc)
                 else:
@@ -515,11 +635,13 @@ class _AsyncPoolMethods(_PoolShared):
         check = self._settings.check
         try:
             if check is None:
-                await asyncio.wait_for(
-                    _maybe_await(self._settings.adapter.check(conn)), max(timeout, 0.001)
-                )
+                pending = self._settings.adapter.check(conn)
             elif check is not False:
-                await asyncio.wait_for(_maybe_await(check(conn)), max(timeout, 0.001))
+                pending = check(conn)
+            else:
+                return None
+            if inspect.isawaitable(pending):
+                await _within(pending, max(timeout, 0.001))
         except Exception as exc:
             return exc
         return None
@@ -534,6 +656,19 @@ class _AsyncPoolMethods(_PoolShared):
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         self._close_later(conn, _core.REASONS[reason], exc)
         self._wake_workers()
+
+    def _drop_unknown(self, conn: Any) -> None:
+        self._close_later(conn, "discarded", None)
+        self._wake_workers()
+
+    async def _close_on_the_way_out(self, conn: Any, reason: str) -> None:
+        """Closes a connection dropped by a task that is being cancelled or
+        interrupted, before the task goes: a close task of its own could be
+        destroyed unrun by the end of the loop. Shielded (a second
+        cancellation leaves the close running in its task) and silent: the
+        caller raises what stopped it."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self._close_connection(conn, reason, None))
 
     def _on_wait(self) -> None:
         self._wake_workers()
@@ -551,47 +686,71 @@ class _AsyncPoolMethods(_PoolShared):
     # ------------------------------------------------------------ connects
 
     async def _connect_into(self, slot: int) -> bool:
-        """Connects into a reserved slot; False (the slot abandoned) when the
-        factory or configure failed."""
+        """Connects into a reserved slot; False (the slot given back) when the
+        connect failed.
+
+        Whatever the factory or ``configure`` raises fails this connect, as
+        does anything the pool cannot take as a new connection (None, a
+        connection already in the pool); the worker task lives on. A
+        cancellation, ``KeyboardInterrupt`` or ``SystemExit`` is not a
+        failed connect: the new connection is closed, its slot given back,
+        and the exception goes on (it ends the worker, or the program)."""
         settings = self._settings
         core = self._core
         started = time.monotonic()
         conn = None
         try:
             conn = await _maybe_await(settings.factory())
+            self._refuse_new(conn, sync=False)
             if settings.configure is not None:
                 await _maybe_await(settings.configure(conn))
             if not self._reset_known:
                 self._reset_plan = settings.adapter.reset_for(conn)
                 self._reset_known = True
                 self._apply_hot_path()
-        except Exception as exc:
-            core.abandon(slot)
-            if conn is not None:
-                await _maybe_await(settings.adapter.close(conn))
-            if self._policy.connect_failed(exc):
-                self._reconnect_failed()
-            await self._tell_ready()
-            return False
-        except BaseException:
-            core.abandon(slot)
-            if conn is not None:
-                await asyncio.shield(_maybe_await(settings.adapter.close(conn)))
+            self._emit("connect", conn)
+        except _STOPS:
+            if core.slot_info(slot)[0] == _core.CREATING:
+                core.abandon(slot)
+            if conn is not None and not self._in_pool(conn):
+                # Shielded, and never in place of what stops the task.
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(_maybe_await(settings.adapter.close(conn)))
             raise
-        self._policy.connected(time.monotonic() - started)
-        self._emit("connect", conn)
+        except BaseException as exc:
+            self._connect_failed(slot, exc)
+            await self._close_new(conn)
+            self._tell_ready()
+            return False
+        took = time.monotonic() - started
+        self._policy.connected(took)
         try:
             core.fill(slot, conn, self._policy.lifetime())
         except PoolClosed:
             await self._close_connection(conn, "closed", None)
-        await self._tell_ready()
+        except BaseException as exc:  # the core refused it after all
+            self._policy.not_connected(took)
+            self._connect_failed(slot, self._refused(conn, exc))
+            await self._close_new(conn)
+            self._tell_ready()
+            return False
+        self._tell_ready()
         return True
 
-    async def _tell_ready(self) -> None:
+    async def _close_new(self, conn: Any) -> None:
+        """Closes a connection a failed connect made, unless it is not one or
+        belongs to the pool already."""
+        if conn is None or self._in_pool(conn):
+            return
+        try:
+            await _maybe_await(self._settings.adapter.close(conn))
+        except Exception as exc:
+            self._log.warning("pool %r: error closing a connection: %s", self.name, exc)
+
+    def _tell_ready(self) -> None:
         ready = self._ready
         if ready is not None:
-            async with ready:
-                ready.notify_all()
+            ready.pulse()
 
     def _close_later(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         """Closes a dropped connection in a task of its own: a caller never
@@ -627,7 +786,12 @@ class _AsyncPoolMethods(_PoolShared):
             await self._replace_expiring(now)
         if settings.keepalive is not None:
             for index, conn in self._due_for_keepalive(now):
-                failure = await self._vet(conn, min(settings.timeout, 10.0))
+                try:
+                    failure = await self._vet(conn, min(settings.timeout, 10.0))
+                except BaseException as exc:  # cancelled mid-check: not kept
+                    self._kept_alive(index, exc)
+                    await self._close_on_the_way_out(conn, "discarded")
+                    raise
                 reason = self._kept_alive(index, failure)
                 if reason is not None:
                     await self._close_connection(conn, reason, failure)
@@ -714,7 +878,7 @@ class _GenericAsyncAdapter:
 
 
 async def _connect_worker(
-    ref: weakref.ref[_AsyncPoolMethods], demand: asyncio.Event, stop: asyncio.Event
+    ref: weakref.ref[_AsyncPoolMethods], demand: _Signal, stop: _Signal
 ) -> None:
     try:
         await _connect_loop(ref, demand, stop)
@@ -724,7 +888,7 @@ async def _connect_worker(
 
 
 async def _connect_loop(
-    ref: weakref.ref[_AsyncPoolMethods], demand: asyncio.Event, stop: asyncio.Event
+    ref: weakref.ref[_AsyncPoolMethods], demand: _Signal, stop: _Signal
 ) -> None:
     backoff = 0.0
     while not stop.is_set():
@@ -734,8 +898,7 @@ async def _connect_loop(
         if not pool._policy.wants_connection():
             demand.clear()
             del pool
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(demand.wait(), 1.0)
+            await demand.wait(1.0)
             continue
         slot = pool._core.reserve()
         if slot is None:
@@ -747,11 +910,10 @@ async def _connect_loop(
             continue
         backoff = pool._policy.backoff(backoff)
         del pool
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), backoff * (0.5 + 0.5 * random.random()))
+        await stop.wait(backoff * (0.5 + 0.5 * random.random()))
 
 
-async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: asyncio.Event) -> None:
+async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: _Signal) -> None:
     try:
         while not stop.is_set():
             pool = ref()
@@ -763,8 +925,7 @@ async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: asyncio
                 pool._log.exception("pool %r: maintenance failed", pool.name)
             interval = pool._interval
             del pool
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
+            await stop.wait(interval)
     except asyncio.CancelledError:
         _tell_loop_ended(ref)
         raise

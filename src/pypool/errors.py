@@ -95,8 +95,15 @@ class UnusableConnection(PoolError):
 
 
 class ConnectionFailed(PoolError):
-    """The pool could not connect, and was asked to fail at once rather than
-    keep trying (``Pool.wait(fail_fast=True)``); the driver's error is the
-    ``__cause__``."""
+    """The pool could not connect.
+
+    Raised by ``wait(fail_fast=True)`` (and ``open(wait=True,
+    fail_fast=True)``) at the first failed connect, with the driver's error
+    as the ``__cause__``. It is also what a connect fails with when the
+    factory returns something that cannot be a new connection (None, a
+    connection already in the pool): then it is the ``__cause__`` of the
+    ``PoolTimeout`` a waiting caller gets, and says what the factory
+    returned.
+    """
 
     __module__ = "pypool"

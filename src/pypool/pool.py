@@ -26,6 +26,7 @@ import contextlib
 import inspect
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -36,8 +37,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core, stats
-from ._policy import Policy, Settings, check_sizes, make_core
-from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolTimeout
+from ._policy import Policy, Settings, _one_line, check_sizes, make_core
+from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
 
 __all__ = ["EVENTS", "Pool"]
 
@@ -78,6 +79,7 @@ class _PoolShared:
         def _set_observe(self, observe: bool) -> None: ...
         def _set_reset(self, reset: Any) -> None: ...
         def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None: ...
+        def _drop_unknown(self, conn: Any) -> None: ...
         def _wake_workers(self) -> None: ...
 
     def _adopt(self, settings: Settings, core: Any) -> None:
@@ -261,6 +263,11 @@ class _PoolShared:
 
     def _rejected(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         self._policy.rejected += 1
+        if exc is not None and not isinstance(exc, Exception):
+            # A check cut short (KeyboardInterrupt...): its state is unknown,
+            # not known bad; closed all the same, as "discarded".
+            self._drop_unknown(conn)
+            return
         if exc is not None:
             self._policy.check_failed(exc)
         self._retire(conn, reason, exc)
@@ -277,6 +284,55 @@ class _PoolShared:
         )
         self._emit("abandon", slot)
         self._wake_workers()
+
+    # ------------------------------------------------------ failed connects
+
+    def _refuse_new(self, conn: Any, *, sync: bool) -> None:
+        """Raises :class:`ConnectionFailed`, saying what the factory
+        returned, when ``conn`` cannot be a new connection: None, an
+        awaitable (for a pool that cannot await it), or a connection that is
+        in the pool already."""
+        name = self.name
+        if conn is None:
+            raise ConnectionFailed(
+                f"pool {name!r}: the factory returned None instead of a new connection"
+            )
+        if sync and inspect.isawaitable(conn):
+            raise ConnectionFailed(
+                f"pool {name!r}: the factory returned a {_describe(conn, short=True)}, which a "
+                "pool of threads cannot await: use pypool.AsyncPool for a coroutine function"
+            )
+        if self._in_pool(conn):
+            raise ConnectionFailed(
+                f"pool {name!r}: the factory returned {_describe(conn)}, a connection that is "
+                f"in the pool already: a factory must make a new connection at every call"
+            )
+
+    def _refused(self, conn: Any, exc: BaseException) -> ConnectionFailed:
+        """The failure to record when the core refused what the factory
+        returned (``exc`` says why, and is the cause)."""
+        error = ConnectionFailed(
+            f"pool {self.name!r}: the factory returned {_describe(conn)}, which the pool "
+            f"cannot hold: {_one_line(exc)}"
+        )
+        error.__cause__ = exc
+        return error
+
+    def _in_pool(self, conn: Any) -> bool:
+        try:
+            self._core.slot_of(conn)
+        except PoolError:
+            return False
+        return True
+
+    def _connect_failed(self, slot: int, exc: BaseException) -> None:
+        """A failed connect: its slot given back (if the core has not freed
+        it already), the failure counted and logged."""
+        core = self._core
+        if core.slot_info(slot)[0] == _core.CREATING:
+            core.abandon(slot)
+        if self._policy.connect_failed(exc):
+            self._reconnect_failed()
 
     def _reconnect_failed(self) -> None:
         self._log.error(
@@ -397,6 +453,7 @@ class _PoolMethods(_PoolShared):
         def acquire(self, timeout: float | None = None) -> Any: ...
         def release(self, conn: Any, /) -> None: ...
         def _set_timeout(self, timeout: float) -> None: ...
+        def _lease(self, timeout: float | None, end: Any) -> Any: ...
 
     def __init__(
         self,
@@ -466,9 +523,9 @@ class _PoolMethods(_PoolShared):
         """The pool's threads and locks, new (at creation and in a forked
         child, where the parent's threads do not exist)."""
         self._lock = threading.Lock()  # lifecycle: open, close
-        self._wake = threading.Condition(threading.Lock())  # connect workers sleep here
-        self._ready = threading.Condition(threading.Lock())  # wait() sleeps here
-        self._stop = threading.Event()  # the maintenance thread sleeps here
+        self._wake = _Bell()  # connect workers sleep here
+        self._stop = _Bell()  # rung once, by close(): the threads end
+        self._ready: set[_Bell] = set()  # one for each wait() under way
         self._threads: list[threading.Thread] = []
         self._started = False
         self._closing = False
@@ -477,7 +534,13 @@ class _PoolMethods(_PoolShared):
 
     def open(self, wait: bool = False, timeout: float = 30.0, fail_fast: bool = False) -> None:
         """Starts the connect workers and the maintenance thread (also done on
-        first use). With ``wait``, blocks as :meth:`wait` does. Idempotent."""
+        first use). Idempotent.
+
+        With ``wait``, blocks as :meth:`wait` does; if that fails
+        (:class:`PoolTimeout`, or :class:`ConnectionFailed` with
+        ``fail_fast``), the pool is closed before the error is raised: a
+        pool that could not start does not go on connecting in the
+        background. (A direct :meth:`wait` leaves the pool open.)"""
         if self._core.closed:
             raise PoolClosed(f"pool {self.name!r} is closed")
         if not self._started:
@@ -487,7 +550,12 @@ class _PoolMethods(_PoolShared):
                     self._started = True
                     self._log.info("pool %r opened (%s core)", self.name, self.core)
         if wait:
-            self.wait(timeout, fail_fast=fail_fast)
+            try:
+                _PoolMethods.wait(self, timeout, fail_fast=fail_fast)
+            except (PoolTimeout, ConnectionFailed) as exc:
+                self._log.info("pool %r could not open, closing it: %s", self.name, exc)
+                self.close()
+                raise
 
     def _start_threads(self) -> None:
         ref = weakref.ref(self)
@@ -516,11 +584,19 @@ class _PoolMethods(_PoolShared):
         must not start against a dead database. Raises :class:`PoolTimeout`
         (with the last connection error as its cause) after ``timeout``
         seconds, or with ``fail_fast`` :class:`ConnectionFailed` as soon as a
-        connect has failed (at once if the last one already had)."""
+        connect has failed (at once if the last one already had).
+
+        When it raises, the pool stays as it was: open, connecting, and
+        serving whoever uses it, so a readiness probe that gives up does not
+        take the service down. (psycopg_pool's ``wait()`` closes the pool
+        then, and so do the pools of :mod:`pypool.psycopg`.) To close on
+        failure, use ``open(wait=True)``, or call :meth:`close`."""
         self.open()
         policy = self._policy
         deadline = time.monotonic() + timeout
-        with self._ready:
+        bell = _Bell()
+        try:
+            self._ready.add(bell)  # rung by every connect that ends
             while True:
                 core = self._core
                 if core.closed:
@@ -538,7 +614,9 @@ class _PoolMethods(_PoolShared):
                         f"{policy.min_size} connections ready after {timeout:.3f} s"
                     )
                     raise error from policy.last_error
-                self._ready.wait(min(remaining, 0.5))
+                bell.sleep(min(remaining, 0.5))
+        finally:
+            self._ready.discard(bell)
 
     def close(self, timeout: float = 5.0) -> None:
         """Closes the pool: idle connections at once, borrowed ones when they
@@ -551,10 +629,8 @@ class _PoolMethods(_PoolShared):
             self._closing = True
         idle = self._core.close()
         self._stop.set()
-        with self._wake:
-            self._wake.notify_all()
-        with self._ready:
-            self._ready.notify_all()
+        self._wake.ring(len(self._threads))
+        self._tell_ready()
         for conn in idle:
             self._close_connection(conn, "closed", None)
         deadline = time.monotonic() + timeout
@@ -610,6 +686,10 @@ class _PoolMethods(_PoolShared):
         it back; the pool makes a new one as needed."""
         slot = self._core.slot_of(conn)
         self._core.discard(conn)
+        self._dropped(slot, conn, exc)
+
+    def _dropped(self, slot: int, conn: Any, exc: BaseException | None) -> None:
+        """The end of a discard: the connection is out of the pool already."""
         self._leases.pop(slot, None)
         self._close_connection(conn, "broken" if exc is not None else "discarded", exc)
         self._wake_workers()
@@ -635,36 +715,39 @@ class _PoolMethods(_PoolShared):
         healthy connection (a failed query, a constraint violation) is raised
         at once, never retried; so is the last failure once retries run out.
         ``timeout`` bounds each acquire.
+
+        The connection is held as in ``with pool.connection()``, from the
+        moment the pool hands it out: whatever is raised (in ``fn``, in the
+        adapter's ``is_broken``, a Ctrl-C anywhere), it goes back, or is
+        discarded if it broke.
         """
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
         attempt = 0
         while True:
-            conn = self.acquire(timeout)
-            try:
-                result = fn(conn)
-            except Exception as exc:
-                broken = self._is_broken(conn, exc)
-                if broken:
-                    self.discard(conn, exc)
-                else:
-                    self.release(conn)
-                if not broken or attempt >= retries:
-                    raise
-                attempt += 1
-                self._log.info(
-                    "pool %r: connection broke during run(), retry %d of %d",
-                    self.name,
-                    attempt,
-                    retries,
-                )
-                time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + 0.5 * random.random()))
-                continue
-            except BaseException:
-                self.release(conn)
-                raise
-            self.release(conn)
-            return result
+            # The connection() block holds the connection from the moment the
+            # core hands it out: whatever is raised from then on (in fn, in
+            # is_broken, a Ctrl-C between two lines here), its exit gives the
+            # connection back, unless it was taken out as broken.
+            lease = self._lease(timeout, None)
+            with lease as conn:
+                try:
+                    return fn(conn)
+                except Exception as exc:
+                    if not self._is_broken(conn, exc):
+                        raise
+                    slot = self._core.slot_of(conn)
+                    self._dropped(slot, lease._discard(), exc)
+                    if attempt >= retries:
+                        raise
+            attempt += 1
+            self._log.info(
+                "pool %r: connection broke during run(), retry %d of %d",
+                self.name,
+                attempt,
+                retries,
+            )
+            time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + 0.5 * random.random()))
 
     def _is_broken(self, conn: Any, exc: BaseException) -> bool:
         try:
@@ -696,6 +779,12 @@ class _PoolMethods(_PoolShared):
         self._close_connection(conn, _core.REASONS[reason], exc)
         self._wake_workers()
 
+    def _drop_unknown(self, conn: Any) -> None:
+        """Closes a connection dropped because something cut short what was
+        done with it (its state unknown)."""
+        self._close_connection(conn, "discarded", None)
+        self._wake_workers()
+
     def _on_wait(self) -> None:
         if not self._started:
             self.open()
@@ -707,44 +796,67 @@ class _PoolMethods(_PoolShared):
         if self._policy.wants_connection():
             if not self._started and not self._core.closed:
                 self.open()
-            with self._wake:
-                self._wake.notify()
+            self._wake.ring()
 
     def _connect_into(self, slot: int) -> bool:
-        """Connects into a reserved slot; False (the slot abandoned) when the
-        factory or configure failed."""
+        """Connects into a reserved slot; False (the slot given back) when the
+        connect failed.
+
+        It runs on a worker thread, where nothing is there to catch what
+        escapes: whatever the factory or ``configure`` raises (an Exception
+        or not), and anything the pool cannot take as a new connection
+        (None, a coroutine, a connection already in the pool), fails this
+        connect, which is counted, logged and retried with backoff."""
         settings = self._settings
         core = self._core
         started = time.monotonic()
         conn = None
         try:
             conn = settings.factory()
+            self._refuse_new(conn, sync=True)
             if settings.configure is not None:
                 settings.configure(conn)
             if not self._reset_known:
                 self._reset_plan = settings.adapter.reset_for(conn)
                 self._reset_known = True
                 self._apply_hot_path()
-        except Exception as exc:
-            core.abandon(slot)
-            if conn is not None:
-                settings.adapter.close(conn)
-            if self._policy.connect_failed(exc):
-                self._reconnect_failed()
+            self._emit("connect", conn)
+        except BaseException as exc:
+            self._connect_failed(slot, exc)
+            self._close_new(conn)
             self._tell_ready()
             return False
-        self._policy.connected(time.monotonic() - started)
-        self._emit("connect", conn)
+        took = time.monotonic() - started
+        self._policy.connected(took)
         try:
             core.fill(slot, conn, self._policy.lifetime())
         except PoolClosed:
             self._close_connection(conn, "closed", None)
+        except BaseException as exc:  # the core refused it after all
+            self._policy.not_connected(took)
+            self._connect_failed(slot, self._refused(conn, exc))
+            self._close_new(conn)
+            self._tell_ready()
+            return False
         self._tell_ready()
         return True
 
+    def _close_new(self, conn: Any) -> None:
+        """Closes a connection a failed connect made, unless it is not one or
+        belongs to the pool already."""
+        if conn is None or self._in_pool(conn):
+            return
+        if inspect.iscoroutine(conn):
+            conn.close()  # never awaited: say nothing about it
+            return
+        try:
+            self._settings.adapter.close(conn)
+        except Exception as exc:
+            self._log.warning("pool %r: error closing a connection: %s", self.name, exc)
+
     def _tell_ready(self) -> None:
-        with self._ready:
-            self._ready.notify_all()
+        for bell in list(self._ready):
+            bell.ring()
 
     def _close_connection(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         self._policy.retired_one(reason, exc)
@@ -767,7 +879,12 @@ class _PoolMethods(_PoolShared):
             self._replace_expiring(now)
         if settings.keepalive is not None:
             for index, conn in self._due_for_keepalive(now):
-                failure = self._vet(conn, min(settings.timeout, 10.0))
+                try:
+                    failure = self._vet(conn, min(settings.timeout, 10.0))
+                except BaseException as exc:  # its state is unknown: not kept
+                    self._kept_alive(index, exc)
+                    self._close_connection(conn, "discarded", None)
+                    raise
                 reason = self._kept_alive(index, failure)
                 if reason is not None:
                     self._close_connection(conn, reason, failure)
@@ -826,18 +943,62 @@ class _PoolMethods(_PoolShared):
 # They hold the pool weakly, dropping even that while they sleep.
 
 
+class _Bell:
+    """What the pool's threads sleep on, rung from any thread by one call
+    into C (``queue.SimpleQueue.put``).
+
+    ``threading.Condition`` and ``Event`` take and release their lock in
+    Python code: a ``KeyboardInterrupt`` landing there, in the main thread
+    that rings them (a caller that has to wait, ``close()``), can leave the
+    lock held for good and every sleeper on it stuck. Here a ring is kept
+    until a sleeper takes it (none is lost between a check and the sleep),
+    and :meth:`set` makes the bell stay rung, as an Event's ``set()``."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._set = False
+
+    def ring(self, times: int = 1) -> None:
+        """Wakes one sleeper (now, or the next to sleep), ``times`` times."""
+        for _ in range(times):
+            self._queue.put_nowait(None)
+
+    def sleep(self, timeout: float) -> bool:
+        """Up to ``timeout`` seconds, until rung; True if it was."""
+        try:
+            self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        return True
+
+    def set(self) -> None:
+        """Rung for good: every sleeper wakes, now and from now on."""
+        self._set = True
+        self._queue.put_nowait(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        """Up to ``timeout`` seconds, until :meth:`set`; True if it is."""
+        if self._set:
+            return True
+        if self.sleep(timeout) and self.is_set():
+            self._queue.put_nowait(None)  # pass it on to the next sleeper
+        return self.is_set()
+
+
 def _connect_worker(ref: weakref.ref[Any]) -> None:
     backoff = 0.0
     while True:
         pool = ref()
         if pool is None or pool._closing:
             return
-        wake = pool._wake
-        with wake:
-            if not pool._policy.wants_connection():
-                del pool
-                wake.wait(1.0)
-                continue
+        if not pool._policy.wants_connection():
+            wake = pool._wake
+            del pool
+            wake.sleep(1.0)  # a ring between the check and here is kept
+            continue
         # Re-check at the last moment: a connection returned meanwhile may
         # have served the waiter.
         slot = pool._core.reserve() if pool._policy.wants_connection() else None
@@ -849,8 +1010,8 @@ def _connect_worker(ref: weakref.ref[Any]) -> None:
         backoff = pool._policy.backoff(backoff)
         stop = pool._stop
         del pool
-        # Sleep out the backoff whatever the demand (waiters would wake the
-        # condition at once); only close() cuts it short.
+        # Sleep out the backoff whatever the demand (waiters would ring the
+        # wake bell at once); only close() cuts it short.
         if stop.wait(backoff * (0.5 + 0.5 * random.random())):
             return
 
@@ -862,12 +1023,26 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
             return
         try:
             pool._maintain()
-        except Exception:
+        except BaseException:  # on its own thread: nothing above to stop
             pool._log.exception("pool %r: maintenance failed", pool.name)
         stop, interval = pool._stop, pool._interval
         del pool
         if stop.wait(interval):
             return
+
+
+def _describe(obj: Any, short: bool = False) -> str:
+    """What an object is, for an error message: its type, and (unless
+    ``short``) its repr, shortened and with any password masked."""
+    from .dbapi import mask_dsn
+
+    kind = type(obj).__name__
+    if short:
+        return kind
+    text = mask_dsn(repr(obj))
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (a {kind})"
 
 
 async def _then_emit(reset: Awaitable[Any], pool: _PoolShared, event: str, conn: Any) -> None:
@@ -984,7 +1159,12 @@ class Pool(_PoolMethods, _core.PoolBase):
     """A pool of database connections for threads.
 
     ``factory()`` makes a new connection; it runs on ``num_workers`` connect
-    workers, never on your thread. Borrow with ``with pool.connection() as
+    workers, never on your thread. A factory that raises (anything), or
+    returns None or a connection already in the pool, fails that connect:
+    it is counted in ``connect_errors``, logged and retried with backoff,
+    and a caller that times out meanwhile gets :class:`PoolTimeout` with
+    the failure (a :class:`ConnectionFailed` saying what the factory
+    returned) as its ``__cause__``. Borrow with ``with pool.connection() as
     conn:`` (or :meth:`acquire` and :meth:`release`: you must release every
     connection you acquire, or the pool runs dry).
 

@@ -280,7 +280,8 @@ class _Connect:
         except Exception as exc:
             Secrets(conninfo, kwargs).scrub(exc)
             raise
-        conn._pool = self.pool
+        if conn is not None:  # None: the pool says so, as a failed connect
+            conn._pool = self.pool
         return conn
 
     @property
@@ -298,8 +299,10 @@ class _Connect:
 
 
 class _Lease:
-    """``with pool.connection() as conn``: psycopg's connection block (commit
-    on success, rollback on error), then the connection goes back."""
+    """``with pool.connection() as conn`` on a pool not opened explicitly:
+    ``getconn()`` (which then raises or warns as psycopg_pool's does) and
+    the end of psycopg's connection block. An open pool's block is the
+    core's lease instead (:meth:`_PsycopgMethods.connection`)."""
 
     __slots__ = ("_conn", "_pool", "_timeout")
 
@@ -319,19 +322,7 @@ class _Lease:
         exc_tb: TracebackType | None,
     ) -> None:
         conn, self._conn = self._conn, None
-        try:
-            # psycopg's Connection.__exit__, less its no-op commit when no
-            # transaction is open (the common autocommit case).
-            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
-                if exc_type is None:
-                    conn.commit()
-                else:
-                    try:
-                        conn.rollback()
-                    except Exception as exc2:
-                        logger.warning("error ignored in rollback on %s: %s", conn, exc2)
-        finally:
-            self._pool.putconn(conn)
+        self._pool._end_lease(conn, exc_type)
 
 
 def _psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
@@ -643,7 +634,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
 
     # -------------------------------------------------------------- borrowing
 
-    def connection(self, timeout: float | None = None) -> _Lease:
+    def connection(self, timeout: float | None = None) -> Any:
         """Context manager to obtain a connection from the pool.
 
         Return the connection immediately if available, otherwise wait up to
@@ -655,7 +646,29 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         of success/error). If the connection is no more in working state,
         replace it with a new one.
         """
-        return _Lease(self, timeout)
+        if "getconn" in self.__dict__:  # not opened explicitly: as getconn() does
+            return _Lease(self, timeout)
+        # The core's lease: the connection is in its keeping from the
+        # moment the core hands it out, so a Ctrl-C cannot land between the
+        # hand-out and the block.
+        return self._lease(timeout, self._end_lease)
+
+    def _end_lease(self, conn: Any, exc_type: type[BaseException] | None) -> None:
+        """The end of psycopg's connection block (commit on success, rollback
+        on error), then the connection goes back, whatever is raised."""
+        try:
+            # psycopg's Connection.__exit__, less its no-op commit when no
+            # transaction is open (the common autocommit case).
+            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+                if exc_type is None:
+                    conn.commit()
+                else:
+                    try:
+                        conn.rollback()
+                    except Exception as exc2:
+                        logger.warning("error ignored in rollback on %s: %s", conn, exc2)
+        finally:
+            self.putconn(conn)  # type: ignore[attr-defined]  # the pool's, or the null pool's
 
     def _failed(self, exc: Exception, timeout: float) -> BaseException:
         return _psycopg_error(self, exc, timeout)
@@ -698,6 +711,10 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
                 core.retire(index)
                 logger.warning("discarding broken connection: %s", conn)
                 self._close_connection(conn, "check", exc)
+            except BaseException:  # interrupted mid-check: its state unknown
+                core.retire(index)
+                self._close_connection(conn, "discarded", None)
+                raise
             else:
                 if not core.restore(index):
                     self._close_connection(conn, "closed", None)
@@ -728,7 +745,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
 
 
-class ConnectionPool(_PsycopgMethods, Pool):  # type: ignore[misc]
+class ConnectionPool(_PsycopgMethods, Pool):
     """psycopg_pool's ``ConnectionPool``, on pypool's core.
 
     ``getconn()`` / ``putconn()`` are the native hot path itself; you must
@@ -871,7 +888,8 @@ class _AsyncConnect(_Connect):
         except Exception as exc:
             Secrets(conninfo, kwargs).scrub(exc)
             raise
-        conn._pool = self.pool
+        if conn is not None:  # None: the pool says so, as a failed connect
+            conn._pool = self.pool
         return conn
 
 
@@ -1063,6 +1081,10 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
                 core.retire(index)
                 logger.warning("discarding broken connection: %s", conn)
                 await self._close_connection(conn, "check", exc)
+            except BaseException:  # cancelled mid-check: its state unknown
+                core.retire(index)
+                await self._close_on_the_way_out(conn, "discarded")
+                raise
             else:
                 if not core.restore(index):
                     await self._close_connection(conn, "closed", None)
@@ -1121,6 +1143,19 @@ class _AsyncNullMethods(_AsyncPsycopgMethods):
             await self.release(conn)
         else:
             await self.discard(conn)
+
+    async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
+        """Checks that a connection can be made: one is made and closed (a
+        null pool keeps none); if not within ``timeout`` seconds, closes the
+        pool and raises PoolTimeout."""
+        try:
+            conn = await self.getconn(timeout)
+        except PoolTimeout as exc:
+            await self.close()
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+        await self.putconn(conn)
 
 
 class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool):  # type: ignore[misc]

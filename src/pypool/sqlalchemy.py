@@ -180,6 +180,7 @@ class QueuePool(sa_pool.QueuePool):
         else:
             max_size = max(pool_size + self._max_overflow, 1)
         self._idle_state = module.IDLE
+        self._creating_state = module.CREATING
         self._core = module.CorePool(max_size, lifo=self._use_lifo)
         self._try_acquire = self._core.try_acquire
         self._release = self._core.release
@@ -265,19 +266,26 @@ class QueuePool(sa_pool.QueuePool):
         while True:
             slot = core.reserve()
             if slot is not None:
-                if core.size > self._keep_all_up_to:  # an overflow connection
-                    with self._mode_lock:
-                        if core.size > self._keep_all_up_to:
-                            self._fast_return(False)
+                record = None
                 try:
+                    if core.size > self._keep_all_up_to:  # an overflow connection
+                        with self._mode_lock:
+                            if core.size > self._keep_all_up_to:
+                                self._fast_return(False)
                     record = self._create_connection()
-                except BaseException:
-                    core.abandon(slot)
-                    raise
-                try:
                     core.fill(slot, record)
                 except PoolClosed:  # pragma: no cover - the core is never closed
-                    record.close()
+                    if record is not None:
+                        record.close()
+                    raise
+                except BaseException:
+                    # Whatever stopped it (a failed connect, a Ctrl-C), the
+                    # slot does not stay "connecting", and a connection made
+                    # but not pooled is closed.
+                    if core.slot_info(slot)[0] == self._creating_state:
+                        core.abandon(slot)
+                        if record is not None:
+                            record.close()
                     raise
                 # Idle now, or handed to a caller that waited: then look again.
                 record = core.try_acquire()
@@ -389,9 +397,9 @@ class QueuePool(sa_pool.QueuePool):
         return stats
 
 
-def _wake(future: asyncio.Future[None]) -> None:
+def _settle(future: asyncio.Future[bool], handed: bool) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(handed)
 
 
 class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
@@ -414,20 +422,29 @@ class AsyncAdaptedQueuePool(QueuePool, sa_pool.AsyncAdaptedQueuePool):
 
     async def _wait_async(self, timeout: float | None) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[bool] = loop.create_future()
 
         def callback(ticket: Any) -> None:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
-                loop.call_soon_threadsafe(_wake, future)
+                loop.call_soon_threadsafe(_settle, future, True)
 
         ticket = self._core.enqueue(callback)
         if not ticket.done:
+            # A plain future and a timer, not asyncio.wait_for: on Python
+            # 3.10 and 3.11 that returns the result of a future resolved in
+            # the step the task is cancelled, swallowing the cancellation.
+            # timeout None: wait as long as it takes, as SQLAlchemy's pool does.
+            timer = None if timeout is None else loop.call_later(timeout, _settle, future, False)
             try:
-                await asyncio.wait_for(future, timeout)
-            except asyncio.TimeoutError:
-                ticket.cancel(timed_out=True)
-                raise PoolTimeout(f"no connection available after {timeout:.3f} s") from None
+                handed = await future
             except BaseException:
-                ticket.cancel()
+                ticket.cancel()  # passes on a connection handed at this moment
                 raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if not handed and not ticket.done:
+                assert timeout is not None
+                ticket.cancel(timed_out=True)
+                raise PoolTimeout(f"no connection available after {timeout:.3f} s")
         return ticket.result()
