@@ -11,9 +11,8 @@ its ``try`` (or inside the code that gives a connection back), the
 connection is orphaned and only the garbage collector recovers it (pypool
 notices the borrowed connection's death): that is the documented window,
 and these tests let the collector do its part before they count. Through
-``connection()`` and ``run()`` nothing may need it, as long as the caller
-never had to wait (an interrupt inside the core's wait queue is the core's
-own concern, tested with its protocol).
+``connection()`` and ``run()`` nothing may need it, waits in the core's
+queue included (every exit from the queue unlinks and passes on).
 
 They run on the native core, where the hand-out into a ``with`` block or
 ``run()`` is one C call. The Python core has a window between any two of
@@ -28,6 +27,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -149,11 +149,49 @@ def test_storm_on_pool_connection(storm_pool: Any) -> None:
     with Storm() as storm:
         storm.run(op, SECONDS)
     assert storm.interrupts > 100, storm  # the storm did land
+    abandoned = report("Pool.connection()", pool, storm, len(factory.refs), waits(pool) - before)
+    assert pool.in_use == 0, "a connection() block orphaned a connection"
+    assert abandoned == 0
+    settle(pool)
+    accounted(pool, factory.made)
+
+
+@pytest.mark.timeout(120)
+def test_storm_while_waiting(storm_pool: Any) -> None:
+    """The caller waits for most of its connections (another thread holds
+    the pool's only one most of the time), so interrupts land inside the
+    core's wait queue: in ``on_wait``, between the wait slices, at a
+    hand-off. Every exit from the queue unlinks and passes on a connection
+    handed at that moment, so none is orphaned."""
+    pool, factory = storm_pool(min_size=1, max_size=1)
+    before = waits(pool)
+    stop = threading.Event()
+
+    def hog() -> None:
+        while not stop.is_set():
+            with pool.connection(5.0):
+                time.sleep(0.0002)
+            time.sleep(0.0001)
+
+    def op() -> None:
+        with pool.connection(5.0) as conn:
+            conn.checks += 1
+
+    thread = threading.Thread(target=hog)
+    thread.start()
+    try:
+        with Storm() as storm:
+            storm.run(op, SECONDS)
+    finally:
+        stop.set()
+        thread.join(10.0)
+    assert not thread.is_alive()
+    assert storm.interrupts > 100, storm
     waited = waits(pool) - before
-    abandoned = report("Pool.connection()", pool, storm, len(factory.refs), waited)
-    if not waited:
-        assert pool.in_use == 0, "a connection() block orphaned a connection"
-        assert abandoned == 0
+    assert waited > 100, "the caller seldom waited: the scenario missed the wait queue"
+    abandoned = report("Pool.connection(), waiting", pool, storm, len(factory.refs), waited)
+    assert pool.in_use == 0 and pool.waiting == 0, "a waiter or its connection was orphaned"
+    assert abandoned == 0
     settle(pool)
     accounted(pool, factory.made)
 
@@ -197,11 +235,9 @@ def test_storm_on_pool_run(storm_pool: Any) -> None:
     with Storm() as storm:
         storm.run(op, SECONDS)
     assert storm.interrupts > 100, storm
-    waited = waits(pool) - before
-    abandoned = report("Pool.run()", pool, storm, len(factory.refs), waited)
-    if not waited:
-        assert pool.in_use == 0, "run() orphaned a connection"
-        assert abandoned == 0
+    abandoned = report("Pool.run()", pool, storm, len(factory.refs), waits(pool) - before)
+    assert pool.in_use == 0, "run() orphaned a connection"
+    assert abandoned == 0
     settle(pool)
     accounted(pool, factory.made)
 
