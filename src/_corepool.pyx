@@ -84,6 +84,7 @@ from pypool.errors import (
     PoolTimeout,
     TooManyRequests,
 )
+from pypool._records import SlotInfo
 
 cdef extern from "pypool_freelist.h" nogil:
     ctypedef struct pfl_list:
@@ -138,6 +139,7 @@ __all__ = [
     "MAX_SIZE",
     "RESERVED",
     "CorePool",
+    "SlotInfo",
     "WaiterTicket",
 ]
 
@@ -1272,11 +1274,12 @@ cdef class CorePool:
         raise NotBorrowed("this object is not in this pool")
 
     def slot_info(self, slot):
-        """``(state, created, checked_out, returned, uses, generation,
-        expires)`` of a slot; times are :meth:`now` values (0.0: never)."""
+        """A :class:`SlotInfo`, ``(state, created, checked_out, returned, uses,
+        generation, expires)``, of a slot; times are :meth:`now` values (0.0:
+        never)."""
         cdef uint32_t i = self._slot_at(slot, PFL_NIL)
         cdef Slot *s = self._slot(i)
-        return (
+        return SlotInfo(
             pfl_state(self.fl, i),
             _seconds(s.created),
             _seconds(s.checked_out),

@@ -659,6 +659,38 @@ def test_slot_info_times(make_pool: Any, CorePool: Any, core_module: Any) -> Non
         assert isinstance(pool.slot_info(0)[i], float)
 
 
+def test_slot_info_is_a_named_slot_info(make_pool: Any, core_module: Any) -> None:
+    """The record has names for its fields, and is still the tuple it was."""
+    import pypool
+
+    pool, (conn,) = make_pool(1)
+    assert pool.try_acquire() is conn
+    info = pool.slot_info(0)
+    assert type(info) is core_module.SlotInfo is pypool.SlotInfo
+    assert isinstance(info, tuple) and len(info) == 7
+    assert info._fields == (
+        "state",
+        "created",
+        "checked_out",
+        "returned",
+        "uses",
+        "generation",
+        "expires",
+    )
+    assert tuple(info) == (
+        info.state,
+        info.created,
+        info.checked_out,
+        info.returned,
+        info.uses,
+        info.generation,
+        info.expires,
+    )
+    assert (info.state, info.uses) == (core_module.BUSY, 1)
+    assert info.created <= info.checked_out <= pool.now()
+    assert pool.slot_info(0) == info  # equal as tuples, field by field
+
+
 def test_fill_lifetime(CorePool: Any) -> None:
     pool = CorePool(3)
     pool.fill(pool.reserve(), FakeConn(), lifetime=30)

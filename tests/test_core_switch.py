@@ -169,6 +169,34 @@ def test_same_docstrings(native_module: ModuleType, python_module: ModuleType, c
     assert differ == []
 
 
+def test_same_records(native_module: ModuleType, python_module: ModuleType) -> None:
+    """Both cores hand out the one ``SlotInfo`` type, with the same fields in
+    the same order, for the same slot."""
+    import pypool
+
+    assert native_module.SlotInfo is python_module.SlotInfo is pypool.SlotInfo
+    infos = []
+    for mod in (native_module, python_module):
+        pool = mod.CorePool(2)
+        conn = object()
+        pool.fill(pool.reserve(), conn, lifetime=30)
+        assert pool.try_acquire() is conn
+        info = pool.slot_info(0)
+        assert type(info) is python_module.SlotInfo
+        infos.append(info)
+        pool.release(conn)
+        pool.close()
+    native, python = infos
+    assert native._fields == python._fields
+    assert (native.state, native.uses, native.generation) == (
+        python.state,
+        python.uses,
+        python.generation,
+    )
+    assert native.expires - native.created == pytest.approx(30.0)
+    assert python.expires - python.created == pytest.approx(30.0)
+
+
 def test_same_exceptions(native_module: ModuleType, python_module: ModuleType) -> None:
     from pypool import errors
 

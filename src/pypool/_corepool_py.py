@@ -120,6 +120,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from ._records import SlotInfo
 from .errors import (
     ConfigurationError,
     InvalidSlot,
@@ -150,6 +151,7 @@ __all__ = [
     "USED_UP",
     "CorePool",
     "PoolBase",
+    "SlotInfo",
     "WaiterTicket",
 ]
 
@@ -1067,12 +1069,13 @@ class CorePool:
                     return index
         raise NotBorrowed("this object is not in this pool")
 
-    def slot_info(self, slot: int) -> tuple[int, float, float, float, int, int, float]:
-        """``(state, created, checked_out, returned, uses, generation,
-        expires)`` of a slot; times are :meth:`now` values (0.0: never)."""
+    def slot_info(self, slot: int) -> SlotInfo:
+        """A :class:`SlotInfo`, ``(state, created, checked_out, returned, uses,
+        generation, expires)``, of a slot; times are :meth:`now` values (0.0:
+        never)."""
         with self._mutex:
             s = self._slot_at(slot, None)
-            return (
+            return SlotInfo(
                 s.state,
                 s.created,
                 s.checked_out,

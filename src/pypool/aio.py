@@ -625,7 +625,7 @@ class _AsyncPoolMethods(_PoolShared):
     async def drain(self) -> None:
         """Replaces every connection: idle ones now, borrowed ones on return."""
         generation = self._core.advance_generation()
-        for conn in self._claim_idle(lambda info: info[5] < generation, keep=0):
+        for conn in self._claim_idle(lambda info: info.generation < generation, keep=0):
             await self._close_connection(conn, "drained", None)
         self._wake_workers()
 
@@ -710,7 +710,7 @@ class _AsyncPoolMethods(_PoolShared):
                 self._apply_hot_path()
             self._emit("connect", conn)
         except _STOPS:
-            if core.slot_info(slot)[0] == _core.CREATING:
+            if core.slot_info(slot).state == _core.CREATING:
                 core.abandon(slot)
             if conn is not None and not self._in_pool(conn):
                 # Shielded, and never in place of what stops the task.
@@ -779,7 +779,7 @@ class _AsyncPoolMethods(_PoolShared):
         if settings.max_idle:
             max_idle = settings.max_idle
             for conn in self._claim_idle(
-                lambda info: now - info[3] >= max_idle, keep=self._policy.min_size
+                lambda info: now - info.returned >= max_idle, keep=self._policy.min_size
             ):
                 await self._close_connection(conn, "idle", None)
         if settings.max_lifetime is not None:
