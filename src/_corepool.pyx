@@ -483,6 +483,23 @@ cdef class WaiterTicket(_Waiter):
         self.state = _DONE
         return False
 
+    def time_out(self):
+        """Gives up a wait that ran out of time: leaves the queue, counts a
+        timeout in the statistics and returns the :class:`PoolTimeout` for the
+        caller to raise, as :meth:`CorePool.acquire` raises it, with ``idle``
+        counted at this decision. Returns None, the ticket left as it is, when
+        it no longer waits: a connection handed to it meanwhile is then the
+        caller's, from :meth:`result` (which also says if the pool closed).
+        """
+        cdef CorePool core = self._core
+        cdef int idle
+        if self._epoch != core._epoch or self.state != _WAITING:
+            return None
+        idle = core.n_idle  # 0, unless the protocol is broken
+        core._leave(self)  # a ticket passes on no wake-up: no call-out
+        core.timeouts += 1
+        return core._timeout(_seconds(pfl_monotonic_ns() - self.started), idle)
+
     def __repr__(self):
         names = ("waiting", "handed", "closed", "done")
         return f"<WaiterTicket {names[self.state]}>"

@@ -340,6 +340,25 @@ def test_acquire_times_out_on_time(make: Callable[..., AsyncPool]) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_timeout_says_how_many_were_idle(make: Callable[..., AsyncPool]) -> None:
+    """As the threaded pool's: ``idle`` is the core's count at its decision
+    (0: none could be taken), and the message is the pool's."""
+
+    async def main() -> None:
+        pool = make(max_size=1, name="counted")
+        held = await pool.acquire(timeout=5)
+        with pytest.raises(PoolTimeout) as info:
+            await pool.acquire(timeout=0.05)
+        assert info.value.idle == 0
+        assert "pool 'counted': no connection available within 0.050 s" in str(info.value)
+        assert pool.stats()[pypool.stats.TIMEOUTS] == 1
+        await pool.release(held)
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
 def test_too_many_requests(make: Callable[..., AsyncPool]) -> None:
     async def main() -> None:
         pool = make(max_size=1, max_waiting=2)

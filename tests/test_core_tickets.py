@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from conftest import FakeConn, snapshot
-from pypool.errors import ConfigurationError, PoolClosed, PoolError, TooManyRequests
+from pypool.errors import (
+    ConfigurationError,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyRequests,
+)
 
 
 class Recorder:
@@ -125,6 +131,51 @@ def test_cancel_timed_out_counts_a_timeout(make_pool: Any) -> None:
     assert ticket.cancel(timed_out=True) is False
     assert pool.stats()["timeouts"] == 1
     assert pool.waiting == 0
+
+
+def test_time_out_while_waiting(make_pool: Any) -> None:
+    """The core decides the timeout of a ticket as it does a thread's: the
+    same PoolTimeout, with the idle connections it counted, and a timeout in
+    the statistics."""
+    pool, (conn,) = make_pool(1)
+    pool.try_acquire()
+    ticket = pool.enqueue(lambda t: None)
+    other = pool.enqueue(lambda t: None)
+    exc = ticket.time_out()
+    assert isinstance(exc, PoolTimeout)
+    assert exc.idle == 0
+    assert "no connection available after" in str(exc) and "idle 0" in str(exc)
+    assert ticket.done and pool.waiting == 1
+    assert pool.stats()["timeouts"] == 1
+    assert ticket.time_out() is None  # decided once
+    assert pool.stats()["timeouts"] == 1
+    with pytest.raises(PoolError):
+        ticket.result()
+    pool.release(conn)  # skips the timed-out ticket
+    assert other.result() is conn
+
+
+def test_time_out_after_handoff_leaves_the_connection_to_take(make_pool: Any) -> None:
+    """A connection handed just before the timer fired wins: no timeout."""
+    pool, (conn,) = make_pool(1)
+    pool.try_acquire()
+    ticket = pool.enqueue(lambda t: None)
+    pool.release(conn)
+    assert ticket.time_out() is None
+    assert pool.stats()["timeouts"] == 0
+    assert ticket.result() is conn
+    assert pool.in_use == 1
+
+
+def test_time_out_after_close(make_pool: Any) -> None:
+    pool, (_conn,) = make_pool(1)
+    pool.try_acquire()
+    ticket = pool.enqueue(lambda t: None)
+    pool.close()
+    assert ticket.time_out() is None
+    with pytest.raises(PoolClosed):
+        ticket.result()
+    assert pool.stats()["timeouts"] == 0
 
 
 def test_cancel_after_handoff_passes_to_next_waiter(make_pool: Any, conn_type: Any) -> None:

@@ -417,6 +417,26 @@ class WaiterTicket(_Waiter):
         core._run(calls)
         return result
 
+    def time_out(self) -> PoolTimeout | None:
+        """Gives up a wait that ran out of time: leaves the queue, counts a
+        timeout in the statistics and returns the :class:`PoolTimeout` for the
+        caller to raise, as :meth:`CorePool.acquire` raises it, with ``idle``
+        counted at this decision. Returns None, the ticket left as it is, when
+        it no longer waits: a connection handed to it meanwhile is then the
+        caller's, from :meth:`result` (which also says if the pool closed).
+        """
+        core = self._core
+        calls: list[Callable[[], object]] = []
+        with core._locked("WaiterTicket.time_out", report=False):
+            if self._epoch != core._epoch or self._state != _WAITING:
+                return None
+            idle = core._n_idle  # 0, unless the protocol is broken
+            core._leave_locked(self, calls)
+            core._timeouts += 1
+            exc = core._timeout_locked(_clock() - self._started, idle)
+        core._run(calls)
+        return exc
+
     def __repr__(self) -> str:
         names = ("waiting", "handed", "closed", "done")
         return f"<WaiterTicket {names[self._state]}>"

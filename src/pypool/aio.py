@@ -504,9 +504,12 @@ class _AsyncPoolMethods(_PoolShared):
             raise
         finally:
             timer.cancel()
-        if not handed and not ticket.done:
-            ticket.cancel(timed_out=True)
-            raise PoolTimeout("timed out")
+        if not handed:
+            # The core decides, under its lock: a timeout with the idle
+            # connections it counted, or the connection handed meanwhile.
+            timed_out = ticket.time_out()
+            if timed_out is not None:
+                raise timed_out
         return ticket.result()
 
     async def release(self, conn: Any) -> None:
