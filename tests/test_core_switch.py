@@ -142,6 +142,8 @@ def test_same_public_names(native_module: ModuleType, python_module: ModuleType)
         assert hasattr(native_module, name), name
     assert public(native_module.CorePool) == public(python_module.CorePool)
     assert public(native_module.WaiterTicket) == public(python_module.WaiterTicket)
+    assert public(native_module.PoolBase) == public(python_module.PoolBase)
+    assert public(native_module.SlotInfo) == public(python_module.SlotInfo)
 
 
 def test_same_constants(native_module: ModuleType, python_module: ModuleType) -> None:
@@ -157,7 +159,7 @@ def _doc(obj: Any) -> str | None:
     return inspect.cleandoc(doc) if doc else None
 
 
-@pytest.mark.parametrize("cls", ["CorePool", "WaiterTicket"])
+@pytest.mark.parametrize("cls", ["CorePool", "WaiterTicket", "PoolBase"])
 def test_same_docstrings(native_module: ModuleType, python_module: ModuleType, cls: str) -> None:
     py_cls, native_cls = getattr(python_module, cls), getattr(native_module, cls)
     assert _doc(native_cls) == _doc(py_cls)

@@ -426,12 +426,12 @@ class _AsyncPoolMethods(_PoolShared):
                 self._core.release(unchecked)
             raise
         try:
-            return await self._acquire_loop(unchecked, wait_for)
+            return await self._acquire_until_one(unchecked, wait_for)
         except PoolError as exc:
             error = self._failed(exc, wait_for)
         raise error
 
-    async def _acquire_loop(self, conn: Any, wait_for: float) -> Any:
+    async def _acquire_until_one(self, conn: Any, wait_for: float) -> Any:
         """Until a connection passes: the one set aside for a check, an idle
         one, or one handed over after a wait in the core's queue."""
         core = self._core
