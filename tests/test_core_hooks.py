@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import pypool
-from conftest import FakeConn
+from _support.fakes import FakeConn
 from pypool.errors import ConfigurationError, PoolClosed, PoolTimeout
 
 #: The private names of each core class that the policy layer calls,

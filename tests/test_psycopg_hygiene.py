@@ -28,32 +28,17 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from _support.psycopg_resets import (  # noqa: E402
+    AUTO_QUERY,
+    POLICIES,
+    PREPARE_THRESHOLD,
+    lock_key,
+)
 from pypool.psycopg import ConnectionPool, discard_all, reset_session  # noqa: E402
 
 pytestmark = pytest.mark.db
 
 IDLE = psycopg.pq.TransactionStatus.IDLE
-
-#: What the default reset (a rollback of an open or aborted transaction, and
-#: nothing else) lets through to the next borrower, once the previous one
-#: committed it. All of it is session state, outside any transaction.
-SURVIVES_DEFAULT_RESET = (
-    "SET ROLE",
-    "SET SESSION AUTHORIZATION",
-    "SET search_path",
-    "SET statement_timeout",
-    "temporary table",
-    "session advisory lock",
-    "LISTEN",
-    "PREPARE",
-    "psycopg's automatically prepared statements",
-)
-
-POLICIES = [
-    pytest.param(discard_all, id="discard_all"),
-    pytest.param(reset_session, id="reset_session"),
-]
-
 
 # ------------------------------------------------------------------ fixtures
 
@@ -163,15 +148,6 @@ def lock_is_free(dsn: str, key: int) -> bool:
             other.execute("SELECT pg_advisory_unlock(%s)", (key,))
             return True
         return False
-
-
-def lock_key() -> int:
-    return uuid.uuid4().int % 2**62
-
-
-#: psycopg prepares a query after this many executions (its default).
-PREPARE_THRESHOLD = 5
-AUTO_QUERY = "SELECT %s::int + 1"
 
 
 def run_auto_query(conn: Any) -> None:
