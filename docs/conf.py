@@ -236,8 +236,13 @@ def _no_type_docstring(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
     """A constant has no docstring of its own: not its type's (``str``'s)."""
-    own = type(obj).__doc__
-    if what in ("data", "attribute") and own and "\n".join(lines).strip() == inspect.cleandoc(own):
+    own = type(obj).__doc__  # a descriptor, not a str, for a named tuple's field
+    if (
+        what in ("data", "attribute")
+        and isinstance(own, str)
+        and own
+        and "\n".join(lines).strip() == inspect.cleandoc(own)
+    ):
         lines.clear()
 
 

@@ -84,6 +84,7 @@ from pypool.errors import (
     PoolTimeout,
     TooManyRequests,
 )
+from pypool._records import SlotInfo
 
 cdef extern from "pypool_freelist.h" nogil:
     ctypedef struct pfl_list:
@@ -138,6 +139,7 @@ __all__ = [
     "MAX_SIZE",
     "RESERVED",
     "CorePool",
+    "SlotInfo",
     "WaiterTicket",
 ]
 
@@ -480,6 +482,23 @@ cdef class WaiterTicket(_Waiter):
             return True
         self.state = _DONE
         return False
+
+    def time_out(self):
+        """Gives up a wait that ran out of time: leaves the queue, counts a
+        timeout in the statistics and returns the :class:`PoolTimeout` for the
+        caller to raise, as :meth:`CorePool.acquire` raises it, with ``idle``
+        counted at this decision. Returns None, the ticket left as it is, when
+        it no longer waits: a connection handed to it meanwhile is then the
+        caller's, from :meth:`result` (which also says if the pool closed).
+        """
+        cdef CorePool core = self._core
+        cdef int idle
+        if self._epoch != core._epoch or self.state != _WAITING:
+            return None
+        idle = core.n_idle  # 0, unless the protocol is broken
+        core._leave(self)  # a ticket passes on no wake-up: no call-out
+        core.timeouts += 1
+        return core._timeout(_seconds(pfl_monotonic_ns() - self.started), idle)
 
     def __repr__(self):
         names = ("waiting", "handed", "closed", "done")
@@ -1272,11 +1291,12 @@ cdef class CorePool:
         raise NotBorrowed("this object is not in this pool")
 
     def slot_info(self, slot):
-        """``(state, created, checked_out, returned, uses, generation,
-        expires)`` of a slot; times are :meth:`now` values (0.0: never)."""
+        """A :class:`SlotInfo`, ``(state, created, checked_out, returned, uses,
+        generation, expires)``, of a slot; times are :meth:`now` values (0.0:
+        never)."""
         cdef uint32_t i = self._slot_at(slot, PFL_NIL)
         cdef Slot *s = self._slot(i)
-        return (
+        return SlotInfo(
             pfl_state(self.fl, i),
             _seconds(s.created),
             _seconds(s.checked_out),

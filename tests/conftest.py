@@ -10,21 +10,18 @@ then a missing native core is a failure.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import itertools
 import os
 import socket
-import time
-from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-#: Fixtures of the shared test support: ``fault_proxy`` (a TCP proxy to cut).
-pytest_plugins = ["_support.faultproxy"]
+#: Fixtures of the shared test support: ``fault_proxy`` (a TCP proxy to cut),
+#: ``make_core_pool``, ``make_pool`` and ``conn_type`` (fake connections).
+pytest_plugins = ["_support.faultproxy", "_support.fakes"]
 
 NATIVE_MODULE = "pypool._corepool"
 PYTHON_MODULE = "pypool._corepool_py"
@@ -109,78 +106,6 @@ def CorePool(core_module: ModuleType) -> type:
     return core_module.CorePool
 
 
-@pytest.fixture
-def make_pool(CorePool: type) -> Iterator[Callable[..., tuple[Any, list[Any]]]]:
-    """``make_pool(max_size, n_filled=max_size, conn_type=FakeConn, **kw)``.
-
-    Makes a core, reserves and fills ``n_filled`` slots with new objects made
-    by ``conn_type()``, and returns ``(pool, conns)``; ``conns[i]`` sits in
-    slot ``i``. Every pool made is closed at the end of the test.
-    """
-    pools: list[Any] = []
-
-    def make(
-        max_size: int = 4,
-        n_filled: int | None = None,
-        conn_type: Callable[[], Any] | None = None,
-        **kw: Any,
-    ) -> tuple[Any, list[Any]]:
-        pool = CorePool(max_size, **kw)
-        pools.append(pool)
-        factory = FakeConn if conn_type is None else conn_type
-        conns = []
-        for _ in range(max_size if n_filled is None else n_filled):
-            slot = pool.reserve()
-            assert slot is not None
-            conn = factory()
-            pool.fill(slot, conn)
-            conns.append(conn)
-        return pool, conns
-
-    yield make
-    for pool in pools:
-        pool.close()
-
-
-# ------------------------------------------------------- fake connections
-
-_names = itertools.count()
-
-
-class FakeConn:
-    """A stand-in connection: a plain class, so it allows weak references."""
-
-    def __init__(self, name: str | None = None) -> None:
-        self.name = f"conn{next(_names)}" if name is None else name
-
-    def __repr__(self) -> str:
-        return f"<FakeConn {self.name}>"
-
-
-class NoWeakConn:
-    """A stand-in connection that allows neither weak references nor new
-    attributes (like some C-implemented driver connections): the core must
-    hold a borrowed one strongly."""
-
-    __slots__ = ()
-
-
-def new_bytearray() -> bytearray:
-    """A builtin object without weak references or attributes. Every empty
-    bytearray equals every other one and none is hashable: the core must key
-    by identity."""
-    return bytearray()
-
-
-CONN_TYPES = {"FakeConn": FakeConn, "NoWeakConn": NoWeakConn, "bytearray": new_bytearray}
-
-
-@pytest.fixture(params=list(CONN_TYPES), ids=list(CONN_TYPES))
-def conn_type(request: pytest.FixtureRequest) -> Callable[[], Any]:
-    """Each kind of connection object the core must support."""
-    return CONN_TYPES[request.param]
-
-
 # ------------------------------------------------------------------ helpers
 
 
@@ -252,14 +177,3 @@ def child_env(**overrides: str | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Polls ``predicate`` on the running loop until it holds (True) or
-    ``timeout`` seconds pass (its last value)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.005)
-    return predicate()

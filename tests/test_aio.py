@@ -22,7 +22,9 @@ import pytest
 
 import pypool
 import pypool.asyncpg
-from conftest import eventually
+from _support.blackhole import BlackHoleProxy
+from _support.fakes import AsyncFakeConn
+from _support.waiting import eventually
 from pypool import AsyncPool, stats
 from pypool.errors import (
     ConfigurationError,
@@ -47,25 +49,6 @@ def assert_whole(pool: AsyncPool, size: int) -> None:
 
 
 # ------------------------------------------------------------ fake connections
-
-
-class AsyncFakeConn:
-    """An asyncio stand-in connection: async rollback (the generic reset),
-    ping and close."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.rollbacks = 0
-
-    async def rollback(self) -> None:
-        await asyncio.sleep(0)
-        self.rollbacks += 1
-
-    async def ping(self) -> None:
-        await asyncio.sleep(0)
-
-    async def close(self) -> None:
-        self.closed = True
 
 
 async def fake_factory() -> AsyncFakeConn:
@@ -334,6 +317,25 @@ def test_acquire_times_out_on_time(make: Callable[..., AsyncPool]) -> None:
         assert pool.stats()[pypool.stats.TIMEOUTS] == 1
         await pool.release(held)
         assert_whole(pool, 1)
+        await pool.close()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_timeout_says_how_many_were_idle(make: Callable[..., AsyncPool]) -> None:
+    """As the threaded pool's: ``idle`` is the core's count at its decision
+    (0: none could be taken), and the message is the pool's."""
+
+    async def main() -> None:
+        pool = make(max_size=1, name="counted")
+        held = await pool.acquire(timeout=5)
+        with pytest.raises(PoolTimeout) as info:
+            await pool.acquire(timeout=0.05)
+        assert info.value.idle == 0
+        assert "pool 'counted': no connection available within 0.050 s" in str(info.value)
+        assert pool.stats()[pypool.stats.TIMEOUTS] == 1
+        await pool.release(held)
         await pool.close()
 
     run(main())
@@ -835,8 +837,6 @@ def test_run_does_not_retry_a_failed_query(pg_pools: Callable[..., AsyncPool]) -
 
 @pytest.fixture
 def proxy(dsn: str) -> Iterator[Any]:
-    from test_health import BlackHoleProxy
-
     parts = urlsplit(dsn)
     proxy = BlackHoleProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
     yield proxy

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from conftest import child_env, eventually
+from _support.waiting import eventually
+from conftest import child_env
 from pypool import AsyncPool
 
 

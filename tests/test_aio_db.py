@@ -35,7 +35,7 @@ import pytest
 
 import pypool
 import pypool.asyncpg
-from conftest import eventually
+from _support.waiting import eventually
 from pypool import AsyncPool
 from pypool import stats as names
 

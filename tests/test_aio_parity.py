@@ -26,85 +26,13 @@ import pytest
 
 import pypool
 import pypool.asyncpg
-from conftest import eventually
+from _support.fakes import AsyncFactory, AsyncFakeAdapter, AsyncFakeConn, FakeError
+from _support.waiting import eventually
 from pypool import AsyncPool, Pool, stats
 from pypool.errors import ConfigurationError, PoolTimeout
 from pypool.pool import EVENTS
 
 # ------------------------------------------------------------------ fakes
-
-
-class FakeError(Exception):
-    """What the fakes raise when told to fail."""
-
-
-class AsyncFakeConn:
-    """An asyncio connection that counts what is done to it."""
-
-    def __init__(self, serial: int) -> None:
-        self.serial = serial  # creation order, from 0
-        self.rollbacks = 0
-        self.checks = 0
-        self.closes = 0
-        self.fail_check = False
-
-    async def rollback(self) -> None:
-        await asyncio.sleep(0)
-        self.rollbacks += 1
-
-    async def close(self) -> None:
-        await asyncio.sleep(0)
-        self.closes += 1
-
-    @property
-    def closed(self) -> bool:
-        return self.closes > 0
-
-    def __repr__(self) -> str:
-        return f"<AsyncFakeConn {self.serial}>"
-
-
-class AsyncFakeAdapter:
-    """The adapter interface over AsyncFakeConn, with coroutine check and close."""
-
-    def reset_for(self, conn: AsyncFakeConn) -> str:
-        return "rollback"
-
-    async def check(self, conn: AsyncFakeConn) -> None:
-        conn.checks += 1
-        await asyncio.sleep(0)
-        if conn.fail_check or conn.closed:
-            raise FakeError(f"conn {conn.serial}: server closed the connection")
-
-    def is_broken(self, conn: AsyncFakeConn, exc: BaseException | None = None) -> bool:
-        return conn.closed or conn.fail_check
-
-    async def close(self, conn: AsyncFakeConn) -> None:
-        await conn.close()
-
-
-class Factory:
-    """An async factory of AsyncFakeConns, or raises ``fail`` when it is set.
-    ``made`` counts them; ``conns`` holds them, unless ``keep`` is false (then
-    a borrowed one that is dropped can be garbage-collected)."""
-
-    def __init__(self, keep: bool = True) -> None:
-        self.keep = keep
-        self.made = 0
-        self.calls = 0
-        self.conns: list[AsyncFakeConn] = []
-        self.fail: BaseException | None = None
-
-    async def __call__(self) -> AsyncFakeConn:
-        self.calls += 1
-        await asyncio.sleep(0)
-        if self.fail is not None:
-            raise self.fail
-        conn = AsyncFakeConn(self.made)
-        self.made += 1
-        if self.keep:
-            self.conns.append(conn)
-        return conn
 
 
 def C(conn: AsyncFakeConn) -> tuple[str, int]:
@@ -157,7 +85,7 @@ def make(core_module: ModuleType, pools: list[AsyncPool]) -> Callable[..., Any]:
     core under test, with an AsyncFakeAdapter unless ``adapter`` is given."""
 
     def make(factory: Any = None, **kw: Any) -> tuple[AsyncPool, Any]:
-        factory = Factory() if factory is None else factory
+        factory = AsyncFactory() if factory is None else factory
         kw.setdefault("adapter", AsyncFakeAdapter())
         kw.setdefault("timeout", 5.0)
         kw.setdefault("max_size", 4)
@@ -222,11 +150,11 @@ def test_settings_and_defaults_match_pool(core_module: ModuleType) -> None:
     assert aio["leak_timeout"].default is None
     assert aio["keepalive"].default == 240.0
 
-    AsyncPool(Factory(), leak_timeout=0.5, keepalive=None, _core=core_module)
+    AsyncPool(AsyncFactory(), leak_timeout=0.5, keepalive=None, _core=core_module)
     for bad in ({"keepalive": -1}, {"keepalive": 0}, {"leak_timeout": 0}, {"leak_timeout": "1"}):
         (name,) = bad
         with pytest.raises(ConfigurationError, match=name):
-            AsyncPool(Factory(), _core=core_module, **bad)
+            AsyncPool(AsyncFactory(), _core=core_module, **bad)
 
 
 # ------------------------------------------------------------------ listeners
@@ -375,7 +303,7 @@ def test_failing_listener_is_logged_and_pool_keeps_working(
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_abandon_event(make: Any, run: Any) -> None:
     async def main() -> None:
-        factory = Factory(keep=False)
+        factory = AsyncFactory(keep=False)
         pool, _ = make(factory, max_size=1)
         rec = Recorder(pool, ("abandon", "checkout"))
         conn = await pool.acquire()
@@ -397,7 +325,7 @@ def test_abandon_event(make: Any, run: Any) -> None:
 @pytest.mark.timeout(30)
 def test_reconnect_failed_event_once_per_outage(make: Any, run: Any) -> None:
     async def main() -> None:
-        factory = Factory()
+        factory = AsyncFactory()
         factory.fail = FakeError("database is down")
         called: list[Any] = []
         pool, _ = make(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 import pypool
+from _support.cli import PNG_SIGNATURE, pypool_env
 from pypool import cli
 
 ALL_CONTENDERS = [c.name for c in cli.CONTENDERS]
@@ -25,20 +25,12 @@ RESULT_KEYS = {
 }  # fmt: skip
 
 
-def _env() -> dict[str, str]:
-    """The environment for a child ``python -m pypool``: this pypool first."""
-    env = dict(os.environ)
-    here = str(Path(pypool.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-    return env
-
-
 def _pypool(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pypool", *args],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=pypool_env(),
         timeout=timeout,
     )
 
@@ -244,7 +236,7 @@ def test_ctrl_c_prints_results_so_far(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=pypool_env(),
     )  # fmt: skip
     time.sleep(2.5)  # imported and measuring by now
     proc.send_signal(signal.SIGINT)
@@ -260,8 +252,6 @@ def test_ctrl_c_prints_results_so_far(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ --plot, extras
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 #: Runs ``pypool`` with ``rich`` and ``matplotlib`` unimportable, as on an
 #: install without the ``cli`` extra.
@@ -287,7 +277,7 @@ def _without_extras(*args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-c", WITHOUT_EXTRAS, *args],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=pypool_env(),
         timeout=60,
     )
 

@@ -20,12 +20,16 @@ from typing import Any
 
 import pytest
 
-from conftest import FakeConn, NoWeakConn
+from _support.fakes import FakeConn, NoWeakConn
 
 finalized: list[str] = []
 
 
 class TracedConn(FakeConn):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
     def __del__(self) -> None:
         finalized.append(self.name)
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from conftest import STATS_KEYS, TIME_KEYS, FakeConn, NoWeakConn, new_bytearray, snapshot
+from _support.fakes import FakeConn, NoWeakConn, new_bytearray
+from conftest import STATS_KEYS, TIME_KEYS, snapshot
 from pypool.errors import (
     ConfigurationError,
     InvalidSlot,
@@ -109,8 +110,8 @@ def test_bad_hooks(CorePool: Any, hook: str, value: Any) -> None:
 # ------------------------------------------------------- acquire / release
 
 
-def test_try_acquire_release(make_pool: Any, conn_type: Any) -> None:
-    pool, conns = make_pool(2, conn_type=conn_type)
+def test_try_acquire_release(make_core_pool: Any, conn_type: Any) -> None:
+    pool, conns = make_core_pool(2, conn_type=conn_type)
     assert (pool.size, pool.idle, pool.in_use) == (2, 2, 0)
     a = pool.try_acquire()
     b = pool.try_acquire()
@@ -123,8 +124,8 @@ def test_try_acquire_release(make_pool: Any, conn_type: Any) -> None:
     assert pool.stats()["acquires"] == 2
 
 
-def test_acquire_returns_idle_at_once(make_pool: Any, conn_type: Any) -> None:
-    pool, conns = make_pool(1, conn_type=conn_type)
+def test_acquire_returns_idle_at_once(make_core_pool: Any, conn_type: Any) -> None:
+    pool, conns = make_core_pool(1, conn_type=conn_type)
     assert pool.acquire() is conns[0]
     pool.release(conns[0])
     assert pool.acquire(timeout=0) is conns[0]
@@ -135,8 +136,8 @@ def test_acquire_returns_idle_at_once(make_pool: Any, conn_type: Any) -> None:
     assert pool.stats()["waits"] == 0
 
 
-def test_acquire_timeout_zero_fails_at_once(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1)
+def test_acquire_timeout_zero_fails_at_once(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1)
     assert pool.try_acquire() is conn
     with pytest.raises(PoolTimeout) as info:
         pool.acquire(timeout=0)
@@ -149,8 +150,8 @@ def test_acquire_timeout_zero_fails_at_once(make_pool: Any) -> None:
 
 
 @pytest.mark.parametrize("timeout", [-1, -0.5, math.nan, "1", True, [0.1]])
-def test_acquire_bad_timeout(make_pool: Any, timeout: Any) -> None:
-    pool, _ = make_pool(1)
+def test_acquire_bad_timeout(make_core_pool: Any, timeout: Any) -> None:
+    pool, _ = make_core_pool(1)
     before = snapshot(pool)
     with pytest.raises(ConfigurationError):
         pool.acquire(timeout)
@@ -160,8 +161,8 @@ def test_acquire_bad_timeout(make_pool: Any, timeout: Any) -> None:
     cycle_works(pool)
 
 
-def test_lifo_reuse_order(make_pool: Any, conn_type: Any) -> None:
-    pool, (a, b, c) = make_pool(3, conn_type=conn_type)
+def test_lifo_reuse_order(make_core_pool: Any, conn_type: Any) -> None:
+    pool, (a, b, c) = make_core_pool(3, conn_type=conn_type)
     # Filled in slot order: the last filled is the most recently returned.
     assert pool.try_acquire() is c
     assert pool.try_acquire() is b
@@ -171,8 +172,8 @@ def test_lifo_reuse_order(make_pool: Any, conn_type: Any) -> None:
     assert [pool.try_acquire() for _ in range(3)] == [c, a, b]
 
 
-def test_fifo_reuse_order(make_pool: Any, conn_type: Any) -> None:
-    pool, (a, b, c) = make_pool(3, conn_type=conn_type, lifo=False)
+def test_fifo_reuse_order(make_core_pool: Any, conn_type: Any) -> None:
+    pool, (a, b, c) = make_core_pool(3, conn_type=conn_type, lifo=False)
     assert pool.lifo is False
     assert pool.try_acquire() is a
     assert pool.try_acquire() is b
@@ -182,8 +183,8 @@ def test_fifo_reuse_order(make_pool: Any, conn_type: Any) -> None:
     assert [pool.try_acquire() for _ in range(3)] == [b, a, c]
 
 
-def test_hot_connection_stays_hot(make_pool: Any) -> None:
-    pool, conns = make_pool(4)
+def test_hot_connection_stays_hot(make_core_pool: Any) -> None:
+    pool, conns = make_core_pool(4)
     hot = pool.try_acquire()
     for _ in range(10):
         pool.release(hot)
@@ -193,8 +194,8 @@ def test_hot_connection_stays_hot(make_pool: Any) -> None:
     assert all(pool.slot_info(pool.slot_of(c))[4] == 0 for c in conns if c is not hot)
 
 
-def test_fifo_round_robin(make_pool: Any) -> None:
-    pool, conns = make_pool(3, lifo=False)
+def test_fifo_round_robin(make_core_pool: Any) -> None:
+    pool, conns = make_core_pool(3, lifo=False)
     seen = []
     for _ in range(6):
         conn = pool.try_acquire()
@@ -203,9 +204,9 @@ def test_fifo_round_robin(make_pool: Any) -> None:
     assert seen == conns + conns
 
 
-def test_identity_not_equality(make_pool: Any) -> None:
+def test_identity_not_equality(make_core_pool: Any) -> None:
     # Empty bytearrays are all equal (and unhashable): only identity tells them apart.
-    pool, (a, b) = make_pool(2, conn_type=new_bytearray)
+    pool, (a, b) = make_core_pool(2, conn_type=new_bytearray)
     assert a == b
     x = pool.try_acquire()
     assert x is b
@@ -218,9 +219,9 @@ def test_identity_not_equality(make_pool: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", ["foreign", "none", "idle", "twice", "other_pool"])
-def test_release_not_borrowed(make_pool: Any, conn_type: Any, kind: str) -> None:
-    pool, conns = make_pool(2, conn_type=conn_type)
-    other, other_conns = make_pool(1, conn_type=conn_type)
+def test_release_not_borrowed(make_core_pool: Any, conn_type: Any, kind: str) -> None:
+    pool, conns = make_core_pool(2, conn_type=conn_type)
+    other, other_conns = make_core_pool(1, conn_type=conn_type)
     borrowed = pool.try_acquire()
     if kind == "twice":
         pool.release(borrowed)
@@ -265,8 +266,8 @@ def test_reserve_fill_abandon(CorePool: Any, core_module: Any, conn_type: Any) -
     assert pool.try_acquire() is conn
 
 
-def test_reserve_none_at_max_size(make_pool: Any) -> None:
-    pool, _conns = make_pool(2, n_filled=1)
+def test_reserve_none_at_max_size(make_core_pool: Any) -> None:
+    pool, _conns = make_core_pool(2, n_filled=1)
     assert pool.reserve() == 1
     assert pool.reserve() is None  # CREATING slots count toward the limit
     pool.abandon(1)
@@ -316,8 +317,8 @@ def test_first_segment_exists_after_first_reserve(CorePool: Any, core_module: An
     assert pool.slots(core_module.IDLE) == []
 
 
-def test_reserve_reuses_last_freed_slot(make_pool: Any) -> None:
-    pool, _conns = make_pool(5)
+def test_reserve_reuses_last_freed_slot(make_core_pool: Any) -> None:
+    pool, _conns = make_core_pool(5)
     held = [pool.try_acquire() for _ in range(5)]
     by_slot = {pool.slot_of(c): c for c in held}
     pool.discard(by_slot[1])
@@ -340,8 +341,8 @@ def test_fill_none(CorePool: Any) -> None:
 
 
 @pytest.mark.parametrize("where", ["idle", "borrowed", "claimed", "creating"])
-def test_fill_object_twice(make_pool: Any, conn_type: Any, where: str) -> None:
-    pool, (conn,) = make_pool(3, n_filled=1, conn_type=conn_type)
+def test_fill_object_twice(make_core_pool: Any, conn_type: Any, where: str) -> None:
+    pool, (conn,) = make_core_pool(3, n_filled=1, conn_type=conn_type)
     if where == "borrowed":
         assert pool.try_acquire() is conn
     elif where == "claimed":
@@ -360,8 +361,8 @@ def test_fill_object_twice(make_pool: Any, conn_type: Any, where: str) -> None:
     assert pool.slot_of(other) == slot
 
 
-def test_fill_object_that_left_the_pool(make_pool: Any, conn_type: Any) -> None:
-    pool, (conn,) = make_pool(1, conn_type=conn_type)
+def test_fill_object_that_left_the_pool(make_core_pool: Any, conn_type: Any) -> None:
+    pool, (conn,) = make_core_pool(1, conn_type=conn_type)
     assert pool.try_acquire() is conn
     pool.discard(conn)
     slot = pool.reserve()
@@ -370,8 +371,8 @@ def test_fill_object_that_left_the_pool(make_pool: Any, conn_type: Any) -> None:
 
 
 @pytest.mark.parametrize("state", ["EMPTY", "IDLE", "BUSY", "RESERVED"])
-def test_fill_and_abandon_need_creating(make_pool: Any, core_module: Any, state: str) -> None:
-    pool, conns = make_pool(3, n_filled=2)
+def test_fill_and_abandon_need_creating(make_core_pool: Any, core_module: Any, state: str) -> None:
+    pool, conns = make_core_pool(3, n_filled=2)
     borrowed = pool.try_acquire()
     idle = next(c for c in conns if c is not borrowed)
     assert pool.claim(pool.slot_of(idle)) is idle
@@ -396,8 +397,8 @@ BAD_SLOTS = [-1, 64, 10**6, 2**64, -(2**64), "0", 0.0, None, True, False]
 
 
 @pytest.mark.parametrize("bad", BAD_SLOTS, ids=repr)
-def test_bad_slot_indices(make_pool: Any, bad: Any) -> None:
-    pool, _ = make_pool(3, n_filled=2)
+def test_bad_slot_indices(make_core_pool: Any, bad: Any) -> None:
+    pool, _ = make_core_pool(3, n_filled=2)
     assert pool.reserve() == 2
     before = snapshot(pool)
     for op in (pool.abandon, pool.claim, pool.restore, pool.retire, pool.slot_info):
@@ -421,8 +422,8 @@ def test_slot_ops_on_a_pool_without_slots(CorePool: Any) -> None:
 # ------------------------------------------------------------------ discard
 
 
-def test_discard(make_pool: Any, core_module: Any, conn_type: Any) -> None:
-    pool, (_a, _b) = make_pool(2, conn_type=conn_type)
+def test_discard(make_core_pool: Any, core_module: Any, conn_type: Any) -> None:
+    pool, (_a, _b) = make_core_pool(2, conn_type=conn_type)
     conn = pool.try_acquire()
     slot = pool.slot_of(conn)
     pool.discard(conn)
@@ -438,8 +439,8 @@ def test_discard(make_pool: Any, core_module: Any, conn_type: Any) -> None:
     assert pool.stats()["abandoned"] == 0
 
 
-def test_discard_idle_is_refused(make_pool: Any) -> None:
-    pool, (a, _b) = make_pool(2)
+def test_discard_idle_is_refused(make_core_pool: Any) -> None:
+    pool, (a, _b) = make_core_pool(2)
     before = snapshot(pool)
     with pytest.raises(NotBorrowed):
         pool.discard(a)
@@ -449,8 +450,8 @@ def test_discard_idle_is_refused(make_pool: Any) -> None:
 # ---------------------------------------------------- claim / restore / retire
 
 
-def test_claim_restore_retire(make_pool: Any, core_module: Any, conn_type: Any) -> None:
-    pool, (a, b, c) = make_pool(3, conn_type=conn_type)
+def test_claim_restore_retire(make_core_pool: Any, core_module: Any, conn_type: Any) -> None:
+    pool, (a, b, c) = make_core_pool(3, conn_type=conn_type)
     assert pool.claim(1) is b
     assert (pool.idle, pool.claimed, pool.size) == (2, 1, 3)
     assert pool.slot_info(1)[0] == core_module.RESERVED
@@ -473,8 +474,8 @@ def test_claim_restore_retire(make_pool: Any, core_module: Any, conn_type: Any) 
     assert pool.reserve() == 0
 
 
-def test_claim_non_idle_returns_none(make_pool: Any) -> None:
-    pool, (a, b) = make_pool(3, n_filled=2)
+def test_claim_non_idle_returns_none(make_core_pool: Any) -> None:
+    pool, (a, b) = make_core_pool(3, n_filled=2)
     borrowed = pool.try_acquire()
     creating = pool.reserve()
     assert pool.claim(pool.slot_of(b if borrowed is a else a)) is not None
@@ -488,8 +489,8 @@ def test_claim_non_idle_returns_none(make_pool: Any) -> None:
 
 
 @pytest.mark.parametrize("op", ["restore", "retire"])
-def test_restore_retire_need_reserved(make_pool: Any, op: str) -> None:
-    pool, (_a, _b) = make_pool(3, n_filled=2)
+def test_restore_retire_need_reserved(make_core_pool: Any, op: str) -> None:
+    pool, (_a, _b) = make_core_pool(3, n_filled=2)
     pool.try_acquire()
     creating = pool.reserve()
     before = snapshot(pool)
@@ -499,8 +500,8 @@ def test_restore_retire_need_reserved(make_pool: Any, op: str) -> None:
     assert snapshot(pool) == before
 
 
-def test_claimed_slot_keeps_its_place_in_the_idle_list(make_pool: Any) -> None:
-    pool, (a, b, c) = make_pool(3)
+def test_claimed_slot_keeps_its_place_in_the_idle_list(make_core_pool: Any) -> None:
+    pool, (a, b, c) = make_core_pool(3)
     for _ in range(3):
         pool.try_acquire()
     for conn in (a, b, c):
@@ -511,8 +512,8 @@ def test_claimed_slot_keeps_its_place_in_the_idle_list(make_pool: Any) -> None:
     assert [pool.try_acquire() for _ in range(4)] == [c, b, a, None]
 
 
-def test_claimed_slot_skipped_then_restored_to_the_top(make_pool: Any) -> None:
-    pool, (a, b, c) = make_pool(3)
+def test_claimed_slot_skipped_then_restored_to_the_top(make_core_pool: Any) -> None:
+    pool, (a, b, c) = make_core_pool(3)
     assert pool.claim(1) is b
     assert pool.try_acquire() is c
     assert pool.try_acquire() is a  # slot 1's entry was skipped and dropped
@@ -521,8 +522,8 @@ def test_claimed_slot_skipped_then_restored_to_the_top(make_pool: Any) -> None:
     assert [pool.try_acquire() for _ in range(3)] == [b, a, None]
 
 
-def test_retired_slot_refilled_keeps_the_old_place(make_pool: Any) -> None:
-    pool, (a, b, c) = make_pool(3)
+def test_retired_slot_refilled_keeps_the_old_place(make_core_pool: Any) -> None:
+    pool, (a, b, c) = make_core_pool(3)
     assert pool.claim(1) is b
     assert pool.retire(1) is b
     slot = pool.reserve()
@@ -533,8 +534,8 @@ def test_retired_slot_refilled_keeps_the_old_place(make_pool: Any) -> None:
     assert [pool.try_acquire() for _ in range(4)] == [c, d, a, None]
 
 
-def test_fifo_claim_restore_keeps_order(make_pool: Any) -> None:
-    pool, (a, b, c) = make_pool(3, lifo=False)
+def test_fifo_claim_restore_keeps_order(make_core_pool: Any) -> None:
+    pool, (a, b, c) = make_core_pool(3, lifo=False)
     assert pool.claim(0) is a
     assert pool.restore(0) is True
     assert [pool.try_acquire() for _ in range(4)] == [a, b, c, None]
@@ -543,8 +544,8 @@ def test_fifo_claim_restore_keeps_order(make_pool: Any) -> None:
 # ---------------------------------------------------------------- max_size
 
 
-def test_max_size_raised_and_lowered_while_borrowed(make_pool: Any) -> None:
-    pool, (_a, _b) = make_pool(2)
+def test_max_size_raised_and_lowered_while_borrowed(make_core_pool: Any) -> None:
+    pool, (_a, _b) = make_core_pool(2)
     held = [pool.try_acquire(), pool.try_acquire()]
     assert pool.reserve() is None
     pool.max_size = 4
@@ -570,8 +571,8 @@ def test_max_size_raised_and_lowered_while_borrowed(make_pool: Any) -> None:
 
 
 @pytest.mark.parametrize("value", [0, -1, 1.5, "2", None, True, 64 * 4096 + 1])
-def test_max_size_setter_bad(make_pool: Any, value: Any) -> None:
-    pool, _ = make_pool(2)
+def test_max_size_setter_bad(make_core_pool: Any, value: Any) -> None:
+    pool, _ = make_core_pool(2)
     before = snapshot(pool)
     with pytest.raises(ConfigurationError):
         pool.max_size = value
@@ -582,8 +583,8 @@ def test_max_size_setter_bad(make_pool: Any, value: Any) -> None:
 # -------------------------------------------------------------- max_waiting
 
 
-def test_max_waiting(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1, max_waiting=1)
+def test_max_waiting(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1, max_waiting=1)
     assert pool.try_acquire() is conn
     ticket = pool.enqueue(lambda t: None)
     assert pool.waiting == 1
@@ -607,8 +608,8 @@ def test_max_waiting(make_pool: Any) -> None:
 
 
 @pytest.mark.parametrize("value", [-1, 1.0, "1", None, True, 2**31])
-def test_max_waiting_setter_bad(make_pool: Any, value: Any) -> None:
-    pool, _ = make_pool(1, max_waiting=3)
+def test_max_waiting_setter_bad(make_core_pool: Any, value: Any) -> None:
+    pool, _ = make_core_pool(1, max_waiting=3)
     with pytest.raises(ConfigurationError):
         pool.max_waiting = value
     assert pool.max_waiting == 3
@@ -617,8 +618,8 @@ def test_max_waiting_setter_bad(make_pool: Any, value: Any) -> None:
 # --------------------------------------------------------------- generation
 
 
-def test_generation(make_pool: Any) -> None:
-    pool, (_a,) = make_pool(3, n_filled=1)
+def test_generation(make_core_pool: Any) -> None:
+    pool, (_a,) = make_core_pool(3, n_filled=1)
     assert pool.generation == 0
     assert pool.slot_info(0)[5] == 0
     assert pool.advance_generation() == 1
@@ -636,10 +637,10 @@ def test_generation(make_pool: Any) -> None:
 # ---------------------------------------------------------- slot information
 
 
-def test_slot_info_times(make_pool: Any, CorePool: Any, core_module: Any) -> None:
+def test_slot_info_times(make_core_pool: Any, CorePool: Any, core_module: Any) -> None:
     assert CorePool.now() <= CorePool.now()
     t0 = CorePool.now()
-    pool, (conn,) = make_pool(1)
+    pool, (conn,) = make_core_pool(1)
     state, created, checked_out, returned, uses, generation, expires = pool.slot_info(0)
     assert state == core_module.IDLE
     assert t0 <= created == returned <= pool.now()
@@ -657,6 +658,38 @@ def test_slot_info_times(make_pool: Any, CorePool: Any, core_module: Any) -> Non
     assert uses == 1
     for i in (1, 2, 3, 6):
         assert isinstance(pool.slot_info(0)[i], float)
+
+
+def test_slot_info_is_a_named_slot_info(make_core_pool: Any, core_module: Any) -> None:
+    """The record has names for its fields, and is still the tuple it was."""
+    import pypool
+
+    pool, (conn,) = make_core_pool(1)
+    assert pool.try_acquire() is conn
+    info = pool.slot_info(0)
+    assert type(info) is core_module.SlotInfo is pypool.SlotInfo
+    assert isinstance(info, tuple) and len(info) == 7
+    assert info._fields == (
+        "state",
+        "created",
+        "checked_out",
+        "returned",
+        "uses",
+        "generation",
+        "expires",
+    )
+    assert tuple(info) == (
+        info.state,
+        info.created,
+        info.checked_out,
+        info.returned,
+        info.uses,
+        info.generation,
+        info.expires,
+    )
+    assert (info.state, info.uses) == (core_module.BUSY, 1)
+    assert info.created <= info.checked_out <= pool.now()
+    assert pool.slot_info(0) == info  # equal as tuples, field by field
 
 
 def test_fill_lifetime(CorePool: Any) -> None:
@@ -686,11 +719,11 @@ def test_fill_bad_lifetime(CorePool: Any, lifetime: Any) -> None:
 # ---------------------------------------------------------------- verdicts
 
 
-def test_verdict_thresholds(make_pool: Any, core_module: Any) -> None:
+def test_verdict_thresholds(make_core_pool: Any, core_module: Any) -> None:
     m = core_module
     assert m.REASONS[m.OK] == "ok"
     assert len(m.REASONS) == 9
-    pool, (_a, _b) = make_pool(3, n_filled=2)
+    pool, (_a, _b) = make_core_pool(3, n_filled=2)
     assert (pool.max_idle, pool.max_uses, pool.check_after) == (0.0, 0, None)
     assert pool.verdict(0, True) == pool.verdict(0, False) == m.OK
     pool.check_after = 0  # every idle connection needs a check at hand-out
@@ -766,8 +799,8 @@ def test_slot_info_of_creating_slot(CorePool: Any, core_module: Any) -> None:
     assert pool.slot_info(0)[5] == 1
 
 
-def test_uses_reset_when_refilled(make_pool: Any) -> None:
-    pool, (_conn,) = make_pool(1)
+def test_uses_reset_when_refilled(make_core_pool: Any) -> None:
+    pool, (_conn,) = make_core_pool(1)
     for _ in range(3):
         pool.release(pool.try_acquire())
     assert pool.slot_info(0)[4] == 3
@@ -777,8 +810,8 @@ def test_uses_reset_when_refilled(make_pool: Any) -> None:
     assert pool.slot_info(0)[2] == 0.0
 
 
-def test_slots_by_state(make_pool: Any, core_module: Any) -> None:
-    pool, _conns = make_pool(6, n_filled=4)
+def test_slots_by_state(make_core_pool: Any, core_module: Any) -> None:
+    pool, _conns = make_core_pool(6, n_filled=4)
     pool.try_acquire()  # slot 3
     pool.claim(1)
     pool.reserve()  # slot 4
@@ -792,8 +825,8 @@ def test_slots_by_state(make_pool: Any, core_module: Any) -> None:
     assert (pool.idle, pool.in_use, pool.connecting, pool.claimed, pool.size) == (2, 1, 1, 1, 5)
 
 
-def test_slot_of(make_pool: Any, conn_type: Any) -> None:
-    pool, conns = make_pool(3, conn_type=conn_type)
+def test_slot_of(make_core_pool: Any, conn_type: Any) -> None:
+    pool, conns = make_core_pool(3, conn_type=conn_type)
     assert [pool.slot_of(c) for c in conns] == [0, 1, 2]
     borrowed = pool.try_acquire()
     assert pool.slot_of(borrowed) == 2
@@ -807,9 +840,9 @@ def test_slot_of(make_pool: Any, conn_type: Any) -> None:
 # -------------------------------------------------------------------- stats
 
 
-def test_stats_after_known_sequence(make_pool: Any) -> None:
+def test_stats_after_known_sequence(make_core_pool: Any) -> None:
     waits: list[str] = []
-    pool, (_a, _b) = make_pool(3, n_filled=2, max_waiting=5, on_wait=lambda: waits.append("w"))
+    pool, (_a, _b) = make_core_pool(3, n_filled=2, max_waiting=5, on_wait=lambda: waits.append("w"))
     assert set(pool.stats()) == STATS_KEYS
     x = pool.acquire()
     y = pool.try_acquire()
@@ -850,8 +883,8 @@ def test_stats_after_known_sequence(make_pool: Any) -> None:
     assert later["use_time"] >= stats["use_time"]
 
 
-def test_stats_match_properties(make_pool: Any) -> None:
-    pool, _ = make_pool(5, n_filled=3)
+def test_stats_match_properties(make_core_pool: Any) -> None:
+    pool, _ = make_core_pool(5, n_filled=3)
     pool.try_acquire()
     pool.claim(0)
     pool.reserve()
@@ -865,8 +898,8 @@ def test_stats_match_properties(make_pool: Any) -> None:
     assert stats["max_size"] == pool.max_size == 5
 
 
-def test_repr(make_pool: Any) -> None:
-    pool, _ = make_pool(2, n_filled=1)
+def test_repr(make_core_pool: Any) -> None:
+    pool, _ = make_core_pool(2, n_filled=1)
     text = repr(pool)
     assert "CorePool" in text and "open" in text
     pool.close()
@@ -876,8 +909,8 @@ def test_repr(make_pool: Any) -> None:
 # -------------------------------------------------------------------- close
 
 
-def test_close(make_pool: Any, core_module: Any, conn_type: Any) -> None:
-    pool, conns = make_pool(6, n_filled=5, conn_type=conn_type)
+def test_close(make_core_pool: Any, core_module: Any, conn_type: Any) -> None:
+    pool, conns = make_core_pool(6, n_filled=5, conn_type=conn_type)
     b1 = pool.try_acquire()  # slot 4
     b2 = pool.try_acquire()  # slot 3
     assert pool.claim(1) is conns[1]
@@ -928,8 +961,8 @@ def test_close(make_pool: Any, core_module: Any, conn_type: Any) -> None:
     assert pool.stats()["size"] == 0
 
 
-def test_retire_and_abandon_after_close(make_pool: Any, core_module: Any) -> None:
-    pool, (a, b) = make_pool(3, n_filled=2)
+def test_retire_and_abandon_after_close(make_core_pool: Any, core_module: Any) -> None:
+    pool, (a, b) = make_core_pool(3, n_filled=2)
     assert pool.claim(0) is a
     slot = pool.reserve()
     assert pool.close() == [b]
@@ -948,8 +981,8 @@ def test_close_empty_pool(CorePool: Any) -> None:
     assert isinstance(PoolClosed("x"), PoolError)
 
 
-def test_validation_before_closed_check(make_pool: Any) -> None:
-    pool, _ = make_pool(1)
+def test_validation_before_closed_check(make_core_pool: Any) -> None:
+    pool, _ = make_core_pool(1)
     pool.close()
     with pytest.raises(ConfigurationError):
         pool.max_size = 0
@@ -961,8 +994,8 @@ def test_validation_before_closed_check(make_pool: Any) -> None:
 
 
 @pytest.mark.parametrize("factory", [NoWeakConn, new_bytearray, object])
-def test_no_weakref_objects_everywhere(make_pool: Any, core_module: Any, factory: Any) -> None:
-    pool, _conns = make_pool(3, n_filled=2, conn_type=factory)
+def test_no_weakref_objects_everywhere(make_core_pool: Any, core_module: Any, factory: Any) -> None:
+    pool, _conns = make_core_pool(3, n_filled=2, conn_type=factory)
     a = pool.try_acquire()
     calls: list[Any] = []
     b = pool.try_acquire()

@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from _support.fakes import FakeConn
 from _support.interleave import Choreography, finalizer_at_allocation, interleaving
-from conftest import FakeConn
+from _support.waiting import wait_until
 from pypool.errors import PoolClosed, PoolTimeout
 
 
@@ -41,13 +42,6 @@ class Caller(threading.Thread):
         assert not self.is_alive(), f"{self.name} hangs"
         assert self.outcome is not None
         return self.outcome
-
-
-def wait_until(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.001)
 
 
 def in_thread(fn: Any, timeout: float = 20.0) -> Any:
@@ -79,7 +73,7 @@ def test_release_by_a_finalizer_inside_acquire_is_not_lost(CorePool: Any) -> Non
     # back: the caller must get it, and nothing may hang. Only a collection
     # that lands after the core decided on a timeout may leave the caller
     # without it, and then no connection was idle at that decision.
-    # (No make_pool: closing a pool whose mutex a hung thread holds would
+    # (No make_core_pool: closing a pool whose mutex a hung thread holds would
     # hang the teardown.)
     got_it = 0
     for k in range(1, 9):
@@ -114,9 +108,9 @@ def test_release_by_a_finalizer_inside_acquire_is_not_lost(CorePool: Any) -> Non
 
 @pytest.mark.parametrize("point", ["acquire.empty", "acquire.queued", "wait.sleep"])
 def test_release_at_a_call_out_point_reaches_the_waiter(
-    make_pool: Any, core_module: Any, point: str
+    make_core_pool: Any, core_module: Any, point: str
 ) -> None:
-    pool, (conn,) = make_pool(1)
+    pool, (conn,) = make_core_pool(1)
     held = [pool.try_acquire()]
 
     def hook(at: str, core: Any) -> None:
@@ -130,8 +124,8 @@ def test_release_at_a_call_out_point_reaches_the_waiter(
     assert (pool.idle, pool.in_use, pool.waiting) == (0, 1, 0)
 
 
-def test_a_timeout_records_the_idle_count(make_pool: Any) -> None:
-    pool, (_conn,) = make_pool(1)
+def test_a_timeout_records_the_idle_count(make_core_pool: Any) -> None:
+    pool, (_conn,) = make_core_pool(1)
     pool.try_acquire()
     for timeout in (0, 0.05):
         with pytest.raises(PoolTimeout) as info:
@@ -170,7 +164,7 @@ def _notified_then_handed(pool: Any, dance: Choreography, behind: str) -> Any:
     w2_asleep = dance.hold("W2", "wait.sleep")
     w1 = Caller("W1", lambda: pool.acquire(timeout=30))
     w1.start()
-    wait_until(lambda: pool.waiting == 1)
+    assert wait_until(lambda: pool.waiting == 1, 30.0)
     if behind == "thread":
         second: Any = Caller("W2", lambda: pool.acquire(timeout=30))
         second.start()
@@ -187,8 +181,10 @@ def _notified_then_handed(pool: Any, dance: Choreography, behind: str) -> Any:
 
 
 @pytest.mark.timeout(60)
-def test_a_ticket_behind_an_overtaken_wake_up_is_served(make_pool: Any, core_module: Any) -> None:
-    pool, _ = make_pool(2, handoff_after=0.5)
+def test_a_ticket_behind_an_overtaken_wake_up_is_served(
+    make_core_pool: Any, core_module: Any
+) -> None:
+    pool, _ = make_core_pool(2, handoff_after=0.5)
     dance = Choreography(pool)
     with interleaving(core_module, dance):
         w1, ticket, a, b, w1_woken, _ = _notified_then_handed(pool, dance, "ticket")
@@ -201,8 +197,10 @@ def test_a_ticket_behind_an_overtaken_wake_up_is_served(make_pool: Any, core_mod
 
 
 @pytest.mark.timeout(60)
-def test_a_thread_behind_an_overtaken_wake_up_is_woken(make_pool: Any, core_module: Any) -> None:
-    pool, _ = make_pool(2, handoff_after=0.5)
+def test_a_thread_behind_an_overtaken_wake_up_is_woken(
+    make_core_pool: Any, core_module: Any
+) -> None:
+    pool, _ = make_core_pool(2, handoff_after=0.5)
     dance = Choreography(pool)
     with interleaving(core_module, dance):
         w1, w2, a, b, w1_woken, w2_asleep = _notified_then_handed(pool, dance, "thread")
@@ -217,17 +215,19 @@ def test_a_thread_behind_an_overtaken_wake_up_is_woken(make_pool: Any, core_modu
 
 
 @pytest.mark.timeout(60)
-def test_a_ticket_behind_a_waiter_that_leaves_is_served(make_pool: Any, core_module: Any) -> None:
+def test_a_ticket_behind_a_waiter_that_leaves_is_served(
+    make_core_pool: Any, core_module: Any
+) -> None:
     # W1 is woken for an idle connection and then interrupted before it takes
     # it: the wake-up passes on, to a ticket too.
-    pool, _ = make_pool(1, handoff_after=30)
+    pool, _ = make_core_pool(1, handoff_after=30)
     a = pool.try_acquire()
     dance = Choreography(pool)
     dance.raise_at("W1", "wait.woken", KeyboardInterrupt())
     with interleaving(core_module, dance):
         w1 = Caller("W1", lambda: pool.acquire(timeout=30))
         w1.start()
-        wait_until(lambda: pool.waiting == 1)
+        assert wait_until(lambda: pool.waiting == 1, 30.0)
         ticket = pool.enqueue(lambda ticket: None)
         assert pool.release(a) is True
         kind, exc = w1.result()
@@ -296,11 +296,11 @@ def test_on_wait_that_raises_after_a_hand_off_passes_it_on(CorePool: Any, error:
 
 @pytest.mark.parametrize("error", [HookFailed, KeyboardInterrupt], ids=["Exception", "Ctrl-C"])
 def test_enqueue_whose_callback_raises_at_once_passes_the_connection_on(
-    make_pool: Any, error: type
+    make_core_pool: Any, error: type
 ) -> None:
     # Served at once, the callback raises inside enqueue(): the caller never
     # gets the ticket, so the connection must not stay with it.
-    pool, (conn,) = make_pool(1)
+    pool, (conn,) = make_core_pool(1)
 
     def callback(ticket: Any) -> None:
         raise error("the loop is closed")
@@ -319,8 +319,8 @@ class LoopClosed(RuntimeError):
 
 
 @pytest.mark.timeout(60)
-def test_close_completes_when_a_ticket_callback_raises(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1)
+def test_close_completes_when_a_ticket_callback_raises(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1)
     assert pool.try_acquire() is conn
     called: list[int] = []
 
@@ -335,7 +335,7 @@ def test_close_completes_when_a_ticket_callback_raises(make_pool: Any) -> None:
     tickets = [pool.enqueue(callback(n)) for n in (1, 2, 3)]
     thread = Caller("T", lambda: pool.acquire(timeout=None))
     thread.start()
-    wait_until(lambda: pool.waiting == 4)
+    assert wait_until(lambda: pool.waiting == 4, 30.0)
     with pytest.raises(LoopClosed):
         pool.close()
     assert called == [1, 2, 3]
@@ -346,11 +346,11 @@ def test_close_completes_when_a_ticket_callback_raises(make_pool: Any) -> None:
     assert pool.release(conn) is False
 
 
-def test_release_completes_when_a_ticket_callback_raises(make_pool: Any) -> None:
+def test_release_completes_when_a_ticket_callback_raises(make_core_pool: Any) -> None:
     # The connection is handed to the first ticket, whose callback raises:
     # the release is done all the same (the error is re-raised after), and
     # the ticket's owner can still cancel it to pass the connection on.
-    pool, (a, b) = make_pool(2)
+    pool, (a, b) = make_core_pool(2)
     assert pool.try_acquire() is b
     assert pool.try_acquire() is a
 

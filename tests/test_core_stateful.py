@@ -31,7 +31,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conftest import TIME_KEYS, FakeConn, NoWeakConn
+from _support.fakes import FakeConn, NoWeakConn
+from conftest import TIME_KEYS
 from pypool.errors import (
     ConfigurationError,
     InvalidSlot,

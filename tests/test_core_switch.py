@@ -142,6 +142,8 @@ def test_same_public_names(native_module: ModuleType, python_module: ModuleType)
         assert hasattr(native_module, name), name
     assert public(native_module.CorePool) == public(python_module.CorePool)
     assert public(native_module.WaiterTicket) == public(python_module.WaiterTicket)
+    assert public(native_module.PoolBase) == public(python_module.PoolBase)
+    assert public(native_module.SlotInfo) == public(python_module.SlotInfo)
 
 
 def test_same_constants(native_module: ModuleType, python_module: ModuleType) -> None:
@@ -157,7 +159,7 @@ def _doc(obj: Any) -> str | None:
     return inspect.cleandoc(doc) if doc else None
 
 
-@pytest.mark.parametrize("cls", ["CorePool", "WaiterTicket"])
+@pytest.mark.parametrize("cls", ["CorePool", "WaiterTicket", "PoolBase"])
 def test_same_docstrings(native_module: ModuleType, python_module: ModuleType, cls: str) -> None:
     py_cls, native_cls = getattr(python_module, cls), getattr(native_module, cls)
     assert _doc(native_cls) == _doc(py_cls)
@@ -167,6 +169,34 @@ def test_same_docstrings(native_module: ModuleType, python_module: ModuleType, c
         if _doc(getattr(native_cls, name)) != _doc(getattr(py_cls, name))
     ]
     assert differ == []
+
+
+def test_same_records(native_module: ModuleType, python_module: ModuleType) -> None:
+    """Both cores hand out the one ``SlotInfo`` type, with the same fields in
+    the same order, for the same slot."""
+    import pypool
+
+    assert native_module.SlotInfo is python_module.SlotInfo is pypool.SlotInfo
+    infos = []
+    for mod in (native_module, python_module):
+        pool = mod.CorePool(2)
+        conn = object()
+        pool.fill(pool.reserve(), conn, lifetime=30)
+        assert pool.try_acquire() is conn
+        info = pool.slot_info(0)
+        assert type(info) is python_module.SlotInfo
+        infos.append(info)
+        pool.release(conn)
+        pool.close()
+    native, python = infos
+    assert native._fields == python._fields
+    assert (native.state, native.uses, native.generation) == (
+        python.state,
+        python.uses,
+        python.generation,
+    )
+    assert native.expires - native.created == pytest.approx(30.0)
+    assert python.expires - python.created == pytest.approx(30.0)
 
 
 def test_same_exceptions(native_module: ModuleType, python_module: ModuleType) -> None:

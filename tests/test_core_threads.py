@@ -50,10 +50,10 @@ def run_threads(n: int, target: Any) -> None:
 
 @pytest.mark.stress
 @pytest.mark.timeout(120)
-def test_stress_no_double_use(make_pool: Any) -> None:
+def test_stress_no_double_use(make_core_pool: Any) -> None:
     n_threads, cycles = 16, 25_000
     waits: list[int] = []
-    pool, conns = make_pool(4, on_wait=lambda: waits.append(1))
+    pool, conns = make_core_pool(4, on_wait=lambda: waits.append(1))
     tracker = Tracker()
     done = [0] * n_threads
     failures: list[BaseException] = []
@@ -93,9 +93,9 @@ def test_stress_no_double_use(make_pool: Any) -> None:
 
 @pytest.mark.stress
 @pytest.mark.timeout(120)
-def test_starvation_bounded(make_pool: Any) -> None:
+def test_starvation_bounded(make_core_pool: Any) -> None:
     n_threads, duration = 16, 3.0
-    pool, _conns = make_pool(4)
+    pool, _conns = make_core_pool(4)
     tracker = Tracker()
     waited: list[list[float]] = [[] for _ in range(n_threads)]
     failures: list[BaseException] = []
@@ -130,9 +130,9 @@ def test_starvation_bounded(make_pool: Any) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_timeout(make_pool: Any) -> None:
+def test_timeout(make_core_pool: Any) -> None:
     waits: list[int] = []
-    pool, (conn,) = make_pool(1, on_wait=lambda: waits.append(1))
+    pool, (conn,) = make_core_pool(1, on_wait=lambda: waits.append(1))
     assert pool.try_acquire() is conn
     t0 = time.monotonic()
     with pytest.raises(PoolTimeout) as info:
@@ -151,9 +151,9 @@ def test_timeout(make_pool: Any) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_timeout_zero_fails_at_once(make_pool: Any) -> None:
+def test_timeout_zero_fails_at_once(make_core_pool: Any) -> None:
     waits: list[int] = []
-    pool, (_conn,) = make_pool(1, on_wait=lambda: waits.append(1))
+    pool, (_conn,) = make_core_pool(1, on_wait=lambda: waits.append(1))
     pool.try_acquire()
     t0 = time.monotonic()
     with pytest.raises(PoolTimeout):
@@ -163,9 +163,9 @@ def test_timeout_zero_fails_at_once(make_pool: Any) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_waiter_gets_released_connection(make_pool: Any) -> None:
+def test_waiter_gets_released_connection(make_core_pool: Any) -> None:
     started = threading.Event()
-    pool, (conn,) = make_pool(1, on_wait=started.set)
+    pool, (conn,) = make_core_pool(1, on_wait=started.set)
     pool.try_acquire()
     got: list[Any] = []
     thread = threading.Thread(target=lambda: got.append(pool.acquire()))
@@ -196,9 +196,9 @@ def test_waiter_gets_new_connection_from_fill(CorePool: Any) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_infinite_timeout_waits(make_pool: Any) -> None:
+def test_infinite_timeout_waits(make_core_pool: Any) -> None:
     started = threading.Event()
-    pool, (conn,) = make_pool(1, on_wait=started.set)
+    pool, (conn,) = make_core_pool(1, on_wait=started.set)
     pool.try_acquire()
     got: list[Any] = []
     thread = threading.Thread(target=lambda: got.append(pool.acquire(float("inf"))))
@@ -210,10 +210,10 @@ def test_infinite_timeout_waits(make_pool: Any) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_close_wakes_waiters(make_pool: Any) -> None:
+def test_close_wakes_waiters(make_core_pool: Any) -> None:
     n = 8
     registered = threading.Semaphore(0)
-    pool, (conn,) = make_pool(1, on_wait=registered.release)
+    pool, (conn,) = make_core_pool(1, on_wait=registered.release)
     pool.try_acquire()
     results: list[tuple[str, float]] = []
     lock = threading.Lock()
@@ -250,11 +250,11 @@ def test_close_wakes_waiters(make_pool: Any) -> None:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("handoff_after", [0, 0.005], ids=["handoff", "notify"])
-def test_handoff_race_loses_nothing(make_pool: Any, handoff_after: float) -> None:
+def test_handoff_race_loses_nothing(make_core_pool: Any, handoff_after: float) -> None:
     # handoff_after=0: the release hands the connection to the waiter itself;
     # otherwise it goes idle and the waiter is woken to take it.
     started = threading.Event()
-    pool, (conn,) = make_pool(1, on_wait=started.set, handoff_after=handoff_after)
+    pool, (conn,) = make_core_pool(1, on_wait=started.set, handoff_after=handoff_after)
     rnd = random.Random(1)
     outcomes = {"got": 0, "timeout": 0}
     for _ in range(300):
@@ -290,10 +290,10 @@ def test_handoff_race_loses_nothing(make_pool: Any, handoff_after: float) -> Non
 
 
 @pytest.mark.timeout(60)
-def test_handoff_race_many_waiters(make_pool: Any) -> None:
+def test_handoff_race_many_waiters(make_core_pool: Any) -> None:
     # Several waiters with short timeouts while connections come and go:
     # each connection ends up idle or with exactly one holder.
-    pool, conns = make_pool(2, handoff_after=0.001)
+    pool, conns = make_core_pool(2, handoff_after=0.001)
     tracker = Tracker()
     stop = threading.Event()
     failures: list[BaseException] = []

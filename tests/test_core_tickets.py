@@ -9,8 +9,15 @@ from typing import Any
 
 import pytest
 
-from conftest import FakeConn, snapshot
-from pypool.errors import ConfigurationError, PoolClosed, PoolError, TooManyRequests
+from _support.fakes import FakeConn
+from conftest import snapshot
+from pypool.errors import (
+    ConfigurationError,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyRequests,
+)
 
 
 class Recorder:
@@ -25,9 +32,9 @@ class Recorder:
         self.event.set()
 
 
-def test_immediate_handoff_when_idle(make_pool: Any, conn_type: Any) -> None:
+def test_immediate_handoff_when_idle(make_core_pool: Any, conn_type: Any) -> None:
     waits: list[int] = []
-    pool, (conn,) = make_pool(1, conn_type=conn_type, on_wait=lambda: waits.append(1))
+    pool, (conn,) = make_core_pool(1, conn_type=conn_type, on_wait=lambda: waits.append(1))
     rec = Recorder()
     ticket = pool.enqueue(rec)
     assert rec.calls == [(ticket, threading.get_ident())]  # before enqueue returned
@@ -41,16 +48,16 @@ def test_immediate_handoff_when_idle(make_pool: Any, conn_type: Any) -> None:
     assert pool.release(conn) is True
 
 
-def test_ticket_type(make_pool: Any, core_module: Any) -> None:
-    pool, _ = make_pool(1)
+def test_ticket_type(make_core_pool: Any, core_module: Any) -> None:
+    pool, _ = make_core_pool(1)
     ticket = pool.enqueue(lambda t: None)
     assert isinstance(ticket, core_module.WaiterTicket)
     assert "WaiterTicket" in repr(ticket)
 
 
-def test_waiting_ticket_completed_from_another_thread(make_pool: Any, conn_type: Any) -> None:
+def test_waiting_ticket_completed_from_another_thread(make_core_pool: Any, conn_type: Any) -> None:
     waits: list[int] = []
-    pool, (conn,) = make_pool(1, conn_type=conn_type, on_wait=lambda: waits.append(1))
+    pool, (conn,) = make_core_pool(1, conn_type=conn_type, on_wait=lambda: waits.append(1))
     assert pool.try_acquire() is conn
     rec = Recorder()
     ticket = pool.enqueue(rec)
@@ -80,8 +87,8 @@ def test_waiting_ticket_completed_from_another_thread(make_pool: Any, conn_type:
     assert len(rec.calls) == 1
 
 
-def test_result_while_waiting_and_twice(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1)
+def test_result_while_waiting_and_twice(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1)
     pool.try_acquire()
     ticket = pool.enqueue(lambda t: None)
     before = snapshot(pool)
@@ -97,8 +104,8 @@ def test_result_while_waiting_and_twice(make_pool: Any) -> None:
     assert pool.in_use == 1
 
 
-def test_cancel_while_waiting(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1)
+def test_cancel_while_waiting(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1)
     pool.try_acquire()
     rec = Recorder()
     t1 = pool.enqueue(rec)
@@ -116,8 +123,8 @@ def test_cancel_while_waiting(make_pool: Any) -> None:
     assert t2.result() is conn
 
 
-def test_cancel_timed_out_counts_a_timeout(make_pool: Any) -> None:
-    pool, (_conn,) = make_pool(1)
+def test_cancel_timed_out_counts_a_timeout(make_core_pool: Any) -> None:
+    pool, (_conn,) = make_core_pool(1)
     pool.try_acquire()
     ticket = pool.enqueue(lambda t: None)
     assert ticket.cancel(timed_out=True) is True
@@ -127,8 +134,53 @@ def test_cancel_timed_out_counts_a_timeout(make_pool: Any) -> None:
     assert pool.waiting == 0
 
 
-def test_cancel_after_handoff_passes_to_next_waiter(make_pool: Any, conn_type: Any) -> None:
-    pool, (conn,) = make_pool(1, conn_type=conn_type)
+def test_time_out_while_waiting(make_core_pool: Any) -> None:
+    """The core decides the timeout of a ticket as it does a thread's: the
+    same PoolTimeout, with the idle connections it counted, and a timeout in
+    the statistics."""
+    pool, (conn,) = make_core_pool(1)
+    pool.try_acquire()
+    ticket = pool.enqueue(lambda t: None)
+    other = pool.enqueue(lambda t: None)
+    exc = ticket.time_out()
+    assert isinstance(exc, PoolTimeout)
+    assert exc.idle == 0
+    assert "no connection available after" in str(exc) and "idle 0" in str(exc)
+    assert ticket.done and pool.waiting == 1
+    assert pool.stats()["timeouts"] == 1
+    assert ticket.time_out() is None  # decided once
+    assert pool.stats()["timeouts"] == 1
+    with pytest.raises(PoolError):
+        ticket.result()
+    pool.release(conn)  # skips the timed-out ticket
+    assert other.result() is conn
+
+
+def test_time_out_after_handoff_leaves_the_connection_to_take(make_core_pool: Any) -> None:
+    """A connection handed just before the timer fired wins: no timeout."""
+    pool, (conn,) = make_core_pool(1)
+    pool.try_acquire()
+    ticket = pool.enqueue(lambda t: None)
+    pool.release(conn)
+    assert ticket.time_out() is None
+    assert pool.stats()["timeouts"] == 0
+    assert ticket.result() is conn
+    assert pool.in_use == 1
+
+
+def test_time_out_after_close(make_core_pool: Any) -> None:
+    pool, (_conn,) = make_core_pool(1)
+    pool.try_acquire()
+    ticket = pool.enqueue(lambda t: None)
+    pool.close()
+    assert ticket.time_out() is None
+    with pytest.raises(PoolClosed):
+        ticket.result()
+    assert pool.stats()["timeouts"] == 0
+
+
+def test_cancel_after_handoff_passes_to_next_waiter(make_core_pool: Any, conn_type: Any) -> None:
+    pool, (conn,) = make_core_pool(1, conn_type=conn_type)
     pool.try_acquire()
     rec = Recorder()
     t1 = pool.enqueue(rec)
@@ -145,8 +197,8 @@ def test_cancel_after_handoff_passes_to_next_waiter(make_pool: Any, conn_type: A
     assert pool.stats()["acquires"] == 3  # try_acquire, t1, t2
 
 
-def test_cancel_after_handoff_without_waiter_goes_idle(make_pool: Any, conn_type: Any) -> None:
-    pool, (_a, _b) = make_pool(2, conn_type=conn_type)
+def test_cancel_after_handoff_without_waiter_goes_idle(make_core_pool: Any, conn_type: Any) -> None:
+    pool, (_a, _b) = make_core_pool(2, conn_type=conn_type)
     x = pool.try_acquire()
     y = pool.try_acquire()
     ticket = pool.enqueue(lambda t: None)
@@ -161,8 +213,8 @@ def test_cancel_after_handoff_without_waiter_goes_idle(make_pool: Any, conn_type
     assert (pool.idle, pool.in_use) == (2, 0)
 
 
-def test_tickets_served_first_in_first_out(make_pool: Any) -> None:
-    pool, _conns = make_pool(3)
+def test_tickets_served_first_in_first_out(make_core_pool: Any) -> None:
+    pool, _conns = make_core_pool(3)
     held = [pool.try_acquire() for _ in range(3)]
     rec = Recorder()
     tickets = [pool.enqueue(rec) for _ in range(3)]
@@ -188,8 +240,8 @@ def test_fill_hands_to_waiting_ticket(CorePool: Any, core_module: Any) -> None:
     assert pool.slot_info(slot)[4] == 1
 
 
-def test_restore_hands_to_waiting_ticket(make_pool: Any) -> None:
-    pool, (a, b) = make_pool(2)
+def test_restore_hands_to_waiting_ticket(make_core_pool: Any) -> None:
+    pool, (a, b) = make_core_pool(2)
     assert pool.claim(0) is a
     x = pool.try_acquire()
     assert x is b
@@ -199,8 +251,8 @@ def test_restore_hands_to_waiting_ticket(make_pool: Any) -> None:
     assert (pool.claimed, pool.idle, pool.in_use) == (0, 0, 2)
 
 
-def test_close_completes_tickets(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1)
+def test_close_completes_tickets(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1)
     pool.try_acquire()
     rec = Recorder()
     tickets = [pool.enqueue(rec) for _ in range(3)]
@@ -216,8 +268,8 @@ def test_close_completes_tickets(make_pool: Any) -> None:
     assert len(rec.calls) == 3
 
 
-def test_ticket_handed_before_close_then_cancelled(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1)
+def test_ticket_handed_before_close_then_cancelled(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1)
     pool.try_acquire()
     ticket = pool.enqueue(lambda t: None)
     pool.release(conn)
@@ -229,8 +281,8 @@ def test_ticket_handed_before_close_then_cancelled(make_pool: Any) -> None:
     assert pool.size == 0
 
 
-def test_ticket_handed_before_close_then_taken(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1)
+def test_ticket_handed_before_close_then_taken(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1)
     pool.try_acquire()
     ticket = pool.enqueue(lambda t: None)
     pool.release(conn)
@@ -240,8 +292,8 @@ def test_ticket_handed_before_close_then_taken(make_pool: Any) -> None:
     assert pool.size == 0
 
 
-def test_tickets_count_toward_max_waiting(make_pool: Any) -> None:
-    pool, (conn,) = make_pool(1, max_waiting=2)
+def test_tickets_count_toward_max_waiting(make_core_pool: Any) -> None:
+    pool, (conn,) = make_core_pool(1, max_waiting=2)
     pool.try_acquire()
     t1 = pool.enqueue(lambda t: None)
     t2 = pool.enqueue(lambda t: None)
@@ -259,8 +311,8 @@ def test_tickets_count_toward_max_waiting(make_pool: Any) -> None:
     assert not t3.done
 
 
-def test_enqueue_when_max_waiting_reached_but_idle(make_pool: Any) -> None:
-    pool, (a, _b) = make_pool(2, max_waiting=1)
+def test_enqueue_when_max_waiting_reached_but_idle(make_core_pool: Any) -> None:
+    pool, (a, _b) = make_core_pool(2, max_waiting=1)
     pool.try_acquire()
     ticket = pool.enqueue(lambda t: None)  # idle: served, never queued
     assert ticket.result() is a
@@ -270,24 +322,24 @@ def test_enqueue_when_max_waiting_reached_but_idle(make_pool: Any) -> None:
 
 
 @pytest.mark.parametrize("callback", [None, 1, "cb"])
-def test_enqueue_bad_callback(make_pool: Any, callback: Any) -> None:
-    pool, _ = make_pool(1)
+def test_enqueue_bad_callback(make_core_pool: Any, callback: Any) -> None:
+    pool, _ = make_core_pool(1)
     before = snapshot(pool)
     with pytest.raises(ConfigurationError):
         pool.enqueue(callback)
     assert snapshot(pool) == before
 
 
-def test_enqueue_after_close(make_pool: Any) -> None:
-    pool, _ = make_pool(1)
+def test_enqueue_after_close(make_core_pool: Any) -> None:
+    pool, _ = make_core_pool(1)
     pool.close()
     with pytest.raises(PoolClosed):
         pool.enqueue(lambda t: None)
 
 
-def test_tickets_and_thread_waiter_share_the_queue(make_pool: Any) -> None:
+def test_tickets_and_thread_waiter_share_the_queue(make_core_pool: Any) -> None:
     started = threading.Event()
-    pool, (conn,) = make_pool(1, on_wait=started.set)
+    pool, (conn,) = make_core_pool(1, on_wait=started.set)
     pool.try_acquire()
     got: list[Any] = []
     thread = threading.Thread(target=lambda: got.append(pool.acquire(timeout=10)))
@@ -357,8 +409,8 @@ def _run_tasks(pool: Any, n_tasks: int, timeout: float | None, release_in_thread
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("release_in_thread", [False, True], ids=["loop", "threads"])
-def test_asyncio_many_tasks(make_pool: Any, release_in_thread: bool) -> None:
-    pool, conns = make_pool(4)
+def test_asyncio_many_tasks(make_core_pool: Any, release_in_thread: bool) -> None:
+    pool, conns = make_core_pool(4)
     outcome = _run_tasks(pool, 200, None, release_in_thread)
     assert outcome == {"ok": 200, "timeout": 0}
     stats = pool.stats()
@@ -368,8 +420,8 @@ def test_asyncio_many_tasks(make_pool: Any, release_in_thread: bool) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_asyncio_timeouts_lose_nothing(make_pool: Any) -> None:
-    pool, conns = make_pool(4)
+def test_asyncio_timeouts_lose_nothing(make_core_pool: Any) -> None:
+    pool, conns = make_core_pool(4)
     outcome = _run_tasks(pool, 300, 0.002, True)
     assert outcome["ok"] + outcome["timeout"] == 300
     assert outcome["ok"] >= 4
@@ -381,8 +433,8 @@ def test_asyncio_timeouts_lose_nothing(make_pool: Any) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_asyncio_close_wakes_tasks(make_pool: Any) -> None:
-    pool, (_conn,) = make_pool(1)
+def test_asyncio_close_wakes_tasks(make_core_pool: Any) -> None:
+    pool, (_conn,) = make_core_pool(1)
     pool.try_acquire()
 
     async def main() -> list[Any]:

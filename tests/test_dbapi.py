@@ -16,7 +16,6 @@ import socket
 import sqlite3
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from _support.waiting import wait_until
 from pypool import dbapi
 
 # ------------------------------------------------------------------ helpers
@@ -55,14 +55,6 @@ class Recorder:
     def args(self) -> tuple[Any, ...]:
         assert self.calls, "connect was not called"
         return self.calls[-1][0]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------ mask_dsn
@@ -349,13 +341,14 @@ def _pg_terminate(dsn: str, pid: int) -> None:
 
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        wait_until(
+        assert wait_until(
             lambda: (
                 admin.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,)
                 ).fetchone()
                 == (0,)
-            )
+            ),
+            step=0.05,  # a query per poll
         )
 
 

@@ -11,12 +11,10 @@ unreachable server skips them, unless ``PYPOOL_REQUIRE_DB=1``.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import inspect
 import logging
 import os
-import select
 import socket
 import threading
 import time
@@ -27,6 +25,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from _support.blackhole import BlackHoleProxy
+from _support.waiting import wait_until
 from pypool import Pool, stats
 from pypool.dbapi import connect_factory
 from pypool.errors import ConnectionFailed, PoolTimeout
@@ -40,15 +40,6 @@ DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def pid(conn: Any) -> int:
@@ -128,105 +119,6 @@ def terminate(admin: Any, backend: int) -> None:
 
 
 # ------------------------------------------------------------------ proxy
-
-
-class BlackHoleProxy:
-    """A TCP proxy on 127.0.0.1:<free port> forwarding to ``target``.
-
-    ``cut()`` stops forwarding without closing anything: bytes read from
-    either side are dropped (they just vanish), and a connection accepted
-    while cut is never forwarded (its bytes vanish too, forever). The
-    sockets stay open, so neither side sees an error: only a timeout can
-    tell. ``restore()`` forwards again.
-    """
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port: int = self.listener.getsockname()[1]
-        self._cut = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self.accepted = 0
-        self.dropped = 0
-        self._spawn(self._accept_loop)
-
-    def cut(self) -> None:
-        self._cut.set()
-
-    def restore(self) -> None:
-        self._cut.clear()
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True, name="proxy")
-        with self._lock:
-            self._threads.append(thread)
-        thread.start()
-
-    def _keep(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self.listener], [], [], 0.05)[0]:
-                continue
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self._keep(client)
-            if self._cut.is_set():
-                self._spawn(self._pump, client, None)
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            self._keep(upstream)
-            self._spawn(self._pump, client, upstream)
-            self._spawn(self._pump, upstream, client)
-
-    def _pump(self, src: socket.socket, dst: socket.socket | None) -> None:
-        """Copies ``src`` to ``dst``; drops everything while cut, and for
-        ever when there is no ``dst``."""
-        try:
-            while not self._stop.is_set():
-                if not select.select([src], [], [], 0.05)[0]:
-                    continue
-                data = src.recv(65536)
-                if not data:
-                    break
-                if dst is None or self._cut.is_set():
-                    self.dropped += len(data)
-                    continue
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(2.0)
-        self.listener.close()
-        with self._lock:
-            for sock in self._sockets:
-                sock.close()
 
 
 @pytest.fixture

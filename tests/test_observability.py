@@ -15,115 +15,20 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import pytest
 
 import pypool
+from _support.fakes import Factory, FakeAdapter, FakeConn, FakeError
+from _support.waiting import wait_until
 from pypool import Pool, stats
 from pypool.errors import ConfigurationError, PoolTimeout
 from pypool.pool import EVENTS
 
 # ------------------------------------------------------------------ fakes
-
-
-class FakeError(Exception):
-    """What the fakes raise when told to fail."""
-
-
-class FakeConn:
-    """A connection that counts what is done to it (allows weak references)."""
-
-    def __init__(self, serial: int) -> None:
-        self.serial = serial
-        self.rollbacks = 0
-        self.checks = 0
-        self.closes = 0
-        self.fail_check = False
-
-    def rollback(self) -> None:
-        self.rollbacks += 1
-
-    def close(self) -> None:
-        self.closes += 1
-
-    @property
-    def closed(self) -> bool:
-        return self.closes > 0
-
-    def __repr__(self) -> str:
-        return f"<FakeConn {self.serial}>"
-
-
-class FakeAdapter:
-    """The adapter interface over FakeConn."""
-
-    def reset_for(self, conn: FakeConn) -> str:
-        return "rollback"
-
-    def check(self, conn: FakeConn) -> None:
-        conn.checks += 1
-        if conn.fail_check or conn.closed:
-            raise FakeError(f"conn {conn.serial}: server closed the connection")
-
-    def is_broken(self, conn: FakeConn, exc: BaseException | None = None) -> bool:
-        return conn.closed or conn.fail_check
-
-    def close(self, conn: FakeConn) -> None:
-        conn.close()
-
-
-class Factory:
-    """Makes FakeConns, or raises ``fail`` when it is set. ``made`` counts
-    them; ``conns`` holds them, unless ``keep`` is false (then a borrowed one
-    that is dropped can be garbage-collected)."""
-
-    def __init__(self, keep: bool = True) -> None:
-        self.lock = threading.Lock()
-        self.keep = keep
-        self.made = 0
-        self.conns: list[FakeConn] = []
-        self.fail: BaseException | None = None
-
-    def __call__(self) -> FakeConn:
-        if self.fail is not None:
-            raise self.fail
-        with self.lock:
-            conn = FakeConn(self.made)
-            self.made += 1
-            if self.keep:
-                self.conns.append(conn)
-        return conn
-
-
-@pytest.fixture
-def make_pool(core_module: ModuleType) -> Iterator[Callable[..., tuple[Any, Factory]]]:
-    """``make_pool(factory=None, **kw) -> (pool, factory)`` on the core under
-    test, with a FakeAdapter; every pool is closed at the end."""
-    pools: list[Any] = []
-
-    def make(factory: Any = None, **kw: Any) -> tuple[Any, Factory]:
-        factory = Factory() if factory is None else factory
-        kw.setdefault("adapter", FakeAdapter())
-        kw.setdefault("timeout", 5.0)
-        pool = Pool(factory, _core=core_module, **kw)
-        pools.append(pool)
-        return pool, factory
-
-    yield make
-    for pool in pools:
-        pool.close(timeout=2.0)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def known_activity(pool: Any) -> Any:

@@ -107,7 +107,7 @@ def role(dsn: str) -> Iterator[str]:
 POOL_KINDS = ["Pool", "ConnectionPool"]
 
 
-def make_pool(
+def open_pool(
     kind: str,
     dsn: str,
     *,
@@ -286,7 +286,7 @@ def test_session_state_does_not_follow_the_client_in_transaction_mode(
     """
     bouncer = start_bouncer(mode)
     setup, probe, present = _state_cases(role)[state]
-    pool = make_pool(kind, bouncer.dsn, transaction_pooling=mode == "transaction",
+    pool = open_pool(kind, bouncer.dsn, transaction_pooling=mode == "transaction",
                      min_size=1, max_size=1)  # fmt: skip
     other = psycopg.connect(bouncer.dsn, connect_timeout=5)  # not autocommit
     try:
@@ -382,13 +382,13 @@ def test_async_psycopg_pool_turns_prepared_statements_off(bouncer: PgBouncer) ->
 def test_pool_with_psycopg_needs_prepare_threshold_none(bouncer: PgBouncer) -> None:
     """``pypool.Pool`` does not make the connections itself: the factory's
     ``prepare_threshold=None`` is the fix, as the documentation says."""
-    pool = make_pool("Pool", bouncer.dsn_one, min_size=2, max_size=2)
+    pool = open_pool("Pool", bouncer.dsn_one, min_size=2, max_size=2)
     try:
         with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
             _prepare_on_both(pool)
     finally:
         pool.close()
-    pool = make_pool("Pool", bouncer.dsn_one, prepare_threshold=None, min_size=2, max_size=2)
+    pool = open_pool("Pool", bouncer.dsn_one, prepare_threshold=None, min_size=2, max_size=2)
     try:
         _prepare_on_both(pool)
     finally:
@@ -454,7 +454,7 @@ def test_check_through_pgbouncer_is_bounded_by_the_callers_timeout(
     works. With PostgreSQL out of reach it waits for a server (up to
     PgBouncer's query_wait_timeout, 120 s): the caller's timeout bounds it,
     and the caller gets PoolTimeout."""
-    pool = make_pool("Pool", bouncer.dsn, prepare_threshold=None, min_size=1, max_size=1,
+    pool = open_pool("Pool", bouncer.dsn, prepare_threshold=None, min_size=1, max_size=1,
                      core=core_module, check_after=0.0)  # fmt: skip
     try:
         with pool.connection() as conn:
@@ -475,7 +475,7 @@ def test_pgbouncer_restart(bouncer: PgBouncer, core_module: ModuleType) -> None:
     """While PgBouncer is down callers get PoolTimeout; once it is back they
     get working connections (the dead ones fail their check and are
     replaced)."""
-    pool = make_pool("Pool", bouncer.dsn, prepare_threshold=None, min_size=2, max_size=3,
+    pool = open_pool("Pool", bouncer.dsn, prepare_threshold=None, min_size=2, max_size=3,
                      core=core_module)  # fmt: skip
     try:
         assert _borrow_from_threads(pool, 3, timeout=10.0) == ["ok"] * 3
@@ -501,7 +501,7 @@ def test_kill_then_resume_on_the_admin_console(
     get PoolTimeout (connects hang in PgBouncer until connect_timeout);
     afterwards (PgBouncer connects again after ``server_login_retry``) they
     get working connections."""
-    pool = make_pool(kind, bouncer.dsn, prepare_threshold=None, min_size=2, max_size=3,
+    pool = open_pool(kind, bouncer.dsn, prepare_threshold=None, min_size=2, max_size=3,
                      core=core_module, timeout=20.0)  # fmt: skip
     try:
         assert _borrow_from_threads(pool, 3, timeout=10.0) == ["ok"] * 3
@@ -526,7 +526,7 @@ def test_bouncer_timeouts_shorter_than_the_pools(
     bouncer's business, and a client connection it closed fails the check
     before hand-out and is replaced."""
     bouncer = start_bouncer(server_lifetime=1, client_idle_timeout=2)
-    pool = make_pool("Pool", bouncer.dsn, prepare_threshold=None, min_size=2, max_size=2,
+    pool = open_pool("Pool", bouncer.dsn, prepare_threshold=None, min_size=2, max_size=2,
                      core=core_module)  # fmt: skip
     try:
         for _ in range(3):

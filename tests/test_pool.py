@@ -12,12 +12,14 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from _support.fakes import Factory, FakeAdapter, FakeConn, FakeError
+from _support.waiting import wait_until
 from pypool import Pool
 from pypool import stats as names
 from pypool.errors import (
@@ -32,132 +34,11 @@ from pypool.errors import (
 # ------------------------------------------------------------------ fakes
 
 
-class FakeError(Exception):
-    """What a fake connection raises when told to fail."""
-
-
-class FakeConn:
-    """A connection that counts what is done to it."""
-
-    def __init__(self, serial: int) -> None:
-        self.serial = serial  # creation order, from 0
-        self.thread = threading.current_thread()
-        self.rollbacks = 0
-        self.checks = 0
-        self.closes = 0
-        self.configured = 0
-        self.fail_reset = False
-        self.fail_check = False
-
-    def rollback(self) -> None:
-        self.rollbacks += 1
-        if self.fail_reset:
-            raise FakeError(f"conn {self.serial}: rollback failed")
-
-    def close(self) -> None:
-        self.closes += 1
-
-    @property
-    def closed(self) -> bool:
-        return self.closes > 0
-
-    def __repr__(self) -> str:
-        return f"<FakeConn {self.serial}{' closed' if self.closed else ''}>"
-
-
-class FakeAdapter:
-    """The adapter interface over FakeConn: reset by ``conn.rollback()``."""
-
-    def __init__(self) -> None:
-        self.reset_plans = 0
-
-    def reset_for(self, conn: FakeConn) -> str:
-        self.reset_plans += 1
-        return "rollback"
-
-    def check(self, conn: FakeConn) -> None:
-        conn.checks += 1
-        if conn.fail_check or conn.closed:
-            raise FakeError(f"conn {conn.serial}: check failed")
-
-    def is_broken(self, conn: FakeConn, exc: BaseException | None = None) -> bool:
-        return conn.closed or conn.fail_check
-
-    def close(self, conn: FakeConn) -> None:
-        conn.close()
-
-
-class Factory:
-    """Makes FakeConns; records the threads it runs on, how many run at once,
-    and can be made slow or failing. ``on_call()`` runs at the start of each
-    call."""
-
-    def __init__(
-        self,
-        delay: float = 0.0,
-        fail: BaseException | None = None,
-        on_call: Callable[[], object] | None = None,
-    ) -> None:
-        self.lock = threading.Lock()
-        self.delay = delay
-        self.fail = fail
-        self.on_call = on_call
-        self.conns: list[FakeConn] = []
-        self.threads: set[threading.Thread] = set()
-        self.calls = 0
-        self.active = 0
-        self.peak_active = 0
-
-    def __call__(self) -> FakeConn:
-        with self.lock:
-            self.calls += 1
-            self.active += 1
-            self.peak_active = max(self.peak_active, self.active)
-            self.threads.add(threading.current_thread())
-        try:
-            if self.on_call is not None:
-                self.on_call()
-            if self.delay:
-                time.sleep(self.delay)
-            if self.fail is not None:
-                raise self.fail
-            with self.lock:
-                conn = FakeConn(len(self.conns))
-                self.conns.append(conn)
-            return conn
-        finally:
-            with self.lock:
-                self.active -= 1
-
-    @property
-    def closed(self) -> list[FakeConn]:
-        return [c for c in self.conns if c.closed]
-
-
 def fake_connect(dsn: str) -> FakeConn:
     return FakeConn(-1)
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-def make_pool(core_module: ModuleType) -> Iterator[Callable[..., tuple[Any, Factory]]]:
-    """``make_pool(factory=None, **kw) -> (pool, factory)`` on the core under
-    test, with a FakeAdapter; every pool is closed at the end."""
-    pools: list[Any] = []
-
-    def make(factory: Any = None, **kw: Any) -> tuple[Any, Factory]:
-        factory = Factory() if factory is None else factory
-        kw.setdefault("adapter", FakeAdapter())
-        kw.setdefault("timeout", 5.0)
-        pool = Pool(factory, _core=core_module, **kw)
-        pools.append(pool)
-        return pool, factory
-
-    yield make
-    for pool in pools:
-        pool.close(timeout=2.0)
 
 
 def core_name(core_module: ModuleType) -> str:
@@ -170,15 +51,6 @@ def take(pool: Any, timeout: float = 2.0) -> FakeConn:
     assert isinstance(conn, FakeConn)
     assert not conn.closed, f"{conn!r} was handed out after it was closed"
     return conn
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return predicate()
 
 
 def steady(pool: Any) -> dict[str, Any]:

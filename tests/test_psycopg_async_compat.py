@@ -40,6 +40,7 @@ psycopg = pytest.importorskip("psycopg")
 psycopg_pool = pytest.importorskip("psycopg_pool")
 
 import pypool.psycopg  # noqa: E402
+from _support.waiting import eventually  # noqa: E402
 from conftest import PYTHON_MODULE, import_native_core  # noqa: E402
 
 pytestmark = pytest.mark.db
@@ -192,15 +193,6 @@ def run_pypool(pypool_impl: Impl, dsn: str) -> Callable[[Scenario], Any]:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = SOON) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 def closed_port() -> int:
@@ -469,7 +461,7 @@ def test_pool_closed_wakes_waiters(impl: Impl, run: Any) -> None:
         pool = await make(min_size=1, max_size=1, timeout=SOON)
         held = await pool.getconn()
         waiter = asyncio.ensure_future(pool.getconn(timeout=SOON))
-        assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        assert await eventually(lambda: pool.get_stats()["requests_waiting"] == 1)
         await pool.close()
         with pytest.raises(impl.mod.PoolClosed):
             await asyncio.wait_for(waiter, SOON)
@@ -489,7 +481,7 @@ def test_connection_commits_on_success(run: Any, dsn: str, table: str) -> None:
             await conn.execute(f"INSERT INTO {table} VALUES (1)")
             assert not conn.autocommit
         assert await rows(dsn, table) == [1]
-        assert await wait_until(lambda: available(pool) == 1)
+        assert await eventually(lambda: available(pool) == 1)
 
     run(scenario)
 
@@ -502,7 +494,7 @@ def test_connection_rolls_back_on_error(run: Any, dsn: str, table: str) -> None:
                 await conn.execute(f"INSERT INTO {table} VALUES (1)")
                 1 / 0  # noqa: B018
         assert await rows(dsn, table) == []
-        assert await wait_until(lambda: available(pool) == 1)
+        assert await eventually(lambda: available(pool) == 1)
         async with pool.connection() as again:
             assert again is conn
             assert again.info.transaction_status == IDLE
@@ -534,7 +526,7 @@ def test_getconn_putconn(run: Any) -> None:
         assert await one(conn, "SELECT 1") == 1
         assert available(pool) == 1
         await pool.putconn(conn)
-        assert await wait_until(lambda: available(pool) == 2)
+        assert await eventually(lambda: available(pool) == 2)
         assert not conn.closed
 
     run(scenario)
@@ -551,7 +543,7 @@ def test_returned_in_transaction_is_rolled_back_with_a_warning(
         assert conn.info.transaction_status == INTRANS
         with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
             await pool.putconn(conn)
-            assert await wait_until(lambda: available(pool) == 1)
+            assert await eventually(lambda: available(pool) == 1)
         assert any(
             r.name == "psycopg.pool"
             and r.levelno == logging.WARNING
@@ -576,7 +568,7 @@ def test_returned_in_failed_transaction_is_rolled_back(run: Any) -> None:
             await conn.execute("SELECT 1 / 0")
         assert conn.info.transaction_status == INERROR
         await pool.putconn(conn)
-        assert await wait_until(lambda: available(pool) == 1)
+        assert await eventually(lambda: available(pool) == 1)
         again = await pool.getconn()
         assert again.info.backend_pid == pid
         assert await one(again, "SELECT 2") == 2
@@ -675,7 +667,7 @@ def test_many_tasks_never_share_a_connection(run: Any) -> None:
         assert not holders
         assert len(conns) <= 10
         assert peak[0] <= 10
-        assert await wait_until(lambda: available(pool) == 10)
+        assert await eventually(lambda: available(pool) == 10)
 
     run(scenario)
 
@@ -757,7 +749,7 @@ def test_reset_runs_on_every_return(impl: Impl, run: Any, kind: str) -> None:
         for n in range(1, 4):
             async with pool.connection() as conn:
                 await conn.execute("SET application_name = 'dirty'")
-            assert await wait_until(lambda n=n: len(resets) == n)  # type: ignore[misc]
+            assert await eventually(lambda n=n: len(resets) == n)  # type: ignore[misc]
         if kind == "async":
             async with pool.connection() as conn:
                 assert await one(conn, "SHOW application_name") != "dirty"
@@ -776,7 +768,7 @@ def test_reset_runs_after_the_rollback(run: Any) -> None:
         conn = await pool.getconn()
         await conn.execute("SELECT 1")
         await pool.putconn(conn)
-        assert await wait_until(lambda: len(seen) == 1)
+        assert await eventually(lambda: len(seen) == 1)
         assert seen == [IDLE]
 
     run(scenario)
@@ -793,7 +785,7 @@ def test_reset_raising_discards_the_connection(run: Any) -> None:
         await pool.putconn(conn)
         fresh = await pool.getconn(timeout=SOON)
         assert fresh.info.backend_pid != pid
-        assert await wait_until(lambda: conn.closed)
+        assert await eventually(lambda: conn.closed)
         await pool.putconn(fresh)
 
     run(scenario)
@@ -810,7 +802,7 @@ def test_reset_leaving_a_transaction_discards_the_connection(run: Any) -> None:
         await pool.putconn(conn)
         fresh = await pool.getconn(timeout=SOON)
         assert fresh.info.backend_pid != pid
-        assert await wait_until(lambda: conn.closed)
+        assert await eventually(lambda: conn.closed)
         await pool.putconn(fresh)
 
     run(scenario)
@@ -918,7 +910,7 @@ def test_async_callable_conninfo_and_kwargs_are_read_for_every_connection(
         await pool.putconn(a)
         await pool.putconn(b)
         await pool.drain()
-        assert await wait_until(lambda: calls["conninfo"] == 4 and available(pool) == 2)
+        assert await eventually(lambda: calls["conninfo"] == 4 and available(pool) == 2)
         assert calls == {"conninfo": 4, "kwargs": 4}
 
     run(scenario)
@@ -954,7 +946,7 @@ def test_resize(run: Any) -> None:
         await pool.wait(SOON)
         await pool.resize(2, 3)
         assert (pool.min_size, pool.max_size) == (2, 3)
-        assert await wait_until(lambda: pool.get_stats()["pool_size"] == 2)
+        assert await eventually(lambda: pool.get_stats()["pool_size"] == 2)
         held = [await pool.getconn(timeout=SOON) for _ in range(3)]
         assert len({c.info.backend_pid for c in held}) == 3
         for conn in held:
@@ -979,7 +971,7 @@ def test_check_discards_a_killed_idle_connection(run: Any, dsn: str) -> None:
         await pool.putconn(b)
         await terminate(dsn, a.info.backend_pid)
         await pool.check()
-        assert await wait_until(lambda: available(pool) == 2)
+        assert await eventually(lambda: available(pool) == 2)
         c, d = await pool.getconn(), await pool.getconn()
         now = {c.info.backend_pid, d.info.backend_pid}
         assert now & pids == {b.info.backend_pid}
@@ -1000,7 +992,7 @@ def test_drain_replaces_every_connection(run: Any) -> None:
         await pool.putconn(before[0])
         await pool.drain()
         await pool.putconn(held)  # borrowed during the drain: replaced at its return
-        assert await wait_until(lambda: available(pool) == 2)
+        assert await eventually(lambda: available(pool) == 2)
         after = [await pool.getconn() for _ in range(2)]
         assert not pids & {c.info.backend_pid for c in after}
         for conn in after:
@@ -1099,7 +1091,7 @@ def test_stats_count_too_many_requests_as_errors(run: Any) -> None:
         pool = await make(min_size=1, max_size=1, max_waiting=1, timeout=SOON)
         held = await pool.getconn()
         waiter = asyncio.ensure_future(pool.getconn(timeout=SOON))
-        assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        assert await eventually(lambda: pool.get_stats()["requests_waiting"] == 1)
         with pytest.raises(psycopg.OperationalError):
             await pool.getconn()
         await pool.putconn(held)
@@ -1144,7 +1136,7 @@ def test_too_many_requests(impl: Impl, run: Any) -> None:
         pool = await make(min_size=1, max_size=1, max_waiting=1, timeout=SOON)
         held = await pool.getconn()
         waiter = asyncio.ensure_future(pool.getconn(timeout=SOON))
-        assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        assert await eventually(lambda: pool.get_stats()["requests_waiting"] == 1)
         started = time.monotonic()
         with pytest.raises(impl.mod.TooManyRequests) as info:
             await pool.getconn()
@@ -1164,7 +1156,7 @@ def test_cancelled_waiter_does_not_lose_a_connection(run: Any) -> None:
         pool = await make(min_size=1, max_size=1, timeout=SOON)
         held = await pool.getconn()
         waiter = asyncio.ensure_future(pool.getconn())
-        assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        assert await eventually(lambda: pool.get_stats()["requests_waiting"] == 1)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -1206,11 +1198,11 @@ def test_null_pool_closes_connections_on_return(run: Any) -> None:
             conn = await pool.getconn(timeout=SOON)
             pids.append(conn.info.backend_pid)
             await pool.putconn(conn)
-            assert await wait_until(lambda conn=conn: conn.closed)  # type: ignore[misc]
+            assert await eventually(lambda conn=conn: conn.closed)  # type: ignore[misc]
         assert len(set(pids)) == 3
         async with pool.connection(timeout=SOON) as conn:
             assert await one(conn, "SELECT 1") == 1
-        assert await wait_until(lambda: conn.closed)
+        assert await eventually(lambda: conn.closed)
         assert pool.get_stats()["pool_size"] == 0
 
     run(scenario)
@@ -1239,13 +1231,13 @@ def test_null_pool_hands_a_returned_connection_to_a_waiter(run: Any) -> None:
         pool = await make.null(max_size=1, timeout=SOON)
         held = await pool.getconn()
         waiter = asyncio.ensure_future(pool.getconn())
-        assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+        assert await eventually(lambda: pool.get_stats()["requests_waiting"] == 1)
         await pool.putconn(held)
         got = await asyncio.wait_for(waiter, SOON)
         assert got is held
         assert not held.closed
         await pool.putconn(held)
-        assert await wait_until(lambda: held.closed)
+        assert await eventually(lambda: held.closed)
 
     run(scenario)
 
@@ -1421,7 +1413,7 @@ def test_pypool_factory_returning_none_is_a_failed_connect(run_pypool: Any) -> N
         assert isinstance(cause, pypool.ConnectionFailed), repr(cause)
         assert "returned None" in str(cause)
         assert pool.get_stats()["connections_errors"] >= 1
-        assert await wait_until(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
+        assert await eventually(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
         assert all(not t.done() for t in pool._tasks)
 
     run_pypool(scenario)

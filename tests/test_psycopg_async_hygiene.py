@@ -39,14 +39,14 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from pypool.psycopg import AsyncConnectionPool, discard_all, reset_session  # noqa: E402
-from test_psycopg_hygiene import (  # noqa: E402
+from _support.psycopg_resets import (  # noqa: E402
     AUTO_QUERY,
     POLICIES,
     PREPARE_THRESHOLD,
     SURVIVES_DEFAULT_RESET,
     lock_key,
 )
+from pypool.psycopg import AsyncConnectionPool, discard_all, reset_session  # noqa: E402
 
 pytestmark = pytest.mark.db
 

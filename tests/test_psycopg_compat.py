@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -36,6 +36,7 @@ psycopg = pytest.importorskip("psycopg")
 psycopg_pool = pytest.importorskip("psycopg_pool")
 
 import pypool.psycopg  # noqa: E402
+from _support.waiting import wait_until  # noqa: E402
 from conftest import PYTHON_MODULE, import_native_core  # noqa: E402
 
 pytestmark = pytest.mark.db
@@ -152,15 +153,6 @@ def make_pypool(pypool_impl: Impl, dsn: str) -> Iterator[Pools]:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = SOON) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def closed_port() -> int:

@@ -28,32 +28,17 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from _support.psycopg_resets import (  # noqa: E402
+    AUTO_QUERY,
+    POLICIES,
+    PREPARE_THRESHOLD,
+    lock_key,
+)
 from pypool.psycopg import ConnectionPool, discard_all, reset_session  # noqa: E402
 
 pytestmark = pytest.mark.db
 
 IDLE = psycopg.pq.TransactionStatus.IDLE
-
-#: What the default reset (a rollback of an open or aborted transaction, and
-#: nothing else) lets through to the next borrower, once the previous one
-#: committed it. All of it is session state, outside any transaction.
-SURVIVES_DEFAULT_RESET = (
-    "SET ROLE",
-    "SET SESSION AUTHORIZATION",
-    "SET search_path",
-    "SET statement_timeout",
-    "temporary table",
-    "session advisory lock",
-    "LISTEN",
-    "PREPARE",
-    "psycopg's automatically prepared statements",
-)
-
-POLICIES = [
-    pytest.param(discard_all, id="discard_all"),
-    pytest.param(reset_session, id="reset_session"),
-]
-
 
 # ------------------------------------------------------------------ fixtures
 
@@ -82,8 +67,8 @@ def table(dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_pool(core_module: ModuleType, dsn: str) -> Iterator[Callable[..., Any]]:
-    """``make_pool(reset)``: one connection, the given reset policy."""
+def make_psycopg_pool(core_module: ModuleType, dsn: str) -> Iterator[Callable[..., Any]]:
+    """``make_psycopg_pool(reset)``: one connection, the given reset policy."""
     pools: list[Any] = []
 
     def make(reset: Any = None, **kwargs: Any) -> Any:
@@ -165,15 +150,6 @@ def lock_is_free(dsn: str, key: int) -> bool:
         return False
 
 
-def lock_key() -> int:
-    return uuid.uuid4().int % 2**62
-
-
-#: psycopg prepares a query after this many executions (its default).
-PREPARE_THRESHOLD = 5
-AUTO_QUERY = "SELECT %s::int + 1"
-
-
 def run_auto_query(conn: Any) -> None:
     """The same parametrized query, past the prepare threshold: psycopg
     prepares it (a ``_pg3_*`` statement) and uses the prepared statement."""
@@ -190,8 +166,8 @@ def auto_prepared(conn: Any) -> list[str]:
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_set_role_is_reset(make_pool: Callable[..., Any], role: str, policy: Any) -> None:
-    pool = make_pool(policy)
+def test_set_role_is_reset(make_psycopg_pool: Callable[..., Any], role: str, policy: Any) -> None:
+    pool = make_psycopg_pool(policy)
     with pool.connection() as conn:
         original = users(conn)
     seen = borrow_twice(pool, lambda c: c.execute(f"SET ROLE {role}"), users)
@@ -200,9 +176,9 @@ def test_set_role_is_reset(make_pool: Callable[..., Any], role: str, policy: Any
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_session_authorization_is_reset(
-    make_pool: Callable[..., Any], role: str, policy: Any
+    make_psycopg_pool: Callable[..., Any], role: str, policy: Any
 ) -> None:
-    pool = make_pool(policy)
+    pool = make_psycopg_pool(policy)
     with pool.connection() as conn:
         original = users(conn)
 
@@ -214,8 +190,8 @@ def test_session_authorization_is_reset(
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_settings_are_reset(make_pool: Callable[..., Any], dsn: str, policy: Any) -> None:
-    pool = make_pool(policy)
+def test_settings_are_reset(make_psycopg_pool: Callable[..., Any], dsn: str, policy: Any) -> None:
+    pool = make_psycopg_pool(policy)
     expected = (fresh_value(dsn, "SHOW search_path"), fresh_value(dsn, "SHOW statement_timeout"))
 
     def dirty(conn: Any) -> None:
@@ -235,10 +211,10 @@ def test_settings_are_reset(make_pool: Callable[..., Any], dsn: str, policy: Any
         pytest.param(reset_session, True, id="reset_session-keeps"),
     ],
 )
-def test_temporary_table(make_pool: Callable[..., Any], policy: Any, kept: bool) -> None:
+def test_temporary_table(make_psycopg_pool: Callable[..., Any], policy: Any, kept: bool) -> None:
     """``discard_all`` drops temporary tables; ``reset_session`` keeps them
     (with their rows): a temporary table lives as long as the session."""
-    pool = make_pool(policy)
+    pool = make_psycopg_pool(policy)
     name = f"tmp_{uuid.uuid4().hex[:10]}"
 
     def dirty(conn: Any) -> None:
@@ -254,8 +230,10 @@ def test_temporary_table(make_pool: Callable[..., Any], policy: Any, kept: bool)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_advisory_lock_is_released(make_pool: Callable[..., Any], dsn: str, policy: Any) -> None:
-    pool = make_pool(policy)
+def test_advisory_lock_is_released(
+    make_psycopg_pool: Callable[..., Any], dsn: str, policy: Any
+) -> None:
+    pool = make_psycopg_pool(policy)
     key = lock_key()
 
     def dirty(conn: Any) -> None:
@@ -271,9 +249,9 @@ def test_advisory_lock_is_released(make_pool: Callable[..., Any], dsn: str, poli
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_advisory_lock_is_free_as_soon_as_returned(
-    make_pool: Callable[..., Any], dsn: str, policy: Any
+    make_psycopg_pool: Callable[..., Any], dsn: str, policy: Any
 ) -> None:
-    pool = make_pool(policy)
+    pool = make_psycopg_pool(policy)
     key = lock_key()
     with pool.connection() as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (key,))
@@ -281,14 +259,16 @@ def test_advisory_lock_is_free_as_soon_as_returned(
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_listen_is_cleared(make_pool: Callable[..., Any], policy: Any) -> None:
-    pool = make_pool(policy)
+def test_listen_is_cleared(make_psycopg_pool: Callable[..., Any], policy: Any) -> None:
+    pool = make_psycopg_pool(policy)
     assert borrow_twice(pool, lambda c: c.execute("LISTEN hygiene_channel"), listening) == []
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_prepared_statements_are_deallocated(make_pool: Callable[..., Any], policy: Any) -> None:
-    pool = make_pool(policy)
+def test_prepared_statements_are_deallocated(
+    make_psycopg_pool: Callable[..., Any], policy: Any
+) -> None:
+    pool = make_psycopg_pool(policy)
 
     def dirty(conn: Any) -> None:
         conn.execute("PREPARE hygiene_stmt AS SELECT 1")
@@ -321,13 +301,13 @@ def test_prepared_statements_are_deallocated(make_pool: Callable[..., Any], poli
 )
 @pytest.mark.parametrize("autocommit", [False, True], ids=["transactions", "autocommit"])
 def test_many_resets_keep_the_connection_and_prepared_statements(
-    make_pool: Callable[..., Any], policy: Any, runs: int, autocommit: bool
+    make_psycopg_pool: Callable[..., Any], policy: Any, runs: int, autocommit: bool
 ) -> None:
     """Many borrowers in a row, each running the same parametrized query
     ``runs`` times (once: psycopg prepares it across borrowers): every reset
     succeeds (the connection is kept) and psycopg forgets its statements at
     every reset, not only at the first."""
-    pool = make_pool(policy, kwargs={"autocommit": autocommit})
+    pool = make_psycopg_pool(policy, kwargs={"autocommit": autocommit})
     pids = set()
     for n in range(3 * PREPARE_THRESHOLD):
         with pool.connection() as conn:
@@ -340,9 +320,9 @@ def test_many_resets_keep_the_connection_and_prepared_statements(
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_open_transaction_is_rolled_back(
-    make_pool: Callable[..., Any], dsn: str, table: str, policy: Any
+    make_psycopg_pool: Callable[..., Any], dsn: str, table: str, policy: Any
 ) -> None:
-    pool = make_pool(policy)
+    pool = make_psycopg_pool(policy)
     conn = pool.getconn()
     pid = conn.info.backend_pid
     conn.execute(f"INSERT INTO {table} VALUES (1)")
@@ -358,9 +338,9 @@ def test_open_transaction_is_rolled_back(
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_aborted_transaction_is_rolled_back(
-    make_pool: Callable[..., Any], role: str, policy: Any
+    make_psycopg_pool: Callable[..., Any], role: str, policy: Any
 ) -> None:
-    pool = make_pool(policy)
+    pool = make_psycopg_pool(policy)
     conn = pool.getconn()
     pid = conn.info.backend_pid
     original = users(conn)
@@ -378,8 +358,10 @@ def test_aborted_transaction_is_rolled_back(
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_policy_on_an_autocommit_connection(make_pool: Callable[..., Any], policy: Any) -> None:
-    pool = make_pool(policy, kwargs={"autocommit": True})
+def test_policy_on_an_autocommit_connection(
+    make_psycopg_pool: Callable[..., Any], policy: Any
+) -> None:
+    pool = make_psycopg_pool(policy, kwargs={"autocommit": True})
 
     def dirty(conn: Any) -> None:
         conn.execute("SET statement_timeout = 1234")
@@ -392,11 +374,11 @@ def test_policy_on_an_autocommit_connection(make_pool: Callable[..., Any], polic
 
 
 def test_reset_session_keeps_temporary_tables_but_clears_the_rest(
-    make_pool: Callable[..., Any], role: str, dsn: str
+    make_psycopg_pool: Callable[..., Any], role: str, dsn: str
 ) -> None:
     """Everything at once, with ``reset_session``: only the temporary table
     is left."""
-    pool = make_pool(reset_session)
+    pool = make_psycopg_pool(reset_session)
     key = lock_key()
     name = f"tmp_{uuid.uuid4().hex[:10]}"
     with pool.connection() as conn:
@@ -447,11 +429,11 @@ def inspect_everything(name: str) -> Callable[[Any], dict[str, Any]]:
 
 
 def test_default_reset_keeps_session_state(
-    make_pool: Callable[..., Any], role: str, dsn: str
+    make_psycopg_pool: Callable[..., Any], role: str, dsn: str
 ) -> None:
     """Without a reset policy the pool only ends the transaction: everything
     in :data:`SURVIVES_DEFAULT_RESET` reaches the next borrower."""
-    pool = make_pool()
+    pool = make_psycopg_pool()
     key = lock_key()
     name = f"tmp_{uuid.uuid4().hex[:10]}"
     with pool.connection() as conn:
@@ -472,9 +454,9 @@ def test_default_reset_keeps_session_state(
 
 
 def test_default_reset_keeps_session_authorization(
-    make_pool: Callable[..., Any], role: str
+    make_psycopg_pool: Callable[..., Any], role: str
 ) -> None:
-    pool = make_pool()
+    pool = make_psycopg_pool()
     seen = borrow_twice(pool, lambda c: c.execute(f"SET SESSION AUTHORIZATION {role}"), users)
     assert seen == (role, role)
     with pool.connection() as conn:
@@ -482,10 +464,10 @@ def test_default_reset_keeps_session_authorization(
 
 
 def test_default_reset_rolls_back_an_open_transaction(
-    make_pool: Callable[..., Any], dsn: str, table: str
+    make_psycopg_pool: Callable[..., Any], dsn: str, table: str
 ) -> None:
     """A ``SET`` inside the rolled-back transaction is undone with it."""
-    pool = make_pool()
+    pool = make_psycopg_pool()
     expected = fresh_value(dsn, "SHOW statement_timeout")
     conn = pool.getconn()
     pid = conn.info.backend_pid
@@ -499,8 +481,10 @@ def test_default_reset_rolls_back_an_open_transaction(
         assert one(conn, "SHOW statement_timeout") == expected
 
 
-def test_default_reset_rolls_back_an_aborted_transaction(make_pool: Callable[..., Any]) -> None:
-    pool = make_pool()
+def test_default_reset_rolls_back_an_aborted_transaction(
+    make_psycopg_pool: Callable[..., Any],
+) -> None:
+    pool = make_psycopg_pool()
     conn = pool.getconn()
     pid = conn.info.backend_pid
     with pytest.raises(psycopg.errors.DivisionByZero):
@@ -513,11 +497,11 @@ def test_default_reset_rolls_back_an_aborted_transaction(make_pool: Callable[...
 
 
 def test_default_reset_keeps_session_state_set_before_an_open_transaction(
-    make_pool: Callable[..., Any], dsn: str
+    make_psycopg_pool: Callable[..., Any], dsn: str
 ) -> None:
     """Only the last, uncommitted transaction is rolled back: what an
     earlier one committed stays."""
-    pool = make_pool()
+    pool = make_psycopg_pool()
     key = lock_key()
     conn = pool.getconn()
     pid = conn.info.backend_pid
@@ -538,7 +522,7 @@ def test_default_reset_keeps_session_state_set_before_an_open_transaction(
 
 @pytest.mark.parametrize("policy", [None, *POLICIES])
 def test_client_side_attributes_survive_every_policy(
-    make_pool: Callable[..., Any], policy: Any
+    make_psycopg_pool: Callable[..., Any], policy: Any
 ) -> None:
     """No policy touches the attributes of psycopg's connection object: a
     borrower that changes ``read_only``, ``isolation_level``,
@@ -546,7 +530,7 @@ def test_client_side_attributes_survive_every_policy(
     ``reset`` must). ``read_only`` and ``isolation_level`` take effect at
     psycopg's next ``BEGIN``, so they change the next borrower's
     transactions on the server too."""
-    pool = make_pool(policy)
+    pool = make_psycopg_pool(policy)
     from psycopg.rows import dict_row
 
     def dirty(conn: Any) -> None:

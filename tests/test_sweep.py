@@ -14,8 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from _support.cli import PNG_SIGNATURE, pypool_env
 from pypool import _sweep
-from test_cli import PNG_SIGNATURE, _env
 
 TINY = ("--max-size", "4", "--seconds", "0.5", "--clients", "4")
 RESULT_KEYS = {"size", "cycles", "seconds", "throughput", "p50_ms", "p99_ms", "server_in_use"}
@@ -29,7 +29,7 @@ def _pypool(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
         [sys.executable, "-m", "pypool", *args],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=pypool_env(),
         timeout=timeout,
     )
     lines = proc.stderr.splitlines(keepends=True)
@@ -258,7 +258,7 @@ def test_ctrl_c_prints_results_so_far(dsn: str, tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=pypool_env(),
     )  # fmt: skip
     time.sleep(4.5)  # sizes 1 and 2 done (1.5 s each), a later one running
     proc.send_signal(signal.SIGINT)
@@ -289,7 +289,7 @@ def test_no_psycopg_is_one_line() -> None:
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, "sweep", "--dsn", "postgresql://u:s3cr3t-pw@127.0.0.1:1/x"],
-        capture_output=True, text=True, env=_env(), timeout=60,
+        capture_output=True, text=True, env=pypool_env(), timeout=60,
     )  # fmt: skip
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import asyncpg, dbapi, stats
-from ._core import CORE, CorePool, WaiterTicket
+from ._core import CORE, CorePool, SlotInfo, WaiterTicket
 from .aio import AsyncPool
 from .errors import (
     ConfigurationError,
@@ -38,6 +38,7 @@ __all__ = [
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "SlotInfo",
     "TooManyRequests",
     "UnusableConnection",
     "WaiterTicket",

@@ -30,6 +30,7 @@ __all__ = (
     "RESET_FAILED",
     "CorePool",
     "PoolBase",
+    "SlotInfo",
     "WaiterTicket",
 )
 
@@ -73,6 +74,7 @@ if TYPE_CHECKING:  # the Python core is the type source
         RESET_FAILED,
         CorePool,
         PoolBase,
+        SlotInfo,
         WaiterTicket,
     )
 

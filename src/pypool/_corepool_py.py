@@ -120,6 +120,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+from ._records import SlotInfo
 from .errors import (
     ConfigurationError,
     InvalidSlot,
@@ -150,6 +151,7 @@ __all__ = [
     "USED_UP",
     "CorePool",
     "PoolBase",
+    "SlotInfo",
     "WaiterTicket",
 ]
 
@@ -414,6 +416,26 @@ class WaiterTicket(_Waiter):
                 result = False
         core._run(calls)
         return result
+
+    def time_out(self) -> PoolTimeout | None:
+        """Gives up a wait that ran out of time: leaves the queue, counts a
+        timeout in the statistics and returns the :class:`PoolTimeout` for the
+        caller to raise, as :meth:`CorePool.acquire` raises it, with ``idle``
+        counted at this decision. Returns None, the ticket left as it is, when
+        it no longer waits: a connection handed to it meanwhile is then the
+        caller's, from :meth:`result` (which also says if the pool closed).
+        """
+        core = self._core
+        calls: list[Callable[[], object]] = []
+        with core._locked("WaiterTicket.time_out", report=False):
+            if self._epoch != core._epoch or self._state != _WAITING:
+                return None
+            idle = core._n_idle  # 0, unless the protocol is broken
+            core._leave_locked(self, calls)
+            core._timeouts += 1
+            exc = core._timeout_locked(_clock() - self._started, idle)
+        core._run(calls)
+        return exc
 
     def __repr__(self) -> str:
         names = ("waiting", "handed", "closed", "done")
@@ -1067,12 +1089,13 @@ class CorePool:
                     return index
         raise NotBorrowed("this object is not in this pool")
 
-    def slot_info(self, slot: int) -> tuple[int, float, float, float, int, int, float]:
-        """``(state, created, checked_out, returned, uses, generation,
-        expires)`` of a slot; times are :meth:`now` values (0.0: never)."""
+    def slot_info(self, slot: int) -> SlotInfo:
+        """A :class:`SlotInfo`, ``(state, created, checked_out, returned, uses,
+        generation, expires)``, of a slot; times are :meth:`now` values (0.0:
+        never)."""
         with self._mutex:
             s = self._slot_at(slot, None)
-            return (
+            return SlotInfo(
                 s.state,
                 s.created,
                 s.checked_out,

@@ -426,12 +426,12 @@ class _AsyncPoolMethods(_PoolShared):
                 self._core.release(unchecked)
             raise
         try:
-            return await self._acquire_loop(unchecked, wait_for)
+            return await self._acquire_until_one(unchecked, wait_for)
         except PoolError as exc:
             error = self._failed(exc, wait_for)
         raise error
 
-    async def _acquire_loop(self, conn: Any, wait_for: float) -> Any:
+    async def _acquire_until_one(self, conn: Any, wait_for: float) -> Any:
         """Until a connection passes: the one set aside for a check, an idle
         one, or one handed over after a wait in the core's queue."""
         core = self._core
@@ -504,9 +504,12 @@ class _AsyncPoolMethods(_PoolShared):
             raise
         finally:
             timer.cancel()
-        if not handed and not ticket.done:
-            ticket.cancel(timed_out=True)
-            raise PoolTimeout("timed out")
+        if not handed:
+            # The core decides, under its lock: a timeout with the idle
+            # connections it counted, or the connection handed meanwhile.
+            timed_out = ticket.time_out()
+            if timed_out is not None:
+                raise timed_out
         return ticket.result()
 
     async def release(self, conn: Any) -> None:
@@ -625,7 +628,7 @@ class _AsyncPoolMethods(_PoolShared):
     async def drain(self) -> None:
         """Replaces every connection: idle ones now, borrowed ones on return."""
         generation = self._core.advance_generation()
-        for conn in self._claim_idle(lambda info: info[5] < generation, keep=0):
+        for conn in self._claim_idle(lambda info: info.generation < generation, keep=0):
             await self._close_connection(conn, "drained", None)
         self._wake_workers()
 
@@ -710,7 +713,7 @@ class _AsyncPoolMethods(_PoolShared):
                 self._apply_hot_path()
             self._emit("connect", conn)
         except _STOPS:
-            if core.slot_info(slot)[0] == _core.CREATING:
+            if core.slot_info(slot).state == _core.CREATING:
                 core.abandon(slot)
             if conn is not None and not self._in_pool(conn):
                 # Shielded, and never in place of what stops the task.
@@ -779,7 +782,7 @@ class _AsyncPoolMethods(_PoolShared):
         if settings.max_idle:
             max_idle = settings.max_idle
             for conn in self._claim_idle(
-                lambda info: now - info[3] >= max_idle, keep=self._policy.min_size
+                lambda info: now - info.returned >= max_idle, keep=self._policy.min_size
             ):
                 await self._close_connection(conn, "idle", None)
         if settings.max_lifetime is not None:

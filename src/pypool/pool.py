@@ -40,6 +40,9 @@ from . import _core, stats
 from ._policy import Policy, Settings, _one_line, check_sizes, make_core
 from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
 
+if TYPE_CHECKING:
+    from ._records import SlotInfo
+
 __all__ = ["EVENTS", "Pool"]
 
 T = TypeVar("T")
@@ -60,6 +63,20 @@ EVENTS = {
 _live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+class _Borrowed:
+    """What a pool with ``leak_timeout`` remembers of a borrowed connection,
+    for its leak report: when it went out (the core's ``checked_out``, which
+    also tells a later borrow of the same slot apart), where from, and
+    whether it was reported already (once per borrow)."""
+
+    __slots__ = ("checked_out", "reported", "stack")
+
+    def __init__(self, checked_out: float, stack: traceback.StackSummary) -> None:
+        self.checked_out = checked_out
+        self.stack = stack
+        self.reported = False
+
+
 class _PoolShared:
     """What the thread pool and the asyncio pool share: their settings,
     statistics, events, leak reports, and the choices of maintenance (which
@@ -69,7 +86,7 @@ class _PoolShared:
     _policy: Policy
     _settings: Settings
     _log: logging.Logger
-    _leases: dict[int, list[Any]]  # slot -> [checked_out, stack, reported]
+    _leases: dict[int, _Borrowed]  # slot -> the borrow, for leak reports
     _last_check: dict[int, float]  # slot -> last keepalive check
     #: The logger a pool logs to (driver-compatible pools use the driver's).
     _logger_name = "pypool"
@@ -246,7 +263,7 @@ class _PoolShared:
         if self._settings.leak_timeout is not None:
             core = self._core
             slot = core.slot_of(conn)
-            self._leases[slot] = [core.slot_info(slot)[2], _caller_stack(), False]
+            self._leases[slot] = _Borrowed(core.slot_info(slot).checked_out, _caller_stack())
         if self._listeners["checkout"]:
             self._emit("checkout", conn)
 
@@ -329,7 +346,7 @@ class _PoolShared:
         """A failed connect: its slot given back (if the core has not freed
         it already), the failure counted and logged."""
         core = self._core
-        if core.slot_info(slot)[0] == _core.CREATING:
+        if core.slot_info(slot).state == _core.CREATING:
             core.abandon(slot)
         if self._policy.connect_failed(exc):
             self._reconnect_failed()
@@ -350,14 +367,14 @@ class _PoolShared:
 
     # -------------------------------------------------- maintenance choices
 
-    def _claim_idle(self, due: Callable[[tuple[Any, ...]], bool], keep: int) -> Iterator[Any]:
+    def _claim_idle(self, due: Callable[[SlotInfo], bool], keep: int) -> Iterator[Any]:
         """Claims and retires, one at a time, the idle connections for which
         ``due(slot_info)`` holds, the longest idle first, while more than
         ``keep`` are open; yields each for the caller to close. Borrowers
         keep taking the others meanwhile."""
         core = self._core
         infos = [(i, core.slot_info(i)) for i in core.slots(_core.IDLE)]
-        for index, info in sorted(infos, key=lambda item: item[1][3]):
+        for index, info in sorted(infos, key=lambda item: item[1].returned):
             if core.size <= keep:
                 return
             if not due(info):
@@ -381,14 +398,16 @@ class _PoolShared:
         expiring = [
             (i, info)
             for i, info in ((i, core.slot_info(i)) for i in core.slots())
-            if info[0] in (_core.IDLE, _core.BUSY) and info[6] and info[6] - now <= lead
+            if info.state in (_core.IDLE, _core.BUSY)
+            and info.expires
+            and info.expires - now <= lead
         ]
         # Only what the expiring ones will take away: refilling an empty or
         # failing pool is the connect workers' job (with their backoff).
         deficit = min(len(expiring), self._policy.min_size - (core.size - len(expiring)))
         idle = sorted(
-            ((i, info) for i, info in expiring if info[0] == _core.IDLE),
-            key=lambda item: item[1][6],
+            ((i, info) for i, info in expiring if info.state == _core.IDLE),
+            key=lambda item: item[1].expires,
         )
         return deficit, [i for i, _info in idle]
 
@@ -401,7 +420,7 @@ class _PoolShared:
         assert keepalive is not None
         for index in core.slots(_core.IDLE):
             info = core.slot_info(index)
-            if now - max(info[3], self._last_check.get(index, 0.0)) < keepalive:
+            if now - max(info.returned, self._last_check.get(index, 0.0)) < keepalive:
                 continue
             conn = core.claim(index)
             if conn is not None:
@@ -422,18 +441,17 @@ class _PoolShared:
         core = self._core
         leak_timeout = self._settings.leak_timeout
         assert leak_timeout is not None
-        for slot, lease in list(self._leases.items()):
-            checked_out, stack, reported = lease
+        for slot, borrowed in list(self._leases.items()):
             info = core.slot_info(slot)
-            if info[0] != _core.BUSY or info[2] != checked_out:
+            if info.state != _core.BUSY or info.checked_out != borrowed.checked_out:
                 self._leases.pop(slot, None)  # returned or lost meanwhile
                 continue
-            held = now - checked_out
-            if reported or held < leak_timeout:
+            held = now - borrowed.checked_out
+            if borrowed.reported or held < leak_timeout:
                 continue
-            lease[2] = True
+            borrowed.reported = True
             self._leaks += 1
-            where = "".join(traceback.format_list(stack))
+            where = "".join(traceback.format_list(borrowed.stack))
             self._log.warning(
                 "pool %r: a connection has been borrowed for %.1f s (leak_timeout %.1f s); "
                 "it was taken at:\n%s",
@@ -442,7 +460,7 @@ class _PoolShared:
                 leak_timeout,
                 where,
             )
-            self._emit("leak", {"slot": slot, "held": held, "stack": stack})
+            self._emit("leak", {"slot": slot, "held": held, "stack": borrowed.stack})
 
 
 class _PoolMethods(_PoolShared):
@@ -677,7 +695,7 @@ class _PoolMethods(_PoolShared):
         """Replaces every connection: idle ones now, borrowed ones when they
         are returned. New ones are made as needed (and up to ``min_size``)."""
         generation = self._core.advance_generation()
-        for conn in self._claim_idle(lambda info: info[5] < generation, keep=0):
+        for conn in self._claim_idle(lambda info: info.generation < generation, keep=0):
             self._close_connection(conn, "drained", None)
         self._wake_workers()
 
@@ -872,7 +890,7 @@ class _PoolMethods(_PoolShared):
         if settings.max_idle:
             max_idle = settings.max_idle
             for conn in self._claim_idle(
-                lambda info: now - info[3] >= max_idle, keep=self._policy.min_size
+                lambda info: now - info.returned >= max_idle, keep=self._policy.min_size
             ):
                 self._close_connection(conn, "idle", None)
         if settings.max_lifetime is not None:

@@ -282,7 +282,7 @@ class QueuePool(sa_pool.QueuePool):
                     # Whatever stopped it (a failed connect, a Ctrl-C), the
                     # slot does not stay "connecting", and a connection made
                     # but not pooled is closed.
-                    if core.slot_info(slot)[0] == self._creating_state:
+                    if core.slot_info(slot).state == self._creating_state:
                         core.abandon(slot)
                         if record is not None:
                             record.close()

@@ -1,0 +1,47 @@
+"""What the psycopg reset tests share, sync and async: the session state
+each reset policy must clear, and the query psycopg prepares by itself."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from pypool.psycopg import discard_all, reset_session
+
+__all__ = (
+    "AUTO_QUERY",
+    "POLICIES",
+    "PREPARE_THRESHOLD",
+    "SURVIVES_DEFAULT_RESET",
+    "lock_key",
+)
+
+#: What the default reset (a rollback of an open or aborted transaction, and
+#: nothing else) lets through to the next borrower, once the previous one
+#: committed it. All of it is session state, outside any transaction.
+SURVIVES_DEFAULT_RESET = (
+    "SET ROLE",
+    "SET SESSION AUTHORIZATION",
+    "SET search_path",
+    "SET statement_timeout",
+    "temporary table",
+    "session advisory lock",
+    "LISTEN",
+    "PREPARE",
+    "psycopg's automatically prepared statements",
+)
+
+POLICIES = [
+    pytest.param(discard_all, id="discard_all"),
+    pytest.param(reset_session, id="reset_session"),
+]
+
+
+def lock_key() -> int:
+    return uuid.uuid4().int % 2**62
+
+
+#: psycopg prepares a query after this many executions (its default).
+PREPARE_THRESHOLD = 5
+AUTO_QUERY = "SELECT %s::int + 1"
