@@ -1,0 +1,237 @@
+"""Shared pieces of the chaos suite (``tests/test_chaos_*.py``, marker
+``chaos``): core selection, the JSON report, the database helpers and the
+checks every scenario makes.
+
+Core selection happens in ONE place, :func:`with_core`: every pool a chaos
+scenario makes goes through it.
+
+The report: each scenario records its figures with :func:`record`, under its
+own name; they are merged into the JSON file named by ``PYPOOL_CHAOS_REPORT``
+(default ``.chaos-report.json`` at the repository's root, ignored by git),
+which ``docs/reliability.md`` is written from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+__all__ = [
+    "Timer",
+    "backend_pids",
+    "balanced",
+    "native_core",
+    "psycopg_pool_or_none",
+    "record",
+    "report_path",
+    "with_core",
+]
+
+#: Where the report goes when ``PYPOOL_CHAOS_REPORT`` does not say.
+DEFAULT_REPORT = Path(__file__).resolve().parents[2] / ".chaos-report.json"
+
+_report_lock = threading.Lock()
+
+
+# ------------------------------------------------------------------ cores
+
+
+def native_core() -> ModuleType:
+    """The native core; skips (or fails, when ``PYPOOL_EXPECT_CORE=native``)
+    when it cannot be imported."""
+    from conftest import import_native_core
+
+    return import_native_core()
+
+
+def with_core(pool_class: Any, core: ModuleType, *args: Any, **kwargs: Any) -> Any:
+    """``pool_class(*args, **kwargs)`` on the core module ``core``: the one
+    place the chaos suite selects a core. ``pool_class`` is a pypool pool
+    (``Pool``, ``AsyncPool``, the psycopg pools) or pypool's SQLAlchemy
+    ``QueuePool`` (then the bound class is returned, to give to
+    ``create_engine(poolclass=...)``)."""
+    if hasattr(pool_class, "with_core") and hasattr(pool_class, "_core_module"):
+        return pool_class.with_core(core)
+    return pool_class(*args, _core=core, **kwargs)
+
+
+# ----------------------------------------------------------------- report
+
+
+def report_path() -> Path:
+    return Path(os.environ.get("PYPOOL_CHAOS_REPORT") or DEFAULT_REPORT)
+
+
+def record(scenario: str, figures: dict[str, Any]) -> None:
+    """Merges ``figures`` under ``scenario`` into the report file (made if
+    absent; a scenario run again replaces its previous figures)."""
+    path = report_path()
+    with _report_lock:
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault("scenarios", {})
+        data["environment"] = {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        }
+        data["scenarios"][scenario] = figures
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+    print(f"\n{scenario}: {json.dumps(figures, sort_keys=True)}")
+
+
+# ----------------------------------------------------------------- checks
+
+
+def balanced(pool: Any) -> dict[str, int]:
+    """Asserts that a ``pypool.Pool`` (or a psycopg pool) is at rest with its
+    counts balanced: nothing borrowed or waiting, every open connection
+    counted once, connections made minus closed equal to those open. Returns
+    the counts."""
+    from pypool import stats as names
+
+    # Workers may still be replacing a connection: give them a moment.
+    deadline = time.monotonic() + 10.0
+    while True:
+        core = pool._core
+        stats = pool.stats()
+        made, closed = stats[names.CREATED], stats[names.CLOSED]
+        settled = core.connecting == 0 and core.claimed == 0 and made - closed == core.size
+        if settled or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert core.in_use == 0, f"{core.in_use} connection(s) still borrowed"
+    assert core.waiting == 0, f"{core.waiting} caller(s) still waiting"
+    assert core.idle + core.in_use + core.claimed + core.connecting == core.size, core.stats()
+    assert made - closed == core.size, f"made {made} - closed {closed} != open {core.size}"
+    count = stats[names.COUNT]
+    assert count["idle"] + count["used"] == core.size, count
+    return {"made": made, "closed": closed, "open": int(core.size)}
+
+
+class Timer:
+    """Times each call; ``late`` lists those past ``limit`` seconds."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.slowest = 0.0
+        self.late: list[float] = []
+        self._lock = threading.Lock()
+
+    def timed(self, fn: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        try:
+            return fn()
+        finally:
+            took = time.monotonic() - started
+            with self._lock:
+                self.slowest = max(self.slowest, took)
+                if took > self.limit:
+                    self.late.append(took)
+
+
+def acquire_limit(timeout: float) -> float:
+    """What an acquire may take: its timeout + max(10 %, 100 ms)."""
+    return timeout + max(0.1 * timeout, 0.1)
+
+
+# --------------------------------------------------------------- databases
+
+
+def psycopg_pool_or_none() -> ModuleType | None:
+    """``psycopg_pool``, or None when it is not installed (the peer's part
+    of a scenario is then skipped, never pypool's)."""
+    try:
+        import psycopg_pool
+    except ImportError:
+        return None
+    return psycopg_pool
+
+
+def backend_pids(dsn: str, application_name: str) -> list[int]:
+    """PostgreSQL backends with ``application_name``."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as admin:
+        rows = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+class Killer:
+    """A thread that kills one backend of ``pids()`` at random every
+    ``interval`` seconds with ``kill(pid)`` until stopped; counts its kills."""
+
+    def __init__(
+        self,
+        pids: Callable[[], list[int]],
+        kill: Callable[[int], bool],
+        interval: float,
+        seed: int = 15,
+    ) -> None:
+        import random
+
+        self.pids = pids
+        self.kill = kill
+        self.interval = interval
+        self.random = random.Random(seed)
+        self.kills = 0
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-killer", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                pids = self.pids()
+                if pids and self.kill(self.random.choice(pids)):
+                    self.kills += 1
+            except Exception as exc:  # the harness must not pass a failure for a pass
+                self.errors.append(exc)
+                return
+
+    def __enter__(self) -> Killer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10.0)
+        assert not self._thread.is_alive(), "the killer thread did not end"
+        if self.errors:
+            raise self.errors[0]
+
+
+def run_threads(n: int, target: Callable[[int], None], join_timeout: float) -> list[str]:
+    """Runs ``n`` threads of ``target(i)``; returns the names of those still
+    alive after ``join_timeout`` seconds (stuck)."""
+    threads = [
+        threading.Thread(target=target, args=(i,), name=f"chaos-{i}", daemon=True) for i in range(n)
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + join_timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threads if t.is_alive()]
+
+
+def seconds(default: float) -> float:
+    """How long a scenario's load runs: ``PYPOOL_CHAOS_SECONDS`` or ``default``."""
+    return float(os.environ.get("PYPOOL_CHAOS_SECONDS") or default)
