@@ -235,3 +235,95 @@ def run_threads(n: int, target: Callable[[int], None], join_timeout: float) -> l
 def seconds(default: float) -> float:
     """How long a scenario's load runs: ``PYPOOL_CHAOS_SECONDS`` or ``default``."""
     return float(os.environ.get("PYPOOL_CHAOS_SECONDS") or default)
+
+
+# --------------------------------------------------------------- the page
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "not recovered"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The figures of a report as the markdown tables of
+    ``docs/reliability.md`` (between its ``chaos-figures`` comments)."""
+    scenarios: dict[str, Any] = data.get("scenarios", {})
+    env = data.get("environment", {})
+    out = [
+        f"One run of `python -m pytest -m chaos`, {env.get('when', '?')}: Python "
+        f"{env.get('python', '?')}, {env.get('cpus', '?')} CPUs ({env.get('machine', '?')}), "
+        "PostgreSQL and MariaDB on the same machine, native core.",
+        "",
+        "Backends killed under load (16 threads, 8 connections, one backend killed every "
+        "200 ms; `run(fn, retries=3)`):",
+        "",
+        "| database | kills | requests/s | caller errors | slowest acquire | acquire bound "
+        "| timeouts | made / closed / open |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(k for k in scenarios if k.startswith("kill-")):
+        f = scenarios[key]
+        out.append(
+            f"| {key[5:]} | {f['kills']} | {f['requests_per_second']} | {f['caller_errors']} "
+            f"| {f['acquire_slowest_s']} s | {f['acquire_limit_s']} s | {f['timeouts']} "
+            f"| {f['made']} / {f['closed']} / {f['open']} |"
+        )
+    recovery = sorted(k for k in scenarios if k.startswith("recovery-"))
+    if recovery:
+        pools = [
+            "pypool.Pool",
+            "pypool.psycopg.ConnectionPool",
+            "psycopg_pool.ConnectionPool",
+        ]
+        first = scenarios[recovery[0]]
+        out += [
+            "",
+            f"Recovery, in seconds after the network returns ({first['outage_s']:g} s "
+            f"outage; pypool's bound {first['bound_s']:g} s):",
+            "",
+            "| fault | " + " | ".join(pools) + " |",
+            "|---|" + "---|" * len(pools),
+        ]
+        for key in recovery:
+            f = scenarios[key]
+            cells = []
+            for pool in pools:
+                got = f.get(pool)
+                if not isinstance(got, dict):
+                    cells.append(str(got or "-"))
+                else:
+                    cells.append(_cell(got["recovered_s"]))
+            out.append(f"| {key[9:]} | " + " | ".join(cells) + " |")
+    storms = sorted(k for k in scenarios if k.startswith(("storm-", "cancel-")))
+    if storms:
+        out += [
+            "",
+            "Interrupt storms (about 3 s each; every borrower checked for a query running):",
+            "",
+            "| way of borrowing | interrupts or cancellations | completed | connections made "
+            "| recovered by the collector | left checked out |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key in storms:
+            f = scenarios[key]
+            hits = f.get("interrupts", f.get("cancellations"))
+            left = f.get("left_checked_out", 0)
+            peer = f.get("sqlalchemy.QueuePool")
+            if isinstance(peer, dict):
+                left = f"{left} (SQLAlchemy's own QueuePool: {peer.get('left_checked_out', '-')})"
+            out.append(
+                f"| {key} | {hits} | {f['completed']} | {f['connections_made']} "
+                f"| {f.get('recovered_by_collector', 0)} | {left} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # python tests/_support/chaos.py [report.json]
+    import sys
+
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else report_path()
+    print(markdown(json.loads(source.read_text())), end="")
