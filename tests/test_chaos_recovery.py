@@ -32,7 +32,14 @@ from typing import Any
 
 import pytest
 
-from _support.chaos import native_core, psycopg_pool_or_none, record, with_core
+from _support.chaos import (
+    Timer,
+    acquire_limit,
+    native_core,
+    psycopg_pool_or_none,
+    record,
+    with_core,
+)
 from _support.faultproxy import FaultProxy
 
 psycopg = pytest.importorskip("psycopg")
@@ -77,7 +84,15 @@ class Subject:
     """One pool under load: ``THREADS`` threads borrowing and querying, each
     success time-stamped per thread."""
 
-    def __init__(self, name: str, pool: Any, borrow: Callable[[], object], asserted: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        pool: Any,
+        borrow: Callable[[], object],
+        asserted: bool,
+        acquire: Callable[[float], Any] | None = None,
+        release: Callable[[Any], object] | None = None,
+    ) -> None:
         self.name = name
         self.pool = pool
         self.borrow = borrow
@@ -90,6 +105,30 @@ class Subject:
             threading.Thread(target=self._work, args=(i,), name=f"{name}-{i}", daemon=True)
             for i in range(THREADS)
         ]
+        #: Bare acquires, timed, by one more thread: each must return within
+        #: its timeout + max(10 %, 100 ms), served or timed out.
+        self.acquires = Timer(acquire_limit(BORROW_TIMEOUT))
+        self.acquire_timeouts = 0
+        if acquire is not None and release is not None:
+            self.threads.append(
+                threading.Thread(
+                    target=self._acquire,
+                    args=(acquire, release),
+                    name=f"{name}-acquire",
+                    daemon=True,
+                )
+            )
+
+    def _acquire(self, acquire: Callable[[float], Any], release: Callable[[Any], object]) -> None:
+        while not self.stop.is_set():
+            try:
+                conn = self.acquires.timed(lambda: acquire(BORROW_TIMEOUT))
+            except Exception:
+                self.acquire_timeouts += 1
+                time.sleep(0.01)
+            else:
+                release(conn)
+                time.sleep(0.005)
 
     def _work(self, i: int) -> None:
         while not self.stop.is_set():
@@ -143,6 +182,8 @@ def subjects(dsn: str, proxy: FaultProxy) -> Iterator[list[Subject]]:
             pool,
             lambda: pool.run(select_one, retries=1, backoff=0.01, timeout=BORROW_TIMEOUT),
             asserted=True,
+            acquire=pool.acquire,
+            release=pool.release,
         )
     )
 
@@ -160,7 +201,16 @@ def subjects(dsn: str, proxy: FaultProxy) -> Iterator[list[Subject]]:
         with pg_pool.connection(BORROW_TIMEOUT) as conn:
             select_one(conn)
 
-    made.append(Subject("pypool.psycopg.ConnectionPool", pg_pool, pg_borrow, asserted=True))
+    made.append(
+        Subject(
+            "pypool.psycopg.ConnectionPool",
+            pg_pool,
+            pg_borrow,
+            asserted=True,
+            acquire=pg_pool.getconn,
+            release=pg_pool.putconn,
+        )
+    )
 
     peer = psycopg_pool_or_none()
     if peer is not None:
@@ -177,7 +227,16 @@ def subjects(dsn: str, proxy: FaultProxy) -> Iterator[list[Subject]]:
             with peer_pool.connection(timeout=BORROW_TIMEOUT) as conn:
                 select_one(conn)
 
-        made.append(Subject("psycopg_pool.ConnectionPool", peer_pool, peer_borrow, asserted=False))
+        made.append(
+            Subject(
+                "psycopg_pool.ConnectionPool",
+                peer_pool,
+                peer_borrow,
+                asserted=False,
+                acquire=peer_pool.getconn,
+                release=peer_pool.putconn,
+            )
+        )
 
     yield made
     for subject in made:
@@ -229,6 +288,13 @@ def test_recovery_after_fault(fault: str, proxy: FaultProxy, subjects: list[Subj
             "failures": subject.failures,
             "stuck_threads": len(stuck[subject.name]),
         }
+        if subject.acquires.slowest:
+            figures[subject.name].update(
+                acquire_slowest_s=round(subject.acquires.slowest, 3),
+                acquire_limit_s=subject.acquires.limit,
+                acquires_late=len(subject.acquires.late),
+                acquire_timeouts=subject.acquire_timeouts,
+            )
     if psycopg_pool_or_none() is None:
         figures["psycopg_pool.ConnectionPool"] = "not installed"
     record(f"recovery-{fault}", figures)
@@ -238,6 +304,8 @@ def test_recovery_after_fault(fault: str, proxy: FaultProxy, subjects: list[Subj
             continue
         took = recovered[subject.name]
         assert not stuck[subject.name], f"{subject.name}: threads stuck {stuck[subject.name]}"
+        late = subject.acquires.late
+        assert not late, f"{subject.name}: acquires past {subject.acquires.limit} s: {late[:5]}"
         if took is None and subject.name in UNTIL_CONNECT_TIMEOUT and fault in HELD_CONNECTS:
             pytest.xfail(f"{subject.name} adds no connect timeout yet (issue 15, item 3)")
         assert took is not None, f"{subject.name} did not recover within {PEER_WAIT} s"
