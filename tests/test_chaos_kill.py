@@ -25,6 +25,7 @@ from _support.chaos import (
     acquire_limit,
     balanced,
     native_core,
+    psycopg_pool_or_none,
     record,
     run_threads,
     seconds,
@@ -40,6 +41,7 @@ THREADS = 16
 MAX_SIZE = 8
 KILL_EVERY = 0.2
 ACQUIRE_TIMEOUT = 5.0
+RETRIES = 3
 LOAD_SECONDS = 8.0
 
 
@@ -129,87 +131,146 @@ def target(request: pytest.FixtureRequest) -> Any:
     made.close()
 
 
-@pytest.mark.timeout(90)
-def test_backends_killed_under_load(target: Any) -> None:
-    core = native_core()
-    live: set[int] = set()
-    live_lock = threading.Lock()
+class Load:
+    """``THREADS`` threads, each timing a bare acquire/release and then
+    running the query through ``run(query)``, for ``seconds``, while a killer
+    ends one of the backends the pool made every :data:`KILL_EVERY` s."""
 
-    def remember(conn: Any) -> None:
-        with live_lock:
-            live.add(target.backend(conn))
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.live: set[int] = set()
+        self.lock = threading.Lock()
+        self.acquires = Timer(acquire_limit(ACQUIRE_TIMEOUT))
+        self.errors: list[BaseException] = []
+        self.done = [0] * THREADS
 
-    pool = with_core(
-        Pool,
-        core,
-        target.factory(),
-        min_size=MAX_SIZE,
-        max_size=MAX_SIZE,
-        timeout=ACQUIRE_TIMEOUT,
-        configure=remember,
-        name=f"chaos-kill-{target.name}",
-    )
+    def remember(self, conn: Any) -> None:
+        """The pool's ``configure``: notes each new connection's backend."""
+        with self.lock:
+            self.live.add(self.target.backend(conn))
 
-    def pids() -> list[int]:
-        with live_lock:
-            return sorted(live)
+    def pids(self) -> list[int]:
+        with self.lock:
+            return sorted(self.live)
 
-    def kill(pid: int) -> bool:
-        with live_lock:
-            live.discard(pid)
-        return bool(target.kill(pid))
+    def kill(self, pid: int) -> bool:
+        with self.lock:
+            self.live.discard(pid)
+        return bool(self.target.kill(pid))
 
-    acquires = Timer(acquire_limit(ACQUIRE_TIMEOUT))
-    errors: list[BaseException] = []
-    done = [0] * THREADS
-    stop = threading.Event()
+    def drive(
+        self,
+        acquire: Callable[[], Any],
+        release: Callable[[Any], object],
+        run: Callable[[Callable[[Any], int]], object],
+    ) -> dict[str, Any]:
+        stop = threading.Event()
 
-    def work(i: int) -> None:
-        while not stop.is_set():
-            try:
-                conn = acquires.timed(pool.acquire)
-                pool.release(conn)
-                pool.run(target.query, retries=3, backoff=0.01)
-                done[i] += 1
-            except Exception as exc:
-                errors.append(exc)
+        def work(i: int) -> None:
+            while not stop.is_set():
+                try:
+                    release(self.acquires.timed(acquire))
+                    run(self.target.query)
+                    self.done[i] += 1
+                except Exception as exc:
+                    self.errors.append(exc)
 
-    try:
-        pool.wait(15.0)
         load = seconds(LOAD_SECONDS)
         started = time.monotonic()
-        with Killer(pids, kill, KILL_EVERY) as killer:
-            timer = threading.Timer(load, stop.set)
-            timer.start()
-            stuck = run_threads(THREADS, work, join_timeout=load + 30.0)
-            timer.cancel()
+        try:
+            with Killer(self.pids, self.kill, KILL_EVERY) as killer:
+                timer = threading.Timer(load, stop.set)
+                timer.start()
+                stuck = run_threads(THREADS, work, join_timeout=load + 30.0)
+                timer.cancel()
+        finally:
+            stop.set()
         elapsed = time.monotonic() - started
-        stop.set()
         assert not stuck, f"threads stuck: {stuck}"
-        stats = pool.stats()
-        figures = {
+        return {
             "threads": THREADS,
             "max_size": MAX_SIZE,
             "seconds": round(elapsed, 2),
             "kills": killer.kills,
-            "requests": sum(done),
-            "requests_per_second": round(sum(done) / elapsed),
-            "caller_errors": len(errors),
-            "acquire_slowest_s": round(acquires.slowest, 3),
-            "acquire_limit_s": acquires.limit,
-            "acquires_late": len(acquires.late),
-            "timeouts": stats[names.TIMEOUTS],
-            "lost": stats[names.LOST],
-            **balanced(pool),
+            "requests": sum(self.done),
+            "requests_per_second": round(sum(self.done) / elapsed),
+            "caller_errors": len(self.errors),
+            "acquire_slowest_s": round(self.acquires.slowest, 3),
+            "acquire_limit_s": self.acquires.limit,
+            "acquires_late": len(self.acquires.late),
         }
+
+
+@pytest.mark.timeout(90)
+def test_backends_killed_under_load(target: Any) -> None:
+    load = Load(target)
+    pool = with_core(
+        Pool,
+        native_core(),
+        target.factory(),
+        min_size=MAX_SIZE,
+        max_size=MAX_SIZE,
+        timeout=ACQUIRE_TIMEOUT,
+        configure=load.remember,
+        name=f"chaos-kill-{target.name}",
+    )
+    try:
+        pool.wait(15.0)
+        figures = load.drive(
+            pool.acquire, pool.release, lambda fn: pool.run(fn, retries=RETRIES, backoff=0.01)
+        )
+        stats = pool.stats()
+        figures.update(timeouts=stats[names.TIMEOUTS], lost=stats[names.LOST], **balanced(pool))
         record(f"kill-{target.name}", figures)
-        assert killer.kills >= load / KILL_EVERY / 4, figures  # the kills did happen
+        assert figures["kills"] >= seconds(LOAD_SECONDS) / KILL_EVERY / 4, figures
         assert stats[names.LOST] > 0, "no connection was found broken: did the kills land?"
-        assert not errors, f"{len(errors)} caller errors, first: {errors[0]!r}"
-        assert not acquires.late, f"acquires past {acquires.limit} s: {acquires.late[:5]}"
+        assert not load.errors, f"{len(load.errors)} caller errors, first: {load.errors[0]!r}"
+        late = load.acquires.late
+        assert not late, f"acquires past {load.acquires.limit} s: {late[:5]}"
     finally:
-        stop.set()
         pool.close()
+
+
+@pytest.mark.timeout(90)
+def test_psycopg_pool_beside(dsn: str) -> None:
+    """The same load on psycopg_pool (reported, never asserted), with its
+    recommended ``check`` and the same retries done by hand, as psycopg_pool
+    has no ``run()``."""
+    peer = psycopg_pool_or_none()
+    if peer is None:
+        pytest.skip("psycopg_pool is not installed: nothing to compare with")
+    target = Postgres(dsn)
+    load = Load(target)
+    pool = peer.ConnectionPool(
+        dsn,
+        min_size=MAX_SIZE,
+        max_size=MAX_SIZE,
+        timeout=ACQUIRE_TIMEOUT,
+        configure=load.remember,
+        check=peer.ConnectionPool.check_connection,
+        open=True,
+        name="chaos-kill-peer",
+    )
+
+    def run(fn: Callable[[Any], int]) -> int:
+        for attempt in range(RETRIES + 1):
+            try:
+                with pool.connection() as conn:
+                    return fn(conn)
+            except target.psycopg.OperationalError:
+                if attempt == RETRIES:
+                    raise
+                time.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    try:
+        pool.wait(15.0)
+        figures = load.drive(pool.getconn, pool.putconn, run)
+        figures.update(timeouts=pool.get_stats().get("requests_errors", 0))  # its name for them
+        record("kill-postgresql-psycopg_pool", figures)
+    finally:
+        pool.close()
+        target.close()
 
 
 def test_the_killer_harness_reports_its_own_failure() -> None:

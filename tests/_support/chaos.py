@@ -267,10 +267,12 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for key in sorted(k for k in scenarios if k.startswith("kill-")):
         f = scenarios[key]
+        name = key[5:].replace("-psycopg_pool", " (psycopg_pool, retries by hand)")
+        counts = f"{f['made']} / {f['closed']} / {f['open']}" if "made" in f else "-"
         out.append(
-            f"| {key[5:]} | {f['kills']} | {f['requests_per_second']} | {f['caller_errors']} "
+            f"| {name} | {f['kills']} | {f['requests_per_second']} | {f['caller_errors']} "
             f"| {f['acquire_slowest_s']} s | {f['acquire_limit_s']} s | {f['timeouts']} "
-            f"| {f['made']} / {f['closed']} / {f['open']} |"
+            f"| {counts} |"
         )
     recovery = sorted(k for k in scenarios if k.startswith("recovery-"))
     if recovery:
