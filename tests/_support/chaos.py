@@ -242,7 +242,7 @@ def seconds(default: float) -> float:
 
 def _cell(value: Any) -> str:
     if value is None:
-        return "not recovered"
+        return "not within the wait"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -280,6 +280,7 @@ def markdown(data: dict[str, Any]) -> str:
             "pypool.Pool",
             "pypool.psycopg.ConnectionPool",
             "psycopg_pool.ConnectionPool",
+            "pypool.Pool (PyMySQL)",
         ]
         first = scenarios[recovery[0]]
         out += [
@@ -299,6 +300,22 @@ def markdown(data: dict[str, Any]) -> str:
                     cells.append(str(got or "-"))
                 else:
                     cells.append(_cell(got["recovered_s"]))
+            out.append(f"| {key[9:]} | " + " | ".join(cells) + " |")
+        out += [
+            "",
+            "Slowest bare acquire during the same runs, in seconds (timeout 1 s; bound "
+            f"{_cell(first.get('pypool.Pool', {}).get('acquire_limit_s'))} s):",
+            "",
+            "| fault | " + " | ".join(pools) + " |",
+            "|---|" + "---|" * len(pools),
+        ]
+        for key in recovery:
+            f = scenarios[key]
+            cells = []
+            for pool in pools:
+                got = f.get(pool)
+                slowest = got.get("acquire_slowest_s") if isinstance(got, dict) else None
+                cells.append("-" if slowest is None else f"{slowest:g}")
             out.append(f"| {key[9:]} | " + " | ".join(cells) + " |")
     storms = sorted(k for k in scenarios if k.startswith(("storm-", "cancel-")))
     if storms:
