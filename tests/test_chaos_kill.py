@@ -201,7 +201,7 @@ class Load:
         }
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(60)
 def test_backends_killed_under_load(target: Any) -> None:
     load = Load(target)
     pool = with_core(
@@ -231,7 +231,7 @@ def test_backends_killed_under_load(target: Any) -> None:
         pool.close()
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(60)
 def test_psycopg_pool_beside(dsn: str) -> None:
     """The same load on psycopg_pool (reported, never asserted), with its
     recommended ``check`` and the same retries done by hand, as psycopg_pool

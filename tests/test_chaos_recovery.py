@@ -296,7 +296,7 @@ def subjects(
             subject.pool.close()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_recovery_after_fault(
     fault: str,

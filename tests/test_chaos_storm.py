@@ -175,7 +175,7 @@ def _figures(name: str, pool: Any, made: Made, result: Storm) -> dict[str, Any]:
     return figures
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["acquire", "connection", "run"])
 def test_sigint_storm_on_pool(pool: tuple[Any, Made], how: str) -> None:
     the_pool, made = pool
@@ -202,7 +202,7 @@ def test_sigint_storm_on_pool(pool: tuple[Any, Made], how: str) -> None:
     accounted(the_pool, made.alive)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["getconn", "connection"])
 def test_sigint_storm_on_psycopg_pool(pg_pool: tuple[Any, Made], how: str) -> None:
     the_pool, made = pg_pool
@@ -264,7 +264,7 @@ def _sqlalchemy_storm(dsn: str, poolclass: Any) -> tuple[Storm, Any, Made, int]:
     return result, engine, made, int(engine.pool.checkedout())
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(60)
 def test_sigint_storm_on_sqlalchemy(dsn: str) -> None:
     """Through ``engine.connect()``. An interrupt inside SQLAlchemy's own
     check-in code (Python code of the engine and of its connection record,
@@ -360,7 +360,7 @@ def _not_idle(errors: list[BaseException]) -> list[BaseException]:
     return [e for e in errors if isinstance(e, NotIdle)]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["acquire", "connection", "run"])
 def test_cancellation_storm_on_async_pool(dsn: str, how: str) -> None:
     asyncpg = pytest.importorskip("asyncpg")
@@ -447,7 +447,7 @@ def test_cancellation_storm_on_async_pool(dsn: str, how: str) -> None:
     assert state["open_made"] == state["size"] - state["connecting"], state
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["getconn", "connection"])
 def test_cancellation_storm_on_async_psycopg_pool(dsn: str, how: str) -> None:
     made = Made()
