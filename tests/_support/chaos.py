@@ -338,6 +338,27 @@ def markdown(data: dict[str, Any]) -> str:
                 f"| {key} | {hits} | {f['completed']} | {f['connections_made']} "
                 f"| {f.get('recovered_by_collector', 0)} | {left} |"
             )
+    fakes = sorted(k for k in scenarios if k.startswith("fakes-"))
+    if fakes:
+        out += [
+            "",
+            "Without a database, on both cores (fake connections; 16 threads, one connection "
+            "broken every 5 ms; 12 tasks, one cancelled every 0.2 to 2 ms):",
+            "",
+            "| scenario | core | kills or cancellations | caller errors | slowest acquire "
+            "| made / closed / open |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key in fakes:
+            f = scenarios[key]
+            hits = f.get("kills", f.get("cancellations"))
+            counts = f"{f['made']} / {f['closed']} / {f['open']}" if "made" in f else "-"
+            slowest = f"{f['acquire_slowest_s']} s" if "acquire_slowest_s" in f else "-"
+            kind = "broken under load" if "kills" in f else "cancellation storm"
+            out.append(
+                f"| {kind} | {f['core']} | {hits} | {f.get('caller_errors', 0)} | {slowest} "
+                f"| {counts} |"
+            )
     return "\n".join(out) + "\n"
 
 
