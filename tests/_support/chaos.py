@@ -256,7 +256,7 @@ def markdown(data: dict[str, Any]) -> str:
     out = [
         f"One run of `python -m pytest -m chaos`, {env.get('when', '?')}: Python "
         f"{env.get('python', '?')}, {env.get('cpus', '?')} CPUs ({env.get('machine', '?')}), "
-        "PostgreSQL and MariaDB on the same machine, native core.",
+        "PostgreSQL and MariaDB on the same machine, native core for the database scenarios.",
         "",
         "Backends killed under load (16 threads, 8 connections, one backend killed every "
         "200 ms; `run(fn, retries=3)`):",
