@@ -50,13 +50,17 @@ class Target:
 
     name: str
 
-    def factory(self) -> Any: ...
+    def factory(self) -> Any:
+        raise NotImplementedError
 
-    def backend(self, conn: Any) -> int: ...
+    def backend(self, conn: Any) -> int:
+        raise NotImplementedError
 
-    def query(self, conn: Any) -> int: ...
+    def query(self, conn: Any) -> int:
+        raise NotImplementedError
 
-    def kill(self, pid: int) -> bool: ...
+    def kill(self, pid: int) -> bool:
+        raise NotImplementedError
 
 
 class Postgres(Target):

@@ -62,13 +62,29 @@ SIZE = 3
 #: Each borrow's timeout.
 BORROW_TIMEOUT = 1.0
 
+
+def _accept_never_answer(proxy: FaultProxy) -> None:
+    proxy.blackhole_new()
+    proxy.reset_all()
+
+
+def _refuse(proxy: FaultProxy) -> None:
+    proxy.refuse()
+    proxy.reset_all()
+
+
+def _reset_new(proxy: FaultProxy) -> None:
+    proxy.reset_new()
+    proxy.reset_all()
+
+
 FAULTS: dict[str, Callable[[FaultProxy], None]] = {
-    "accept_never_answer": lambda p: (p.blackhole_new(), p.reset_all()),
-    "blackhole_existing": lambda p: p.blackhole_existing(),
-    "blackhole": lambda p: p.blackhole(),
-    "refuse": lambda p: (p.refuse(), p.reset_all()),
-    "reset_new": lambda p: (p.reset_new(), p.reset_all()),
-    "reset_all": lambda p: p.reset_all(),
+    "accept_never_answer": _accept_never_answer,
+    "blackhole_existing": FaultProxy.blackhole_existing,
+    "blackhole": FaultProxy.blackhole,
+    "refuse": _refuse,
+    "reset_new": _reset_new,
+    "reset_all": FaultProxy.reset_all,
 }
 
 #: Known gaps, as expected failures until they are closed: with connects
