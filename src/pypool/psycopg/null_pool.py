@@ -1,0 +1,73 @@
+"""``NullConnectionPool``: psycopg_pool's sync null pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from .. import _core
+from ..pool import _PoolMethods
+from .base import _check_sizes
+from .errors import PoolClosed, PoolTimeout
+from .pool import ConnectionPool, _PsycopgMethods
+
+__all__ = ["NullConnectionPool"]
+
+
+class _NullMethods:
+    _null = True
+    _core: Any
+
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str] = "",
+        *,
+        min_size: int = 0,
+        max_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        _check_sizes(min_size, max_size, True)
+        kwargs["close_returns"] = False  # as psycopg_pool: returning means closing here
+        super().__init__(conninfo, min_size=0, max_size=max_size or 0, **kwargs)  # type: ignore[call-arg]
+
+    def putconn(self, conn: Any) -> None:
+        """Return a connection: closed, unless a caller waits for one."""
+        if self._core.waiting and not self._core.closed:
+            self.release(conn)  # type: ignore[attr-defined]
+        else:
+            self.discard(conn)  # type: ignore[attr-defined]
+
+    @property
+    def max_size(self) -> int:
+        """The most connections open at once (0: no limit)."""
+        return self._max_size_asked
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change max_size during runtime; min_size must remain 0."""
+        min_size, max_size = _check_sizes(min_size, max_size, True)
+        self._max_size_asked = max_size
+        _PoolMethods.resize(self, 0, max_size or _core.MAX_SIZE)  # type: ignore[arg-type]
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Checks that a connection can be made: one is made and closed
+        (a null pool keeps none); PoolTimeout (the pool closed) otherwise."""
+        if not self._opened:  # type: ignore[attr-defined]
+            raise PoolClosed(f"the pool {self.name!r} is not open yet")  # type: ignore[attr-defined]
+        try:
+            conn = self.getconn(timeout)  # type: ignore[attr-defined]
+        except PoolTimeout as exc:
+            self.close()  # type: ignore[attr-defined]
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+        self.putconn(conn)
+
+
+class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]
+    """psycopg_pool's ``NullConnectionPool``: no connection is kept; each is
+    made on demand and closed when returned (or handed straight to a caller
+    waiting for one), while ``max_size`` bounds how many are open at once."""
+
+    __module__ = "pypool.psycopg"
+    _mixins: tuple[type, ...] = (_NullMethods, _PsycopgMethods, _PoolMethods)
+    _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire"}
