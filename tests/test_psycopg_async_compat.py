@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import logging
-import re
 import socket
 import time
 import uuid
@@ -257,67 +255,6 @@ async def rows(dsn: str, table: str) -> list[int]:
 # ================================================================== construction
 
 
-def test_constructor_defaults_and_properties(run: Any, dsn: str) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = make.new()
-        assert re.fullmatch(r"pool-\d+", pool.name)
-        assert pool.min_size == 4
-        assert pool.max_size == 4
-        assert pool.timeout == 30.0
-        assert pool.max_lifetime == 3600.0
-        assert pool.max_idle == 600.0
-        assert pool.reconnect_timeout == 300.0
-        assert pool.num_workers == 3
-        assert pool.close_returns is False
-        assert pool.conninfo == dsn
-        assert pool.kwargs is None
-        assert pool.connection_class is psycopg.AsyncConnection
-        assert f"{pool.name!r}" in repr(pool)
-
-    run(scenario)
-
-
-def test_constructor_explicit_values(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        kwargs = {"application_name": "acompat"}
-        pool = make.new(
-            name="mine",
-            min_size=2,
-            max_size=5,
-            timeout=7.0,
-            max_lifetime=100.0,
-            max_idle=50.0,
-            reconnect_timeout=20.0,
-            num_workers=2,
-            kwargs=kwargs,
-        )
-        assert pool.name == "mine"
-        assert (pool.min_size, pool.max_size) == (2, 5)
-        assert pool.timeout == 7.0
-        assert pool.max_lifetime == 100.0
-        assert pool.max_idle == 50.0
-        assert pool.reconnect_timeout == 20.0
-        assert pool.num_workers == 2
-        assert pool.kwargs == kwargs
-
-    run(scenario)
-
-
-@pytest.mark.parametrize(
-    ("sizes", "message"),
-    [
-        ({"min_size": -1}, "negative"),
-        ({"min_size": 3, "max_size": 2}, "greater or equal"),
-        ({"min_size": 0}, "greater than 0"),
-    ],
-)
-def test_invalid_sizes_raise_value_error(impl: Impl, dsn: str, sizes: Any, message: str) -> None:
-    async def scenario() -> None:
-        with pytest.raises(ValueError, match=message):
-            impl.pool(dsn, open=False, **sizes)
-
-    asyncio.run(scenario())
-
 
 # ================================================================== open / close
 
@@ -337,22 +274,6 @@ def test_open_false_then_open(run: Any) -> None:
     run(scenario)
 
 
-def test_open_wait(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = make.new(min_size=2)
-        await pool.open(wait=True, timeout=SOON)
-        assert available(pool) == 2
-
-    run(scenario)
-
-
-def test_closed_is_true_before_open(request: pytest.FixtureRequest, impl: Impl, run: Any) -> None:
-
-    async def scenario(make: Pools) -> None:
-        assert make.new(min_size=1).closed
-
-    run(scenario)
-
 
 def test_getconn_before_open_raises_pool_closed(impl: Impl, run: Any) -> None:
     async def scenario(make: Pools) -> None:
@@ -365,18 +286,6 @@ def test_getconn_before_open_raises_pool_closed(impl: Impl, run: Any) -> None:
 
     run(scenario)
 
-
-def test_close_then_open_raises_pool_closed(impl: Impl, run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1)
-        await pool.close()
-        assert pool.closed
-        with pytest.raises(impl.mod.PoolClosed):
-            await pool.open()
-        with pytest.raises(impl.mod.PoolClosed):
-            await pool.getconn()
-
-    run(scenario)
 
 
 def test_open_in_constructor_warns(impl: Impl, run: Any, dsn: str) -> None:
@@ -409,21 +318,6 @@ def test_open_none_warns_at_first_getconn(impl: Impl, run: Any, dsn: str) -> Non
     run(scenario)
 
 
-def test_async_context_manager(impl: Impl, dsn: str) -> None:
-    async def scenario() -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            async with impl.pool(dsn, min_size=1, open=False) as pool:
-                assert not pool.closed
-                async with pool.connection(timeout=SOON) as conn:
-                    assert await one(conn, "SELECT 1") == 1
-                kept = await pool.getconn()
-                await pool.putconn(kept)
-        assert pool.closed
-        assert kept.closed  # idle connections are closed with the pool
-
-    asyncio.run(scenario())
-
 
 def test_async_context_manager_open_none_does_not_warn(impl: Impl, dsn: str) -> None:
     async def scenario() -> None:
@@ -438,30 +332,6 @@ def test_async_context_manager_open_none_does_not_warn(impl: Impl, dsn: str) -> 
 
     asyncio.run(scenario())
 
-
-def test_wait_success(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=3)
-        await pool.wait(SOON)
-        assert available(pool) == 3
-        assert not pool.closed
-
-    run(scenario)
-
-
-def test_wait_unreachable_closes_the_pool_and_raises_pool_timeout(impl: Impl, run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(unreachable_conninfo(), min_size=1)
-        started = time.monotonic()
-        with pytest.raises(impl.mod.PoolTimeout) as info:
-            await pool.wait(timeout=1.0)
-        assert time.monotonic() - started < SOON
-        assert isinstance(info.value, psycopg.OperationalError)
-        assert pool.closed
-        with pytest.raises(impl.mod.PoolClosed):
-            await pool.getconn()
-
-    run(scenario)
 
 
 def test_pool_closed_wakes_waiters(impl: Impl, run: Any) -> None:
@@ -481,144 +351,6 @@ def test_pool_closed_wakes_waiters(impl: Impl, run: Any) -> None:
 
 # ================================================================== borrowing
 
-
-def test_connection_commits_on_success(run: Any, dsn: str, table: str) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1)
-        async with pool.connection() as conn:
-            await conn.execute(f"INSERT INTO {table} VALUES (1)")
-            assert not conn.autocommit
-        assert await rows(dsn, table) == [1]
-        assert await wait_until(lambda: available(pool) == 1)
-
-    run(scenario)
-
-
-def test_connection_rolls_back_on_error(run: Any, dsn: str, table: str) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1)
-        with pytest.raises(ZeroDivisionError):
-            async with pool.connection() as conn:
-                await conn.execute(f"INSERT INTO {table} VALUES (1)")
-                1 / 0  # noqa: B018
-        assert await rows(dsn, table) == []
-        assert await wait_until(lambda: available(pool) == 1)
-        async with pool.connection() as again:
-            assert again is conn
-            assert again.info.transaction_status == IDLE
-
-    run(scenario)
-
-
-def test_connection_timeout_argument(impl: Impl, run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1, timeout=SOON)
-        held = await pool.getconn()
-        started = time.monotonic()
-        with pytest.raises(impl.mod.PoolTimeout):
-            async with pool.connection(timeout=0.2):
-                pass  # pragma: no cover
-        assert time.monotonic() - started < SOON / 2
-        await pool.putconn(held)
-
-    run(scenario)
-
-
-def test_getconn_putconn(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=2)
-        await pool.wait(SOON)
-        conn = await pool.getconn()
-        assert isinstance(conn, psycopg.AsyncConnection)
-        assert conn._pool is pool
-        assert await one(conn, "SELECT 1") == 1
-        assert available(pool) == 1
-        await pool.putconn(conn)
-        assert await wait_until(lambda: available(pool) == 2)
-        assert not conn.closed
-
-    run(scenario)
-
-
-def test_returned_in_transaction_is_rolled_back_with_a_warning(
-    run: Any, dsn: str, table: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1)
-        conn = await pool.getconn()
-        pid = conn.info.backend_pid
-        await conn.execute(f"INSERT INTO {table} VALUES (1)")
-        assert conn.info.transaction_status == INTRANS
-        with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
-            await pool.putconn(conn)
-            assert await wait_until(lambda: available(pool) == 1)
-        assert any(
-            r.name == "psycopg.pool"
-            and r.levelno == logging.WARNING
-            and "rolling back" in r.message
-            for r in caplog.records
-        )
-        assert await rows(dsn, table) == []
-        again = await pool.getconn()
-        assert again.info.backend_pid == pid
-        assert again.info.transaction_status == IDLE
-        await pool.putconn(again)
-
-    run(scenario)
-
-
-def test_returned_in_failed_transaction_is_rolled_back(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1)
-        conn = await pool.getconn()
-        pid = conn.info.backend_pid
-        with pytest.raises(psycopg.errors.DivisionByZero):
-            await conn.execute("SELECT 1 / 0")
-        assert conn.info.transaction_status == INERROR
-        await pool.putconn(conn)
-        assert await wait_until(lambda: available(pool) == 1)
-        again = await pool.getconn()
-        assert again.info.backend_pid == pid
-        assert await one(again, "SELECT 2") == 2
-        await pool.putconn(again)
-
-    run(scenario)
-
-
-def test_returned_broken_is_replaced(run: Any, dsn: str) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1)
-        conn = await pool.getconn()
-        pid = conn.info.backend_pid
-        await terminate(dsn, pid)
-        with pytest.raises(psycopg.OperationalError):
-            await conn.execute("SELECT 1")
-        assert conn.broken
-        await pool.putconn(conn)
-        fresh = await pool.getconn(timeout=SOON)
-        assert fresh is not conn
-        assert fresh.info.backend_pid != pid
-        assert await one(fresh, "SELECT 1") == 1
-        await pool.putconn(fresh)
-        assert pool.get_stats()["returns_bad"] == 1
-
-    run(scenario)
-
-
-def test_returned_closed_is_replaced(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1)
-        conn = await pool.getconn()
-        pid = conn.info.backend_pid
-        await conn.close()
-        await pool.putconn(conn)
-        fresh = await pool.getconn(timeout=SOON)
-        assert fresh.info.backend_pid != pid
-        assert await one(fresh, "SELECT 1") == 1
-        await pool.putconn(fresh)
-        assert pool.get_stats()["returns_bad"] == 1
-
-    run(scenario)
 
 
 def test_putconn_of_a_foreign_connection_raises_value_error(run: Any, dsn: str) -> None:
@@ -1114,11 +846,6 @@ def test_stats_count_too_many_requests_as_errors(run: Any) -> None:
 # ================================================================== errors
 
 
-def test_error_classes(impl: Impl) -> None:
-    for name in ("PoolTimeout", "PoolClosed", "TooManyRequests"):
-        cls = getattr(impl.mod, name)
-        assert issubclass(cls, psycopg.OperationalError)
-
 
 def test_pool_timeout_on_exhaustion(impl: Impl, run: Any) -> None:
     async def scenario(make: Pools) -> None:
@@ -1178,24 +905,6 @@ def test_cancelled_waiter_does_not_lose_a_connection(run: Any) -> None:
 
 # ================================================================== null pool
 
-
-def test_null_pool_min_size_must_be_zero(impl: Impl, dsn: str) -> None:
-    async def scenario() -> None:
-        with pytest.raises(ValueError, match="min_size"):
-            impl.null_pool(dsn, min_size=1, open=False)
-
-    asyncio.run(scenario())
-
-
-def test_null_pool_defaults(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make.null(max_size=2)
-        assert pool.min_size == 0
-        assert pool.max_size == 2
-        stats = pool.get_stats()
-        assert (stats["pool_min"], stats["pool_max"], stats["pool_size"]) == (0, 2, 0)
-
-    run(scenario)
 
 
 def test_null_pool_closes_connections_on_return(run: Any) -> None:
@@ -1260,54 +969,6 @@ def test_null_pool_timeout(impl: Impl, run: Any) -> None:
 
     run(scenario)
 
-
-def test_null_pool_wait(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make.null()
-        await pool.wait(SOON)
-        assert not pool.closed
-
-    run(scenario)
-
-
-def test_null_pool_wait_unreachable_closes_the_pool(impl: Impl, run: Any) -> None:
-    """A null pool keeps no connection: ``wait()`` makes one to see that the
-    database answers, and closes the pool when it does not."""
-
-    async def scenario(make: Pools) -> None:
-        pool = await make.null(unreachable_conninfo())
-        with pytest.raises(impl.mod.PoolTimeout):
-            await pool.wait(timeout=1.0)
-        assert pool.closed
-        with pytest.raises(impl.mod.PoolClosed):
-            await pool.getconn()
-
-    run(scenario)
-
-
-@pytest.mark.parametrize("kind", ["pool", "null"])
-def test_open_wait_unreachable_closes_the_pool(impl: Impl, run: Any, kind: str) -> None:
-    async def scenario(make: Pools) -> None:
-        if kind == "pool":
-            pool = make.new(unreachable_conninfo(), min_size=1)
-        else:
-            pool = make.new_null(unreachable_conninfo())
-        with pytest.raises(impl.mod.PoolTimeout):
-            await pool.open(wait=True, timeout=1.0)
-        assert pool.closed
-        with pytest.raises(impl.mod.PoolClosed):
-            await pool.getconn()
-
-    run(scenario)
-
-
-def test_null_pool_resize(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make.null(max_size=1)
-        await pool.resize(0, 3)
-        assert pool.max_size == 3
-
-    run(scenario)
 
 
 # ================================================================== state hygiene

@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
-import logging
-import re
 import socket
 import threading
 import time
@@ -210,74 +208,6 @@ def rows(dsn: str, table: str) -> list[int]:
 # ================================================================== construction
 
 
-def test_constructor_defaults_and_properties(make: Pools, dsn: str) -> None:
-    pool = make(open=False)
-    assert re.fullmatch(r"pool-\d+", pool.name)
-    assert pool.min_size == 4
-    assert pool.max_size == 4
-    assert pool.timeout == 30.0
-    assert pool.max_lifetime == 3600.0
-    assert pool.max_idle == 600.0
-    assert pool.reconnect_timeout == 300.0
-    assert pool.num_workers == 3
-    assert pool.close_returns is False
-    assert pool.conninfo == dsn
-    assert pool.kwargs is None
-    assert pool.connection_class is psycopg.Connection
-    assert f"{pool.name!r}" in repr(pool)
-
-
-def test_constructor_explicit_values(make: Pools, dsn: str) -> None:
-    kwargs = {"application_name": "compat"}
-    pool = make(
-        open=False,
-        name="mine",
-        min_size=2,
-        max_size=5,
-        timeout=7.0,
-        max_lifetime=100.0,
-        max_idle=50.0,
-        reconnect_timeout=20.0,
-        num_workers=2,
-        kwargs=kwargs,
-    )
-    assert pool.name == "mine"
-    assert (pool.min_size, pool.max_size) == (2, 5)
-    assert pool.timeout == 7.0
-    assert pool.max_lifetime == 100.0
-    assert pool.max_idle == 50.0
-    assert pool.reconnect_timeout == 20.0
-    assert pool.num_workers == 2
-    assert pool.kwargs == kwargs
-
-
-@pytest.mark.parametrize(
-    ("sizes", "message"),
-    [
-        ({"min_size": -1}, "negative"),
-        ({"min_size": 3, "max_size": 2}, "greater or equal"),
-        ({"min_size": 0}, "greater than 0"),
-    ],
-)
-def test_invalid_sizes_raise_value_error(impl: Impl, dsn: str, sizes: Any, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        impl.pool(dsn, open=False, **sizes)
-
-
-def test_max_waiting_property(request: pytest.FixtureRequest, impl: Impl, make: Pools) -> None:
-    assert make(open=False, max_waiting=3).max_waiting == 3
-
-
-def test_timeout_is_settable(request: pytest.FixtureRequest, impl: Impl, make: Pools) -> None:
-    pool = make(open=False)
-    pool.timeout = 5.0
-    assert pool.timeout == 5.0
-
-
-def test_generic_subscription(request: pytest.FixtureRequest, impl: Impl) -> None:
-    """``ConnectionPool[Connection[DictRow]]``, as psycopg's docs annotate."""
-    assert impl.mod.ConnectionPool[psycopg.Connection] is not None
-
 
 # ================================================================== open / close
 
@@ -327,11 +257,6 @@ def test_open_false_then_getconn_raises_pool_closed(impl: Impl, make: Pools) -> 
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_closed_is_true_before_open(
-    request: pytest.FixtureRequest, impl: Impl, make: Pools
-) -> None:
-    assert make(open=False, min_size=1).closed
-
 
 def test_wait_on_a_pool_not_open_raises(
     request: pytest.FixtureRequest, impl: Impl, make: Pools
@@ -349,68 +274,6 @@ def test_close_before_open_then_open(
     pool.open()
     pool.putconn(pool.getconn())
 
-
-def test_open_close_reopen(impl: Impl, make: Pools) -> None:
-    pool = make(open=False, min_size=1)
-    pool.open()
-    pool.open()  # idempotent
-    pool.putconn(pool.getconn())
-    pool.close()
-    assert pool.closed
-    pool.close()  # idempotent
-    with pytest.raises(impl.mod.PoolClosed, match="cannot be reused"):
-        pool.open()
-    with pytest.raises(impl.mod.PoolClosed, match="already closed"):
-        pool.getconn()
-
-
-def test_open_wait(make: Pools) -> None:
-    pool = make(open=False, min_size=2)
-    pool.open(wait=True, timeout=SOON)
-    stats = pool.get_stats()
-    assert stats["pool_size"] == 2
-    assert stats["pool_available"] == 2
-
-
-def test_wait_success(make: Pools) -> None:
-    pool = make(min_size=3)
-    pool.wait(SOON)
-    assert available(pool) == 3
-    assert not pool.closed
-
-
-def test_wait_unreachable_closes_the_pool_and_raises_pool_timeout(impl: Impl, make: Pools) -> None:
-    pool = make(unreachable_conninfo(), min_size=1)
-    started = time.monotonic()
-    with pytest.raises(impl.mod.PoolTimeout) as info:
-        pool.wait(timeout=1.0)
-    assert time.monotonic() - started < SOON
-    assert isinstance(info.value, psycopg.OperationalError)
-    assert pool.closed
-    with pytest.raises(impl.mod.PoolClosed):
-        pool.getconn()
-
-
-@pytest.mark.parametrize("kind", ["pool", "null"])
-def test_open_wait_unreachable_closes_the_pool(impl: Impl, make: Pools, kind: str) -> None:
-    new = make if kind == "pool" else make.null
-    pool = new(unreachable_conninfo(), open=False, **({"min_size": 1} if kind == "pool" else {}))
-    with pytest.raises(impl.mod.PoolTimeout):
-        pool.open(wait=True, timeout=1.0)
-    assert pool.closed
-    with pytest.raises(impl.mod.PoolClosed):
-        pool.getconn()
-
-
-def test_context_manager(impl: Impl, dsn: str) -> None:
-    with impl.pool(dsn, min_size=1) as pool:
-        assert not pool.closed
-        with pool.connection() as conn:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
-        kept = pool.getconn()
-        pool.putconn(kept)
-    assert pool.closed
-    assert kept.closed  # idle connections are closed with the pool
 
 
 def test_a_dropped_pool_is_garbage_collected(
@@ -434,128 +297,6 @@ def test_a_dropped_pool_is_garbage_collected(
 
 # ================================================================== borrowing
 
-
-def test_connection_commits_on_success(make: Pools, dsn: str, table: str) -> None:
-    pool = make(min_size=1)
-    with pool.connection() as conn:
-        conn.execute(f"INSERT INTO {table} VALUES (1)")
-        assert not conn.autocommit
-    assert rows(dsn, table) == [1]
-    assert wait_until(lambda: available(pool) == 1)
-
-
-def test_connection_rolls_back_on_error(make: Pools, dsn: str, table: str) -> None:
-    pool = make(min_size=1, max_size=1)
-    with pytest.raises(ZeroDivisionError), pool.connection() as conn:
-        conn.execute(f"INSERT INTO {table} VALUES (1)")
-        1 / 0  # noqa: B018
-    assert rows(dsn, table) == []
-    assert wait_until(lambda: available(pool) == 1)
-    with pool.connection() as again:
-        assert again is conn
-        assert again.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-
-
-def test_connection_timeout_argument(impl: Impl, make: Pools) -> None:
-    pool = make(min_size=1, max_size=1, timeout=SOON)
-    held = pool.getconn()
-    started = time.monotonic()
-    with pytest.raises(impl.mod.PoolTimeout), pool.connection(timeout=0.2):
-        pass  # pragma: no cover
-    assert time.monotonic() - started < SOON / 2
-    pool.putconn(held)
-
-
-def test_getconn_putconn(make: Pools) -> None:
-    pool = make(min_size=2)
-    pool.wait(SOON)
-    conn = pool.getconn()
-    assert isinstance(conn, psycopg.Connection)
-    assert conn.execute("SELECT 1").fetchone() == (1,)
-    assert available(pool) == 1
-    pool.putconn(conn)
-    assert wait_until(lambda: available(pool) == 2)
-    assert not conn.closed
-
-
-def test_getconn_sets_the_pool_on_the_connection(make: Pools) -> None:
-    """psycopg relies on ``conn._pool`` (``with conn:`` does not close a
-    pooled connection; ``close_returns`` finds its pool through it)."""
-    pool = make(min_size=1)
-    conn = pool.getconn()
-    assert conn._pool is pool
-    with conn:  # psycopg's own block: commits, and leaves a pooled connection open
-        conn.execute("SELECT 1")
-    assert not conn.closed
-    pool.putconn(conn)
-
-
-def test_returned_in_transaction_is_rolled_back_with_a_warning(
-    make: Pools, dsn: str, table: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    pool = make(min_size=1, max_size=1)
-    conn = pool.getconn()
-    pid = conn.info.backend_pid
-    conn.execute(f"INSERT INTO {table} VALUES (1)")
-    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
-        pool.putconn(conn)
-        assert wait_until(lambda: available(pool) == 1)
-    assert any(
-        r.name == "psycopg.pool" and r.levelno == logging.WARNING and "rolling back" in r.message
-        for r in caplog.records
-    )
-    assert rows(dsn, table) == []
-    again = pool.getconn()
-    assert again.info.backend_pid == pid
-    assert again.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    pool.putconn(again)
-
-
-def test_returned_in_failed_transaction_is_rolled_back(make: Pools) -> None:
-    pool = make(min_size=1, max_size=1)
-    conn = pool.getconn()
-    pid = conn.info.backend_pid
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        conn.execute("SELECT 1 / 0")
-    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
-    pool.putconn(conn)
-    assert wait_until(lambda: available(pool) == 1)
-    again = pool.getconn()
-    assert again.info.backend_pid == pid
-    assert again.execute("SELECT 2").fetchone() == (2,)
-    pool.putconn(again)
-
-
-def test_returned_broken_is_replaced(make: Pools, dsn: str) -> None:
-    pool = make(min_size=1, max_size=1)
-    conn = pool.getconn()
-    pid = conn.info.backend_pid
-    terminate(dsn, pid)
-    with pytest.raises(psycopg.OperationalError):
-        conn.execute("SELECT 1")
-    assert conn.broken
-    pool.putconn(conn)
-    fresh = pool.getconn(timeout=SOON)
-    assert fresh is not conn
-    assert fresh.info.backend_pid != pid
-    assert fresh.execute("SELECT 1").fetchone() == (1,)
-    pool.putconn(fresh)
-    assert pool.get_stats()["returns_bad"] == 1
-
-
-def test_returned_closed_is_replaced(make: Pools) -> None:
-    pool = make(min_size=1, max_size=1)
-    conn = pool.getconn()
-    pid = conn.info.backend_pid
-    conn.close()
-    assert conn.closed
-    pool.putconn(conn)
-    fresh = pool.getconn(timeout=SOON)
-    assert fresh.info.backend_pid != pid
-    assert fresh.execute("SELECT 1").fetchone() == (1,)
-    pool.putconn(fresh)
-    assert pool.get_stats()["returns_bad"] == 1
 
 
 def test_putconn_of_a_foreign_connection_raises_value_error(make: Pools, dsn: str) -> None:
@@ -980,22 +721,6 @@ def test_too_many_requests(impl: Impl, make: Pools) -> None:
     pool.putconn(got[0])
 
 
-def test_error_classes(impl: Impl) -> None:
-    for name in ("PoolTimeout", "PoolClosed", "TooManyRequests"):
-        cls = getattr(impl.mod, name)
-        assert issubclass(cls, psycopg.OperationalError)
-        assert issubclass(cls, psycopg.Error)
-
-
-def test_pypool_errors_are_both_kinds(pypool_impl: Impl) -> None:
-    """pypool's classes are psycopg's errors and pypool's at once."""
-    import pypool
-
-    for name in ("PoolTimeout", "PoolClosed", "TooManyRequests"):
-        cls = getattr(pypool.psycopg, name)
-        assert issubclass(cls, getattr(pypool, name))
-        assert issubclass(cls, psycopg.OperationalError)
-
 
 def test_pool_closed_wakes_waiters(impl: Impl, make: Pools) -> None:
     pool = make(min_size=1, max_size=1, timeout=SOON)
@@ -1011,26 +736,6 @@ def test_pool_closed_wakes_waiters(impl: Impl, make: Pools) -> None:
 
 # ================================================================== null pool
 
-
-def test_null_pool_min_size_must_be_zero(impl: Impl, dsn: str) -> None:
-    with pytest.raises(ValueError, match="min_size"):
-        impl.null_pool(dsn, min_size=1, open=False)
-
-
-def test_null_pool_defaults(make: Pools) -> None:
-    pool = make.null(max_size=2)
-    assert pool.min_size == 0
-    assert pool.max_size == 2
-    stats = pool.get_stats()
-    assert (stats["pool_min"], stats["pool_max"], stats["pool_size"]) == (0, 2, 0)
-
-
-def test_null_pool_unbounded_max_size_is_zero(
-    request: pytest.FixtureRequest, impl: Impl, make: Pools
-) -> None:
-    pool = make.null()
-    assert pool.get_stats()["pool_max"] == 0
-    assert pool.max_size == 0
 
 
 def test_null_pool_closes_connections_on_return(make: Pools) -> None:
@@ -1095,34 +800,6 @@ def test_null_pool_timeout(impl: Impl, make: Pools) -> None:
         pool.getconn()
     pool.putconn(held)
 
-
-def test_null_pool_wait(make: Pools) -> None:
-    pool = make.null()
-    pool.wait(SOON)
-    assert not pool.closed
-
-
-def test_null_pool_wait_unreachable_raises(
-    request: pytest.FixtureRequest, impl: Impl, make: Pools
-) -> None:
-    pool = make.null(unreachable_conninfo())
-    with pytest.raises(impl.mod.PoolTimeout):
-        pool.wait(timeout=1.0)
-    assert pool.closed
-
-
-def test_null_pool_resize(impl: Impl, make: Pools) -> None:
-    pool = make.null(max_size=1)
-    pool.resize(0, 3)
-    assert pool.max_size == 3
-
-
-def test_null_pool_resize_min_size_refused(
-    request: pytest.FixtureRequest, impl: Impl, make: Pools
-) -> None:
-    pool = make.null(max_size=2)
-    with pytest.raises(ValueError, match="min_size"):
-        pool.resize(1, 2)
 
 
 # ================================================================== deliberate differences

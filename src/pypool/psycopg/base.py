@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -303,7 +304,40 @@ class _PsycopgStats:
 
     _core: Any
     _policy: Any
+    _settings: Any
+    _opened: bool
     _null = False
+    name: str
+
+    __class_getitem__: ClassVar[Any] = classmethod(types.GenericAlias)  # ConnectionPool[...]
+
+    @property
+    def closed(self) -> bool:
+        """True if the pool is closed, or not open yet."""
+        return bool(self._core.closed) or not self._opened
+
+    @property
+    def timeout(self) -> float:
+        """Seconds getconn() waits by default; may be set."""
+        return float(self._settings.timeout)
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._set_timeout(value)  # type: ignore[attr-defined]  # the core's
+        self._settings.timeout = float(value)
+
+    @property
+    def max_waiting(self) -> int:
+        """How many callers may wait at once (0: no limit); may be set."""
+        return int(self._core.max_waiting)
+
+    @max_waiting.setter
+    def max_waiting(self, value: int) -> None:
+        self._core.max_waiting = value
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
+
     _max_size_asked = 0
     _stats_base: dict[str, int]
     _failure_lock: threading.Lock
@@ -419,3 +453,31 @@ def _check_sizes(min_size: int, max_size: int | None, null: bool) -> tuple[int, 
     if min_size == max_size == 0 and not null:
         raise ValueError("if min_size is 0 max_size must be greater than 0")
     return min_size, max_size
+
+
+class _NullShared:
+    """What makes a psycopg pool, sync or async, a null pool: psycopg_pool's
+    size rules (``min_size`` 0; ``max_size`` 0 or None: no limit, read back
+    as 0) and the constructor's arguments."""
+
+    _null = True
+    _max_size_asked = 0
+
+    @staticmethod
+    def _null_arguments(min_size: int, max_size: int | None, kwargs: dict[str, Any]) -> int:
+        """Checks the sizes; sets in ``kwargs`` what a null pool fixes;
+        returns the ``max_size`` to pass on (0: no limit)."""
+        _check_sizes(min_size, max_size, True)
+        kwargs["close_returns"] = False  # as psycopg_pool: returning means closing here
+        return max_size or 0
+
+    @property
+    def max_size(self) -> int:
+        """The most connections open at once (0: no limit)."""
+        return self._max_size_asked
+
+    def _null_resize(self, min_size: int, max_size: int | None) -> int:
+        """Checks a resize; returns the core's ``max_size`` for it."""
+        min_size, max_size = _check_sizes(min_size, max_size, True)
+        self._max_size_asked = max_size
+        return max_size or _core.MAX_SIZE

@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from .. import _core
 from ..pool import _PoolMethods
-from .base import _check_sizes
+from .base import _NullShared
 from .errors import PoolClosed, PoolTimeout
 from .pool import ConnectionPool, _PsycopgMethods
 
 __all__ = ["NullConnectionPool"]
 
 
-class _NullMethods:
-    _null = True
+class _NullMethods(_NullShared):
     _core: Any
 
     def __init__(
@@ -26,9 +24,8 @@ class _NullMethods:
         max_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        _check_sizes(min_size, max_size, True)
-        kwargs["close_returns"] = False  # as psycopg_pool: returning means closing here
-        super().__init__(conninfo, min_size=0, max_size=max_size or 0, **kwargs)  # type: ignore[call-arg]
+        max_size = self._null_arguments(min_size, max_size, kwargs)
+        super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)  # type: ignore[call-arg]
 
     def putconn(self, conn: Any) -> None:
         """Return a connection: closed, unless a caller waits for one."""
@@ -37,16 +34,9 @@ class _NullMethods:
         else:
             self.discard(conn)  # type: ignore[attr-defined]
 
-    @property
-    def max_size(self) -> int:
-        """The most connections open at once (0: no limit)."""
-        return self._max_size_asked
-
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change max_size during runtime; min_size must remain 0."""
-        min_size, max_size = _check_sizes(min_size, max_size, True)
-        self._max_size_asked = max_size
-        _PoolMethods.resize(self, 0, max_size or _core.MAX_SIZE)  # type: ignore[arg-type]
+        _PoolMethods.resize(self, 0, self._null_resize(min_size, max_size))  # type: ignore[arg-type]
 
     def wait(self, timeout: float = 30.0) -> None:
         """Checks that a connection can be made: one is made and closed

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import _check_sizes
+from ..aio import _AsyncPoolMethods
+from .base import _NullShared
 from .errors import PoolTimeout
 from .pool_async import AsyncConnectionPool, _AsyncPsycopgMethods
 
 __all__ = ["AsyncNullConnectionPool"]
 
 
-class _AsyncNullMethods(_AsyncPsycopgMethods):
+class _AsyncNullMethods(_NullShared, _AsyncPsycopgMethods):
     """What makes an AsyncConnectionPool a null pool."""
-
-    _null = True
 
     def __init__(
         self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
     ) -> None:
-        _check_sizes(min_size, max_size, True)
-        super().__init__(conninfo, min_size=0, max_size=max_size or 0, **kwargs)
+        max_size = self._null_arguments(min_size, max_size, kwargs)
+        super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)
+
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
+        """Change max_size during runtime; min_size must remain 0."""
+        _AsyncPoolMethods.resize(self, 0, self._null_resize(min_size, max_size))
 
     async def putconn(self, conn: Any) -> None:
         """Return a connection: closed, unless a task waits for one."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -105,32 +104,6 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
     def _open_pool(self) -> None:
         self._opened = True
         _PoolMethods.open(self)
-
-    __class_getitem__: ClassVar[Any] = classmethod(types.GenericAlias)  # ConnectionPool[...]
-
-    @property
-    def closed(self) -> bool:
-        """True if the pool is closed, or not open yet."""
-        return bool(self._core.closed) or not self._opened
-
-    @property
-    def timeout(self) -> float:
-        """Seconds getconn() waits by default; may be set."""
-        return float(self._settings.timeout)
-
-    @timeout.setter
-    def timeout(self, value: float) -> None:
-        self._set_timeout(value)
-        self._settings.timeout = float(value)
-
-    @property
-    def max_waiting(self) -> int:
-        """How many callers may wait at once (0: no limit); may be set."""
-        return int(self._core.max_waiting)
-
-    @max_waiting.setter
-    def max_waiting(self, value: int) -> None:
-        self._core.max_waiting = value
 
     def open(  # type: ignore[override]
         self, wait: bool = False, timeout: float = 30.0
@@ -295,9 +268,6 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         for instance as `!check` callback when a pool is created.
         """
         check_connection(conn)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
 
 
 class ConnectionPool(_PsycopgMethods, Pool):

@@ -213,14 +213,6 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         empty query in autocommit. Also usable as the ``check`` callback."""
         await check_connection_async(conn)
 
-    @property
-    def closed(self) -> bool:
-        """True if the pool is closed, or not open yet."""
-        return bool(self._core.closed) or not self._opened
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
-
 
 class AsyncConnectionPool(_AsyncPsycopgMethods, AsyncPool):  # type: ignore[misc]
     """psycopg_pool's ``AsyncConnectionPool``, on pypool's core.
