@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import time
 import uuid
 import warnings
@@ -33,9 +34,13 @@ from _support.psycopg_matrix import (  # noqa: E402
     KINDS,
     PYPOOL,
     SOON,
+    Cell,
     Conn,
     Matrix,
     available,
+    cells,
+    core_of,
+    make_pool,
     matrix,
     terminate,
     unreachable_conninfo,
@@ -476,3 +481,136 @@ async def test_configure_leaving_the_connection_unusable_times_out(m: Matrix, le
     else:
         with pytest.raises(m.mod.PoolTimeout):
             await pool.getconn(timeout=0.5)
+
+
+# ================================================================== async parity
+
+
+async def _outcome(call: Any) -> BaseException | None:
+    try:
+        await call()
+    except Exception as exc:
+        return exc
+    return None
+
+
+@pytest.mark.parametrize("state", ["not-open", "closed"])
+@matrix(kinds=KINDS)
+async def test_every_method_raises_psycopg_flavoured_errors(m: Matrix, state: str) -> None:
+    """Whatever a pool method raises is a psycopg error that ``except
+    psycopg_pool.PoolClosed`` (``pypool.psycopg.PoolClosed``) catches: never
+    one of pypool's own classes alone."""
+    pool = m.new(**({} if m.is_null else {"min_size": 1}))
+    if state == "closed":
+        await pool.open()
+        await pool.close()
+
+    async def block() -> None:
+        async with pool.connection(timeout=0.1):
+            pass  # pragma: no cover
+
+    calls = {
+        "wait": lambda: pool.wait(0.1),
+        "getconn": lambda: pool.getconn(0.1),
+        "connection": block,
+        "resize": lambda: pool.resize(0 if m.is_null else 1, 2),
+        "check": pool.check,
+        "drain": pool.drain,
+        "open": pool.open,
+        "close": pool.close,
+    }
+    seen = {}
+    for name, call in calls.items():
+        exc = await _outcome(call)
+        seen[name] = type(exc).__name__ if exc is not None else None
+        if isinstance(exc, AttributeError) and not m.is_pypool and state == "not-open":
+            continue  # psycopg_pool 3.3's own slip (no lock before open): not copied
+        if exc is not None:
+            assert isinstance(exc, psycopg.Error), (name, exc)
+            if isinstance(exc, pypool.errors.PoolError):
+                assert type(exc).__module__ == "pypool.psycopg", (name, exc)
+            if isinstance(exc, m.mod.PoolClosed):
+                expected = "already closed" if state == "closed" else "not open yet"
+                if name != "open":
+                    assert expected in str(exc), (name, exc)
+    # The methods that refuse, as psycopg_pool's do; the others do not.
+    refused = {"getconn", "connection", "wait"} | ({"open"} if state == "closed" else set())
+    assert {name for name, kind in seen.items() if kind == "PoolClosed"} == refused
+    if m.is_pypool or state == "closed":
+        assert {name for name, kind in seen.items() if kind is None} == set(calls) - refused
+
+
+@pytest.mark.parametrize("open_", [None, True], ids=["open-unspecified", "open-true"])
+@pytest.mark.parametrize("cell", cells(flavours=("async",), kinds=KINDS))
+def test_async_pool_opened_outside_a_loop_raises_runtime_error(
+    cell: Cell, dsn: str, open_: bool | None
+) -> None:
+    """An async pool that would open in its constructor needs a running
+    loop: without one, RuntimeError, as psycopg_pool raises."""
+    cls = getattr(
+        psycopg_pool if cell.impl == "psycopg_pool" else pypool.psycopg,
+        "AsyncNullConnectionPool" if cell.kind == "null" else "AsyncConnectionPool",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # open=True's deprecation
+        with pytest.raises(RuntimeError, match="open with no running loop"):
+            make_pool(cls, core_of(cell.impl), dsn, open=open_)
+    make_pool(cls, core_of(cell.impl), dsn, open=False)  # open=False needs none
+
+
+@pytest.mark.parametrize("use", ["getconn", "connection", "wait"])
+@matrix(flavours=("sync",), kinds=KINDS)
+async def test_open_unspecified_warns_for_every_pool_at_the_users_line(m: Matrix, use: str) -> None:
+    """A sync pool made without ``open`` and used warns (DeprecationWarning),
+    once per pool, for every such pool, attributed to the caller's line."""
+    for _ in range(2):  # a second pool warns again
+        pool = m.new(open=None)
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter("always")
+            line = _use(pool.raw, use)
+            _use(pool.raw, use)  # the same pool: once only
+        deprecations = [w for w in recorded if issubclass(w.category, DeprecationWarning)]
+        assert len(deprecations) == 1, [str(w.message) for w in deprecations]
+        assert "'open' parameter" in str(deprecations[0].message)
+        if m.is_pypool:  # psycopg_pool's points into psycopg_pool
+            assert (deprecations[0].filename, deprecations[0].lineno) == (__file__, line)
+        await pool.close()
+
+
+def _use(pool: Any, use: str) -> int:
+    """Uses the pool as ``use`` says; returns the line that did it."""
+    if use == "getconn":
+        line = sys._getframe().f_lineno + 1
+        conn = pool.getconn(SOON)
+        pool.putconn(conn)
+    elif use == "connection":
+        line = sys._getframe().f_lineno + 1
+        with pool.connection(SOON):
+            pass
+    else:
+        line = sys._getframe().f_lineno + 1
+        pool.wait(SOON)
+    return line
+
+
+@matrix(kinds=KINDS)
+async def test_requests_queued_counts_a_request_while_it_waits(m: Matrix) -> None:
+    """A monitor sees a waiting request in ``requests_queued`` (and
+    ``requests_num``) while it waits, not only once it is served."""
+    pool = await m.pool(**({"max_size": 1} if m.is_null else {"min_size": 1, "max_size": 1}))
+    held = await pool.getconn(SOON)
+    before = pool.get_stats()
+
+    async def waiter() -> None:
+        await pool.putconn(await pool.getconn(SOON))
+
+    task = m.spawn(waiter)
+    assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    during = pool.get_stats()
+    assert during.get("requests_queued", 0) == before.get("requests_queued", 0) + 1
+    assert during.get("requests_num", 0) == before.get("requests_num", 0) + 1
+    await pool.putconn(held)
+    await task
+    after = pool.get_stats()
+    assert after.get("requests_queued", 0) == during["requests_queued"]  # not counted twice
+    assert after.get("requests_num", 0) == during["requests_num"]

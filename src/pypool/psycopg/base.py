@@ -6,6 +6,8 @@ pypool-only settings."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import types
 from collections.abc import Callable, Mapping
@@ -33,6 +35,30 @@ _INERROR = TransactionStatus.INERROR
 PYPOOL_DEFAULTS: Mapping[str, Any] = {
     "transaction_pooling": False,
 }
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning raised here to the first
+    caller outside pypool (the user's line), however deep in pypool the
+    warning is decided."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _PACKAGE_DIR + os.sep
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
+def called_by_pypool() -> bool:
+    """True when the caller of the function calling this is pypool's own
+    code (such as the pool opening itself on first use), not the user's."""
+    filename = sys._getframe(2).f_code.co_filename
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
 
 
 # ----------------------------------------------------------------- checks
@@ -338,6 +364,32 @@ class _PsycopgStats:
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self.name!r} at 0x{id(self):x}>"
 
+    def _not_usable(self) -> PoolClosed | None:
+        """psycopg_pool's refusal of a pool closed or not open yet."""
+        if self._core.closed:
+            return PoolClosed(f"the pool {self.name!r} is already closed")
+        if not self._opened:
+            return PoolClosed(f"the pool {self.name!r} is not open yet")
+        return None
+
+    def _resize_not_running(self, min_size: int, max_size: int) -> bool:
+        """A resize of a pool closed or not open yet changes the sizes only
+        (as psycopg_pool's does; nothing is opened or refused). True if the
+        pool was in that state."""
+        if self._core.closed:
+            return True
+        if self._opened:
+            return False
+        core = self._core
+        if max_size < core.min_size:
+            core.min_size = min_size
+            core.max_size = max_size
+        else:
+            core.max_size = max_size
+            core.min_size = min_size
+        self._policy.min_size = min_size
+        return True
+
     _max_size_asked = 0
     _stats_base: dict[str, int]
     _failure_lock: threading.Lock
@@ -399,9 +451,13 @@ class _PsycopgStats:
         retired = s[names.RETIRED]
         with self._failure_lock:
             failed = dict(self._failures)
+        # A request is counted from the moment it waits, as psycopg_pool
+        # does: the core counts it once served (or timed out), so the ones
+        # waiting now are added.
+        waiting = int(self._core.waiting)
         return {
-            "requests_num": s[names.REQUESTS] + failed["requests"],
-            "requests_queued": s[names.REQUESTS_WAITED] + failed["waits"],
+            "requests_num": s[names.REQUESTS] + failed["requests"] + waiting,
+            "requests_queued": s[names.REQUESTS_WAITED] + failed["waits"] + waiting,
             "requests_wait_ms": int((s[names.WAIT_TIME]["sum"] + failed["wait_time"]) * 1000),
             "requests_errors": s[names.TIMEOUTS] + failed["rejected"],
             "usage_ms": int(s[names.USE_TIME]["sum"] * 1000),

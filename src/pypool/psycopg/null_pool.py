@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from ..pool import _PoolMethods
 from .base import _NullShared
-from .errors import PoolClosed, PoolTimeout
+from .errors import PoolTimeout
 from .pool import ConnectionPool, _PsycopgMethods
 
 __all__ = ["NullConnectionPool"]
@@ -36,13 +36,16 @@ class _NullMethods(_NullShared):
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change max_size during runtime; min_size must remain 0."""
-        _PoolMethods.resize(self, 0, self._null_resize(min_size, max_size))  # type: ignore[arg-type]
+        max_size = self._null_resize(min_size, max_size)
+        if not self._resize_not_running(0, max_size):  # type: ignore[attr-defined]
+            _PoolMethods.resize(self, 0, max_size)  # type: ignore[arg-type]
 
     def wait(self, timeout: float = 30.0) -> None:
         """Checks that a connection can be made: one is made and closed
         (a null pool keeps none); PoolTimeout (the pool closed) otherwise."""
-        if not self._opened:  # type: ignore[attr-defined]
-            raise PoolClosed(f"the pool {self.name!r} is not open yet")  # type: ignore[attr-defined]
+        refused = self._not_usable()  # type: ignore[attr-defined]
+        if refused is not None:
+            raise refused
         try:
             conn = self.getconn(timeout)  # type: ignore[attr-defined]
         except PoolTimeout as exc:

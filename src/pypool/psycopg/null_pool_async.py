@@ -23,7 +23,9 @@ class _AsyncNullMethods(_NullShared, _AsyncPsycopgMethods):
 
     async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
         """Change max_size during runtime; min_size must remain 0."""
-        _AsyncPoolMethods.resize(self, 0, self._null_resize(min_size, max_size))
+        max_size = self._null_resize(min_size, max_size)
+        if not self._resize_not_running(0, max_size):
+            _AsyncPoolMethods.resize(self, 0, max_size)
 
     async def putconn(self, conn: Any) -> None:
         """Return a connection: closed, unless a task waits for one."""
@@ -37,6 +39,9 @@ class _AsyncNullMethods(_NullShared, _AsyncPsycopgMethods):
         """Checks that a connection can be made: one is made and closed (a
         null pool keeps none); if not within ``timeout`` seconds, closes the
         pool and raises PoolTimeout."""
+        refused = self._not_usable()
+        if refused is not None:
+            raise refused
         try:
             conn = await self.getconn(timeout)
         except PoolTimeout as exc:

@@ -16,12 +16,15 @@ from .base import (
     _IDLE,
     PYPOOL_DEFAULTS,
     PsycopgAdapter,
+    _check_sizes,
     _Connect,
     _Lease,
     _psycopg_error,
     _PsycopgStats,
+    called_by_pypool,
     check_connection,
     logger,
+    user_stacklevel,
 )
 from .errors import PoolClosed, PoolTimeout
 
@@ -113,7 +116,8 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         as :meth:`wait` does. A closed pool cannot be opened again."""
         if self._core.closed:
             raise PoolClosed("pool has already been opened/closed and cannot be reused")
-        self.__dict__.pop("getconn", None)
+        if not called_by_pypool():  # the user's open(): no warning to come
+            self.__dict__.pop("getconn", None)
         if not self._opened:
             self._open_pool()
         if wait:
@@ -122,8 +126,9 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
     def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
         """Waits for ``min_size`` connections; if they are not ready within
         ``timeout`` seconds, closes the pool and raises PoolTimeout."""
-        if not self._opened:
-            raise PoolClosed(f"the pool {self.name!r} is not open yet")
+        refused = self._not_usable()
+        if refused is not None:
+            raise refused
         if "getconn" in self.__dict__ and self.__dict__["getconn"] == self._getconn_warn:
             self.__dict__.pop("getconn")
             self._warn_implicit_open()
@@ -134,8 +139,8 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
                 exc.__cause__
             )
-        except errors.PoolClosed as exc:
-            raise PoolClosed(str(exc)) from None
+        except errors.PoolClosed:  # closed meanwhile
+            raise PoolClosed(f"the pool {self.name!r} is already closed") from None
 
     def __enter__(self) -> Any:
         self.__dict__.pop("getconn", None)
@@ -162,7 +167,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             f"use the pool as context manager using: `with {type(self).__name__}(...) "
             "as pool: ...`",
             DeprecationWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
     def _getconn_not_open(self, timeout: float | None = None) -> Any:
@@ -228,7 +233,15 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change the size of the pool during runtime."""
-        _PoolMethods.resize(self, min_size, min_size if max_size is None else max_size)
+        min_size, max_size = _check_sizes(min_size, max_size, self._null)
+        if not self._resize_not_running(min_size, max_size):
+            _PoolMethods.resize(self, min_size, max_size)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, borrowed ones when they
+        are returned (nothing to do on a closed pool)."""
+        if not self._core.closed:
+            _PoolMethods.drain(self)
 
     def check(self) -> None:
         """Verify the state of the connections currently in the pool.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from .base import (
     _PsycopgStats,
     check_connection_async,
     logger,
+    user_stacklevel,
 )
 from .errors import PoolClosed, PoolTimeout
 
@@ -88,6 +90,13 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         self._opened = False
         if open:
             self._warn_open_async()
+        if open or open is None:
+            # As psycopg_pool: a pool opened (implicitly too) needs a loop.
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(f"{type(self).__name__} open with no running loop") from None
+        if open:
             self._opened = True
         elif open is None:
             self.getconn = self._getconn_warn  # type: ignore[method-assign]
@@ -105,7 +114,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
             "pool.open()`, or use the pool as context manager using: `async with "
             f"{type(self).__name__}(...) as pool: `...",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
 
     async def _getconn_warn(self, timeout: float | None = None) -> Any:
@@ -130,6 +139,9 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
     async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
         """Waits for ``min_size`` connections; if they are not ready within
         ``timeout`` seconds, closes the pool and raises PoolTimeout."""
+        refused = self._not_usable()
+        if refused is not None:
+            raise refused
         try:
             await _AsyncPoolMethods.wait(self, timeout)
         except errors.PoolTimeout as exc:
@@ -137,6 +149,8 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
             raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
                 exc.__cause__
             )
+        except errors.PoolClosed:  # closed meanwhile
+            raise PoolClosed(f"the pool {self.name!r} is already closed") from None
 
     async def __aenter__(self) -> Any:
         self.__dict__.pop("getconn", None)
@@ -182,7 +196,14 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
     async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
         """Change the size of the pool during runtime."""
         min_size, max_size = _check_sizes(min_size, max_size, self._null)
-        _AsyncPoolMethods.resize(self, min_size, max_size)
+        if not self._resize_not_running(min_size, max_size):
+            _AsyncPoolMethods.resize(self, min_size, max_size)
+
+    async def drain(self) -> None:
+        """Replace every connection: idle ones now, borrowed ones when they
+        are returned (nothing to do on a closed pool)."""
+        if not self._core.closed:
+            await _AsyncPoolMethods.drain(self)
 
     async def check(self) -> None:
         """Verify the state of the connections currently in the pool: each
