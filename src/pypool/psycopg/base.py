@@ -5,6 +5,7 @@ pypool-only settings."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -537,3 +538,16 @@ class _NullShared:
         min_size, max_size = _check_sizes(min_size, max_size, True)
         self._max_size_asked = max_size
         return max_size or _core.MAX_SIZE
+
+
+def null_signature(init: Callable[..., None]) -> inspect.Signature:
+    """The signature of a null pool's ``__init__``: its pool's, with
+    ``min_size`` 0 (the null pools take the same arguments, and check them
+    as psycopg_pool's null pools do)."""
+    signature = inspect.signature(init)
+    return signature.replace(
+        parameters=[
+            p.replace(default=0) if p.name == "min_size" else p
+            for p in signature.parameters.values()
+        ]
+    )

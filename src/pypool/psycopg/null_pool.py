@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..pool import _PoolMethods
-from .base import _NullShared
+from .base import _NullShared, null_signature
 from .errors import PoolTimeout
 from .pool import ConnectionPool, _PsycopgMethods
 
@@ -54,6 +54,10 @@ class _NullMethods(_NullShared):
                 exc.__cause__
             )
         self.putconn(conn)
+
+
+# What inspect.signature() shows: the arguments **kwargs takes on.
+_NullMethods.__init__.__signature__ = null_signature(_PsycopgMethods.__init__)  # type: ignore[attr-defined]
 
 
 class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..aio import _AsyncPoolMethods
-from .base import _NullShared
+from .base import _NullShared, null_signature
 from .errors import PoolTimeout
 from .pool_async import AsyncConnectionPool, _AsyncPsycopgMethods
 
@@ -50,6 +50,10 @@ class _AsyncNullMethods(_NullShared, _AsyncPsycopgMethods):
                 exc.__cause__
             )
         await self.putconn(conn)
+
+
+# What inspect.signature() shows: the arguments **kwargs takes on.
+_AsyncNullMethods.__init__.__signature__ = null_signature(_AsyncPsycopgMethods.__init__)  # type: ignore[attr-defined]
 
 
 class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool):  # type: ignore[misc]
