@@ -14,9 +14,11 @@ reached, unless ``PYPOOL_REQUIRE_DB=1``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -614,3 +616,548 @@ async def test_requests_queued_counts_a_request_while_it_waits(m: Matrix) -> Non
     after = pool.get_stats()
     assert after.get("requests_queued", 0) == during["requests_queued"]  # not counted twice
     assert after.get("requests_num", 0) == during["requests_num"]
+
+
+# ================================================================== logs
+
+#: What psycopg_pool logs (WARNING, logger ``psycopg.pool``) for a connection
+#: returned in each state: a key phrase, and the status name (in the
+#: connection's repr).
+RETURNED = {
+    "INTRANS": "rolling back returned connection",
+    "INERROR": "rolling back returned connection",
+    "ACTIVE": "closing returned connection",
+    "BAD": "discarding closed connection",
+}
+
+
+async def _leave_in(m: Matrix, conn: Conn, state: str) -> None:
+    if state == "INTRANS":
+        await conn.execute("SELECT 1")
+    elif state == "INERROR":
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await conn.execute("SELECT 1 / 0")
+    elif state == "ACTIVE":
+        # A command sent and not read: the connection is mid-operation.
+        conn.raw.pgconn.send_query(b"SELECT pg_sleep(0)")
+    else:
+        await conn.close()
+    assert state in repr(conn.raw)
+
+
+@pytest.mark.parametrize("state", list(RETURNED))
+@matrix()
+async def test_returned_connection_is_logged_as_psycopg_pool_does(
+    m: Matrix, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = await m.pool(min_size=1, max_size=1)
+    conn = await pool.getconn(SOON)
+    await _leave_in(m, conn, state)
+    with Records("psycopg.pool") as records:
+        await pool.putconn(conn)
+        again = await pool.getconn(SOON)  # the return is over (a new connection, maybe)
+        await pool.putconn(again)
+        await m.sleep(0.1)
+    warned = [(level, text) for level, text in records.seen if level >= logging.WARNING]
+    if m.is_pypool:
+        assert len(warned) == 1, warned  # one record per event, no more
+    # psycopg_pool adds "discarding closed connection" after closing an ACTIVE one
+    level, message = next((r for r in warned if RETURNED[state] in r[1]), warned[0])
+    assert level == logging.WARNING
+    assert RETURNED[state] in message
+    assert f"[{state}]" in message  # the connection's status, when it was returned
+
+
+class Records(logging.Handler):
+    """The records of one logger, formatted when they are emitted (as an
+    operator's handler sees them: a connection's repr names its state then)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(name)
+        self.seen: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.seen.append((record.levelno, record.getMessage()))
+
+    def __enter__(self) -> Records:
+        self.level_before = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level_before)
+
+
+@matrix()
+async def test_connect_failures_of_an_open_are_logged_once(m: Matrix) -> None:
+    """Against a server that is down, ``open(wait=True)`` for less than a
+    second logs the failed connects once (psycopg_pool: one attempt a
+    second; pypool: retries faster, logs once)."""
+    pool = m.new(unreachable_conninfo(), min_size=1)
+    with Records("psycopg.pool") as records, pytest.raises(m.mod.PoolTimeout):
+        await pool.open(wait=True, timeout=0.8)
+    warned = [text for level, text in records.seen if level >= logging.WARNING]
+    assert len(warned) == 1, warned
+    assert ("connection failed" if m.is_pypool else "error connecting") in warned[0]
+
+
+@matrix()
+async def test_reconnection_attempts_failing_are_logged_once(m: Matrix) -> None:
+    """After ``reconnect_timeout`` of failed connects: one WARNING saying
+    the reconnection attempt failed, and ``reconnect_failed(pool)``."""
+    called = []
+    pool = m.new(
+        unreachable_conninfo(),
+        min_size=1,
+        reconnect_timeout=0.5,
+        reconnect_failed=lambda pool: called.append(pool),
+    )
+    with Records("psycopg.pool") as records:
+        await pool.open()
+        assert await wait_until(lambda: bool(called))
+        await m.sleep(1.2)  # and no second one meanwhile
+        await pool.close()
+    gave_up = [
+        (level, text) for level, text in records.seen if "reconnection attempt in pool" in text
+    ]
+    assert len(gave_up) == 1, gave_up
+    assert gave_up[0][0] == logging.WARNING
+    assert f"{pool.name!r}" in gave_up[0][1]
+    assert called[:1] == [pool.raw]
+
+
+@matrix(impls=PYPOOL, kinds=KINDS)
+async def test_connections_made_and_closed_are_logged_at_debug(m: Matrix) -> None:
+    with Records("psycopg.pool") as records:
+        pool = await m.pool(**({} if m.is_null else {"min_size": 1}))
+        await pool.putconn(await pool.getconn(SOON))
+        await pool.close()
+    debug = [text for level, text in records.seen if level == logging.DEBUG]
+    assert any("connection made" in text for text in debug), debug
+    assert any("connection closed" in text for text in debug), debug
+
+
+# ================================================================== returning
+
+
+@matrix()
+async def test_putconn_of_a_foreign_connection_raises_value_error(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1)
+    other = await m.pool(min_size=1, max_size=1)
+    borrowed = await pool.getconn()
+    stranger = await m.connect()
+    try:
+        with pytest.raises(ValueError):
+            await pool.putconn(stranger)
+        assert not stranger.closed
+    finally:
+        await stranger.close()
+    from_other = await other.getconn()
+    with pytest.raises(ValueError):
+        await pool.putconn(from_other)
+    assert not from_other.closed
+    await other.putconn(from_other)
+    await pool.putconn(borrowed)
+    assert await wait_until(lambda: available(pool) == 1 and available(other) == 1)
+
+
+@matrix()
+async def test_putconn_twice_raises_value_error(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1)
+    conn = await pool.getconn()
+    await pool.putconn(conn)
+    with pytest.raises(ValueError):
+        await pool.putconn(conn)
+    assert await wait_until(lambda: available(pool) == 1)
+    await pool.putconn(await pool.getconn())
+
+
+@matrix()
+async def test_putconn_after_close_closes_the_connection(m: Matrix) -> None:
+    pool = await m.pool(min_size=1)
+    conn = await pool.getconn()
+    await pool.close()
+    assert not conn.closed
+    await pool.putconn(conn)
+    assert await wait_until(lambda: conn.closed)
+
+
+@matrix(flavours=("sync",))
+async def test_close_returns(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1, close_returns=True)
+    assert pool.close_returns is True
+    conn = await pool.getconn()
+    pid = conn.pid
+    await conn.close()  # gives it back instead
+    assert not conn.closed
+    assert await wait_until(lambda: available(pool) == 1)
+    again = await pool.getconn()
+    assert again.pid == pid
+    await pool.putconn(again)
+    await pool.close()
+    assert again.closed
+
+
+# ================================================================== errors and waiters
+
+
+async def _getconn(pool: Any, timeout: float = SOON) -> Any:
+    return await pool.getconn(timeout=timeout)
+
+
+@matrix(kinds=KINDS)
+async def test_pool_timeout_on_exhaustion(m: Matrix) -> None:
+    sizes = {"max_size": 1} if m.is_null else {"min_size": 1, "max_size": 1}
+    pool = await m.pool(timeout=0.2, **sizes)
+    held = await pool.getconn(timeout=SOON)
+    started = time.monotonic()
+    with pytest.raises(m.mod.PoolTimeout) as info:
+        await pool.getconn()
+    elapsed = time.monotonic() - started
+    assert 0.15 <= elapsed < SOON / 2
+    assert isinstance(info.value, psycopg.OperationalError)
+    assert "0.20 sec" in str(info.value)
+    with pytest.raises(m.mod.PoolTimeout):
+        await pool.getconn(timeout=0.05)
+    await pool.putconn(held)
+    await pool.putconn(await pool.getconn(timeout=SOON))
+
+
+@matrix()
+async def test_too_many_requests(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1, max_waiting=1, timeout=SOON)
+    held = await pool.getconn()
+    waiter = m.spawn(_getconn, pool)
+    assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    started = time.monotonic()
+    with pytest.raises(m.mod.TooManyRequests) as info:
+        await pool.getconn()
+    assert time.monotonic() - started < 1.0  # refused at once, not after a wait
+    assert isinstance(info.value, psycopg.OperationalError)
+    assert "1 requests waiting" in str(info.value)
+    await pool.putconn(held)
+    got = await asyncio.wait_for(waiter, SOON)
+    assert got.raw is held.raw  # handed straight to the waiter
+    await pool.putconn(got)
+
+
+@matrix()
+async def test_pool_closed_wakes_waiters(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1, timeout=SOON)
+    held = await pool.getconn()
+    waiter = m.spawn(_getconn, pool)
+    assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    await pool.close()
+    with pytest.raises(m.mod.PoolClosed):
+        await asyncio.wait_for(waiter, SOON)
+    await pool.putconn(held)
+    assert await wait_until(lambda: held.closed)
+
+
+@matrix(flavours=("async",))
+async def test_cancelled_waiter_does_not_lose_a_connection(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1, timeout=SOON)
+    held = await pool.getconn()
+    waiter = m.spawn(_getconn, pool)
+    assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await pool.putconn(held)
+    again = await pool.getconn(timeout=SOON)
+    assert again.raw is held.raw
+    await pool.putconn(again)
+
+
+@matrix(flavours=("async",))
+async def test_many_tasks_never_share_a_connection(m: Matrix) -> None:
+    """1000 tasks on a pool of 10: no connection is ever held by two tasks."""
+    pool = await m.pool(min_size=10, max_size=10, timeout=60.0)
+    await pool.wait(SOON)
+    holders: dict[int, int] = {}
+    conns: set[int] = set()
+    doubles: list[tuple[int, int, int]] = []
+    peak = [0]
+
+    async def task(n: int) -> None:
+        async with pool.connection() as conn:
+            key = id(conn.raw)
+            if key in holders:
+                doubles.append((key, holders[key], n))
+            holders[key] = n
+            conns.add(key)
+            peak[0] = max(peak[0], len(holders))
+            assert await conn.one("SELECT %s::int", (n,)) == n
+            await asyncio.sleep(0)
+            assert holders.get(key) == n
+            del holders[key]
+
+    await asyncio.gather(*(task(n) for n in range(1000)))
+    assert doubles == []
+    assert not holders
+    assert len(conns) <= 10
+    assert peak[0] <= 10
+    assert await wait_until(lambda: available(pool) == 10)
+
+
+# ================================================================== null pools at work
+
+
+@matrix(kinds=NULL)
+async def test_null_pool_closes_connections_on_return(m: Matrix) -> None:
+    pool = await m.pool(max_size=2)
+    pids = []
+    for _ in range(3):
+        conn = await pool.getconn(timeout=SOON)
+        pids.append(conn.pid)
+        await pool.putconn(conn)
+        assert await wait_until(lambda conn=conn: conn.closed)  # type: ignore[misc]
+    assert len(set(pids)) == 3
+    async with pool.connection(timeout=SOON) as conn:
+        assert await conn.one("SELECT 1") == 1
+    assert await wait_until(lambda: conn.closed)
+    assert pool.get_stats()["pool_size"] == 0
+
+
+@matrix(kinds=NULL)
+async def test_null_pool_max_size_bounds_concurrency(m: Matrix) -> None:
+    pool = await m.pool(max_size=2, timeout=SOON)
+    lock = threading.Lock()
+    active = [0, 0]  # now, peak
+
+    async def work() -> None:
+        async with pool.connection() as conn:
+            with lock:
+                active[0] += 1
+                active[1] = max(active[1], active[0])
+            await conn.execute("SELECT pg_sleep(0.1)")
+            with lock:
+                active[0] -= 1
+
+    await asyncio.wait_for(asyncio.gather(*(m.spawn(work) for _ in range(6))), SOON)
+    assert active[1] == 2
+
+
+@matrix(kinds=NULL)
+async def test_null_pool_hands_a_returned_connection_to_a_waiter(m: Matrix) -> None:
+    pool = await m.pool(max_size=1, timeout=SOON)
+    held = await pool.getconn()
+    waiter = m.spawn(_getconn, pool)
+    assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    await pool.putconn(held)
+    got = await asyncio.wait_for(waiter, SOON)
+    assert got.raw is held.raw
+    assert not held.closed
+    await pool.putconn(held)
+    assert await wait_until(lambda: held.closed)
+
+
+# ================================================================== callbacks
+
+
+@matrix()
+async def test_configure_runs_once_per_connection(m: Matrix) -> None:
+    configured: list[int] = []
+
+    async def configure(conn: Conn) -> None:
+        await conn.execute("SET application_name = 'configured'")
+        await conn.commit()
+        configured.append(conn.pid)
+
+    pool = await m.pool(min_size=2, configure=m.callback(configure))
+    await pool.wait(SOON)
+    for _ in range(5):
+        async with pool.connection() as conn:
+            assert await conn.one("SHOW application_name") == "configured"
+            assert conn.pid in configured
+    assert len(configured) == 2
+    assert len(set(configured)) == 2
+
+
+@matrix()
+async def test_configure_leaving_a_transaction_discards_the_connection(m: Matrix) -> None:
+    configured: list[int] = []
+
+    async def configure(conn: Conn) -> None:
+        configured.append(conn.pid)
+        if len(configured) == 1:
+            await conn.execute("SELECT 1")  # leaves a transaction open: not allowed
+
+    pool = await m.pool(min_size=1, max_size=1, configure=m.callback(configure))
+    await pool.wait(SOON)
+    assert len(configured) >= 2
+    async with pool.connection() as conn:
+        assert conn.pid != configured[0]
+        assert conn.status == IDLE
+
+
+@matrix()
+async def test_reset_runs_on_every_return(m: Matrix) -> None:
+    resets: list[int] = []
+
+    async def reset(conn: Conn) -> None:
+        assert conn.status == IDLE
+        await conn.execute("RESET application_name")
+        resets.append(conn.pid)
+
+    pool = await m.pool(
+        min_size=1, max_size=1, reset=m.callback(reset), kwargs={"autocommit": True}
+    )
+    for n in range(1, 4):
+        async with pool.connection() as conn:
+            await conn.execute("SET application_name = 'dirty'")
+        assert await wait_until(lambda n=n: len(resets) == n)  # type: ignore[misc]
+    async with pool.connection() as conn:
+        assert await conn.one("SHOW application_name") != "dirty"
+
+
+@matrix()
+async def test_reset_runs_after_the_rollback(m: Matrix) -> None:
+    seen: list[Any] = []
+
+    async def reset(conn: Conn) -> None:
+        seen.append(conn.status)
+
+    pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
+    conn = await pool.getconn()
+    await conn.execute("SELECT 1")
+    await pool.putconn(conn)
+    assert await wait_until(lambda: len(seen) == 1)
+    assert seen == [IDLE]
+
+
+@matrix()
+async def test_reset_leaving_a_transaction_discards_the_connection(m: Matrix) -> None:
+    async def reset(conn: Conn) -> None:
+        await conn.execute("SELECT 1")  # leaves a transaction open: not allowed
+
+    pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
+    conn = await pool.getconn()
+    pid = conn.pid
+    await pool.putconn(conn)
+    fresh = await pool.getconn(timeout=SOON)
+    assert fresh.pid != pid
+    assert await wait_until(lambda: conn.closed)
+    await pool.putconn(fresh)
+
+
+@matrix()
+async def test_reset_raising_discards_the_connection(m: Matrix) -> None:
+    async def reset(conn: Conn) -> None:
+        raise RuntimeError("no")
+
+    pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
+    conn = await pool.getconn()
+    pid = conn.pid
+    await pool.putconn(conn)
+    fresh = await pool.getconn(timeout=SOON)
+    assert fresh.pid != pid
+    assert await wait_until(lambda: conn.closed)
+    await pool.putconn(fresh)
+
+
+@matrix()
+async def test_callable_conninfo_and_kwargs_are_read_for_every_connection(m: Matrix) -> None:
+    calls = {"conninfo": 0, "kwargs": 0}
+
+    def conninfo() -> str:
+        calls["conninfo"] += 1
+        return m.dsn
+
+    def kwargs() -> dict[str, Any]:
+        calls["kwargs"] += 1
+        return {"application_name": f"matrix{calls['kwargs']}"}
+
+    pool = await m.pool(m.value(conninfo), kwargs=m.value(kwargs), min_size=2)
+    await pool.wait(SOON)
+    assert calls == {"conninfo": 2, "kwargs": 2}
+    a, b = await pool.getconn(), await pool.getconn()
+    names = {await c.one("SHOW application_name") for c in (a, b)}
+    assert names == {"matrix1", "matrix2"}
+    await pool.putconn(a)
+    await pool.putconn(b)
+    await pool.drain()
+    assert await wait_until(lambda: calls["conninfo"] == 4 and available(pool) == 2)
+    assert calls == {"conninfo": 4, "kwargs": 4}
+
+
+@matrix(impls=PYPOOL, flavours=("async",))
+async def test_pypool_async_pools_take_sync_callables(m: Matrix) -> None:
+    """pypool's async pools also take plain functions as ``conninfo``,
+    ``kwargs``, ``configure`` and ``reset`` (psycopg_pool's await them)."""
+    configured: list[int] = []
+    resets: list[int] = []
+    pool = await m.pool(
+        lambda: m.dsn,
+        kwargs=lambda: {"application_name": "matrix_sync"},
+        configure=lambda conn: configured.append(conn.info.backend_pid),
+        reset=lambda conn: resets.append(conn.info.backend_pid),
+        min_size=2,
+    )
+    await pool.wait(SOON)
+    async with pool.connection() as conn:
+        assert await conn.one("SHOW application_name") == "matrix_sync"
+        assert conn.pid in configured
+    assert await wait_until(lambda: len(resets) == 1)
+    assert len(configured) == 2
+
+
+# ================================================================== maintenance
+
+
+@matrix()
+async def test_resize(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1)
+    await pool.wait(SOON)
+    await pool.resize(2, 3)
+    assert (pool.min_size, pool.max_size) == (2, 3)
+    assert await wait_until(lambda: pool.get_stats()["pool_size"] == 2)
+    held = [await pool.getconn() for _ in range(3)]
+    assert len({c.pid for c in held}) == 3
+    for conn in held:
+        await pool.putconn(conn)
+    await pool.resize(1)
+    assert (pool.min_size, pool.max_size) == (1, 1)
+    stats = pool.get_stats()
+    assert (stats["pool_min"], stats["pool_max"]) == (1, 1)
+    with pytest.raises(ValueError):
+        await pool.resize(3, 2)
+
+
+@matrix()
+async def test_check_discards_a_killed_idle_connection(m: Matrix) -> None:
+    pool = await m.pool(min_size=2)
+    await pool.wait(SOON)
+    a, b = await pool.getconn(), await pool.getconn()
+    pids = {a.pid, b.pid}
+    await pool.putconn(a)
+    await pool.putconn(b)
+    await terminate(m.dsn, a.pid)
+    await pool.check()
+    assert await wait_until(lambda: available(pool) == 2)
+    c, d = await pool.getconn(), await pool.getconn()
+    now = {c.pid, d.pid}
+    assert now & pids == {b.pid}
+    await pool.putconn(c)
+    await pool.putconn(d)
+    assert pool.get_stats()["connections_lost"] == 1
+
+
+@matrix()
+async def test_drain_replaces_every_connection(m: Matrix) -> None:
+    pool = await m.pool(min_size=2)
+    await pool.wait(SOON)
+    before = [await pool.getconn() for _ in range(2)]
+    pids = {c.pid for c in before}
+    held = before.pop()
+    await pool.putconn(before[0])
+    await pool.drain()
+    await pool.putconn(held)  # borrowed during the drain: replaced at its return
+    assert await wait_until(lambda: available(pool) == 2)
+    after = [await pool.getconn() for _ in range(2)]
+    assert not pids & {c.pid for c in after}
+    for conn in after:
+        await pool.putconn(conn)

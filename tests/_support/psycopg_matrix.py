@@ -76,6 +76,17 @@ async def maybe(value: Any) -> Any:
     return value
 
 
+def drive(coro: Any) -> Any:
+    """Runs a coroutine that never suspends to its end (a facade over a sync
+    connection); its result."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the callback suspended: it cannot run in a sync pool")
+
+
 # ------------------------------------------------------------------ facades
 
 
@@ -282,6 +293,34 @@ class Matrix:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    def callback(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        """``fn`` (an async function of a :class:`Conn`) as a pool callback
+        of the cell's flavour (``configure``, ``reset``, ``check``): awaited
+        by the async pools, driven to its end at once for the sync ones (the
+        facades never suspend on a sync connection)."""
+        if self.is_async:
+
+            async def acallback(conn: Any) -> Any:
+                return await fn(Conn(conn))
+
+            return acallback
+
+        def callback(conn: Any) -> Any:
+            return drive(fn(Conn(conn)))
+
+        return callback
+
+    def value(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` as a ``conninfo=`` or ``kwargs=`` callable of the cell's
+        flavour (the async pools also take coroutine functions)."""
+        if self.is_async:
+
+            async def avalue() -> Any:
+                return fn()
+
+            return avalue
+        return fn
 
     async def connect(self, **kwargs: Any) -> Conn:
         """A connection of the cell's flavour, outside any pool."""

@@ -94,6 +94,16 @@ async def check_connection_async(conn: Any) -> None:
 # --------------------------------------------------------------- adapters
 
 
+def _unusable(conn: Any, status: int) -> errors.UnusableConnection:
+    """The error that discards a connection returned mid-command (ACTIVE) or
+    closed (BAD): the pool logs it once, a WARNING under ``psycopg.pool``,
+    in psycopg_pool's words (with the connection, whose repr names its
+    status, taken now, before it is closed)."""
+    if status == TransactionStatus.ACTIVE:
+        return errors.UnusableConnection(f"closing returned connection: {conn}")
+    return errors.UnusableConnection(f"discarding closed connection: {conn}")
+
+
 class PsycopgAdapter(DBAPIAdapter):
     """psycopg 3 knowledge for the pool: the transaction status decides the
     reset (no round trip), a broken or closed connection is discarded without
@@ -112,9 +122,7 @@ class PsycopgAdapter(DBAPIAdapter):
                 logger.warning("rolling back returned connection: %s", conn)
                 conn.rollback()
             elif status != _IDLE:  # ACTIVE (returned mid-command) or UNKNOWN (closed)
-                raise errors.UnusableConnection(
-                    f"connection returned in state {TransactionStatus(status).name}"
-                )
+                raise _unusable(conn, status)
             if user_reset is not None:
                 user_reset(conn)
                 status = conn.pgconn.transaction_status
@@ -150,10 +158,8 @@ class AsyncPsycopgAdapter(PsycopgAdapter):
             if status in (_INTRANS, _INERROR):
                 logger.warning("rolling back returned connection: %s", conn)
                 await conn.rollback()
-            elif status != _IDLE:
-                raise errors.UnusableConnection(
-                    f"connection returned in state {TransactionStatus(status).name}"
-                )
+            elif status != _IDLE:  # ACTIVE (returned mid-command) or UNKNOWN (closed)
+                raise _unusable(conn, status)
             if user_reset is not None:
                 result = user_reset(conn)
                 if hasattr(result, "__await__"):
@@ -329,6 +335,8 @@ class _PsycopgStats:
     """What psycopg_pool's sync and async pools share: their public
     attributes and their statistics, from pypool's."""
 
+    _logger_name = "psycopg.pool"  # the pool's own records too, as psycopg_pool's
+    _reconnect_failed_level = logging.WARNING
     _core: Any
     _policy: Any
     _settings: Any

@@ -34,7 +34,6 @@ __all__ = ["ConnectionPool"]
 class _PsycopgMethods(_PsycopgStats, _PoolMethods):
     """psycopg_pool's interface over pypool's Pool."""
 
-    _logger_name = "psycopg.pool"
     _null = False
     _core: Any
     _settings: Any
