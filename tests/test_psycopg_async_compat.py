@@ -26,7 +26,6 @@ import importlib
 import socket
 import time
 import uuid
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -259,81 +258,6 @@ async def rows(dsn: str, table: str) -> list[int]:
 # ================================================================== open / close
 
 
-def test_open_false_then_open(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = make.new(min_size=2)
-        await pool.open()
-        assert not pool.closed
-        await pool.wait(SOON)
-        assert available(pool) == 2
-        async with pool.connection() as conn:
-            assert await one(conn, "SELECT 1") == 1
-        await pool.open()  # again: a no-op on an open pool
-        assert not pool.closed
-
-    run(scenario)
-
-
-
-def test_getconn_before_open_raises_pool_closed(impl: Impl, run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = make.new(min_size=1)
-        with pytest.raises(impl.mod.PoolClosed, match="not open yet"):
-            await pool.getconn()
-        await pool.open()
-        conn = await pool.getconn(timeout=SOON)
-        await pool.putconn(conn)
-
-    run(scenario)
-
-
-
-def test_open_in_constructor_warns(impl: Impl, run: Any, dsn: str) -> None:
-    async def scenario(make: Pools) -> None:
-        with pytest.warns(RuntimeWarning, match="await pool.open()"):
-            pool = impl.pool(dsn, min_size=1, open=True)
-        make.made.append(pool)
-        assert not pool.closed
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # warned once, in the constructor
-            async with pool.connection(timeout=SOON) as conn:
-                assert await one(conn, "SELECT 1") == 1
-
-    run(scenario)
-
-
-def test_open_none_warns_at_first_getconn(impl: Impl, run: Any, dsn: str) -> None:
-    async def scenario(make: Pools) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            pool = impl.pool(dsn, min_size=1)  # open=None: opened, warned at first use
-        make.made.append(pool)
-        with pytest.warns(RuntimeWarning, match="await pool.open()"):
-            conn = await pool.getconn(timeout=SOON)
-        await pool.putconn(conn)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            await pool.putconn(await pool.getconn(timeout=SOON))
-
-    run(scenario)
-
-
-
-def test_async_context_manager_open_none_does_not_warn(impl: Impl, dsn: str) -> None:
-    async def scenario() -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            async with (
-                impl.pool(dsn, min_size=1) as pool,
-                pool.connection(timeout=SOON) as conn,
-            ):
-                assert await one(conn, "SELECT 1") == 1
-        assert pool.closed
-
-    asyncio.run(scenario())
-
-
-
 
 # ================================================================== borrowing
 
@@ -444,90 +368,6 @@ COUNTERS = {
     "connections_lost",
 }
 
-
-def test_stats_keys(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=2, max_size=3)
-        await pool.wait(SOON)
-        stats = pool.get_stats()
-        assert set(stats) >= GAUGES
-        assert set(stats) <= GAUGES | COUNTERS
-        assert stats["pool_min"] == 2
-        assert stats["pool_max"] == 3
-        assert stats["pool_size"] == 2
-        assert stats["pool_available"] == 2
-        assert stats["requests_waiting"] == 0
-        assert stats["connections_num"] == 2
-        assert all(isinstance(v, int) for v in stats.values())
-
-    run(scenario)
-
-
-def test_pop_stats_resets_counters(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1)
-        await pool.wait(SOON)
-        for _ in range(3):
-            async with pool.connection():
-                pass
-        popped = pool.pop_stats()
-        assert popped["requests_num"] == 3
-        assert popped["connections_num"] == 1
-        assert set(popped) >= GAUGES
-        after = pool.get_stats()
-        assert {k: after.get(k, 0) for k in COUNTERS} == dict.fromkeys(COUNTERS, 0)
-        assert after["pool_size"] == 1  # gauges are not reset
-        async with pool.connection():
-            pass
-        assert pool.get_stats()["requests_num"] == 1
-
-    run(scenario)
-
-
-def test_stats_count_a_timeout(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1, timeout=0.1)
-        await pool.wait(SOON)
-        held = await pool.getconn()
-        with pytest.raises(psycopg.OperationalError):
-            await pool.getconn()
-        await pool.putconn(held)
-        assert pool.get_stats()["requests_errors"] == 1
-
-    run(scenario)
-
-
-def test_stats_count_failed_requests(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1, timeout=0.1)
-        await pool.wait(SOON)
-        held = await pool.getconn()
-        with pytest.raises(psycopg.OperationalError):
-            await pool.getconn()
-        await pool.putconn(held)
-        stats = pool.get_stats()
-        assert stats["requests_num"] == 2
-        assert stats["requests_queued"] == 1
-        assert stats["requests_wait_ms"] >= 50
-
-    run(scenario)
-
-
-def test_stats_count_too_many_requests_as_errors(run: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(min_size=1, max_size=1, max_waiting=1, timeout=SOON)
-        held = await pool.getconn()
-        waiter = asyncio.ensure_future(pool.getconn(timeout=SOON))
-        assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
-        with pytest.raises(psycopg.OperationalError):
-            await pool.getconn()
-        await pool.putconn(held)
-        await pool.putconn(await asyncio.wait_for(waiter, SOON))
-        stats = pool.get_stats()
-        assert stats["requests_errors"] == 1
-        assert stats["requests_num"] == 3
-
-    run(scenario)
 
 
 # ================================================================== errors

@@ -1161,3 +1161,160 @@ async def test_drain_replaces_every_connection(m: Matrix) -> None:
     assert not pids & {c.pid for c in after}
     for conn in after:
         await pool.putconn(conn)
+
+
+# ================================================================== stats
+
+GAUGES = {"pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting"}
+COUNTERS = {
+    "requests_num",
+    "requests_queued",
+    "requests_wait_ms",
+    "requests_errors",
+    "usage_ms",
+    "returns_bad",
+    "connections_num",
+    "connections_ms",
+    "connections_errors",
+    "connections_lost",
+}
+
+
+@matrix()
+async def test_stats_keys(m: Matrix) -> None:
+    pool = await m.pool(min_size=2, max_size=3)
+    await pool.wait(SOON)
+    stats = pool.get_stats()
+    assert set(stats) >= GAUGES
+    assert set(stats) <= GAUGES | COUNTERS
+    assert stats["pool_min"] == 2
+    assert stats["pool_max"] == 3
+    assert stats["pool_size"] == 2
+    assert stats["pool_available"] == 2
+    assert stats["requests_waiting"] == 0
+    assert stats["connections_num"] == 2
+    assert all(isinstance(v, int) for v in stats.values())
+
+
+@matrix()
+async def test_pop_stats_resets_counters(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1)
+    await pool.wait(SOON)
+    for _ in range(3):
+        async with pool.connection():
+            pass
+    popped = pool.pop_stats()
+    assert popped["requests_num"] == 3
+    assert popped["connections_num"] == 1
+    assert set(popped) >= GAUGES
+    after = pool.get_stats()
+    assert {k: after.get(k, 0) for k in COUNTERS} == dict.fromkeys(COUNTERS, 0)
+    assert after["pool_size"] == 1  # gauges are not reset
+    async with pool.connection():
+        pass
+    assert pool.get_stats()["requests_num"] == 1
+
+
+@matrix()
+async def test_stats_count_a_timeout_as_a_failed_request(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1, timeout=0.1)
+    await pool.wait(SOON)
+    held = await pool.getconn()
+    with pytest.raises(psycopg.OperationalError):
+        await pool.getconn()
+    await pool.putconn(held)
+    stats = pool.get_stats()
+    assert stats["requests_errors"] == 1
+    assert stats["requests_num"] == 2
+    assert stats["requests_queued"] == 1
+    assert stats["requests_wait_ms"] >= 50
+
+
+@matrix()
+async def test_stats_count_too_many_requests_as_errors(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1, max_waiting=1, timeout=SOON)
+    held = await pool.getconn()
+    waiter = m.spawn(_getconn, pool)
+    assert await wait_until(lambda: pool.get_stats()["requests_waiting"] == 1)
+    with pytest.raises(psycopg.OperationalError):
+        await pool.getconn()
+    await pool.putconn(held)
+    await pool.putconn(await asyncio.wait_for(waiter, SOON))
+    stats = pool.get_stats()
+    assert stats.get("requests_errors", 0) == 1
+    assert stats["requests_num"] == 3
+
+
+# ================================================================== opening
+
+
+def _open_warning(m: Matrix) -> tuple[type[Warning], str]:
+    """What psycopg_pool warns when a pool is opened implicitly."""
+    if m.is_async:
+        return RuntimeWarning, "await pool.open()"
+    return DeprecationWarning, "'open' parameter"
+
+
+@matrix()
+async def test_open_unspecified_opens_and_warns_at_the_first_getconn(m: Matrix) -> None:
+    category, says = _open_warning(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pool = m.new(min_size=1, open=None)  # opened, warned at first use
+    assert not pool.closed
+    with pytest.warns(category, match=re.escape(says)):
+        conn = await pool.getconn(timeout=SOON)
+    await pool.putconn(conn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        await pool.putconn(await pool.getconn(timeout=SOON))
+
+
+@matrix()
+async def test_open_unspecified_as_a_context_manager_does_not_warn(m: Matrix) -> None:
+    pool = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pool = m.new(min_size=1, open=None)
+        async with pool.as_context():
+            async with pool.connection(timeout=SOON) as conn:
+                assert await conn.one("SELECT 1") == 1
+            await pool.putconn(await pool.getconn(timeout=SOON))
+    assert pool.closed
+
+
+@matrix(flavours=("async",))
+async def test_async_open_in_the_constructor_warns_there(m: Matrix) -> None:
+    with pytest.warns(RuntimeWarning, match=re.escape("await pool.open()")):
+        pool = m.new(min_size=1, open=True)
+    assert not pool.closed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, in the constructor
+        async with pool.connection(timeout=SOON) as conn:
+            assert await conn.one("SELECT 1") == 1
+
+
+@matrix()
+async def test_open_false_then_open(m: Matrix) -> None:
+    pool = m.new(min_size=2)
+    with pytest.raises(m.mod.PoolClosed, match="not open yet"):
+        await pool.getconn()
+    with pytest.raises(m.mod.PoolClosed, match="not open yet"):
+        async with pool.connection():
+            pass  # pragma: no cover
+    await pool.open()
+    assert not pool.closed
+    await pool.wait(SOON)
+    assert available(pool) == 2
+    async with pool.connection() as conn:
+        assert await conn.one("SELECT 1") == 1
+    await pool.open()  # again: a no-op on an open pool
+    assert not pool.closed
+
+
+@matrix()
+async def test_close_before_open_then_open(m: Matrix) -> None:
+    pool = m.new(min_size=1)
+    await pool.close()
+    await pool.open()
+    await pool.putconn(await pool.getconn(timeout=SOON))

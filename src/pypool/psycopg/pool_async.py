@@ -152,6 +152,15 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         except errors.PoolClosed:  # closed meanwhile
             raise PoolClosed(f"the pool {self.name!r} is already closed") from None
 
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool and make it unavailable to new clients: waiting and
+        future tasks get PoolClosed; borrowed connections are closed when
+        returned. A pool never opened is left as it is (it may be opened
+        later), as psycopg_pool's."""
+        if not self._opened:
+            return
+        await _AsyncPoolMethods.close(self, timeout)
+
     async def __aenter__(self) -> Any:
         self.__dict__.pop("getconn", None)
         await self.open()
