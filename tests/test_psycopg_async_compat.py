@@ -7,8 +7,9 @@ Every compatibility test runs on three implementations (the ``impl`` fixture):
 pypool deliberately differs (``docs/psycopg-migration.md``) the scenario is
 arranged so that the difference does not show.
 
-The state-hygiene scenarios at the end run on pypool only, through the async
-pool with a ``reset`` that runs ``DISCARD ALL``.
+Only the ``check`` callback's scenarios are left here (their semantics are
+being reworked); every other scenario runs once, on the sync and the async
+pools alike, in ``test_psycopg_matrix.py``.
 
 No asyncio plugin is needed: every test is a plain function that runs its
 scenario with ``asyncio.run()``; the pools made by a scenario are closed on
@@ -23,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import socket
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -45,8 +44,6 @@ pytestmark = pytest.mark.db
 SOON = 10.0
 
 IDLE = psycopg.pq.TransactionStatus.IDLE
-INTRANS = psycopg.pq.TransactionStatus.INTRANS
-INERROR = psycopg.pq.TransactionStatus.INERROR
 
 
 # ------------------------------------------------------------------ implementations
@@ -100,17 +97,6 @@ def _pypool_impl(param: str) -> Impl:
 def impl(request: pytest.FixtureRequest) -> Impl:
     if request.param == "psycopg_pool":
         return Impl("psycopg_pool", None)
-    return _pypool_impl(request.param)
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("native", id="native", marks=pytest.mark.native),
-        pytest.param("python", id="python"),
-    ]
-)
-def pypool_impl(request: pytest.FixtureRequest) -> Impl:
-    """pypool only, on each core."""
     return _pypool_impl(request.param)
 
 
@@ -183,11 +169,6 @@ def run(impl: Impl, dsn: str) -> Callable[[Scenario], Any]:
     return _runner(impl, dsn)
 
 
-@pytest.fixture
-def run_pypool(pypool_impl: Impl, dsn: str) -> Callable[[Scenario], Any]:
-    return _runner(pypool_impl, dsn)
-
-
 # ------------------------------------------------------------------ helpers
 
 
@@ -198,17 +179,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = SOON) -> bo
             return True
         await asyncio.sleep(0.01)
     return predicate()
-
-
-def closed_port() -> int:
-    """A local TCP port nothing listens on (connecting is refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def unreachable_conninfo() -> str:
-    return f"host=127.0.0.1 port={closed_port()} user=postgres dbname=test connect_timeout=2"
 
 
 async def terminate(dsn: str, pid: int) -> None:
@@ -224,48 +194,13 @@ async def terminate(dsn: str, pid: int) -> None:
         raise AssertionError(f"backend {pid} still there")
 
 
-def available(pool: Any) -> int:
-    return int(pool.get_stats()["pool_available"])
-
-
 async def one(conn: Any, sql: str, params: Any = None) -> Any:
     cur = await conn.execute(sql, params)
     row = await cur.fetchone()
     return row[0]
 
 
-@pytest.fixture
-def table(dsn: str) -> Iterator[str]:
-    """A fresh table ``(id int)``, dropped afterwards."""
-    name = f"acompat_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {name} (id int)")
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-async def rows(dsn: str, table: str) -> list[int]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(f"SELECT id FROM {table} ORDER BY id")
-        return [r[0] for r in await cur.fetchall()]
-
-
-# ================================================================== construction
-
-
-
-# ================================================================== open / close
-
-
-
-# ================================================================== borrowing
-
-
-
-
 # ================================================================== callbacks
-
 
 
 @pytest.mark.parametrize("kind", ["async", "sync"])
@@ -345,59 +280,3 @@ def test_check_connection_static(impl: Impl, dsn: str) -> None:
                 await check_connection(conn)
 
     asyncio.run(scenario())
-
-
-
-# ================================================================== maintenance
-
-
-
-# ================================================================== stats
-
-GAUGES = {"pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting"}
-COUNTERS = {
-    "requests_num",
-    "requests_queued",
-    "requests_wait_ms",
-    "requests_errors",
-    "usage_ms",
-    "returns_bad",
-    "connections_num",
-    "connections_ms",
-    "connections_errors",
-    "connections_lost",
-}
-
-
-
-# ================================================================== errors
-
-
-
-
-# ================================================================== null pool
-
-
-
-
-class _NoConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
-    """A connection class whose connect() gives nothing back."""
-
-    @classmethod
-    async def connect(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        return None
-
-
-def test_pypool_factory_returning_none_is_a_failed_connect(run_pypool: Any) -> None:
-    async def scenario(make: Pools) -> None:
-        pool = await make(connection_class=_NoConnection, min_size=0, max_size=1, timeout=0.5)
-        with pytest.raises(pypool.psycopg.PoolTimeout) as info:
-            await pool.getconn()
-        cause = info.value.__cause__
-        assert isinstance(cause, pypool.ConnectionFailed), repr(cause)
-        assert "returned None" in str(cause)
-        assert pool.get_stats()["connections_errors"] >= 1
-        assert await wait_until(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
-        assert all(not t.done() for t in pool._tasks)
-
-    run_pypool(scenario)

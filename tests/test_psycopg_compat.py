@@ -9,6 +9,11 @@ connects on worker threads) the scenario is arranged so that the difference
 does not show, and pypool's own behaviour is asserted in the tests of the
 "Deliberate differences" section at the end, which run on pypool only.
 
+Only the ``check`` callback's scenarios and the garbage collection of a
+dropped pool are left here (both are being reworked); every other scenario
+runs once, on the sync and the async pools alike, in
+``test_psycopg_matrix.py``.
+
 Needs PostgreSQL (``dsn`` fixture): skipped with the reason when it cannot be
 reached, unless ``PYPOOL_REQUIRE_DB=1``.
 """
@@ -18,10 +23,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
-import socket
-import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,17 +163,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = SOON) -> bool:
     return predicate()
 
 
-def closed_port() -> int:
-    """A local TCP port nothing listens on (connecting is refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def unreachable_conninfo() -> str:
-    return f"host=127.0.0.1 port={closed_port()} user=postgres dbname=test connect_timeout=2"
-
-
 def terminate(dsn: str, pid: int) -> None:
     """Ends a backend and waits until it is gone."""
     with psycopg.connect(dsn, autocommit=True) as admin:
@@ -185,32 +176,7 @@ def terminate(dsn: str, pid: int) -> None:
         )
 
 
-def available(pool: Any) -> int:
-    return int(pool.get_stats()["pool_available"])
-
-
-@pytest.fixture
-def table(dsn: str) -> Iterator[str]:
-    """A fresh table ``(id int)``, dropped afterwards."""
-    name = f"compat_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {name} (id int)")
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-def rows(dsn: str, table: str) -> list[int]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return [r[0] for r in conn.execute(f"SELECT id FROM {table} ORDER BY id")]
-
-
-# ================================================================== construction
-
-
-
 # ================================================================== open / close
-
 
 
 def test_a_dropped_pool_is_garbage_collected(
@@ -232,13 +198,7 @@ def test_a_dropped_pool_is_garbage_collected(
             del leaked
 
 
-# ================================================================== borrowing
-
-
-
-
 # ================================================================== callbacks
-
 
 
 def test_check_callback_used(make: Pools) -> None:
@@ -300,86 +260,8 @@ def test_check_connection_static(impl: Impl, dsn: str) -> None:
             check_connection(conn)
 
 
-
-# ================================================================== maintenance
-
-
-
-# ================================================================== stats
-
-GAUGES = {"pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting"}
-COUNTERS = {
-    "requests_num",
-    "requests_queued",
-    "requests_wait_ms",
-    "requests_errors",
-    "usage_ms",
-    "returns_bad",
-    "connections_num",
-    "connections_ms",
-    "connections_errors",
-    "connections_lost",
-}
-
-
-
-# ================================================================== errors
-
-
-def start_waiter(pool: Any, timeout: float = SOON) -> tuple[threading.Thread, list[Any]]:
-    got: list[Any] = []
-
-    def wait() -> None:
-        try:
-            got.append(pool.getconn(timeout=timeout))
-        except Exception as exc:
-            got.append(exc)
-
-    thread = threading.Thread(target=wait, daemon=True)
-    thread.start()
-    return thread, got
-
-
-
-# ================================================================== null pool
-
-
-
-
 # ================================================================== deliberate differences
 # pypool only: what docs/psycopg-migration.md says pypool does differently.
-
-
-def test_pypool_reuses_the_most_recently_returned_connection(make_pypool: Pools) -> None:
-    pool = make_pypool(min_size=3)
-    pool.wait(SOON)
-    pids = []
-    for _ in range(4):
-        with pool.connection() as conn:
-            pids.append(conn.info.backend_pid)
-    assert len(set(pids)) == 1
-
-
-def test_pypool_lifo_false_is_round_robin(make_pypool: Pools) -> None:
-    pool = make_pypool(min_size=3, lifo=False)
-    pool.wait(SOON)
-    pids = []
-    for _ in range(6):
-        with pool.connection() as conn:
-            pids.append(conn.info.backend_pid)
-    assert len(set(pids)) == 3
-    assert pids[:3] == pids[3:]
-
-
-def test_psycopg_pool_is_round_robin(dsn: str) -> None:
-    """The behaviour ``lifo=False`` gives back."""
-    with psycopg_pool.ConnectionPool(dsn, min_size=3) as pool:
-        pool.wait(SOON)
-        pids = []
-        for _ in range(6):
-            with pool.connection() as conn:
-                pids.append(conn.info.backend_pid)
-    assert len(set(pids)) == 3
 
 
 def test_pypool_check_runs_only_after_check_after(make_pypool: Pools) -> None:
@@ -458,111 +340,3 @@ def test_pypool_check_false_never_checks(make_pypool: Pools, dsn: str) -> None:
     time.sleep(1.2)
     with pytest.raises(psycopg.OperationalError), pool.connection() as conn:
         conn.execute("SELECT 1")
-
-
-def test_pypool_enforces_lifetime_at_hand_out(make_pypool: Pools) -> None:
-    pool = make_pypool(min_size=1, max_size=1, max_lifetime=0.5)
-    conn = pool.getconn()
-    pid = conn.info.backend_pid
-    pool.putconn(conn)
-    time.sleep(0.7)
-    with pool.connection(timeout=SOON) as conn:
-        assert conn.info.backend_pid != pid
-
-
-def test_pypool_extra_keywords(make_pypool: Pools) -> None:
-    pool = make_pypool(
-        min_size=1,
-        max_size=1,
-        check_after=5.0,
-        leak_timeout=30.0,
-        keepalive=60.0,
-        lifo=False,
-        max_uses=2,
-    )
-    pids = []
-    for _ in range(4):
-        with pool.connection(timeout=SOON) as conn:
-            pids.append(conn.info.backend_pid)
-    assert pids[0] == pids[1] != pids[2] == pids[3]  # max_uses=2
-
-
-def test_pypool_unknown_keyword_is_a_type_error(pypool_impl: Impl, dsn: str) -> None:
-    with pytest.raises(TypeError):
-        pypool_impl.pool(dsn, open=False, no_such_option=1)
-
-
-def test_pypool_resize_shrinks_at_once(make_pypool: Pools) -> None:
-    pool = make_pypool(min_size=2, max_size=2)
-    pool.wait(SOON)
-    pool.resize(1)
-    assert pool.get_stats()["pool_size"] == 1
-
-
-def test_pypool_null_pool_connects_on_a_worker_thread(make_pypool: Pools) -> None:
-    threads: list[threading.Thread] = []
-    pool = make_pypool.null(configure=lambda conn: threads.append(threading.current_thread()))
-    with pool.connection():
-        pass
-    assert threads and threads[0] is not threading.current_thread()
-
-
-def test_pypool_usage_ms_counts_getconn_putconn(make_pypool: Pools) -> None:
-    pool = make_pypool(min_size=1, max_size=1)
-    conn = pool.getconn()
-    time.sleep(0.1)
-    pool.putconn(conn)
-    assert pool.get_stats()["usage_ms"] >= 90
-
-
-def test_pypool_reset_runs_in_putconn(make_pypool: Pools) -> None:
-    """psycopg_pool runs ``reset`` on a worker; pypool in ``putconn`` itself."""
-    threads: list[threading.Thread] = []
-    pool = make_pypool(
-        min_size=1, max_size=1, reset=lambda c: threads.append(threading.current_thread())
-    )
-    pool.putconn(pool.getconn())
-    assert threads == [threading.current_thread()]
-
-
-class _NoConnection(psycopg.Connection):  # type: ignore[type-arg]
-    """A connection class whose connect() gives nothing back."""
-
-    @classmethod
-    def connect(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        return None
-
-
-def test_pypool_factory_returning_none_is_a_failed_connect(make_pypool: Pools) -> None:
-    """A ``connection_class.connect()`` that returns None fails the connect:
-    counted, retried, and the caller's PoolTimeout says what happened."""
-    pool = make_pypool(connection_class=_NoConnection, min_size=0, max_size=1, timeout=0.5)
-    with pytest.raises(pypool.psycopg.PoolTimeout) as info:
-        pool.getconn()
-    cause = info.value.__cause__
-    assert isinstance(cause, pypool.ConnectionFailed), repr(cause)
-    assert "returned None" in str(cause)
-    assert pool.get_stats()["connections_errors"] >= 1
-    assert wait_until(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
-
-
-# ------------------------------------------------------------------ warnings helpers
-
-
-class warnings_recorded:
-    """Records every warning raised inside the block."""
-
-    def __enter__(self) -> list[Any]:
-        import warnings
-
-        self._cm = warnings.catch_warnings(record=True)
-        self.records = self._cm.__enter__()
-        warnings.simplefilter("always")
-        return self.records
-
-    def __exit__(self, *exc: object) -> None:
-        self._cm.__exit__(*exc)
-
-
-def deprecations(records: list[Any]) -> list[Any]:
-    return [r for r in records if issubclass(r.category, DeprecationWarning)]

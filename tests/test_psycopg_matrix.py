@@ -1318,3 +1318,151 @@ async def test_close_before_open_then_open(m: Matrix) -> None:
     await pool.close()
     await pool.open()
     await pool.putconn(await pool.getconn(timeout=SOON))
+
+
+# ================================================================== deliberate differences
+# What docs/psycopg-migration.md says pypool does differently, on pypool's
+# pools, sync and async (psycopg_pool's side where it shows the difference).
+
+
+@matrix(impls=PYPOOL)
+async def test_pypool_reuses_the_most_recently_returned_connection(m: Matrix) -> None:
+    pool = await m.pool(min_size=3)
+    await pool.wait(SOON)
+    pids = []
+    for _ in range(4):
+        async with pool.connection() as conn:
+            pids.append(conn.pid)
+    assert len(set(pids)) == 1
+
+
+@matrix()
+async def test_lifo_false_and_psycopg_pool_are_round_robin(m: Matrix) -> None:
+    pool = await m.pool(min_size=3, **({"lifo": False} if m.is_pypool else {}))
+    await pool.wait(SOON)
+    pids = []
+    for _ in range(6):
+        async with pool.connection() as conn:
+            pids.append(conn.pid)
+    assert len(set(pids)) == 3
+    if m.is_pypool:
+        assert pids[:3] == pids[3:]
+
+
+@matrix(impls=PYPOOL)
+async def test_pypool_enforces_lifetime_at_hand_out(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1, max_lifetime=0.5)
+    conn = await pool.getconn()
+    pid = conn.pid
+    await pool.putconn(conn)
+    await m.sleep(0.7)
+    async with pool.connection(timeout=SOON) as conn:
+        assert conn.pid != pid
+
+
+@matrix(impls=PYPOOL)
+async def test_pypool_extra_keywords(m: Matrix) -> None:
+    pool = await m.pool(
+        min_size=1,
+        max_size=1,
+        check_after=5.0,
+        leak_timeout=30.0,
+        keepalive=60.0,
+        lifo=False,
+        max_uses=2,
+    )
+    pids = []
+    for _ in range(4):
+        async with pool.connection(timeout=SOON) as conn:
+            pids.append(conn.pid)
+    assert pids[0] == pids[1] != pids[2] == pids[3]  # max_uses=2
+
+
+@matrix(kinds=KINDS)
+async def test_unknown_keyword_is_a_type_error(m: Matrix) -> None:
+    with pytest.raises(TypeError):
+        m.new(no_such_option=1)
+
+
+@matrix(impls=PYPOOL)
+async def test_pypool_resize_shrinks_at_once(m: Matrix) -> None:
+    pool = await m.pool(min_size=2, max_size=2)
+    await pool.wait(SOON)
+    await pool.resize(1)
+    assert pool.get_stats()["pool_size"] == 1
+
+
+@matrix(impls=PYPOOL, kinds=NULL)
+async def test_pypool_null_pool_connects_on_a_worker(m: Matrix) -> None:
+    where: list[Any] = []
+
+    def here() -> Any:
+        return asyncio.current_task() if m.is_async else threading.current_thread()
+
+    async def configure(conn: Conn) -> None:
+        where.append(here())
+
+    pool = await m.pool(configure=m.callback(configure))
+    async with pool.connection(timeout=SOON):
+        pass
+    assert where and where[0] is not here()
+
+
+@matrix(impls=PYPOOL)
+async def test_pypool_usage_ms_counts_getconn_putconn(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1)
+    conn = await pool.getconn(SOON)
+    await m.sleep(0.1)
+    await pool.putconn(conn)
+    assert pool.get_stats()["usage_ms"] >= 90
+
+
+@matrix(impls=PYPOOL)
+async def test_pypool_reset_runs_in_putconn(m: Matrix) -> None:
+    """psycopg_pool runs ``reset`` on a worker; pypool in ``putconn`` itself."""
+    where: list[Any] = []
+
+    def here() -> Any:
+        return asyncio.current_task() if m.is_async else threading.current_thread()
+
+    async def reset(conn: Conn) -> None:
+        where.append(here())
+
+    pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
+    await pool.putconn(await pool.getconn(SOON))
+    assert where == [here()]
+
+
+class _NoConnection(psycopg.Connection):  # type: ignore[type-arg]
+    """A connection class whose connect() gives nothing back."""
+
+    @classmethod
+    def connect(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return None
+
+
+class _NoAsyncConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+    @classmethod
+    async def connect(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return None
+
+
+@matrix(impls=PYPOOL, kinds=KINDS)
+async def test_pypool_factory_returning_none_is_a_failed_connect(m: Matrix) -> None:
+    """A ``connection_class.connect()`` that returns None fails the connect:
+    counted, retried, and the caller's PoolTimeout says what happened."""
+    pool = await m.pool(
+        connection_class=_NoAsyncConnection if m.is_async else _NoConnection,
+        max_size=1,
+        timeout=0.5,
+        **({} if m.is_null else {"min_size": 0}),
+    )
+    with pytest.raises(pypool.psycopg.PoolTimeout) as info:
+        await pool.getconn()
+    cause = info.value.__cause__
+    assert isinstance(cause, pypool.ConnectionFailed), repr(cause)
+    assert "returned None" in str(cause)
+    assert pool.get_stats()["connections_errors"] >= 1
+    assert await wait_until(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
+    if m.is_async:
+        assert all(not t.done() for t in pool._tasks)  # the workers live on
