@@ -249,6 +249,9 @@ class Policy:
         self.connect_time = 0.0
         self.outage_since: float | None = None  # first failed connect of an outage
         self.outage_reported = False
+        self.outage_failures = 0  # failed connects of the outage under way
+        self.outage_logged_at = 0.0  # when one was last logged, and the pace:
+        self.outage_log_every = 0.0  # doubling from 1 s to the backoff's 5 s
         self.rejected = 0  # hand-outs dropped before they were served (failed check, expired)
 
     # -------------------------------------------------------------- connect
@@ -284,6 +287,8 @@ class Policy:
             self.last_error = None
             self.outage_since = None
             self.outage_reported = False
+            self.outage_failures = 0
+        self.logger.debug("pool %r: connection made in %.3f s", self.settings.name, seconds)
 
     def not_connected(self, seconds: float) -> None:
         """Takes back a :meth:`connected` whose connection the core then
@@ -318,7 +323,29 @@ class Policy:
             )
             if give_up:
                 self.outage_reported = True
-        self.logger.warning("pool %r: connection failed: %s", self.settings.name, _one_line(exc))
+            # Logged once when the outage starts, then with a count at a
+            # pace that slows as the retries do (not every few ms).
+            self.outage_failures += 1
+            failures = self.outage_failures
+            log = failures == 1 or now - self.outage_logged_at >= self.outage_log_every
+            if log:
+                self.outage_logged_at = now
+                self.outage_log_every = (
+                    1.0 if failures == 1 else min(self.outage_log_every * 2, 5.0)
+                )
+            since = now - self.outage_since
+        if log and failures == 1:
+            self.logger.warning(
+                "pool %r: connection failed: %s", self.settings.name, _one_line(exc)
+            )
+        elif log:
+            self.logger.warning(
+                "pool %r: connection failed, reconnection attempt %d in %.1f s: %s",
+                self.settings.name,
+                failures,
+                since,
+                _one_line(exc),
+            )
         return give_up
 
     @staticmethod
@@ -343,7 +370,7 @@ class Policy:
                 _one_line(exc),
             )
         else:
-            self.logger.debug("pool %r: connection retired (%s)", self.settings.name, reason)
+            self.logger.debug("pool %r: connection closed (%s)", self.settings.name, reason)
 
     # ------------------------------------------------------------- timeouts
 

@@ -351,9 +351,15 @@ class _PoolShared:
         if self._policy.connect_failed(exc):
             self._reconnect_failed()
 
+    #: The level of the record saying connects failed for reconnect_timeout
+    #: (the psycopg pools: WARNING, as psycopg_pool).
+    _reconnect_failed_level = logging.ERROR
+
     def _reconnect_failed(self) -> None:
-        self._log.error(
-            "pool %r: could not connect for %.1f s (reconnect_timeout); still trying",
+        self._log.log(
+            self._reconnect_failed_level,
+            "reconnection attempt in pool %r failed after %.1f sec (reconnect_timeout); "
+            "still trying",
             self.name,
             self._settings.reconnect_timeout,
         )

@@ -1,0 +1,65 @@
+"""``AsyncNullConnectionPool``: psycopg_pool's asyncio null pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..aio import _AsyncPoolMethods
+from .base import _NullShared, null_signature
+from .errors import PoolTimeout
+from .pool_async import AsyncConnectionPool, _AsyncPsycopgMethods
+
+__all__ = ["AsyncNullConnectionPool"]
+
+
+class _AsyncNullMethods(_NullShared, _AsyncPsycopgMethods):
+    """What makes an AsyncConnectionPool a null pool."""
+
+    def __init__(
+        self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
+    ) -> None:
+        max_size = self._null_arguments(min_size, max_size, kwargs)
+        super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)
+
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
+        """Change max_size during runtime; min_size must remain 0."""
+        max_size = self._null_resize(min_size, max_size)
+        if not self._resize_not_running(0, max_size):
+            _AsyncPoolMethods.resize(self, 0, max_size)
+
+    async def putconn(self, conn: Any) -> None:
+        """Return a connection: closed, unless a task waits for one."""
+        core = self._core
+        if core.waiting and not core.closed:
+            await self.release(conn)
+        else:
+            await self.discard(conn)
+
+    async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
+        """Checks that a connection can be made: one is made and closed (a
+        null pool keeps none); if not within ``timeout`` seconds, closes the
+        pool and raises PoolTimeout."""
+        refused = self._not_usable()
+        if refused is not None:
+            raise refused
+        try:
+            conn = await self.getconn(timeout)
+        except PoolTimeout as exc:
+            await self.close()
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+        await self.putconn(conn)
+
+
+# What inspect.signature() shows: the arguments **kwargs takes on.
+_AsyncNullMethods.__init__.__signature__ = null_signature(_AsyncPsycopgMethods.__init__)  # type: ignore[attr-defined]
+
+
+class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool):  # type: ignore[misc]
+    """psycopg_pool's ``AsyncNullConnectionPool``: no connection is kept;
+    each is made on demand and closed when returned (or handed straight to a
+    task waiting for one)."""
+
+    __module__ = "pypool.psycopg"
+    _mixins: tuple[type, ...] = (_AsyncNullMethods,)

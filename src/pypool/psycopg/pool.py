@@ -1,0 +1,297 @@
+"""``ConnectionPool``: psycopg_pool's sync pool, on pypool's ``Pool``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from .. import _core, errors
+from .._policy import check_transaction_pooling
+from ..pool import Pool, _PoolMethods
+from .base import (
+    _IDLE,
+    PYPOOL_DEFAULTS,
+    PsycopgAdapter,
+    _check_sizes,
+    _Connect,
+    _Lease,
+    _psycopg_error,
+    _PsycopgStats,
+    called_by_pypool,
+    check_connection,
+    logger,
+    user_stacklevel,
+)
+from .errors import PoolClosed, PoolTimeout
+
+__all__ = ["ConnectionPool"]
+
+
+class _PsycopgMethods(_PsycopgStats, _PoolMethods):
+    """psycopg_pool's interface over pypool's Pool."""
+
+    _null = False
+    _core: Any
+    _settings: Any
+    _policy: Any
+
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str] = "",
+        *,
+        connection_class: type = psycopg.Connection,
+        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: Callable[[Any], object] | None = None,
+        check: Callable[[Any], object] | None = None,
+        reset: Callable[[Any], object] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: Callable[[Any], object] | None = None,
+        num_workers: int = 3,
+        transaction_pooling: bool = PYPOOL_DEFAULTS["transaction_pooling"],
+        **options: Any,
+    ) -> None:
+        check_transaction_pooling(transaction_pooling, reset)
+        max_size = self._remember(
+            conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
+            reconnect_timeout, num_workers, max_lifetime, max_idle,
+        )  # fmt: skip
+        factory = _Connect(conninfo, connection_class, kwargs, transaction_pooling)
+        super().__init__(
+            factory,
+            adapter=PsycopgAdapter(reset),
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            check=check,
+            configure=self._configure_new,
+            num_workers=num_workers,
+            name=name,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            transaction_pooling=transaction_pooling,
+            _defer_open=True,
+            **options,
+        )
+        factory.pool = self
+        self._opened = False
+        self._stats_base: dict[str, int] = {}
+        if open is None:
+            # As psycopg_pool: open now, but warn at the first use unless
+            # the pool is used as a context manager.
+            self.getconn = self._getconn_warn
+            self._open_pool()
+        elif open:
+            self._open_pool()
+        else:
+            self.getconn = self._getconn_not_open
+
+    # -------------------------------------------------------------- lifecycle
+
+    def _open_pool(self) -> None:
+        self._opened = True
+        _PoolMethods.open(self)
+
+    def open(  # type: ignore[override]
+        self, wait: bool = False, timeout: float = 30.0
+    ) -> None:
+        """Opens the pool: starts connecting (``min_size`` connections) and
+        accepting clients. With ``wait``, waits for ``min_size`` connections
+        as :meth:`wait` does. A closed pool cannot be opened again."""
+        if self._core.closed:
+            raise PoolClosed("pool has already been opened/closed and cannot be reused")
+        if not called_by_pypool():  # the user's open(): no warning to come
+            self.__dict__.pop("getconn", None)
+        if not self._opened:
+            self._open_pool()
+        if wait:
+            self.wait(timeout)
+
+    def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
+        """Waits for ``min_size`` connections; if they are not ready within
+        ``timeout`` seconds, closes the pool and raises PoolTimeout."""
+        refused = self._not_usable()
+        if refused is not None:
+            raise refused
+        if "getconn" in self.__dict__ and self.__dict__["getconn"] == self._getconn_warn:
+            self.__dict__.pop("getconn")
+            self._warn_implicit_open()
+        try:
+            _PoolMethods.wait(self, timeout)
+        except errors.PoolTimeout as exc:
+            self.close()
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+        except errors.PoolClosed:  # closed meanwhile
+            raise PoolClosed(f"the pool {self.name!r} is already closed") from None
+
+    def __enter__(self) -> Any:
+        self.__dict__.pop("getconn", None)
+        self.open()
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool and make it unavailable to new clients: waiting and
+        future clients get PoolClosed; borrowed connections are closed when
+        returned. A pool never opened is left as it is."""
+        if not self._opened:
+            return
+        _PoolMethods.close(self, timeout)
+
+    def _getconn_warn(self, timeout: float | None = None) -> Any:
+        self.__dict__.pop("getconn", None)
+        self._warn_implicit_open()
+        return self.getconn(timeout)
+
+    def _warn_implicit_open(self) -> None:
+        warnings.warn(
+            f"the default for the {type(self).__name__} 'open' parameter will become "
+            "'False' in a future release. Please use open={True|False} explicitly, or "
+            f"use the pool as context manager using: `with {type(self).__name__}(...) "
+            "as pool: ...`",
+            DeprecationWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+    def _getconn_not_open(self, timeout: float | None = None) -> Any:
+        raise PoolClosed(f"the pool {self.name!r} is not open yet")
+
+    # -------------------------------------------------------------- borrowing
+
+    def connection(self, timeout: float | None = None) -> Any:
+        """Context manager to obtain a connection from the pool.
+
+        Return the connection immediately if available, otherwise wait up to
+        *timeout* or `self.timeout` seconds and throw `PoolTimeout` if a
+        connection is not available in time.
+
+        Upon context exit, return the connection to the pool. Apply the normal
+        connection context behaviour (commit/rollback the transaction in case
+        of success/error). If the connection is no more in working state,
+        replace it with a new one.
+        """
+        if "getconn" in self.__dict__:  # not opened explicitly: as getconn() does
+            return _Lease(self, timeout)
+        # The core's lease: the connection is in its keeping from the
+        # moment the core hands it out, so a Ctrl-C cannot land between the
+        # hand-out and the block.
+        return self._lease(timeout, self._end_lease)
+
+    def _end_lease(self, conn: Any, exc_type: type[BaseException] | None) -> None:
+        """The end of psycopg's connection block (commit on success, rollback
+        on error), then the connection goes back, whatever is raised."""
+        try:
+            # psycopg's Connection.__exit__, less its no-op commit when no
+            # transaction is open (the common autocommit case).
+            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+                if exc_type is None:
+                    conn.commit()
+                else:
+                    try:
+                        conn.rollback()
+                    except Exception as exc2:
+                        logger.warning("error ignored in rollback on %s: %s", conn, exc2)
+        finally:
+            self.putconn(conn)  # type: ignore[attr-defined]  # the pool's, or the null pool's
+
+    def _failed(self, exc: Exception, timeout: float) -> BaseException:
+        return _psycopg_error(self, exc, timeout)
+
+    def _after_fork_in_child(self) -> None:
+        _PoolMethods._after_fork_in_child(self)
+        self._forget_failures()  # the parent's, and its lock maybe held at the fork
+
+    # ------------------------------------------------------------ maintenance
+
+    def _configure_new(self, conn: Any) -> None:
+        configure = self._user_configure
+        if configure is not None:
+            configure(conn)
+            status = conn.pgconn.transaction_status
+            if status != _IDLE:
+                raise psycopg.ProgrammingError(
+                    f"connection left in status {TransactionStatus(status).name} "
+                    f"by configure function {configure}: discarded"
+                )
+
+    def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change the size of the pool during runtime."""
+        min_size, max_size = _check_sizes(min_size, max_size, self._null)
+        if not self._resize_not_running(min_size, max_size):
+            _PoolMethods.resize(self, min_size, max_size)
+
+    def drain(self) -> None:
+        """Replace every connection: idle ones now, borrowed ones when they
+        are returned (nothing to do on a closed pool)."""
+        if not self._core.closed:
+            _PoolMethods.drain(self)
+
+    def check(self) -> None:
+        """Verify the state of the connections currently in the pool.
+
+        Test each connection: if it works return it to the pool, otherwise
+        dispose of it and create a new one.
+        """
+        core = self._core
+        for index in core.slots(_core.IDLE):
+            conn = core.claim(index)
+            if conn is None:
+                continue
+            try:
+                self.check_connection(conn)
+            except Exception as exc:
+                core.retire(index)
+                logger.warning("discarding broken connection: %s", conn)
+                self._close_connection(conn, "check", exc)
+            except BaseException:  # interrupted mid-check: its state unknown
+                core.retire(index)
+                self._close_connection(conn, "discarded", None)
+                raise
+            else:
+                if not core.restore(index):
+                    self._close_connection(conn, "closed", None)
+        self._wake_workers()
+
+    @staticmethod
+    def check_connection(conn: Any) -> None:
+        """
+        A simple check to verify that a connection is still working.
+
+        Return quietly if the connection is still working, otherwise raise
+        an exception.
+
+        Used internally by `check()`, but also available for client usage,
+        for instance as `!check` callback when a pool is created.
+        """
+        check_connection(conn)
+
+
+class ConnectionPool(_PsycopgMethods, Pool):
+    """psycopg_pool's ``ConnectionPool``, on pypool's core.
+
+    ``getconn()`` / ``putconn()`` are the native hot path itself; you must
+    ``putconn()`` every connection you ``getconn()`` (or use
+    ``connection()``): failing to do so will deplete the pool.
+    """
+
+    __module__ = "pypool.psycopg"
+    _mixins: tuple[type, ...] = (_PsycopgMethods, _PoolMethods)
+    _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire", "putconn": "release"}
+    getconn = _core.PoolBase.acquire
+    putconn = _core.PoolBase.release

@@ -1,0 +1,257 @@
+"""``AsyncConnectionPool``: psycopg_pool's asyncio pool, on pypool's
+``AsyncPool``."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from .. import _core, errors
+from .._policy import check_transaction_pooling
+from ..aio import AsyncPool, _AsyncPoolMethods
+from .base import (
+    _IDLE,
+    PYPOOL_DEFAULTS,
+    AsyncPsycopgAdapter,
+    _AsyncConnect,
+    _check_sizes,
+    _Lease,
+    _psycopg_error,
+    _PsycopgStats,
+    check_connection_async,
+    logger,
+    user_stacklevel,
+)
+from .errors import PoolClosed, PoolTimeout
+
+__all__ = ["AsyncConnectionPool"]
+
+
+class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
+    """Everything of AsyncConnectionPool but the core's hot path."""
+
+    _null = False
+
+    def __init__(
+        self,
+        conninfo: Any = "",
+        *,
+        connection_class: type = psycopg.AsyncConnection,
+        kwargs: Any = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        open: bool | None = None,
+        configure: Callable[[Any], Any] | None = None,
+        check: Callable[[Any], Any] | None = None,
+        reset: Callable[[Any], Any] | None = None,
+        name: str | None = None,
+        close_returns: bool = False,
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: Callable[[Any], Any] | None = None,
+        num_workers: int = 3,
+        transaction_pooling: bool = PYPOOL_DEFAULTS["transaction_pooling"],
+        **options: Any,
+    ) -> None:
+        check_transaction_pooling(transaction_pooling, reset)
+        max_size = self._remember(
+            conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
+            reconnect_timeout, num_workers, max_lifetime, max_idle,
+        )  # fmt: skip
+        factory = _AsyncConnect(conninfo, connection_class, kwargs, transaction_pooling)
+        super().__init__(
+            factory,
+            adapter=AsyncPsycopgAdapter(reset),
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            check=check,
+            configure=self._configure_new,
+            num_workers=num_workers,
+            name=name,
+            reconnect_timeout=reconnect_timeout,
+            reconnect_failed=reconnect_failed,
+            transaction_pooling=transaction_pooling,
+            **options,
+        )
+        factory.pool = self
+        self._stats_base = {}
+        self._opened = False
+        if open:
+            self._warn_open_async()
+        if open or open is None:
+            # As psycopg_pool: a pool opened (implicitly too) needs a loop.
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(f"{type(self).__name__} open with no running loop") from None
+        if open:
+            self._opened = True
+        elif open is None:
+            self.getconn = self._getconn_warn  # type: ignore[method-assign]
+            self._opened = True
+        else:
+            self.getconn = self._getconn_not_open  # type: ignore[method-assign]
+
+    getconn = _AsyncPoolMethods.acquire
+    putconn = _AsyncPoolMethods.release
+
+    def _warn_open_async(self) -> None:
+        warnings.warn(
+            f"opening the async pool {type(self).__name__} in the constructor is deprecated"
+            " and will not be supported anymore in a future release. Please use `await "
+            "pool.open()`, or use the pool as context manager using: `async with "
+            f"{type(self).__name__}(...) as pool: `...",
+            RuntimeWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+    async def _getconn_warn(self, timeout: float | None = None) -> Any:
+        self.__dict__.pop("getconn", None)
+        self._warn_open_async()
+        return await self.getconn(timeout)
+
+    async def _getconn_not_open(self, timeout: float | None = None) -> Any:
+        raise PoolClosed(f"the pool {self.name!r} is not open yet")
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:  # type: ignore[override]
+        """Opens the pool on the running loop: connects ``min_size``
+        connections and accepts clients; with ``wait``, as :meth:`wait`."""
+        if self._core.closed:
+            raise PoolClosed("pool has already been opened/closed and cannot be reused")
+        self.__dict__.pop("getconn", None)
+        self._opened = True
+        await _AsyncPoolMethods.open(self)
+        if wait:
+            await self.wait(timeout)
+
+    async def wait(self, timeout: float = 30.0) -> None:  # type: ignore[override]
+        """Waits for ``min_size`` connections; if they are not ready within
+        ``timeout`` seconds, closes the pool and raises PoolTimeout."""
+        refused = self._not_usable()
+        if refused is not None:
+            raise refused
+        try:
+            await _AsyncPoolMethods.wait(self, timeout)
+        except errors.PoolTimeout as exc:
+            await self.close()
+            raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
+                exc.__cause__
+            )
+        except errors.PoolClosed:  # closed meanwhile
+            raise PoolClosed(f"the pool {self.name!r} is already closed") from None
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool and make it unavailable to new clients: waiting and
+        future tasks get PoolClosed; borrowed connections are closed when
+        returned. A pool never opened is left as it is (it may be opened
+        later), as psycopg_pool's."""
+        if not self._opened:
+            return
+        await _AsyncPoolMethods.close(self, timeout)
+
+    async def __aenter__(self) -> Any:
+        self.__dict__.pop("getconn", None)
+        await self.open()
+        return self
+
+    def connection(self, timeout: float | None = None) -> _Lease:  # type: ignore[override]
+        """Context manager to obtain a connection from the pool: commit on
+        success, rollback on error, then back to the pool."""
+        return _Lease(self, timeout)
+
+    async def _end_lease(self, conn: Any, exc_type: type[BaseException] | None) -> None:
+        """The end of psycopg's connection block (commit on success, rollback
+        on error), then the connection goes back, whatever is raised."""
+        try:
+            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+                if exc_type is None:
+                    await conn.commit()
+                else:
+                    try:
+                        await conn.rollback()
+                    except Exception as exc2:
+                        logger.warning("error ignored in rollback on %s: %s", conn, exc2)
+        finally:
+            await self.putconn(conn)
+
+    def _failed(self, exc: Exception, timeout: float) -> BaseException:
+        return _psycopg_error(self, exc, timeout)
+
+    async def _configure_new(self, conn: Any) -> None:
+        configure = self._user_configure
+        if configure is not None:
+            result = configure(conn)
+            if hasattr(result, "__await__"):
+                await result
+            status = conn.pgconn.transaction_status
+            if status != _IDLE:
+                raise psycopg.ProgrammingError(
+                    f"connection left in status {TransactionStatus(status).name} "
+                    f"by configure function {configure}: discarded"
+                )
+
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
+        """Change the size of the pool during runtime."""
+        min_size, max_size = _check_sizes(min_size, max_size, self._null)
+        if not self._resize_not_running(min_size, max_size):
+            _AsyncPoolMethods.resize(self, min_size, max_size)
+
+    async def drain(self) -> None:
+        """Replace every connection: idle ones now, borrowed ones when they
+        are returned (nothing to do on a closed pool)."""
+        if not self._core.closed:
+            await _AsyncPoolMethods.drain(self)
+
+    async def check(self) -> None:
+        """Verify the state of the connections currently in the pool: each
+        one that works goes back, a broken one is replaced."""
+        core = self._core
+        for index in core.slots(_core.IDLE):
+            conn = core.claim(index)
+            if conn is None:
+                continue
+            try:
+                await self.check_connection(conn)
+            except Exception as exc:
+                core.retire(index)
+                logger.warning("discarding broken connection: %s", conn)
+                await self._close_connection(conn, "check", exc)
+            except BaseException:  # cancelled mid-check: its state unknown
+                core.retire(index)
+                await self._close_on_the_way_out(conn, "discarded")
+                raise
+            else:
+                if not core.restore(index):
+                    await self._close_connection(conn, "closed", None)
+        self._wake_workers()
+
+    @staticmethod
+    async def check_connection(conn: Any) -> None:
+        """A simple check to verify that a connection is still working: an
+        empty query in autocommit. Also usable as the ``check`` callback."""
+        await check_connection_async(conn)
+
+
+class AsyncConnectionPool(_AsyncPsycopgMethods, AsyncPool):  # type: ignore[misc]
+    """psycopg_pool's ``AsyncConnectionPool``, on pypool's core.
+
+    ``await getconn()`` / ``await putconn()`` are the pool's own acquire and
+    release; you must ``putconn()`` every connection you ``getconn()`` (or
+    use ``connection()``). Open it with ``await pool.open()`` or ``async
+    with``, as psycopg_pool recommends.
+    """
+
+    __module__ = "pypool.psycopg"
+    _mixins: tuple[type, ...] = (_AsyncPsycopgMethods, _AsyncPoolMethods)

@@ -1,0 +1,206 @@
+"""The public surface of pypool.psycopg's pools against psycopg_pool's.
+
+``ConnectionPool``, ``NullConnectionPool``, ``AsyncConnectionPool`` and
+``AsyncNullConnectionPool`` promise psycopg_pool's interface. These tests
+compare, for the installed psycopg_pool:
+
+- the public names of the classes and of a pool made with ``open=False``
+  (psycopg_pool sets many of its attributes, such as ``timeout`` and
+  ``name``, in ``__init__``);
+- what kind of thing each public name both classes define is (method,
+  property, static method...), and whether a method is a coroutine function;
+- ``inspect.signature`` of every public method and of ``__init__``:
+  parameter names, kinds and defaults. Annotations are not compared (each
+  project writes its own).
+
+Every difference must be listed in :data:`ALLOWED`, keyed by psycopg_pool's
+``major.minor`` version, with the reason. A psycopg_pool version with no entry
+fails the test, and so does a new name or signature in a listed one: a new
+release is reviewed (and the entry added) before pypool claims to match it.
+An entry that no longer matches a difference fails too, so the list stays
+exact. ``docs/psycopg-migration.md`` describes the same differences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+psycopg_pool = pytest.importorskip("psycopg_pool")
+
+import pypool.psycopg as pp  # noqa: E402
+
+#: Public names only pypool's pools have: pypool.Pool's interface, which
+#: they extend (docs/pool.md, docs/psycopg-migration.md).
+_POOL_INTERFACE = {
+    "acquire": "pypool.Pool's borrow (getconn is the same hot path)",
+    "add_listener": "pypool's pool events",
+    "core": "which core runs the pool (native or python)",
+    "discard": "pypool.Pool's: close a borrowed connection known to be broken",
+    "idle": "pypool.Pool's gauge",
+    "in_use": "pypool.Pool's gauge",
+    "invalidate": "pypool.Pool's: retire a connection",
+    "release": "pypool.Pool's return (putconn on the pool)",
+    "remove_listener": "pypool's pool events",
+    "run": "pypool.Pool's retry helper",
+    "size": "pypool.Pool's gauge",
+    "stats": "pypool's counters and gauges (get_stats() gives psycopg_pool's)",
+    "waiting": "pypool.Pool's gauge",
+}
+
+#: Public names of psycopg_pool 3.3's classes that pypool does not offer.
+_NOT_OFFERED_33 = {
+    "reconnect_failed": "psycopg_pool's internal hook calling the user's callback: "
+    "pypool calls reconnect_failed(pool) itself",
+    "run_task": "psycopg_pool's worker queue: pypool has no such queue",
+    "schedule_task": "psycopg_pool's scheduler: pypool's maintenance is its own",
+    "worker": "psycopg_pool's worker function",
+}
+
+#: Signatures that deliberately differ.
+_SIGNATURES_33 = {
+    "__init__": "transaction_pooling= and pypool.Pool's settings (**options) are accepted too",
+}
+_SYNC_SIGNATURES_33 = {
+    **_SIGNATURES_33,
+    "putconn": "the core's hot path: conn is positional-only (putconn(conn=...) is refused)",
+}
+
+
+def _entry(signatures: dict[str, str]) -> dict[str, dict[str, str]]:
+    return {"added": _POOL_INTERFACE, "missing": _NOT_OFFERED_33, "signature": signatures}
+
+
+#: psycopg_pool ``major.minor`` -> class name -> {"added", "missing",
+#: "signature"} -> name -> why. ``added``: public names only pypool has;
+#: ``missing``: psycopg_pool's public names pypool lacks; ``signature``:
+#: names whose kind or parameters deliberately differ.
+ALLOWED: dict[str, dict[str, dict[str, dict[str, str]]]] = {
+    "3.3": {
+        "ConnectionPool": _entry(_SYNC_SIGNATURES_33),
+        "NullConnectionPool": _entry(_SIGNATURES_33),
+        "AsyncConnectionPool": _entry(_SIGNATURES_33),
+        "AsyncNullConnectionPool": _entry(_SIGNATURES_33),
+    },
+}
+
+NAMES = ["ConnectionPool", "NullConnectionPool", "AsyncConnectionPool", "AsyncNullConnectionPool"]
+
+
+def _version() -> str:
+    major, minor = psycopg_pool.__version__.split(".")[:2]
+    return f"{major}.{minor}"
+
+
+def _allowed(name: str) -> dict[str, dict[str, str]]:
+    version = _version()
+    if version not in ALLOWED:
+        pytest.fail(
+            f"psycopg_pool {psycopg_pool.__version__} has no entry in ALLOWED: compare its "
+            f"pool classes with pypool.psycopg, handle what changed, then add an entry for "
+            f"{version}"
+        )
+    return ALLOWED[version][name]
+
+
+def _public(obj: Any) -> set[str]:
+    return {name for name in dir(obj) if not name.startswith("_")}
+
+
+def _instance(cls: type) -> Any:
+    """A pool made with ``open=False`` (no connection, no thread), in a
+    running loop for the async classes."""
+
+    async def make() -> Any:
+        return cls("", open=False)
+
+    if "Async" in cls.__name__:
+        return asyncio.run(make())
+    return cls("", open=False)
+
+
+def _kind(cls: type, name: str) -> str:
+    raw = inspect.getattr_static(cls, name)
+    if isinstance(raw, property):
+        return "property"
+    if isinstance(raw, classmethod):
+        return "classmethod"
+    if isinstance(raw, staticmethod):
+        return "coroutine staticmethod" if _is_coroutine(raw.__func__) else "staticmethod"
+    if inspect.isfunction(raw) or inspect.ismethoddescriptor(raw):
+        return "coroutine method" if _is_coroutine(raw) else "method"
+    return f"attribute ({type(raw).__name__})"
+
+
+def _is_coroutine(function: Any) -> bool:
+    return inspect.iscoroutinefunction(function)
+
+
+def _parameters(cls: type, name: str) -> list[tuple[str, str, Any]]:
+    signature = inspect.signature(getattr(cls, name))
+    return [(p.name, p.kind.name, p.default) for p in signature.parameters.values()]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_public_names(name: str) -> None:
+    ours, theirs = getattr(pp, name), getattr(psycopg_pool, name)
+    allowed = _allowed(name)
+    mine, peer = _instance(ours), _instance(theirs)
+    try:
+        a, b = _public(ours) | _public(mine), _public(theirs) | _public(peer)
+        assert b - a == set(allowed["missing"]), "names pypool lacks"
+        assert a - b == set(allowed["added"]), "names only pypool has"
+    finally:
+        if "Async" not in name:
+            mine.close()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_kinds_and_signatures(name: str) -> None:
+    ours, theirs = getattr(pp, name), getattr(psycopg_pool, name)
+    allowed = _allowed(name)
+    differ = {}
+    for attr in sorted((_public(theirs) & _public(ours)) | {"__init__"}):
+        kinds = (_kind(ours, attr), _kind(theirs, attr))
+        if kinds[0] != kinds[1]:
+            differ[attr] = kinds
+        elif "method" in kinds[0]:
+            params = (_parameters(ours, attr), _parameters(theirs, attr))
+            if params[0] != params[1]:
+                differ[attr] = params
+    assert set(differ) == set(allowed["signature"]), differ
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_init_takes_every_psycopg_pool_argument_with_its_default(name: str) -> None:
+    """The allowed ``__init__`` difference is additions only: each of
+    psycopg_pool's parameters is there, of the same kind, with the same
+    default, in the same order."""
+    ours, theirs = getattr(pp, name), getattr(psycopg_pool, name)
+    mine, peer = _parameters(ours, "__init__"), _parameters(theirs, "__init__")
+    assert mine[: len(peer)] == peer
+    assert [kind for _, kind, _ in mine[len(peer) :]] == ["KEYWORD_ONLY", "VAR_KEYWORD"]
+
+
+def test_the_test_extra_pins_the_listed_versions() -> None:
+    # The test extra installs only psycopg_pool releases that ALLOWED covers.
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    pins = [Requirement(r) for r in extras["test"] if Requirement(r).name == "psycopg-pool"]
+    assert len(pins) == 1
+    admitted = {
+        f"{major}.{minor}"
+        for major in range(2, 5)
+        for minor in range(10)
+        if pins[0].specifier.contains(Version(f"{major}.{minor}.0"))
+        or pins[0].specifier.contains(Version(f"{major}.{minor}.99"))
+    }
+    assert admitted == set(ALLOWED)
