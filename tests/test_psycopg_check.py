@@ -299,3 +299,39 @@ def test_pool_user_check_on_psycopg_is_bounded_by_its_socket(core_module: Any, d
             assert time.monotonic() - start <= 1.0 + MARGIN
         finally:
             pool.close(timeout=0.2)
+
+
+# ------------------------------------------------- discard_all on a plain Pool
+
+
+@pytest.mark.parametrize("reset_name", ["discard_all", "reset_session"])
+def test_session_reset_on_plain_pool_rolls_back_first(
+    core_module: Any, dsn: str, reset_name: str
+) -> None:
+    """``reset=pypool.psycopg.discard_all`` on a ``pypool.Pool`` whose
+    connections are not in autocommit: after a statement (a transaction
+    open) the connection is rolled back, reset and reused, not discarded."""
+    import pypool
+    import pypool.psycopg
+    from pypool.dbapi import connect_factory
+
+    pool = pypool.Pool(
+        connect_factory(psycopg.connect, dsn),
+        min_size=1, max_size=1, reset=getattr(pypool.psycopg, reset_name), _core=core_module,
+    )  # fmt: skip
+    try:
+        conn = pool.acquire()
+        assert not conn.autocommit
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        conn.execute("SET application_name = 'dirty'")
+        conn.commit()
+        conn.execute("SELECT 1")  # a transaction open again at the return
+        pool.release(conn)
+        with pool.connection() as conn:
+            assert conn.execute("SELECT pg_backend_pid()").fetchone()[0] == pid
+            assert conn.execute("SHOW application_name").fetchone()[0] != "dirty"
+        stats = pool.stats()
+        assert stats["pypool.connections.retired"] == {}, stats
+        assert stats["pypool.connections.created"] == 1, stats
+    finally:
+        pool.close()
