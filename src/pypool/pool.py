@@ -968,6 +968,7 @@ class _PoolMethods(_PoolShared):
         self._leaks = 0
         self._leases = {}  # the parent's borrowers are not this process's
         self._last_check = {}
+        self._in_check = {}  # the parent's check threads are not this process's
 
     def __repr__(self) -> str:
         core = self._core

@@ -147,6 +147,8 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         self.__dict__.pop("getconn", None)
         if not self._opened:
             self._open_pool()
+        else:  # idempotent; in a forked child, starts the child's threads
+            _PoolMethods.open(self)
         if wait:
             self.wait(timeout)
 

@@ -170,6 +170,10 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
     def _failed(self, exc: Exception, timeout: float) -> BaseException:
         return _psycopg_error(self, exc, timeout)
 
+    def _after_fork_in_child(self) -> None:
+        _AsyncPoolMethods._after_fork_in_child(self)
+        self._forget_failures()  # the parent's, and its lock maybe held at the fork
+
     async def _configure_new(self, conn: Any) -> None:
         configure = self._user_configure
         if configure is not None:
