@@ -191,7 +191,7 @@ def test_network_cut_keeps_the_callers_timeout(dsn: str) -> None:
                             await api.close(timeout=0.2)
 
                     jobs[f"{impl}/{mode}/{how}(timeout={timeout:g})"] = job
-        waited = 5.0
+        waited = 3.5
         outcomes = run_all(jobs, timeout=waited)
         rows = {}
         for label, o in outcomes.items():

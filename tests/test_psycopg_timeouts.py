@@ -100,7 +100,7 @@ def test_recovery_after_connects_accepted_and_never_answered(dsn: str) -> None:
     """Connects accepted and never answered (the proxy holds them), then the
     network returns: a pypool psycopg pool serves again within its connect
     bound (plus a few seconds); psycopg_pool's figure is reported beside."""
-    bound = CONNECT_BOUNDS["connect_timeout"] + 3.0
+    bound = CONNECT_BOUNDS["connect_timeout"] + 2.0
     outage = 0.5
     with proxies() as make_proxy:
         jobs = {}
@@ -137,7 +137,7 @@ def test_recovery_after_connects_accepted_and_never_answered(dsn: str) -> None:
                             await api.close(timeout=0.2)
 
                     jobs[f"{impl}/{mode}/{kind}"] = job
-        waited = bound + outage + 1.0
+        waited = bound + outage + 0.5
         outcomes = run_all(jobs, timeout=waited)
         rows = {}
         for label, o in outcomes.items():

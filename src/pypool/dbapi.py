@@ -804,8 +804,8 @@ class _SocketWatchdog:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def watch(self, fd: int, timeout: float) -> list[Any]:
-        entry: list[Any] = [fd, _RUNNING]
+    def watch(self, pgconn: Any, timeout: float) -> list[Any]:
+        entry: list[Any] = [pgconn, _RUNNING]
         deadline = time.monotonic() + timeout
         with self._cond:
             heap = self._heap
@@ -826,7 +826,7 @@ class _SocketWatchdog:
     def done(self, entry: list[Any]) -> bool:
         """Ends a watch; True if the deadline came first (the socket is shut)."""
         with self._cond:
-            state = entry[1]
+            state: int = entry[1]
             if state == _RUNNING:
                 entry[1] = _DONE
                 self._live -= 1
@@ -852,12 +852,13 @@ class _SocketWatchdog:
                 _shut(entry[0])  # under the lock: the watched side is still in its check
 
 
-def _shut(fd: int) -> None:
-    """Shuts down (both ways) the socket behind ``fd``, leaving ``fd`` open:
-    its owner's next read sees the end of the connection."""
+def _shut(pgconn: Any) -> None:
+    """Shuts down (both ways) the socket of a libpq connection, leaving its
+    file descriptor open: its owner's next read sees the end of the
+    connection. Nothing if the connection was closed meanwhile."""
     try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
+        sock = socket.socket(fileno=os.dup(pgconn.socket))
+    except Exception:  # closed (its descriptor may be another socket's now)
         return
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -871,11 +872,10 @@ _watchdog = _SocketWatchdog()
 
 
 def _watch_psycopg(conn: Any, timeout: float) -> Callable[[], bool] | None:
-    try:
-        fd = conn.pgconn.socket
-    except Exception:  # closed: whatever the check does fails at once
+    pgconn = getattr(conn, "pgconn", None)
+    if pgconn is None or conn.closed:  # whatever the check does fails at once
         return None
-    entry = _watchdog.watch(fd, timeout)
+    entry = _watchdog.watch(pgconn, timeout)
     return functools.partial(_watchdog.done, entry)
 
 
