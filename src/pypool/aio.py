@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import _core
 from ._policy import Policy, Settings, check_sizes, make_core
 from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
-from .pool import _module_of, _new, _PoolShared
+from .pool import _USER_CHECK_FLOOR, _module_of, _new, _PoolShared
 
 __all__ = ["AsyncPool"]
 
@@ -661,7 +661,9 @@ class _AsyncPoolMethods(_PoolShared):
             else:
                 return None
             if inspect.isawaitable(pending):
-                await _within(pending, max(timeout, 0.001))
+                # A check of the user's gets at least what it gets in Pool.
+                floor = 0.001 if check is None else _USER_CHECK_FLOOR
+                await _within(pending, max(timeout, floor))
         except Exception as exc:
             return exc
         return None
