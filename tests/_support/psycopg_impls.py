@@ -135,10 +135,17 @@ class Outcome:
     finished: bool = False
 
 
-def run_all(jobs: dict[str, Callable[[], Awaitable[Any]]], timeout: float) -> dict[str, Outcome]:
+def run_all(
+    jobs: dict[str, Callable[[], Awaitable[Any]]],
+    timeout: float,
+    required: Callable[[str], bool] = lambda label: True,
+) -> dict[str, Outcome]:
     """Runs each ``jobs[label]()`` with ``asyncio.run`` in a daemon thread of
-    its own, all at once; waits ``timeout`` seconds in all. A job still
-    running then is reported unfinished (its thread is left to end)."""
+    its own, all at once; waits ``timeout`` seconds in all, or until every
+    job whose label is ``required`` has finished (the others, reported
+    beside them, get no longer than that). A job still running then is
+    reported unfinished, with :attr:`Outcome.elapsed` the time waited (its
+    thread is left to end)."""
     outcomes = {label: Outcome(label) for label in jobs}
 
     def run(label: str, job: Callable[[], Awaitable[Any]]) -> None:
@@ -151,15 +158,24 @@ def run_all(jobs: dict[str, Callable[[], Awaitable[Any]]], timeout: float) -> di
         outcome.elapsed = time.monotonic() - start
         outcome.finished = True
 
-    threads = [
-        threading.Thread(target=run, args=item, daemon=True, name=f"job-{item[0]}")
-        for item in jobs.items()
-    ]
-    for thread in threads:
+    threads = {
+        label: threading.Thread(target=run, args=(label, job), daemon=True, name=f"job-{label}")
+        for label, job in jobs.items()
+    }
+    start = time.monotonic()
+    for thread in threads.values():
         thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
+    deadline = start + timeout
+    for label, thread in threads.items():
+        if required(label):
+            thread.join(max(0.0, deadline - time.monotonic()))
+    deadline = min(deadline, time.monotonic() + 0.1)
+    for thread in threads.values():
         thread.join(max(0.0, deadline - time.monotonic()))
+    waited = time.monotonic() - start
+    for outcome in outcomes.values():
+        if not outcome.finished:
+            outcome.elapsed = waited
     return outcomes
 
 
