@@ -816,7 +816,7 @@ class _SocketWatchdog:
             self._live += 1
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="pypool-check-watchdog", daemon=True
+                    target=self._run, name="pypool.dbapi.watchdog", daemon=True
                 )
                 self._thread.start()
             elif heap[0][2] is entry:
