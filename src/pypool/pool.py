@@ -1136,7 +1136,10 @@ def _check_in_thread(
     check left running (timed out, or the wait interrupted) is entered in
     ``in_check``, so that the pool's close of its connection waits for it."""
     lock = threading.Lock()
-    done = threading.Event()
+    ended: list[bool] = [False]
+    # Waited for through a SimpleQueue (one C call), as the pool's bells:
+    # a Ctrl-C in the wait cannot leave a lock held that run() then needs.
+    box: queue.SimpleQueue[None] = queue.SimpleQueue()
     outcome: list[BaseException | None] = [None]
     late: list[_CheckOutlived] = []
 
@@ -1146,14 +1149,15 @@ def _check_in_thread(
         except BaseException as exc:
             outcome[0] = exc
         with lock:
-            done.set()
+            ended[0] = True
             outlived = late[0] if late else None
+        box.put(None)
         if outlived is not None:
             outlived._end()
 
     def leave() -> _CheckOutlived | None:
         with lock:
-            if done.is_set():
+            if ended[0]:
                 return None
             outlived = _CheckOutlived(
                 f"check not done within {timeout:.3f} s: the connection is closed when it ends"
@@ -1164,14 +1168,14 @@ def _check_in_thread(
 
     threading.Thread(target=run, name=f"pypool-{name}-check", daemon=True).start()
     try:
-        finished = done.wait(timeout)
+        box.get(timeout=timeout)
+    except queue.Empty:
+        outlived = leave()
+        if outlived is not None:
+            raise outlived from None
     except BaseException:  # interrupted while waiting: the check goes on
         leave()
         raise
-    if not finished:
-        outlived = leave()
-        if outlived is not None:
-            raise outlived
     exc = outcome[0]
     if exc is not None:
         try:
