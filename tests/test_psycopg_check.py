@@ -334,3 +334,53 @@ def test_session_reset_on_plain_pool_rolls_back_first(
         assert stats["pypool.connections.created"] == 1, stats
     finally:
         pool.close()
+
+
+def test_pool_user_check_interrupted_wait_closes_after_the_check(core_module: Any) -> None:
+    """A Ctrl-C while the caller waits for a check running in its own
+    thread: the caller gets KeyboardInterrupt at once, the connection is
+    dropped and closed only once the check has ended."""
+    import signal
+    import threading
+
+    import pypool
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("needs the main thread")
+    release = threading.Event()
+    started = threading.Event()
+    closed: list[Any] = []
+
+    class Conn:
+        def rollback(self) -> None:
+            pass
+
+        def close(self) -> None:
+            closed.append(self)
+
+    def check(conn: Any) -> None:
+        started.set()
+        release.wait(10)
+
+    pool = pypool.Pool(Conn, min_size=1, max_size=1, check=check, check_after=0, _core=core_module)
+    try:
+        pool.wait(5)
+
+        def interrupt() -> None:  # a Ctrl-C, to the main thread, in its wait
+            if started.wait(5):
+                time.sleep(0.05)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            pool.acquire(timeout=5)
+        assert closed == []  # the check still has it
+        release.set()
+        deadline = time.monotonic() + 5
+        while not closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(closed) == 1
+        assert pool.stats()["pypool.connections.retired"].get("discarded", 0) == 1
+    finally:
+        release.set()
+        pool.close()
