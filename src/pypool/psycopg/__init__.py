@@ -30,9 +30,9 @@ cancelled), so the check fails there and the caller gets ``PoolTimeout``.
 
 Every connect gets the time bounds of :func:`pypool.dbapi.connect_factory`
 that neither the conninfo nor ``kwargs`` sets (``connect_timeout``, TCP
-keepalives, ``tcp_user_timeout``),
-so that a connect the network accepts and never answers ends. In a child made
-by ``os.fork()`` every pool starts afresh, with connections of its own.
+keepalives, ``tcp_user_timeout``), so that a connect the network accepts and
+never answers ends. In a child made by ``os.fork()`` every pool starts
+afresh, with connections of its own.
 
 State hygiene: a reset leaves no transaction, but session state (settings,
 ``SET ROLE``, temporary tables, prepared statements, ``LISTEN``, advisory
