@@ -33,6 +33,7 @@ from _support.psycopg_impls import (  # noqa: E402
     make_api,
     report,
     run_all,
+    with_core,
 )
 
 pytestmark = pytest.mark.db
@@ -252,7 +253,9 @@ def test_pool_user_check_without_driver_means_leaves_at_the_deadline(
     def check(conn: Any) -> None:
         release.wait(10)
 
-    pool = pypool.Pool(Conn, min_size=1, max_size=1, check=check, check_after=0, _core=core_module)
+    pool = with_core(
+        pypool.Pool, core_module, Conn, min_size=1, max_size=1, check=check, check_after=0
+    )
     try:
         pool.wait(5)
         start = time.monotonic()
@@ -282,10 +285,10 @@ def test_pool_user_check_on_psycopg_is_bounded_by_its_socket(core_module: Any, d
 
     with proxies() as make_proxy:
         proxy = make_proxy(dsn)
-        pool = pypool.Pool(
+        pool = with_core(
+            pypool.Pool, core_module,
             connect_factory(psycopg.connect, proxy.dsn(dsn), autocommit=True),
             min_size=1, max_size=1, check=ConnectionPool.check_connection, check_after=0,
-            _core=core_module,
         )  # fmt: skip
         try:
             pool.wait(5)
@@ -314,9 +317,9 @@ def test_session_reset_on_plain_pool_rolls_back_first(
     import pypool.psycopg
     from pypool.dbapi import connect_factory
 
-    pool = pypool.Pool(
-        connect_factory(psycopg.connect, dsn),
-        min_size=1, max_size=1, reset=getattr(pypool.psycopg, reset_name), _core=core_module,
+    pool = with_core(
+        pypool.Pool, core_module, connect_factory(psycopg.connect, dsn),
+        min_size=1, max_size=1, reset=getattr(pypool.psycopg, reset_name),
     )  # fmt: skip
     try:
         conn = pool.acquire()
@@ -362,7 +365,9 @@ def test_pool_user_check_interrupted_wait_closes_after_the_check(core_module: An
         started.set()
         release.wait(10)
 
-    pool = pypool.Pool(Conn, min_size=1, max_size=1, check=check, check_after=0, _core=core_module)
+    pool = with_core(
+        pypool.Pool, core_module, Conn, min_size=1, max_size=1, check=check, check_after=0
+    )
     try:
         pool.wait(5)
 

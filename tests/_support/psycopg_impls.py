@@ -37,12 +37,12 @@ def core_of(impl: str) -> ModuleType | None:
     return importlib.import_module(PYTHON_MODULE)
 
 
-def with_core(cls: type, core: ModuleType | None, kwargs: dict[str, Any]) -> Any:
-    """``cls(**kwargs)`` on ``core``: the one place that says how a pypool
-    pool is put on a given core."""
+def with_core(cls: type, core: ModuleType | None, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)`` on ``core`` (None: as it is): the one place
+    that says how a pypool pool is put on a given core."""
     if core is not None:
-        kwargs = {**kwargs, "_core": core}
-    return cls(**kwargs)
+        kwargs["_core"] = core
+    return cls(*args, **kwargs)
 
 
 def module_of(impl: str) -> ModuleType:
@@ -123,7 +123,7 @@ def make_api(impl: str, mode: str, kind: str, **kwargs: Any) -> Api:
     kwargs.setdefault("open", False)
     if kind == "null":
         kwargs.pop("min_size", None)
-    return Api(impl, mode, kind, with_core(cls, core_of(impl), kwargs))
+    return Api(impl, mode, kind, with_core(cls, core_of(impl), **kwargs))
 
 
 @dataclass
