@@ -259,8 +259,12 @@ def test_check_connection_static(impl: Impl, dsn: str) -> None:
 
 
 def test_pypool_check_runs_only_after_check_after(make_pypool: Pools) -> None:
+    """With ``check=`` given every hand-out is checked (as psycopg_pool does),
+    unless ``check_after`` is given too: then only past it."""
     checked: list[int] = []
-    pool = make_pypool(min_size=1, max_size=1, check=lambda conn: checked.append(1))
+    pool = make_pypool(
+        min_size=1, max_size=1, check=lambda conn: checked.append(1), check_after=1.0
+    )
     pool.wait(SOON)
     time.sleep(1.2)  # idle longer than check_after (1 s): checked once
     for _ in range(5):
@@ -285,7 +289,7 @@ def test_pypool_check_raising_discards_a_working_connection(make_pypool: Pools) 
     time.sleep(1.2)
     with pool.connection(timeout=SOON) as conn:
         assert conn.info.backend_pid != checked[0]
-    assert len(checked) == 1  # a new connection is not checked
+    assert len(checked) == 2  # the new connection is checked too
     assert pool.get_stats()["connections_num"] == 2
 
 

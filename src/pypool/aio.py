@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import random
 import threading
 import time
@@ -46,9 +47,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core
-from ._policy import Settings, check_sizes, make_core
+from ._policy import Policy, Settings, check_sizes, make_core
 from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
-from .pool import _module_of, _new, _PoolShared
+from .pool import _USER_CHECK_FLOOR, _module_of, _new, _PoolShared
 
 __all__ = ["AsyncPool"]
 
@@ -264,6 +265,25 @@ class _AsyncPoolMethods(_PoolShared):
         self._closers: set[asyncio.Task[None]] = set()  # closes run in the background
         self._loop_thread = 0
         self._closing = False
+        _live_async_pools.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: the core forgot the parent's connections;
+        forget the parent's loop, tasks and counters too. The pool binds to
+        the child's running loop at its next use, as a new pool does."""
+        self._set_thread(0)
+        self._loop = None
+        self._demand = self._stop = self._ready = None
+        self._tasks = []
+        self._closers = set()
+        self._loop_thread = 0
+        self._unchecked = None
+        min_size = self._policy.min_size
+        self._policy = Policy(self._settings, self._core, self._log)  # fresh counters
+        self._policy.min_size = min_size
+        self._leaks = 0
+        self._leases = {}
+        self._last_check = {}
 
     # ------------------------------------------------------------- lifecycle
 
@@ -644,7 +664,9 @@ class _AsyncPoolMethods(_PoolShared):
             else:
                 return None
             if inspect.isawaitable(pending):
-                await _within(pending, max(timeout, 0.001))
+                # A check of the user's gets at least what it gets in Pool.
+                floor = 0.001 if check is None else _USER_CHECK_FLOOR
+                await _within(pending, max(timeout, floor))
         except Exception as exc:
             return exc
         return None
@@ -938,3 +960,15 @@ def _tell_loop_ended(ref: weakref.ref[_AsyncPoolMethods]) -> None:
     pool = ref()
     if pool is not None:
         pool._loop_ended()
+
+
+_live_async_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live_async_pools):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -22,6 +22,14 @@ The interface
     a server or network that stopped answering cannot outlast it.
 ``is_broken(conn, exc=None)``
     True when the connection must be discarded, False when only a query failed.
+``watch(conn, timeout)`` (optional)
+    Bounds a ``check=`` of the user's to ``timeout`` seconds by the driver's
+    means: returns a function to call when the check ends (True if the bound
+    was reached), or None. For psycopg 3, the connection's socket is shut down
+    at the deadline, so the check fails at once there; without such means the
+    pool runs the user's check in a thread of its own, and a caller whose
+    timeout comes first gets :class:`~pypool.PoolTimeout` while the check ends
+    elsewhere and its connection is closed then.
 ``close(conn)``
     Closes; an error is logged (logger ``"pypool"``, level WARNING), never raised.
 ``connect_factory(connect, *args, connect_timeout=10.0, io_timeout=30.0, **kwargs)``
@@ -143,12 +151,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import heapq
 import inspect
+import itertools
 import logging
 import math
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -168,6 +180,7 @@ __all__ = [
     "is_broken",
     "mask_dsn",
     "reset_for",
+    "watch",
 ]
 
 logger = logging.getLogger("pypool")
@@ -764,6 +777,108 @@ def _check_generic(conn: Any, timeout: float | None = None) -> None:
         conn.rollback()
 
 
+# ------------------------------------------------------------------ watch
+
+_RUNNING: Final = 0
+_DONE: Final = 1
+_CUT: Final = 2
+
+
+class _SocketWatchdog:
+    """One daemon thread that shuts down the socket of a connection still
+    busy at its deadline (see :func:`watch`): the driver's wait then ends at
+    once with a closed-connection error, whatever the network does (a
+    black hole, or a server that accepted and never answers).
+
+    A watch costs a lock and a heap push; the thread starts at the first
+    watch, sleeps until the earliest deadline, and, in a forked child, is
+    forgotten with the parent's watches."""
+
+    def __init__(self) -> None:
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, list[Any]]] = []
+        self._live = 0
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, pgconn: Any, timeout: float) -> list[Any]:
+        entry: list[Any] = [pgconn, _RUNNING]
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            heap = self._heap
+            if len(heap) > 64 and len(heap) > 2 * self._live:
+                heap[:] = [item for item in heap if item[2][1] == _RUNNING]
+                heapq.heapify(heap)
+            heapq.heappush(heap, (deadline, next(self._seq), entry))
+            self._live += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="pypool.dbapi.watchdog", daemon=True
+                )
+                self._thread.start()
+            elif heap[0][2] is entry:
+                self._cond.notify()
+        return entry
+
+    def done(self, entry: list[Any]) -> bool:
+        """Ends a watch; True if the deadline came first (the socket is shut)."""
+        with self._cond:
+            state: int = entry[1]
+            if state == _RUNNING:
+                entry[1] = _DONE
+                self._live -= 1
+        return state == _CUT
+
+    def _run(self) -> None:
+        cond = self._cond
+        with cond:
+            heap = self._heap
+            while True:
+                while heap and heap[0][2][1] != _RUNNING:
+                    heapq.heappop(heap)
+                if not heap:
+                    cond.wait()
+                    continue
+                delay = heap[0][0] - time.monotonic()
+                if delay > 0:
+                    cond.wait(delay)
+                    continue
+                entry = heapq.heappop(heap)[2]
+                entry[1] = _CUT
+                self._live -= 1
+                _shut(entry[0])  # under the lock: the watched side is still in its check
+
+
+def _shut(pgconn: Any) -> None:
+    """Shuts down (both ways) the socket of a libpq connection, leaving its
+    file descriptor open: its owner's next read sees the end of the
+    connection. Nothing if the connection was closed meanwhile."""
+    try:
+        sock = socket.socket(fileno=os.dup(pgconn.socket))
+    except Exception:  # closed (its descriptor may be another socket's now)
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+_watchdog = _SocketWatchdog()
+
+
+def _watch_psycopg(conn: Any, timeout: float) -> Callable[[], bool] | None:
+    pgconn = getattr(conn, "pgconn", None)
+    if pgconn is None or conn.closed:  # whatever the check does fails at once
+        return None
+    entry = _watchdog.watch(pgconn, timeout)
+    return functools.partial(_watchdog.done, entry)
+
+
 # ------------------------------------------------------------------ broken
 
 
@@ -976,6 +1091,19 @@ class DBAPIAdapter:
         driver = self.driver(conn)
         (_check_generic if driver is None else self._checks[driver])(conn, timeout)
 
+    def watch(self, conn: Any, timeout: float) -> Callable[[], bool] | None:
+        """Bounds, by the driver's means, what is done with ``conn`` from now
+        on to ``timeout`` seconds (the pool calls it around a ``check=`` of
+        the user's); returns the function to call when that is done, which
+        says True if the bound was reached (the connection is then unusable:
+        for psycopg 3 its socket is shut down, so that a wait for the server
+        ends at once). None when the driver offers no such means: the pool
+        then runs the check in a thread of its own and leaves it at the
+        deadline."""
+        if self.driver(conn) == PSYCOPG:
+            return _watch_psycopg(conn, timeout)
+        return None
+
     def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
         """True if ``conn`` must be discarded (after ``exc``, if given); False
         if it is fine and only a query failed."""
@@ -1049,6 +1177,8 @@ class DBAPIAdapter:
 
 
 _default = DBAPIAdapter()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_watchdog._fresh)
 
 
 # ------------------------------------------------------------------ the module interface
@@ -1068,6 +1198,12 @@ def check(conn: Any, timeout: float | None = None) -> None:
 def is_broken(conn: Any, exc: BaseException | None = None) -> bool:
     """True if ``conn`` must be discarded, False if only a query failed."""
     return _default.is_broken(conn, exc)
+
+
+def watch(conn: Any, timeout: float) -> Callable[[], bool] | None:
+    """Bounds what is done with ``conn`` to ``timeout`` seconds where the
+    driver allows (see :meth:`DBAPIAdapter.watch`)."""
+    return _default.watch(conn, timeout)
 
 
 def close(conn: Any) -> None:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import inspect
 import logging
+import math
 import os
 import queue
 import random
@@ -38,7 +40,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core, stats
 from ._policy import Policy, Settings, _one_line, check_sizes, make_core
-from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
+from .errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    UnusableConnection,
+)
 
 if TYPE_CHECKING:
     from ._records import SlotInfo
@@ -538,6 +547,7 @@ class _PoolMethods(_PoolShared):
         core = make_core(settings, core_module, self._on_wait, self._on_abandon)
         core_module.PoolBase.__init__(self, core, settings.timeout, None)
         self._check_takes_timeout = _accepts_timeout(settings.adapter.check)
+        self._in_check: dict[int, _CheckOutlived] = {}  # conn id -> a check left running
         self._adopt(settings, core)
         _live_pools.add(self)
         if settings.min_size and not _defer_open:
@@ -794,10 +804,36 @@ class _PoolMethods(_PoolShared):
                 else:
                     adapter.check(conn)
             elif check is not False:
-                check(conn)
+                if timeout == math.inf:
+                    check(conn)
+                else:
+                    self._bounded_check(check, conn, max(timeout, _USER_CHECK_FLOOR))
         except Exception as exc:
             return exc
         return None
+
+    def _bounded_check(self, check: Callable[[Any], object], conn: Any, timeout: float) -> None:
+        """Runs a ``check=`` of the user's within ``timeout`` seconds: bounded
+        by the adapter's ``watch`` where it has the means (psycopg 3: the
+        socket is shut down at the deadline), else in a thread of its own,
+        left at the deadline (:class:`_CheckOutlived`; the connection is
+        closed when the check ends)."""
+        watch = getattr(self._settings.adapter, "watch", None)
+        stop = watch(conn, timeout) if watch is not None else None
+        if stop is None:
+            _check_in_thread(check, conn, timeout, self.name, self._in_check)
+            return
+        try:
+            check(conn)
+        except Exception as exc:
+            if stop():
+                raise UnusableConnection(f"check not done within {timeout:.3f} s") from exc
+            raise
+        except BaseException:
+            stop()
+            raise
+        if stop():  # it answered just as its socket was shut: unusable all the same
+            raise UnusableConnection(f"check not done within {timeout:.3f} s")
 
     def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
         self._close_connection(conn, _core.REASONS[reason], exc)
@@ -885,6 +921,10 @@ class _PoolMethods(_PoolShared):
     def _close_connection(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         self._policy.retired_one(reason, exc)
         self._emit("close", conn, reason)
+        outlived = self._in_check.pop(id(conn), None) if self._in_check else None
+        if outlived is not None:  # a check's thread still has it: closed when it ends
+            outlived.then(functools.partial(self._settings.adapter.close, conn))
+            return
         self._settings.adapter.close(conn)
 
     # -------------------------------------------------------- maintenance
@@ -952,6 +992,7 @@ class _PoolMethods(_PoolShared):
         self._leaks = 0
         self._leases = {}  # the parent's borrowers are not this process's
         self._last_check = {}
+        self._in_check = {}  # the parent's check threads are not this process's
 
     def __repr__(self) -> str:
         core = self._core
@@ -1073,6 +1114,98 @@ async def _then_emit(reset: Awaitable[Any], pool: _PoolShared, event: str, conn:
     """An async reset, then its event (only once it succeeded)."""
     await reset
     pool._emit(event, conn)
+
+
+#: The least time a ``check=`` of the user's gets, however little is left of
+#: the caller's timeout (a caller that does not wait, ``timeout=0``, included).
+_USER_CHECK_FLOOR = 0.05
+
+
+class _CheckOutlived(UnusableConnection):
+    """A ``check=`` of the user's, run in a thread of its own, still running
+    at the caller's deadline: the caller goes on without the connection,
+    which is closed when the check ends (:meth:`then`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self._lock = threading.Lock()
+        self._ended = False
+        self._then: Callable[[], object] | None = None
+
+    def then(self, fn: Callable[[], object]) -> None:
+        """Calls ``fn`` once the check has ended (now if it has)."""
+        with self._lock:
+            if not self._ended:
+                self._then = fn
+                return
+        fn()
+
+    def _end(self) -> None:
+        with self._lock:
+            self._ended = True
+            fn, self._then = self._then, None
+        if fn is not None:
+            fn()
+
+
+def _check_in_thread(
+    check: Callable[[Any], object],
+    conn: Any,
+    timeout: float,
+    name: str,
+    in_check: dict[int, _CheckOutlived],
+) -> None:
+    """``check(conn)`` in a thread of its own, waited for ``timeout`` seconds:
+    raises what it raised, or :class:`_CheckOutlived` if it is not done. A
+    check left running (timed out, or the wait interrupted) is entered in
+    ``in_check``, so that the pool's close of its connection waits for it."""
+    lock = threading.Lock()
+    ended: list[bool] = [False]
+    # Waited for through a SimpleQueue (one C call), as the pool's bells:
+    # a Ctrl-C in the wait cannot leave a lock held that run() then needs.
+    box: queue.SimpleQueue[None] = queue.SimpleQueue()
+    outcome: list[BaseException | None] = [None]
+    late: list[_CheckOutlived] = []
+
+    def run() -> None:
+        try:
+            check(conn)
+        except BaseException as exc:
+            outcome[0] = exc
+        with lock:
+            ended[0] = True
+            outlived = late[0] if late else None
+        box.put(None)
+        if outlived is not None:
+            outlived._end()
+
+    def leave() -> _CheckOutlived | None:
+        with lock:
+            if ended[0]:
+                return None
+            outlived = _CheckOutlived(
+                f"check not done within {timeout:.3f} s: the connection is closed when it ends"
+            )
+            late.append(outlived)
+            in_check[id(conn)] = outlived
+            return outlived
+
+    threading.Thread(target=run, name=f"pypool-{name}-check", daemon=True).start()
+    try:
+        box.get(timeout=timeout)
+    except queue.Empty:
+        outlived = leave()
+        if outlived is not None:
+            raise outlived from None
+    except BaseException:  # interrupted while waiting: the check goes on
+        leave()
+        raise
+    exc = outcome[0]
+    if exc is not None:
+        try:
+            raise exc
+        finally:
+            exc = None  # no cycle through this frame
 
 
 def _accepts_timeout(check: Callable[..., object]) -> bool:

@@ -17,9 +17,22 @@ constructor arguments and offer its methods (``open``, ``close``, ``wait``,
 errors and ``psycopg.OperationalError``, as psycopg_pool's do, so existing
 ``except`` clauses keep working. They log under ``psycopg.pool``. Where they
 deliberately differ from psycopg_pool, ``docs/psycopg-migration.md`` says so
-(lifetime is also enforced at hand-out; a connection idle longer than
-``check_after`` is checked before hand-out even without a ``check``
-callback; the most recently returned connection is reused first).
+(lifetime is also enforced at hand-out; without a ``check`` callback, a
+connection idle longer than ``check_after`` is checked before hand-out; the
+most recently returned connection is reused first).
+
+A ``check`` callback is the user's contract, as in psycopg_pool: it runs on
+every hand-out, a new connection's included (unless ``check_after`` is given
+too), and a connection that fails it is discarded and counted in
+``connections_lost``. It keeps the caller's timeout: at the caller's
+deadline the connection's socket is shut down (an async check is
+cancelled), so the check fails there and the caller gets ``PoolTimeout``.
+
+Every connect gets the time bounds of :func:`pypool.dbapi.connect_factory`
+that neither the conninfo nor ``kwargs`` sets (``connect_timeout``, TCP
+keepalives, ``tcp_user_timeout``), so that a connect the network accepts and
+never answers ends. In a child made by ``os.fork()`` every pool starts
+afresh, with connections of its own.
 
 State hygiene: a reset leaves no transaction, but session state (settings,
 ``SET ROLE``, temporary tables, prepared statements, ``LISTEN``, advisory

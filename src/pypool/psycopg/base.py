@@ -21,7 +21,7 @@ from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
 from .. import stats as names
-from ..dbapi import DBAPIAdapter, Secrets, mask_dsn
+from ..dbapi import PSYCOPG, DBAPIAdapter, Secrets, _dsn_keys, mask_dsn
 from ..pool import _PoolShared
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
 
@@ -60,6 +60,14 @@ def called_by_pypool() -> bool:
     code (such as the pool opening itself on first use), not the user's."""
     filename = sys._getframe(2).f_code.co_filename
     return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+#: The time bounds every connect of the psycopg pools gets, as
+#: :func:`pypool.dbapi.connect_factory` gives them: ``connect_timeout`` (10 s,
+#: unless ``PGCONNECT_TIMEOUT`` is set), and from ``io_timeout`` (30 s) TCP
+#: keepalives and ``tcp_user_timeout``; each only where neither the conninfo
+#: nor ``kwargs`` sets it.
+CONNECT_BOUNDS: Mapping[str, float] = {"connect_timeout": 10.0, "io_timeout": 30.0}
+
+_default_adapter = DBAPIAdapter()
 
 
 # ----------------------------------------------------------------- checks
@@ -211,18 +219,27 @@ class _Connect:
         self.transaction_pooling = transaction_pooling
         self.pool: Any = None  # set once the pool exists
 
-    def _arguments(self, kwargs: Any) -> dict[str, Any]:
-        """The keyword arguments of a connect: the user's, and, behind a
-        transaction pooler, ``prepare_threshold=None`` unless the user chose
-        a value (PgBouncer before 1.21 cannot follow prepared statements)."""
+    def _arguments(self, conninfo: Any, kwargs: Any) -> dict[str, Any]:
+        """The keyword arguments of a connect: the user's; the time bounds
+        of :func:`pypool.dbapi.connect_factory` that neither they nor the
+        conninfo set (:data:`CONNECT_BOUNDS`); and, behind a transaction
+        pooler, ``prepare_threshold=None`` unless the user chose a value
+        (PgBouncer before 1.21 cannot follow prepared statements)."""
         arguments = dict(kwargs or {})
         if self.transaction_pooling:
             arguments.setdefault("prepare_threshold", None)
+        bounds = _default_adapter.time_bounds(PSYCOPG, **CONNECT_BOUNDS)
+        given = set(arguments)
+        if any(key not in given for key in bounds):
+            given |= _dsn_keys(PSYCOPG, conninfo)
+            for key, value in bounds.items():
+                if key not in given:
+                    arguments[key] = value
         return arguments
 
     def __call__(self) -> Any:
         conninfo = _resolve(self.conninfo) or ""
-        kwargs = self._arguments(_resolve(self.kwargs))
+        kwargs = self._arguments(conninfo, _resolve(self.kwargs))
         try:
             conn = self.connection_class.connect(conninfo, **kwargs)  # type: ignore[attr-defined]
         except Exception as exc:
@@ -254,7 +271,7 @@ class _AsyncConnect(_Connect):
         kwargs = self.kwargs() if callable(self.kwargs) else self.kwargs
         if hasattr(kwargs, "__await__"):
             kwargs = await kwargs
-        kwargs = self._arguments(kwargs)
+        kwargs = self._arguments(conninfo, kwargs)
         try:
             conn = await self.connection_class.connect(  # type: ignore[attr-defined]
                 conninfo or "", **kwargs

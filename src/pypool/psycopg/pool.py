@@ -64,6 +64,10 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         **options: Any,
     ) -> None:
         check_transaction_pooling(transaction_pooling, reset)
+        if check is not None:
+            # The user's contract, as psycopg_pool's: every hand-out is
+            # checked, a new connection's too (unless check_after is given).
+            options.setdefault("check_after", 0.0)
         max_size = self._remember(
             conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
             reconnect_timeout, num_workers, max_lifetime, max_idle,
@@ -119,6 +123,8 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             self.__dict__.pop("getconn", None)
         if not self._opened:
             self._open_pool()
+        else:  # idempotent; in a forked child, starts the child's threads
+            _PoolMethods.open(self)
         if wait:
             self.wait(timeout)
 

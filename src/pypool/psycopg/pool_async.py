@@ -62,6 +62,10 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         **options: Any,
     ) -> None:
         check_transaction_pooling(transaction_pooling, reset)
+        if check is not None:
+            # The user's contract, as psycopg_pool's: every hand-out is
+            # checked, a new connection's too (unless check_after is given).
+            options.setdefault("check_after", 0.0)
         max_size = self._remember(
             conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
             reconnect_timeout, num_workers, max_lifetime, max_idle,
@@ -188,6 +192,10 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
 
     def _failed(self, exc: Exception, timeout: float) -> BaseException:
         return _psycopg_error(self, exc, timeout)
+
+    def _after_fork_in_child(self) -> None:
+        _AsyncPoolMethods._after_fork_in_child(self)
+        self._forget_failures()  # the parent's, and its lock maybe held at the fork
 
     async def _configure_new(self, conn: Any) -> None:
         configure = self._user_configure

@@ -7,15 +7,28 @@ from contextlib import suppress
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from .._policy import session_state_reset
+
+_OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
 __all__ = ["discard_all", "reset_session"]
 
 
+def _in_transaction(conn: Any) -> bool:
+    """True if ``conn`` has a transaction open or failed (not ACTIVE: a
+    connection returned mid-command is left to fail, and be discarded)."""
+    return conn.pgconn.transaction_status in _OPEN
+
+
 def _in_autocommit(conn: Any, sql: str, prepare: bool | None = None) -> None:
     """Runs ``sql`` outside any transaction (switching autocommit is local),
-    through psycopg's own ``execute``."""
+    through psycopg's own ``execute``; a transaction left open is rolled
+    back first (as the psycopg pools do before any reset), so that the reset
+    also works as ``reset=`` of a plain :class:`pypool.Pool`."""
+    if _in_transaction(conn):
+        conn.rollback()
     if conn.autocommit:
         conn.execute(sql, prepare=prepare)
         return
@@ -48,6 +61,8 @@ def _forget_prepared(conn: Any) -> None:
 
 
 async def _in_autocommit_async(conn: Any, sql: str, prepare: bool | None = None) -> None:
+    if _in_transaction(conn):
+        await conn.rollback()
     if conn.autocommit:
         await conn.execute(sql, prepare=prepare)
         return
@@ -74,7 +89,10 @@ def discard_all(conn: Any) -> Any:
     every setting), ``DEALLOCATE ALL`` (prepared statements: psycopg forgets
     its own too and prepares again when needed), ``CLOSE ALL`` (cursors),
     ``UNLISTEN *``, ``SELECT pg_advisory_unlock_all()``, ``DISCARD PLANS``,
-    ``DISCARD SEQUENCES`` and ``DISCARD TEMP`` (temporary tables). Behind
+    ``DISCARD SEQUENCES`` and ``DISCARD TEMP`` (temporary tables). A
+    transaction left open is rolled back first, so that it also serves as
+    ``reset=`` of a plain :class:`pypool.Pool` whose connections are not in
+    autocommit (the psycopg pools roll back before any reset). Behind
     PgBouncer in transaction mode a session is not yours across
     transactions, so there session state must not be relied on at all, and
     ``DISCARD ALL`` there only resets the server connection it lands on: a
