@@ -530,7 +530,7 @@ def test_getconn_putconn(run: Any) -> None:
         await pool.wait(SOON)
         conn = await pool.getconn()
         assert isinstance(conn, psycopg.AsyncConnection)
-        assert conn._pool is pool
+        assert conn._pool.putconn == pool.putconn  # held weakly, it routes to the pool
         assert await one(conn, "SELECT 1") == 1
         assert available(pool) == 1
         await pool.putconn(conn)

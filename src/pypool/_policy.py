@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ._weak import weak_callback
 from .errors import ConfigurationError, PoolTimeout
 
 logger = logging.getLogger("pypool")
@@ -215,13 +216,15 @@ def make_core(
     on_abandon: Callable[[int], object],
 ) -> Any:
     """The core of a pool (sync or async): sizes, reuse order and the
-    thresholds of the hot-path verdicts, from the settings."""
+    thresholds of the hot-path verdicts, from the settings. The core holds
+    the callbacks weakly when they are the pool's own methods (no reference
+    cycle through the core: a dropped pool goes at once)."""
     core = core_module.CorePool(
         settings.max_size,
         max_waiting=settings.max_waiting,
         lifo=settings.lifo,
-        on_wait=on_wait,
-        on_abandon=on_abandon,
+        on_wait=weak_callback(on_wait),
+        on_abandon=weak_callback(on_abandon),
     )
     core.max_idle = settings.max_idle
     core.min_size = settings.min_size

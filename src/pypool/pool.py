@@ -229,12 +229,16 @@ class _PoolShared:
         plan = self._reset_plan
         if plan is not None and listeners["reset"]:
             inner = plan
+            ref = weakref.ref(self)  # the core holds this: no cycle through it
 
             def reset_and_tell(conn: Any) -> Any:
                 result = getattr(conn, inner)() if isinstance(inner, str) else inner(conn)
+                pool = ref()
+                if pool is None:
+                    return result
                 if result is not None and inspect.isawaitable(result):
-                    return _then_emit(result, self, "reset", conn)  # an async reset
-                self._emit("reset", conn)
+                    return _then_emit(result, pool, "reset", conn)  # an async reset
+                pool._emit("reset", conn)
                 return None
 
             plan = reset_and_tell

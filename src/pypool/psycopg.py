@@ -51,6 +51,7 @@ from psycopg.pq import TransactionStatus
 from . import _core, errors
 from . import stats as names
 from ._policy import check_transaction_pooling, session_state_reset
+from ._weak import PoolLink, WeakMethod
 from .aio import AsyncPool, _AsyncPoolMethods
 from .dbapi import DBAPIAdapter, Secrets, mask_dsn
 from .pool import Pool, _PoolMethods, _PoolShared
@@ -261,7 +262,7 @@ class _Connect:
         self.connection_class = connection_class
         self.kwargs = kwargs
         self.transaction_pooling = transaction_pooling
-        self.pool: Any = None  # set once the pool exists
+        self.pool: Any = None  # a PoolLink to the pool, set once the pool exists
 
     def _arguments(self, kwargs: Any) -> dict[str, Any]:
         """The keyword arguments of a connect: the user's, and, behind a
@@ -515,7 +516,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             max_lifetime=max_lifetime,
             max_idle=max_idle,
             check=check,
-            configure=self._configure_new,
+            configure=WeakMethod(self._configure_new),  # no cycle through settings
             num_workers=num_workers,
             name=name,
             reconnect_timeout=reconnect_timeout,
@@ -524,18 +525,18 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             _defer_open=True,
             **options,
         )
-        factory.pool = self
+        factory.pool = PoolLink(self)  # weakly: no cycle through the settings
         self._opened = False
         self._stats_base: dict[str, int] = {}
         if open is None:
             # As psycopg_pool: open now, but warn at the first use unless
             # the pool is used as a context manager.
-            self.getconn = self._getconn_warn
+            self.getconn = WeakMethod(self._getconn_warn)  # type: ignore[method-assign]
             self._open_pool()
         elif open:
             self._open_pool()
         else:
-            self.getconn = self._getconn_not_open
+            self.getconn = WeakMethod(self._getconn_not_open)  # type: ignore[method-assign]
 
     # -------------------------------------------------------------- lifecycle
 
@@ -973,7 +974,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
             max_lifetime=max_lifetime,
             max_idle=max_idle,
             check=check,
-            configure=self._configure_new,
+            configure=WeakMethod(self._configure_new),  # no cycle through settings
             num_workers=num_workers,
             name=name,
             reconnect_timeout=reconnect_timeout,
@@ -981,17 +982,17 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
             transaction_pooling=transaction_pooling,
             **options,
         )
-        factory.pool = self
+        factory.pool = PoolLink(self)  # weakly: no cycle through the settings
         self._stats_base = {}
         self._opened = False
         if open:
             self._warn_open_async()
             self._opened = True
         elif open is None:
-            self.getconn = self._getconn_warn  # type: ignore[method-assign]
+            self.getconn = WeakMethod(self._getconn_warn)  # type: ignore[method-assign]
             self._opened = True
         else:
-            self.getconn = self._getconn_not_open  # type: ignore[method-assign]
+            self.getconn = WeakMethod(self._getconn_not_open)  # type: ignore[method-assign]
 
     getconn = _AsyncPoolMethods.acquire
     putconn = _AsyncPoolMethods.release
