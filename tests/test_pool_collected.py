@@ -131,6 +131,48 @@ def test_dropped_pool_is_freed_closed_and_stopped(core_module: ModuleType, no_gc
     assert wait_until(lambda: not threads_of(name))
 
 
+def _refuse() -> Any:
+    raise OSError("the database is down")
+
+
+def test_pool_whose_connects_failed_is_freed(core_module: ModuleType, no_gc: None) -> None:
+    """The kept connect error's traceback does not hold the pool."""
+    name = unique("failing")
+    pool = on_core(pypool.Pool, core_module, _refuse, min_size=1, name=name)
+    pool.open()
+    policy = pool._policy  # a lambda must not hold the pool (a closure cell would)
+    assert wait_until(lambda: policy.connect_errors >= 2)
+    ref = weakref.ref(pool)
+    del pool
+    assert wait_until(lambda: ref() is None)  # a worker may hold it for a moment
+    assert wait_until(lambda: not threads_of(name))
+
+
+def test_pool_whose_check_failed_is_freed(core_module: ModuleType, no_gc: None) -> None:
+    """A failed check's error, kept for the next PoolTimeout, holds neither
+    the pool nor the borrower's frames (where the pool is a variable)."""
+    made = Made()
+
+    def check(conn: Any) -> None:
+        raise OSError("the check failed")
+
+    def borrow() -> weakref.ref[Any]:
+        pool = on_core(
+            pypool.Pool, core_module, made, min_size=1, max_size=1, check=check,
+            check_after=0.0, timeout=0.2, num_workers=1,
+        )  # fmt: skip
+        pool.wait(SOON)
+        with pytest.raises(pypool.PoolTimeout) as caught:
+            pool.acquire()
+        assert isinstance(caught.value.__cause__, OSError)
+        del caught
+        pool.close()
+        return weakref.ref(pool)
+
+    ref = borrow()
+    assert ref() is None
+
+
 def test_pool_in_a_cycle_goes_at_the_first_collection(core_module: ModuleType) -> None:
     made = Made()
     name = unique("cycle")
@@ -161,6 +203,22 @@ def test_dropped_async_pool_is_freed_closed_and_stopped(
         del pool
         assert ref() is None
         assert await await_until(made.all_closed)
+        assert await await_until(lambda: not tasks_of(name))
+
+    asyncio.run(scenario())
+
+
+def test_async_pool_whose_connects_failed_is_freed(core_module: ModuleType, no_gc: None) -> None:
+    name = unique("afailing")
+
+    async def scenario() -> None:
+        pool = on_core(pypool.AsyncPool, core_module, _refuse, min_size=1, name=name)
+        await pool.open()
+        policy = pool._policy
+        assert await await_until(lambda: policy.connect_errors >= 2)
+        ref = weakref.ref(pool)
+        del pool
+        assert await await_until(lambda: ref() is None)
         assert await await_until(lambda: not tasks_of(name))
 
     asyncio.run(scenario())

@@ -16,7 +16,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from ._weak import weak_callback
@@ -297,9 +298,24 @@ class Policy:
             self.connect_time -= seconds
 
     def check_failed(self, exc: BaseException) -> None:
+        """Keeps a failed check's error, without its traceback: that one
+        leads, frame by frame, to the borrower's frames (and through their
+        variables, often to the pool itself), which it would keep alive."""
+        for error in _chain(exc):
+            error.__traceback__ = None
         with self.lock:
             self.last_error = exc
             self.last_error_at = time.monotonic()
+
+    def forget_frames(self) -> None:
+        """Clears the variables of the finished frames in the traceback of
+        the kept error (its lines stay, for display). Those frames include
+        the pool's own methods: kept whole, they would make a reference
+        cycle through the pool, which then outlives its last reference. The
+        pool's threads call it again once the frame that caught the error
+        has returned."""
+        for error in _chain(self.last_error):
+            traceback.clear_frames(error.__traceback__)
 
     def connect_failed(self, exc: BaseException) -> bool:
         """Records a failed connect; True when the outage has now lasted
@@ -322,6 +338,7 @@ class Policy:
             if give_up:
                 self.outage_reported = True
         self.logger.warning("pool %r: connection failed: %s", self.settings.name, _one_line(exc))
+        self.forget_frames()
         return give_up
 
     @staticmethod
@@ -379,6 +396,15 @@ class Policy:
                 "connect_time": self.connect_time,
                 "retired": dict(self.retired),
             }
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, once each."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _scrub(factory: object, exc: BaseException) -> None:

@@ -439,7 +439,10 @@ class _AsyncPoolMethods(_PoolShared):
             return await self._acquire_loop(unchecked, wait_for)
         except PoolError as exc:
             error = self._failed(exc, wait_for)
-        raise error
+        try:
+            raise error
+        finally:
+            del error  # held here, it would hold this frame, and the pool, in a cycle
 
     async def _acquire_loop(self, conn: Any, wait_for: float) -> Any:
         """Until a connection passes: the one set aside for a check, an idle
@@ -919,6 +922,7 @@ async def _connect_loop(
             backoff = 0.0
             continue
         backoff = pool._policy.backoff(backoff)
+        pool._policy.forget_frames()  # the failed connect's, now that they returned
         del pool
         await stop.wait(backoff * (0.5 + 0.5 * random.random()))
 
@@ -933,6 +937,7 @@ async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: _Signal
                 await pool._maintain()
             except Exception:
                 pool._log.exception("pool %r: maintenance failed", pool.name)
+            pool._policy.forget_frames()  # of a connect or check of this pass
             interval = pool._interval
             del pool
             await stop.wait(interval)
