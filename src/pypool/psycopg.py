@@ -531,12 +531,13 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         if open is None:
             # As psycopg_pool: open now, but warn at the first use unless
             # the pool is used as a context manager.
-            self.getconn = WeakMethod(self._getconn_warn)  # type: ignore[method-assign]
+            # (held weakly, as any attribute of the pool that leads back to it)
+            self.getconn: Callable[..., Any] = WeakMethod(self._getconn_warn)
             self._open_pool()
         elif open:
             self._open_pool()
         else:
-            self.getconn = WeakMethod(self._getconn_not_open)  # type: ignore[method-assign]
+            self.getconn = WeakMethod(self._getconn_not_open)
 
     # -------------------------------------------------------------- lifecycle
 
