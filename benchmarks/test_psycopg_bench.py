@@ -10,6 +10,11 @@ pypool runs on both cores (``pypool-native``, ``pypool-python``). Groups
   cycles per timed call, one thread; ``extra_info["ns_per_cycle"]``.
 * ``psycopg connection()``: ``with pool.connection(): pass``, likewise. No
   query runs, so this is the pool's whole share of a checkout.
+* ``psycopg SELECT 1 autocommit on`` / ``off``: ``with pool.connection() as
+  conn: conn.execute("SELECT 1")``, :data:`SELECT_INNER` cycles per timed
+  call, one thread, on pools whose connections have autocommit on or off
+  (off: each cycle also begins and commits a transaction). The interleaved
+  runs with a median ratio and its spread are ``benchmarks/psycopg_select1.py``.
 * ``psycopg threads SELECT 1``: :data:`THREADS` threads each run
   ``SELECT 1`` on a checked-out connection :data:`PER_THREAD` times, on a
   pool of :data:`THREADS` connections, against the same work on
@@ -41,6 +46,8 @@ pytestmark = pytest.mark.db
 CONNECTIONS = 4
 #: Checkout cycles per timed call in the single-thread benchmarks.
 INNER = 1000
+#: Checkout cycles per timed call of the end-to-end SELECT 1 benchmark.
+SELECT_INNER = 200
 #: Threads (and connections) of the threaded benchmark.
 THREADS = 8
 #: Requests per thread in one threaded round: the same for every contender,
@@ -99,10 +106,10 @@ def _database() -> str:
 # ------------------------------------------------------------------ contenders
 
 
-def make_pool(name: str, dsn: str, size: int) -> Any:
-    """A full pool of ``size`` autocommit connections."""
+def make_pool(name: str, dsn: str, size: int, autocommit: bool = True) -> Any:
+    """A full pool of ``size`` connections (autocommit ones unless told)."""
     kwargs: dict[str, Any] = {
-        "kwargs": {"autocommit": True},
+        "kwargs": {"autocommit": autocommit},
         "min_size": size,
         "max_size": size,
         "open": True,
@@ -173,6 +180,32 @@ def test_connection_block(benchmark: Any, pool: Any) -> None:
     benchmark.group = "psycopg connection()"
     benchmark(cycles)
     _per_cycle(benchmark)
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit-on", "autocommit-off"])
+@pytest.mark.parametrize("name", [p.values[0] for p in POOLS], ids=[p.id for p in POOLS])
+def test_select_1(benchmark: Any, name: str, autocommit: bool) -> None:
+    """``with pool.connection() as conn: conn.execute("SELECT 1")``, end to
+    end, autocommit on or off."""
+    if name == "pypool-native":
+        pytest.importorskip(CORES[name])
+    pool = make_pool(name, _database(), CONNECTIONS, autocommit)
+    connection = pool.connection
+
+    def cycles() -> None:
+        for _ in repeat(None, SELECT_INNER):
+            with connection() as conn:
+                conn.execute("SELECT 1")
+
+    try:
+        cycles()  # warm up: psycopg prepares the statement after a few runs
+        benchmark.group = f"psycopg SELECT 1 autocommit {'on' if autocommit else 'off'}"
+        benchmark(cycles)
+    finally:
+        pool.close()
+    if benchmark.stats is not None:
+        benchmark.extra_info["us_per_cycle"] = benchmark.stats.stats.median / SELECT_INNER * 1e6
+        benchmark.extra_info["cycles_per_call"] = SELECT_INNER
 
 
 # ------------------------------------------------------------------ threads

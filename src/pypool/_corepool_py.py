@@ -878,7 +878,10 @@ class CorePool:
                 if conn is not None:
                     return conn
                 if timed_out is not None:
-                    raise timed_out
+                    try:
+                        raise timed_out
+                    finally:
+                        del timed_out  # held here, it would make a cycle with the frames above
         except BaseException:
             self._give_up(waiter)
             raise
@@ -1642,7 +1645,10 @@ class PoolBase:
             return self._acquire_loop(wait_for)
         except PoolError as exc:
             error = self._failed(exc, wait_for)
-        raise error
+        try:
+            raise error
+        finally:
+            del error  # held here, it would hold this frame, and the pool, in a cycle
 
     def _acquire_loop(self, wait_for: float) -> Any:
         core = self._core

@@ -16,9 +16,11 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from ._weak import weak_callback
 from .errors import ConfigurationError, PoolTimeout
 
 logger = logging.getLogger("pypool")
@@ -215,13 +217,15 @@ def make_core(
     on_abandon: Callable[[int], object],
 ) -> Any:
     """The core of a pool (sync or async): sizes, reuse order and the
-    thresholds of the hot-path verdicts, from the settings."""
+    thresholds of the hot-path verdicts, from the settings. The core holds
+    the callbacks weakly when they are the pool's own methods (no reference
+    cycle through the core: a dropped pool goes at once)."""
     core = core_module.CorePool(
         settings.max_size,
         max_waiting=settings.max_waiting,
         lifo=settings.lifo,
-        on_wait=on_wait,
-        on_abandon=on_abandon,
+        on_wait=weak_callback(on_wait),
+        on_abandon=weak_callback(on_abandon),
     )
     core.max_idle = settings.max_idle
     core.min_size = settings.min_size
@@ -299,9 +303,24 @@ class Policy:
             self.connect_time -= seconds
 
     def check_failed(self, exc: BaseException) -> None:
+        """Keeps a failed check's error, without its traceback: that one
+        leads, frame by frame, to the borrower's frames (and through their
+        variables, often to the pool itself), which it would keep alive."""
+        for error in _chain(exc):
+            error.__traceback__ = None
         with self.lock:
             self.last_error = exc
             self.last_error_at = time.monotonic()
+
+    def forget_frames(self) -> None:
+        """Clears the variables of the finished frames in the traceback of
+        the kept error (its lines stay, for display). Those frames include
+        the pool's own methods: kept whole, they would make a reference
+        cycle through the pool, which then outlives its last reference. The
+        pool's threads call it again once the frame that caught the error
+        has returned."""
+        for error in _chain(self.last_error):
+            traceback.clear_frames(error.__traceback__)
 
     def connect_failed(self, exc: BaseException) -> bool:
         """Records a failed connect; True when the outage has now lasted
@@ -346,6 +365,7 @@ class Policy:
                 since,
                 _one_line(exc),
             )
+        self.forget_frames()
         return give_up
 
     @staticmethod
@@ -403,6 +423,15 @@ class Policy:
                 "connect_time": self.connect_time,
                 "retired": dict(self.retired),
             }
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, once each."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _scrub(factory: object, exc: BaseException) -> None:

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import logging
 import random
 import threading
 import time
@@ -410,6 +411,15 @@ class _AsyncPoolMethods(_PoolShared):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    def __del__(self) -> None:
+        # Dropped unclosed: nothing references the pool any more (its tasks
+        # and its core hold it weakly), so it goes at once; its tasks stop
+        # and its idle connections are closed, on its loop.
+        if getattr(self, "_closing", True) or not hasattr(self, "_core"):
+            return
+        with contextlib.suppress(Exception):  # pragma: no cover - interpreter shutdown
+            _close_dropped(self)
+
     # ------------------------------------------------------------- borrowing
 
     async def acquire(self, timeout: float | None = None) -> Any:
@@ -449,7 +459,10 @@ class _AsyncPoolMethods(_PoolShared):
             return await self._acquire_until_one(unchecked, wait_for)
         except PoolError as exc:
             error = self._failed(exc, wait_for)
-        raise error
+        try:
+            raise error
+        finally:
+            del error  # held here, it would hold this frame, and the pool, in a cycle
 
     async def _acquire_until_one(self, conn: Any, wait_for: float) -> Any:
         """Until a connection passes: the one set aside for a check, an idle
@@ -934,6 +947,7 @@ async def _connect_loop(
             backoff = 0.0
             continue
         backoff = pool._policy.backoff(backoff)
+        pool._policy.forget_frames()  # the failed connect's, now that they returned
         del pool
         await stop.wait(backoff * (0.5 + 0.5 * random.random()))
 
@@ -948,12 +962,68 @@ async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: _Signal
                 await pool._maintain()
             except Exception:
                 pool._log.exception("pool %r: maintenance failed", pool.name)
+            pool._policy.forget_frames()  # of a connect or check of this pass
             interval = pool._interval
             del pool
             await stop.wait(interval)
     except asyncio.CancelledError:
         _tell_loop_ended(ref)
         raise
+
+
+#: The closes of the connections of dropped pools, until they end (the loop
+#: holds its tasks only weakly).
+_dropped_closes: set[asyncio.Task[None]] = set()
+
+
+def _close_dropped(pool: _AsyncPoolMethods) -> None:
+    """What :meth:`_AsyncPoolMethods.close` does, for a pool being freed:
+    without waiting, and by callbacks and tasks that do not hold the pool.
+    Runs in whichever thread dropped the pool; the rest happens on its loop.
+    With no loop left to run them, a coroutine close is dropped unrun (the
+    connection is then freed as any unreferenced one is)."""
+    pool._closing = True
+    pool._set_thread(0)
+    conns = list(pool._core.close())
+    unchecked, pool._unchecked = pool._unchecked, None
+    if unchecked is not None:
+        conns.append(unchecked)
+    adapter, log, name = pool._settings.adapter, pool._log, pool.name
+    stop, demand, loop = pool._stop, pool._demand, pool._loop
+    if loop is None or loop.is_closed():
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                result = adapter.close(conn)
+                if inspect.iscoroutine(result):
+                    result.close()
+        return
+
+    def finish() -> None:
+        if stop is not None:
+            stop.set()
+        if demand is not None:
+            demand.set()
+        for conn in conns:
+            task = loop.create_task(_close_quietly(adapter, conn, log, name))
+            _dropped_closes.add(task)
+            task.add_done_callback(_dropped_closes.discard)
+
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        finish()
+    else:
+        loop.call_soon_threadsafe(finish)
+    log.info("pool %r dropped without close(): closed", name)
+
+
+async def _close_quietly(adapter: Any, conn: Any, log: logging.Logger, name: str) -> None:
+    try:
+        await _maybe_await(adapter.close(conn))
+    except Exception as exc:
+        log.warning("pool %r: error closing a connection: %s", name, exc)
 
 
 def _tell_loop_ended(ref: weakref.ref[_AsyncPoolMethods]) -> None:

@@ -14,9 +14,10 @@ never hold a lock during I/O:
   lifetime, checks idle ones every ``keepalive`` seconds, and reports
   connections held longer than ``leak_timeout``.
 
-The threads hold the pool only weakly: a pool nobody references is closed by
-the garbage collector, and one still open at interpreter exit is closed then,
-without waiting.
+The threads, the core and the connections hold the pool only weakly (see
+``pypool._weak``): a pool nobody references is closed as soon as its last
+reference goes, by reference counting alone, and one still open at
+interpreter exit is closed then, without waiting.
 """
 
 from __future__ import annotations
@@ -255,12 +256,16 @@ class _PoolShared:
         plan = self._reset_plan
         if plan is not None and listeners["reset"]:
             inner = plan
+            ref = weakref.ref(self)  # the core holds this: no cycle through it
 
             def reset_and_tell(conn: Any) -> Any:
                 result = getattr(conn, inner)() if isinstance(inner, str) else inner(conn)
+                pool = ref()
+                if pool is None:
+                    return result
                 if result is not None and inspect.isawaitable(result):
-                    return _then_emit(result, self, "reset", conn)  # an async reset
-                self._emit("reset", conn)
+                    return _then_emit(result, pool, "reset", conn)  # an async reset
+                pool._emit("reset", conn)
                 return None
 
             plan = reset_and_tell
@@ -643,11 +648,10 @@ class _PoolMethods(_PoolShared):
                     ) from policy.last_error
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    error = PoolTimeout(
+                    raise PoolTimeout(
                         f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
                         f"{policy.min_size} connections ready after {timeout:.3f} s"
-                    )
-                    raise error from policy.last_error
+                    ) from policy.last_error
                 bell.sleep(min(remaining, 0.5))
         finally:
             self._ready.discard(bell)
@@ -1073,6 +1077,7 @@ def _connect_worker(ref: weakref.ref[Any]) -> None:
             backoff = 0.0
             continue
         backoff = pool._policy.backoff(backoff)
+        pool._policy.forget_frames()  # the failed connect's, now that they returned
         stop = pool._stop
         del pool
         # Sleep out the backoff whatever the demand (waiters would ring the
@@ -1090,6 +1095,7 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
             pool._maintain()
         except BaseException:  # on its own thread: nothing above to stop
             pool._log.exception("pool %r: maintenance failed", pool.name)
+        pool._policy.forget_frames()  # of a connect or check of this pass
         stop, interval = pool._stop, pool._interval
         del pool
         if stop.wait(interval):

@@ -217,7 +217,7 @@ class _Connect:
         self.connection_class = connection_class
         self.kwargs = kwargs
         self.transaction_pooling = transaction_pooling
-        self.pool: Any = None  # set once the pool exists
+        self.pool: Any = None  # a PoolLink to the pool, set once the pool exists
 
     def _arguments(self, conninfo: Any, kwargs: Any) -> dict[str, Any]:
         """The keyword arguments of a connect: the user's; the time bounds

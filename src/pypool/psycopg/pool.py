@@ -11,6 +11,7 @@ from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
 from .._policy import check_transaction_pooling
+from .._weak import PoolLink, WeakMethod
 from ..pool import Pool, _PoolMethods
 from .base import (
     _IDLE,
@@ -83,7 +84,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             max_lifetime=max_lifetime,
             max_idle=max_idle,
             check=check,
-            configure=self._configure_new,
+            configure=WeakMethod(self._configure_new),  # no cycle through settings
             num_workers=num_workers,
             name=name,
             reconnect_timeout=reconnect_timeout,
@@ -92,18 +93,19 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             _defer_open=True,
             **options,
         )
-        factory.pool = self
+        factory.pool = PoolLink(self)  # weakly: no cycle through the settings
         self._opened = False
         self._stats_base: dict[str, int] = {}
         if open is None:
             # As psycopg_pool: open now, but warn at the first use unless
             # the pool is used as a context manager.
-            self.getconn = self._getconn_warn
+            # (held weakly, as any attribute of the pool that leads back to it)
+            self.getconn: Callable[..., Any] = WeakMethod(self._getconn_warn)
             self._open_pool()
         elif open:
             self._open_pool()
         else:
-            self.getconn = self._getconn_not_open
+            self.getconn = WeakMethod(self._getconn_not_open)
 
     # -------------------------------------------------------------- lifecycle
 

@@ -13,6 +13,7 @@ from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
 from .._policy import check_transaction_pooling
+from .._weak import PoolLink, WeakMethod
 from ..aio import AsyncPool, _AsyncPoolMethods
 from .base import (
     _IDLE,
@@ -81,7 +82,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
             max_lifetime=max_lifetime,
             max_idle=max_idle,
             check=check,
-            configure=self._configure_new,
+            configure=WeakMethod(self._configure_new),  # no cycle through settings
             num_workers=num_workers,
             name=name,
             reconnect_timeout=reconnect_timeout,
@@ -89,7 +90,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
             transaction_pooling=transaction_pooling,
             **options,
         )
-        factory.pool = self
+        factory.pool = PoolLink(self)  # weakly: no cycle through the settings
         self._stats_base = {}
         self._opened = False
         if open:
@@ -103,10 +104,10 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         if open:
             self._opened = True
         elif open is None:
-            self.getconn = self._getconn_warn  # type: ignore[method-assign]
+            self.getconn = WeakMethod(self._getconn_warn)  # type: ignore[method-assign]
             self._opened = True
         else:
-            self.getconn = self._getconn_not_open  # type: ignore[method-assign]
+            self.getconn = WeakMethod(self._getconn_not_open)  # type: ignore[method-assign]
 
     getconn = _AsyncPoolMethods.acquire
     putconn = _AsyncPoolMethods.release
