@@ -90,13 +90,6 @@ FAULTS: dict[str, Callable[[FaultProxy], None]] = {
 #: Known gaps, as expected failures until they are closed: with connects
 #: held unanswered, these pools do not recover within the bound.
 KNOWN_GAPS = {
-    ("pypool.psycopg.ConnectionPool", "accept_never_answer"): (
-        "pypool.psycopg's pools add no connect timeout yet (issue 15, item 3)"
-    ),
-    ("pypool.Pool (PyMySQL)", "accept_never_answer"): (
-        "PyMySQL waits for the server's greeting under read_timeout (connect_factory's "
-        "io_timeout, 30 s), not under connect_timeout"
-    ),
 }
 
 

@@ -16,6 +16,7 @@ import socket
 import sqlite3
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -819,12 +820,34 @@ class TestPyMySQL:
         conn = factory()
         try:
             added = {k: v for k, v in rec.kwargs.items() if k not in mysql_params}
-            assert added == {"connect_timeout": 10.0, "read_timeout": 20, "write_timeout": 20}
+            # the greeting is read under connect_timeout; the connection
+            # then reads under io_timeout
+            assert added == {"connect_timeout": 10.0, "read_timeout": 10.0, "write_timeout": 20}
             assert conn._read_timeout == 20 and conn._write_timeout == 20
             assert my_query(conn, "SELECT 1") == (1,)
             conn.rollback()
         finally:
             conn.close()
+
+    def test_connect_to_a_server_that_never_greets_ends_at_connect_timeout(self) -> None:
+        import pymysql
+
+        # A listening socket nobody accepts from: the kernel completes the
+        # handshake and the "server" never sends its greeting.
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+            server.listen(8)
+            port = server.getsockname()[1]
+            factory = dbapi.connect_factory(
+                pymysql.connect, host="127.0.0.1", port=port, user="root", connect_timeout=1
+            )
+            assert factory.kwargs["read_timeout"] == 1 and factory.read_timeout == 30.0
+            start = time.monotonic()
+            with pytest.raises(pymysql.err.OperationalError):
+                factory()
+            took = time.monotonic() - start
+        # bounded by connect_timeout (1 s), not by io_timeout (30 s)
+        assert took < 10.0, took
 
     def test_connect_factory_explicit_wins(self, mysql_params: dict[str, Any]) -> None:
         import pymysql

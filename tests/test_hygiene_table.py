@@ -252,11 +252,6 @@ def test_psycopg_cell(
         seen = observe(borrower, probe, lambda c: int(c.info.backend_pid))
     finally:
         borrower.pool.close()
-    if seen is None and kind == "pypool.Pool" and pg_policy(column) is not None:
-        pytest.xfail(
-            "a session reset on a pypool.Pool with autocommit off discards the connection "
-            "(issue 15, item 4)"
-        )
     assert seen is not None, "the pool discarded the connection: nothing reached the next borrower"
     assert table[item, column] == seen, f"{item} under {column} on {kind}: {seen}"
 

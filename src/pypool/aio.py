@@ -37,8 +37,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import os
 import logging
+import os
 import random
 import threading
 import time

@@ -101,7 +101,10 @@ psycopg2   with ``io_timeout``: ``keepalives=1``, ``keepalives_idle`` (half of
            data the peer never acknowledges fails the call after
            ``io_timeout``. A long query on a healthy network is not cut off.
 PyMySQL    ``connect_timeout``; with ``io_timeout``: ``read_timeout`` and
-           ``write_timeout``. Note that ``read_timeout`` bounds every wait for
+           ``write_timeout``. PyMySQL waits for the server's greeting under
+           ``read_timeout``, so the connect runs with ``read_timeout`` no longer
+           than ``connect_timeout`` and the connection takes ``io_timeout``
+           once connected. Note that ``read_timeout`` bounds every wait for
            the server, so a query running longer than ``io_timeout`` fails with
            error 2013 and its connection is discarded: raise ``io_timeout`` (or
            pass ``None``) for long queries.
@@ -950,7 +953,16 @@ class ConnectFactory:
     its chained causes, and the repr shows none.
     """
 
-    __slots__ = ("__weakref__", "added", "args", "connect", "driver", "kwargs", "secrets")
+    __slots__ = (
+        "__weakref__",
+        "added",
+        "args",
+        "connect",
+        "driver",
+        "kwargs",
+        "read_timeout",
+        "secrets",
+    )
 
     def __init__(
         self,
@@ -960,20 +972,31 @@ class ConnectFactory:
         *,
         driver: str | None,
         added: frozenset[str] = frozenset(),
+        read_timeout: float | None = None,
     ) -> None:
         self.connect = connect
         self.args = args
         self.kwargs = kwargs
         self.driver = driver
         self.added = added
+        #: PyMySQL only: the ``read_timeout`` the connection gets once
+        #: connected, when the connect ran with a shorter one (see __call__).
+        self.read_timeout = read_timeout
         self.secrets = Secrets(*args, **kwargs)
 
     def __call__(self) -> Any:
         try:
-            return self.connect(*self.args, **self.kwargs)
+            conn = self.connect(*self.args, **self.kwargs)
         except Exception as exc:
             self.secrets.scrub(exc)
             raise
+        if self.read_timeout is not None and hasattr(conn, "_read_timeout"):
+            # PyMySQL waits for the server's greeting under read_timeout,
+            # not connect_timeout, so the connect ran with the shorter of
+            # the two; every later read takes the I/O bound. PyMySQL reads
+            # this attribute before each read and applies it to the socket.
+            conn._read_timeout = self.read_timeout
+        return conn
 
     def __repr__(self) -> str:
         target: Any = self.connect
@@ -1167,12 +1190,24 @@ class DBAPIAdapter:
             dsn = args[0] if args else kwargs.get("conninfo" if driver == PSYCOPG else "dsn")
             given.update(_dsn_keys(driver, dsn))
         added = {key: value for key, value in bounds.items() if key not in given}
+        read_timeout = None
+        if (
+            driver == PYMYSQL
+            and "read_timeout" in added
+            and connect_timeout is not None
+            and connect_timeout < added["read_timeout"]
+        ):
+            # A server that accepts and never greets would hold the connect
+            # for io_timeout: bound the greeting by connect_timeout instead.
+            read_timeout = added["read_timeout"]
+            added["read_timeout"] = connect_timeout
         return ConnectFactory(
             connect,
             args,
             {**kwargs, **added},
             driver=driver,
             added=frozenset(added),
+            read_timeout=read_timeout,
         )
 
 
