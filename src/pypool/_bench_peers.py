@@ -231,7 +231,7 @@ def _pool(core: str, connections: int, factory: Callable[[], Any]) -> Any:
     from .pool import Pool
 
     module = importlib.import_module(core)
-    pool = Pool(factory, min_size=connections, max_size=connections, _core=module)
+    pool = Pool.with_core(module)(factory, min_size=connections, max_size=connections)
     _wait_idle(pool, connections)
     return pool
 

@@ -9,8 +9,11 @@ and every adapter use them; :mod:`pypool.dbapi` re-exports both.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import re
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = ["Secrets", "mask_dsn", "masked_repr"]

@@ -141,16 +141,13 @@ and for a ``functools.partial`` of a driver's connect.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import logging
 import math
 import os
-import re
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeAlias
 

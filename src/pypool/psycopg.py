@@ -50,10 +50,12 @@ from psycopg.pq import TransactionStatus
 
 from . import _core, errors
 from . import stats as names
-from ._policy import check_transaction_pooling, session_state_reset
-from .aio import AsyncPool, _AsyncPoolMethods
 from .dbapi import DBAPIAdapter, Secrets, mask_dsn
-from .pool import Pool, _PoolMethods, _PoolShared
+from .pool import AsyncPool, Pool
+from .pool.aio import AsyncPoolMethods as _AsyncPoolMethods
+from .pool.settings import check_transaction_pooling, session_state_reset
+from .pool.shared import PoolShared as _PoolShared
+from .pool.threaded import PoolMethods as _PoolMethods
 
 __all__ = [
     "AsyncConnectionPool",
