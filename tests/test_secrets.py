@@ -312,8 +312,9 @@ def test_psycopg_pools(
         shown = asyncio.run(_async_pool_failures(pp, conninfo, kwargs, core_module))
     else:
         cls = pp.ConnectionPool if kind == "sync" else pp.NullConnectionPool
-        pool = cls.with_core(core_module)(conninfo, kwargs=kwargs, min_size=1 if kind == "sync" else 0,
-                   open=False)  # fmt: skip
+        pool = cls.with_core(core_module)(
+            conninfo, kwargs=kwargs, min_size=1 if kind == "sync" else 0, open=False
+        )
         try:
             pool.open()
             error = _first_failed_connect(lambda: pool.getconn(timeout=0.3))
@@ -424,7 +425,7 @@ def test_cli_sweep(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_bench(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     _psycopg()
-    from pypool import _bench_peers
+    from pypool.cli import peers as _bench_peers
 
     monkeypatch.setattr(_bench_peers, "DSN", None)  # the command sets it: put it back after
     dsn = MALFORMED["kv-unquoted-space"]

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from pypool import _sweep
+from pypool.cli import sweep as _sweep
 from test_cli import PNG_SIGNATURE, _env
 
 TINY = ("--max-size", "4", "--seconds", "0.5", "--clients", "4")
@@ -168,7 +168,7 @@ def test_sweep_real_server(dsn: str, tmp_path: Path) -> None:
     path = tmp_path / "sweep.json"
     plot = tmp_path / "sweep.png"
     args = ["sweep", "--dsn", dsn, *TINY, "--json", str(path)]
-    have_plot = _sweep._check_plot("sweep", str(plot)) is None
+    have_plot = _sweep.check_plot("sweep", str(plot)) is None
     if have_plot:
         args += ["--plot", str(plot)]
     proc = _pypool(*args)

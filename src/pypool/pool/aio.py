@@ -860,9 +860,7 @@ async def _connect_worker(
         raise
 
 
-async def _connect_loop(
-    ref: weakref.ref[AsyncPoolMethods], demand: _Signal, stop: _Signal
-) -> None:
+async def _connect_loop(ref: weakref.ref[AsyncPoolMethods], demand: _Signal, stop: _Signal) -> None:
     backoff = 0.0
     while not stop.is_set():
         pool = ref()

@@ -185,117 +185,176 @@ class Setting:
 #: Every setting, in the order of the signatures.
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
-        "adapter", None, "Any", "an object with reset_for, check, is_broken and close",
+        "adapter",
+        None,
+        "Any",
+        "an object with reset_for, check, is_broken and close",
         "where driver knowledge comes from (reset, check, a broken connection told from a "
         "failed query): ``pypool.dbapi`` for :class:`~pypool.Pool`, a generic one (rollback, "
         "ping, close) for :class:`~pypool.AsyncPool`",
         _adapter,
     ),
     Setting(
-        "min_size", 0, "int", ">= 0, <= max_size",
+        "min_size",
+        0,
+        "int",
+        ">= 0, <= max_size",
         "connections kept open even when idle; 0: connect on demand",
         count(0),
     ),
     Setting(
-        "max_size", 10, "int", ">= 1",
+        "max_size",
+        10,
+        "int",
+        ">= 1",
         "the most connections open at once: a small pool outperforms a large one (the "
         "database runs a few queries per core at once); measure with ``pypool sweep``",
         count(1),
     ),
     Setting(
-        "timeout", 30.0, "float", "> 0 seconds (inf: no limit)",
+        "timeout",
+        30.0,
+        "float",
+        "> 0 seconds (inf: no limit)",
         "seconds ``acquire()`` waits before :class:`~pypool.PoolTimeout`, as psycopg_pool "
         "and SQLAlchemy do",
         seconds(zero=False),
     ),
     Setting(
-        "max_waiting", 0, "int", ">= 0",
-        "callers allowed to wait at once (0: no limit); past it, "
-        ":class:`~pypool.TooManyRequests`",
+        "max_waiting",
+        0,
+        "int",
+        ">= 0",
+        "callers allowed to wait at once (0: no limit); past it, :class:`~pypool.TooManyRequests`",
         count(0),
     ),
     Setting(
-        "max_lifetime", 3600.0, "float | None", f">= {MIN_LIFETIME} seconds, or None (never)",
+        "max_lifetime",
+        3600.0,
+        "float | None",
+        f">= {MIN_LIFETIME} seconds, or None (never)",
         "seconds before a connection is replaced (each gets up to 5% less, at random, so "
         "that they do not expire together), below common server and proxy limits; None: never",
         seconds(none=True, zero=False, least=MIN_LIFETIME),
     ),
     Setting(
-        "max_idle", 600.0, "float | None", ">= 0 seconds, or None (never)",
+        "max_idle",
+        600.0,
+        "float | None",
+        ">= 0 seconds, or None (never)",
         "seconds idle after which a connection is closed (down to ``min_size``) rather than "
         "handed out; None or 0: never",
         seconds(none=True),
     ),
     Setting(
-        "max_uses", 0, "int", ">= 0",
+        "max_uses",
+        0,
+        "int",
+        ">= 0",
         "hand-outs before a connection is replaced (0: no limit)",
         count(0),
     ),
     Setting(
-        "check", None, "Any", "a callable, None or False",
+        "check",
+        None,
+        "Any",
+        "a callable, None or False",
         "``check(conn)`` before hand-out on connections idle longer than ``check_after``; "
         "None: the adapter's (a ping); False: never",
         hook(false=True),
     ),
     Setting(
-        "check_after", 1.0, "float | None", ">= 0 seconds, or None",
+        "check_after",
+        1.0,
+        "float | None",
+        ">= 0 seconds, or None",
         "seconds of idleness that make a check worth its round trip (a connection used a "
         "moment ago costs none)",
         seconds(none=True),
     ),
     Setting(
-        "reset", None, "Any", "a callable, a method name, None or False",
+        "reset",
+        None,
+        "Any",
+        "a callable, a method name, None or False",
         "run on every return: None: the adapter's (roll back an open transaction); a method "
         "name, a callable, or False (none); a failed reset discards the connection",
         _reset,
     ),
     Setting(
-        "configure", None, "Any", "a callable or None",
+        "configure",
+        None,
+        "Any",
+        "a callable or None",
         "``configure(conn)`` once on every new connection",
         hook(),
     ),
     Setting(
-        "num_workers", 2, "int", ">= 1, <= max_size",
+        "num_workers",
+        2,
+        "int",
+        ">= 1, <= max_size",
         "connects in flight at once; more would only flood a recovering database (left "
         "unset, it is lowered to ``max_size``)",
         count(1),
     ),
     Setting(
-        "name", None, "str | None", "a str or None",
+        "name",
+        None,
+        "str | None",
+        "a str or None",
         "the pool's name in logs, statistics and thread names; None: ``pool-<n>``",
         _name,
     ),
     Setting(
-        "lifo", True, "bool", "True or False",
+        "lifo",
+        True,
+        "bool",
+        "True or False",
         "reuse the most recently returned connection first, so that surplus ones go idle "
         "and are retired; False: round-robin",
         _flag,
     ),
     Setting(
-        "leak_timeout", None, "float | None", "> 0 seconds, or None",
+        "leak_timeout",
+        None,
+        "float | None",
+        "> 0 seconds, or None",
         "with a number, a connection borrowed longer is reported once, with the stack that "
         "took it (a stack capture on every acquire); None: no reports",
         seconds(none=True, zero=False),
     ),
     Setting(
-        "keepalive", 240.0, "float | None", "> 0 seconds, or None",
+        "keepalive",
+        240.0,
+        "float | None",
+        "> 0 seconds, or None",
         "idle connections unused this long are checked, so that firewalls and server idle "
         "timeouts (often 300 s and more) do not cut them silently; None: never",
         seconds(none=True, zero=False),
     ),
     Setting(
-        "reconnect_timeout", 300.0, "float", ">= 0 seconds",
+        "reconnect_timeout",
+        300.0,
+        "float",
+        ">= 0 seconds",
         "after connects have failed this long, ``reconnect_failed(pool)`` is called and an "
         "error logged (the pool keeps trying)",
         seconds(),
     ),
     Setting(
-        "reconnect_failed", None, "Callable[[Any], object] | None", "a callable or None",
+        "reconnect_failed",
+        None,
+        "Callable[[Any], object] | None",
+        "a callable or None",
         "called with the pool when connects have failed for ``reconnect_timeout``",
         hook(),
     ),
     Setting(
-        "transaction_pooling", False, "bool", "True or False",
+        "transaction_pooling",
+        False,
+        "bool",
+        "True or False",
         "set it when the connections go through a pooler in transaction mode (PgBouncer's "
         "``pool_mode = transaction``): the reset then only ends the transaction, and a reset "
         "that clears session state is refused; with psycopg, also pass "
@@ -386,6 +445,7 @@ def check_sizes(min_size: object, max_size: object) -> tuple[int, int]:
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
 
 def check_run(retries: object, backoff: object) -> None:
     """Checks ``run()``'s ``retries`` (an integer >= 0) and ``backoff`` (a
@@ -481,9 +541,7 @@ class Settings:
     reconnect_failed: Any
     transaction_pooling: bool
 
-    def __init__(
-        self, factory: object, given: Mapping[str, Any], *, strict: bool = True
-    ) -> None:
+    def __init__(self, factory: object, given: Mapping[str, Any], *, strict: bool = True) -> None:
         if not callable(factory):
             hint = ""
             if isinstance(factory, str):

@@ -79,7 +79,6 @@ EVENTS = {
 live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-
 class PoolShared:
     """What the thread pool and the asyncio pool share: their settings,
     statistics, events, leak reports, and the choices of maintenance (which
@@ -136,7 +135,6 @@ class PoolShared:
         :class:`Pool` on the Python core."""
         public = cls.__dict__.get("_public", cls)
         return _bind(public, _core_module(core))  # type: ignore[return-value]
-
 
     # ----------------------------------------------------------- properties
 
