@@ -144,7 +144,10 @@ def _name(name: str, value: object) -> str | None:
 def _reset(name: str, value: object) -> Any:
     if isinstance(value, str):
         if not value.isidentifier():
-            raise ConfigurationError(f"reset names a method: {value!r} is not a method name")
+            raise ConfigurationError(
+                f"reset must be a method name, a callable, None or False: {value!r} is not "
+                "a method name"
+            )
         return value
     return hook(false=True)(name, value)
 
@@ -155,7 +158,8 @@ def _adapter(name: str, value: object) -> Any:
     for attr in ("reset_for", "check", "is_broken", "close"):
         if not callable(getattr(value, attr, None)):
             raise ConfigurationError(
-                f"adapter {value!r} has no {attr}(): pass pypool.dbapi or another adapter"
+                f"adapter must have reset_for(), check(), is_broken() and close(): {value!r} "
+                f"has no {attr}(); pass pypool.dbapi or another adapter"
             )
     return value
 
@@ -456,7 +460,7 @@ def check_run(retries: object, backoff: object) -> None:
     pause = seconds()("backoff", backoff)
     assert pause is not None
     try:
-        longest = pause * 2 ** max(retries - 1, 0) if pause else 0.0
+        longest = pause * 2 ** (retries - 1) if pause and retries else 0.0
     except OverflowError:
         longest = math.inf
     if longest > threading.TIMEOUT_MAX:
