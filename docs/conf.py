@@ -91,7 +91,7 @@ nitpick_ignore_regex = [
     # Unqualified in annotations (imported for type checking only).
     (r"py:class", r"MeterProvider|Metric"),
     (r"py:.*", r"(pypool(\.\w+)*\.)?_\w+(\.\w+)*"),
-    (r"py:class", r"(pypool\.\w+\.)?T"),
+    (r"py:class", r"(pypool(\.\w+)*\.)?T"),
     # The core's default fairness bound, which pypool does not export.
     (r"py:data", r"DEFAULT_HANDOFF_AFTER"),
 ]

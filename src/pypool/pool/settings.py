@@ -406,13 +406,14 @@ def signature(
     return inspect.Signature(params, return_annotation=inspect.Signature.empty)
 
 
-def docstring_section() -> str:
+def docstring_section(indent: str = "    ") -> str:
     """The "Settings" section of a pool class's docstring: each setting,
-    its default, its bounds and its meaning."""
-    lines = ["Settings (keyword arguments; ``pypool.pool.settings.SETTINGS``):", ""]
+    its default, its bounds and its meaning (indented as the docstring's
+    body is)."""
+    lines = ["Settings (keyword arguments; the table is :data:`pypool.pool.SETTINGS`):", ""]
     for s in SETTINGS:
         lines.append(f"- ``{s.name}={s.default!r}`` ({s.bound}): {s.doc}.")
-    return "\n".join(lines)
+    return "\n".join(f"{indent}{line}" if line else "" for line in lines)
 
 
 class ClassSignature:

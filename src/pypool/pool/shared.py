@@ -40,6 +40,7 @@ from .settings import Settings
 
 __all__ = [
     "EVENTS",
+    "HOT_PATH",
     "HotPath",
     "PoolShared",
     "accepts_timeout",
@@ -52,15 +53,25 @@ __all__ = [
 
 _P = TypeVar("_P", bound=type)
 
+#: The public methods of a core's ``PoolBase``.
+HOT_PATH = ("acquire", "release", "connection")
+
 if TYPE_CHECKING:  # the hot path a bound class gets from its core
     from .._core import PoolBase as HotPath
 else:
 
     class HotPath:
         """Stands for a core's ``PoolBase`` in a public pool class: the class
-        that :meth:`PoolShared.with_core` makes puts the core's below it."""
+        that :meth:`PoolShared.with_core` makes puts the core's below it.
+        It shows the hot path's public methods (those of the core
+        ``pypool._core`` picked), for ``help()`` and the documentation; a
+        class bound to a core has that core's own."""
 
         __slots__ = ()
+
+    for _name in HOT_PATH:
+        setattr(HotPath, _name, getattr(_core.PoolBase, _name))
+    del _name
 
 
 #: The events a pool emits to listeners added with :meth:`Pool.add_listener`,
@@ -593,6 +604,9 @@ def _bind(cls: type, module: types.ModuleType) -> type:
             "__qualname__": public.__qualname__,
             "_public": public,
         }
+        for name in HOT_PATH:  # unless the class has its own (AsyncPool)
+            if getattr(public, name, None) is getattr(HotPath, name):
+                namespace[name] = getattr(module.PoolBase, name)
         for alias, target in getattr(public, "_hot_aliases", {}).items():
             namespace[alias] = getattr(module.PoolBase, target)
         bound = type(public.__name__, (public, module.PoolBase), namespace)
