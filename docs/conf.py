@@ -170,7 +170,7 @@ def _signature(
     signature: str | None,
     return_annotation: str | None,
 ) -> tuple[str, str | None] | None:
-    """Signatures without private parameters (``_core=``), and a pool class's
+    """Signatures without private parameters, and a pool class's
     from its ``__init__`` (its ``__new__`` only passes arguments on)."""
     if not name.startswith("pypool") or signature is None:
         return None

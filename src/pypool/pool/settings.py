@@ -575,8 +575,8 @@ class Settings:
                     "so lower num_workers (or raise max_size)"
                 )
             self.num_workers = self.max_size
-        if self.name is None:
-            self.name = f"pool-{next(_names)}"
+        given_name = _name("name", given.get("name"))
+        self.name = given_name if given_name is not None else f"pool-{next(_names)}"
         check_transaction_pooling(self.transaction_pooling, self.reset)
         if self.transaction_pooling and self.reset is None and self.adapter is not None:
             # An adapter whose own reset clears session state offers one that
