@@ -43,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _core
 from ..errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
@@ -209,9 +209,6 @@ class AsyncPoolMethods(PoolShared):
         def _set_thread(self, ident: int) -> None: ...
 
         _unchecked: Any
-
-    #: Private keywords of the constructor, for subclasses.
-    _private_keywords: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, factory: Callable[[], Any], **settings: Any) -> None:
         # The keywords, their defaults and their bounds are

@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _core
 from ..errors import ConnectionFailed, PoolClosed, PoolTimeout
@@ -59,9 +59,6 @@ class PoolMethods(PoolShared):
         def release(self, conn: Any, /) -> None: ...
         def _set_timeout(self, timeout: float) -> None: ...
         def _lease(self, timeout: float | None, end: Any) -> Any: ...
-
-    #: Private keywords of the constructor, for subclasses.
-    _private_keywords: ClassVar[tuple[str, ...]] = ("_defer_open",)
 
     def __init__(self, factory: Any, **settings: Any) -> None:
         # The keywords, their defaults and their bounds are
