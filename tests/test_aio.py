@@ -131,7 +131,8 @@ def test_thousand_tasks_on_ten_fake_connections(make: Callable[..., AsyncPool]) 
 def test_thousand_tasks_on_ten_asyncpg_connections(core_module: ModuleType, dsn: str) -> None:
     async def main() -> None:
         pool = AsyncPool.with_core(core_module)(
-            lambda: asyncpg.connect(dsn), adapter=pypool.asyncpg, max_size=10)
+            lambda: asyncpg.connect(dsn), adapter=pypool.asyncpg, max_size=10
+        )
 
         async def body(conn: Any) -> None:
             assert await conn.fetchval("SELECT 1") == 1

@@ -52,7 +52,8 @@ class Thing:
 
 def test_a_pool_timeout_carries_the_idle_count(core_module: ModuleType) -> None:
     with Pool.with_core(core_module)(
-        Thing, adapter=Adapter(), min_size=1, max_size=1, check=False) as pool:
+        Thing, adapter=Adapter(), min_size=1, max_size=1, check=False
+    ) as pool:
         pool.wait(timeout=10)
         held = pool.acquire()
         with pytest.raises(PoolTimeout) as info:

@@ -504,7 +504,8 @@ def test_psycopg_async_interrupted_checkout_listener_gives_it_back(
 
         listener = Trap()
         async with psycopg_pools.AsyncConnectionPool.with_core(core_module)(
-            dsn, min_size=1, max_size=2, configure=configure, open=False) as pool:
+            dsn, min_size=1, max_size=2, configure=configure, open=False
+        ) as pool:
             await pool.wait(10.0)
             pool.add_listener("checkout", listener)
             listener.armed = True

@@ -348,7 +348,8 @@ async def _async_pool_failures(
     core_module: ModuleType,
 ) -> str:
     pool = pp.AsyncConnectionPool.with_core(core_module)(
-        conninfo, kwargs=kwargs, min_size=1, open=False)
+        conninfo, kwargs=kwargs, min_size=1, open=False
+    )
     try:
         await pool.open()
         error: BaseException | None = None

@@ -152,8 +152,9 @@ def _check_doc(doc: dict[str, Any], dsn: str, max_size: int = 4) -> None:
     assert set(rec) == {
         "size", "throughput", "best_size", "best_throughput", "reason", "within_limits"
     }  # fmt: skip
-    assert f"{rec['size']} server connections, within the {server['available']}" in (
-        rec["within_limits"]
+    assert (
+        f"{rec['size']} server connections, within the {server['available']}"
+        in (rec["within_limits"])
     )
     assert rec["size"] in s["sizes"]
     best = max(r["throughput"] for r in results)
@@ -346,8 +347,9 @@ def test_sweep_processes_direct(dsn: str, tmp_path: Path) -> None:
         # Both processes' pools are open during the run, and the monitor too.
         assert r["server_in_use"] is None or r["server_in_use"] > r["total_size"]
     rec = doc["recommended"]
-    assert f"2 processes x {rec['size']} = {2 * rec['size']} server connections" in (
-        rec["within_limits"]
+    assert (
+        f"2 processes x {rec['size']} = {2 * rec['size']} server connections"
+        in (rec["within_limits"])
     )
     assert "Recommended pool size per process: " in proc.stdout
     assert "2 processes x 2 client threads, a pool in each" in proc.stdout

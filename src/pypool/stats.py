@@ -105,7 +105,9 @@ def _table() -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     rule = "  ".join("=" * w for w in widths)
     lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)), rule]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows[1:]]  # noqa: E501
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows[1:]
+    ]
     lines.append(rule)
     return "\n".join(lines)
 

@@ -134,9 +134,7 @@ class Workers:
                 kind, value = pipe.recv()
             except (EOFError, OSError):
                 code = self.processes[i].exitcode
-                raise WorkersFailed(
-                    f"worker process {i + 1} exited (exit code {code})"
-                ) from None
+                raise WorkersFailed(f"worker process {i + 1} exited (exit code {code})") from None
             if kind == "error":
                 raise WorkersFailed(value)
             answers.append(value)
