@@ -68,7 +68,8 @@ class NoResetConnection(asyncpg.Connection):  # type: ignore[misc,name-defined]
 
 
 async def _pypool_contender(reset: bool, core: Any = None) -> tuple[Any, Any]:
-    pool = pypool.AsyncPool.with_core(core)(
+    pool_class = pypool.AsyncPool if core is None else pypool.AsyncPool.with_core(core)
+    pool = pool_class(
         lambda: asyncpg.connect(DSN),
         adapter=pypool.asyncpg,
         min_size=SIZE,
