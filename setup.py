@@ -40,6 +40,9 @@ COMPILER_DIRECTIVES = {
     "wraparound": False,
     "cdivision": True,
     "embedsignature": False,  # both cores carry identical docstrings
+    # The native core relies on the GIL (pypool._core uses the Python core on
+    # a free-threaded build): importing it must not claim otherwise.
+    "freethreading_compatible": False,
 }
 
 

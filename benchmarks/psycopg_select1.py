@@ -44,7 +44,7 @@ def make_pool(name: str, dsn: str, size: int, autocommit: bool) -> Any:
     else:
         from pypool.psycopg import ConnectionPool
 
-        kwargs["_core"] = importlib.import_module(CORES[name])
+        ConnectionPool = ConnectionPool.with_core(importlib.import_module(CORES[name]))
     pool = ConnectionPool(dsn, **kwargs)
     pool.wait(30.0)
     return pool

@@ -92,7 +92,9 @@ class _Workload:
             conn.execute(f"SELECT n FROM {self.table} WHERE id = %s", (key,)).fetchone()
 
 
-def _run_threads(source: Any, work: _Workload, threads: int, seconds: float) -> tuple[list[float], float]:  # noqa: E501
+def _run_threads(
+    source: Any, work: _Workload, threads: int, seconds: float
+) -> tuple[list[float], float]:
     stop = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(threads)]
     errors: list[BaseException] = []
@@ -259,8 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         "PYPOOL_TEST_DSN", "postgresql://postgres@127.0.0.1:5432/test"))  # fmt: skip
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--bouncer-pool", type=int, default=8,
-                        help="PgBouncer's server connections for b and c (default 8)")
+    parser.add_argument(
+        "--bouncer-pool",
+        type=int,
+        default=8,
+        help="PgBouncer's server connections for b and c (default 8)",
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", metavar="FILE")

@@ -68,13 +68,13 @@ class NoResetConnection(asyncpg.Connection):  # type: ignore[misc,name-defined]
 
 
 async def _pypool_contender(reset: bool, core: Any = None) -> tuple[Any, Any]:
-    pool = pypool.AsyncPool(
+    pool_class = pypool.AsyncPool if core is None else pypool.AsyncPool.with_core(core)
+    pool = pool_class(
         lambda: asyncpg.connect(DSN),
         adapter=pypool.asyncpg,
         min_size=SIZE,
         max_size=SIZE,
         reset=None if reset else False,
-        _core=core,
     )
     await pool.open(wait=True, timeout=30)
 
@@ -195,7 +195,7 @@ async def _uncontended(core: Any, cycles: int = 100_000, rounds: int = ROUNDS) -
     async def factory() -> Fake:
         return Fake()
 
-    pool = pypool.AsyncPool(factory, min_size=1, max_size=1, reset=False, _core=core)
+    pool = pypool.AsyncPool.with_core(core)(factory, min_size=1, max_size=1, reset=False)
     await pool.open(wait=True)
     acquire, release = pool.acquire, pool.release
     times = []

@@ -83,14 +83,13 @@ def test_pool_16_threads_on_4_connections(benchmark: Any, core: str) -> None:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         pytest.skip(f"{module_name} is not built ({exc})")
-    pool = Pool(
+    pool = Pool.with_core(module)(
         FakeConnection,
         adapter=Adapter(),
         min_size=CONNECTIONS,
         max_size=CONNECTIONS,
         check=False,
         timeout=30,
-        _core=module,
     )
     pool.wait(timeout=10)
     kept: list[float] = []

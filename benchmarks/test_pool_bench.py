@@ -1,14 +1,14 @@
 """Microbenchmarks of the full ``pypool.Pool`` against other pools:
 measurements, never assertions of speed.
 
-The contenders are the ones ``pypool bench`` measures (``pypool._bench_peers``),
+The contenders are the ones ``pypool bench`` measures (``pypool.cli.peers``),
 so both report the same cycles. Groups (``--benchmark-group-by=group``):
 
 * ``pool uncontended``: one thread, :data:`INNER` checkout + return cycles per
   timed call on a pool of :data:`CONNECTIONS`; ``extra_info["ns_per_cycle"]``
   is the median time of a call divided by :data:`INNER`. ``pypool.Pool`` runs
   with every default policy on, on both cores, over fake connections (see
-  :class:`pypool._bench_peers.FakeDBAPIConnection`); SQLAlchemy's
+  :class:`pypool.cli.peers.FakeDBAPIConnection`); SQLAlchemy's
   ``QueuePool`` and DBUtils' ``PooledDB`` over the same fakes; psycopg2's
   ``ThreadedConnectionPool`` and psycopg_pool's ``ConnectionPool`` over real
   PostgreSQL connections (and ``pool-native-pg``: ``pypool.Pool`` over real
@@ -36,8 +36,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from pypool import _bench_peers
 from pypool.cli import CONNECTIONS, Handles
+from pypool.cli import peers as _bench_peers
 
 #: Cycles per timed call in the uncontended benchmarks.
 INNER = 1000

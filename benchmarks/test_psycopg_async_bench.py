@@ -128,7 +128,7 @@ async def make_pool(name: str, dsn: str, size: int) -> Any:
     else:
         from pypool.psycopg import AsyncConnectionPool
 
-        kwargs["_core"] = importlib.import_module(CORES[name])
+        AsyncConnectionPool = AsyncConnectionPool.with_core(importlib.import_module(CORES[name]))
     pool = AsyncConnectionPool(dsn, **kwargs)
     await pool.open(wait=True, timeout=TIMEOUT)
     return pool

@@ -120,7 +120,7 @@ def make_pool(name: str, dsn: str, size: int, autocommit: bool = True) -> Any:
         from pypool.psycopg import ConnectionPool
 
         try:
-            kwargs["_core"] = importlib.import_module(CORES[name])
+            ConnectionPool = ConnectionPool.with_core(importlib.import_module(CORES[name]))
         except ImportError as exc:
             pytest.skip(f"{CORES[name]} is not built ({exc})")
     pool = ConnectionPool(dsn, **kwargs)

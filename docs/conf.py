@@ -91,7 +91,7 @@ nitpick_ignore_regex = [
     # Unqualified in annotations (imported for type checking only).
     (r"py:class", r"MeterProvider|Metric"),
     (r"py:.*", r"(pypool(\.\w+)*\.)?_\w+(\.\w+)*"),
-    (r"py:class", r"(pypool\.\w+\.)?T"),
+    (r"py:class", r"(pypool(\.\w+)*\.)?T"),
     # The core's default fairness bound, which pypool does not export.
     (r"py:data", r"DEFAULT_HANDOFF_AFTER"),
 ]
@@ -170,7 +170,7 @@ def _signature(
     signature: str | None,
     return_annotation: str | None,
 ) -> tuple[str, str | None] | None:
-    """Signatures without private parameters (``_core=``), and a pool class's
+    """Signatures without private parameters, and a pool class's
     from its ``__init__`` (its ``__new__`` only passes arguments on)."""
     if not name.startswith("pypool") or signature is None:
         return None

@@ -56,8 +56,6 @@
 # 5. A slot goes to a borrower only through its state word; Python code runs
 #    only after the state is settled.
 
-# cython: language_level=3, freethreading_compatible=False
-
 cimport cython
 from cpython.object cimport PyObject, PyTypeObject, traverseproc, visitproc
 from cpython.pythread cimport PyThread_get_thread_ident

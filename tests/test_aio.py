@@ -60,7 +60,7 @@ async def fake_factory() -> AsyncFakeConn:
 def make(core_module: ModuleType) -> Callable[..., AsyncPool]:
     def make(factory: Callable[[], Any] = fake_factory, **kw: Any) -> AsyncPool:
         kw.setdefault("max_size", 10)
-        return AsyncPool(factory, _core=core_module, **kw)
+        return AsyncPool.with_core(core_module)(factory, **kw)
 
     return make
 
@@ -113,8 +113,8 @@ def test_thousand_tasks_on_ten_fake_connections(make: Callable[..., AsyncPool]) 
 @pytest.mark.timeout(120)
 def test_thousand_tasks_on_ten_asyncpg_connections(core_module: ModuleType, dsn: str) -> None:
     async def main() -> None:
-        pool = AsyncPool(
-            lambda: asyncpg.connect(dsn), adapter=pypool.asyncpg, max_size=10, _core=core_module
+        pool = AsyncPool.with_core(core_module)(
+            lambda: asyncpg.connect(dsn), adapter=pypool.asyncpg, max_size=10
         )
 
         async def body(conn: Any) -> None:
@@ -653,7 +653,7 @@ def _import_time_pool(core_module: ModuleType) -> AsyncPool:
     # Made outside any loop, as a module-level pool would be.
     key = core_module.__name__
     if key not in _MADE_AT_IMPORT:
-        _MADE_AT_IMPORT[key] = AsyncPool(fake_factory, max_size=2, _core=core_module)
+        _MADE_AT_IMPORT[key] = AsyncPool.with_core(core_module)(fake_factory, max_size=2)
     return _MADE_AT_IMPORT[key]
 
 
@@ -692,7 +692,7 @@ def test_pool_made_outside_a_loop_binds_to_the_first(core_module: ModuleType) ->
 def test_loop_in_another_thread_is_refused_while_the_first_runs(
     core_module: ModuleType,
 ) -> None:
-    pool = AsyncPool(fake_factory, min_size=2, max_size=2, _core=core_module)
+    pool = AsyncPool.with_core(core_module)(fake_factory, min_size=2, max_size=2)
     outcome: list[BaseException | None] = []
 
     async def other_thread() -> None:
@@ -719,7 +719,7 @@ def test_loop_in_another_thread_is_refused_while_the_first_runs(
 
 @pytest.mark.timeout(30)
 def test_second_loop_refused_when_no_connection_is_idle(core_module: ModuleType) -> None:
-    pool = AsyncPool(fake_factory, max_size=1, _core=core_module)
+    pool = AsyncPool.with_core(core_module)(fake_factory, max_size=1)
     held: list[Any] = []
 
     async def first() -> None:
@@ -743,8 +743,8 @@ def test_second_loop_refused_when_no_connection_is_idle(core_module: ModuleType)
 def pg_pools(core_module: ModuleType, dsn: str) -> Callable[..., AsyncPool]:
     def make(**kw: Any) -> AsyncPool:
         target = kw.pop("dsn", dsn)
-        return AsyncPool(
-            lambda: asyncpg.connect(target), adapter=pypool.asyncpg, _core=core_module, **kw
+        return AsyncPool.with_core(core_module)(
+            lambda: asyncpg.connect(target), adapter=pypool.asyncpg, **kw
         )
 
     return make
@@ -858,13 +858,12 @@ def test_cut_network_times_out_on_time_and_refills(
     target = via(dsn, proxy.port)
 
     async def main() -> None:
-        pool = AsyncPool(
+        pool = AsyncPool.with_core(core_module)(
             lambda: asyncpg.connect(target, timeout=2),
             adapter=pypool.asyncpg,
             max_size=2,
             min_size=2,
             check_after=0,
-            _core=core_module,
         )
         await pool.open(wait=True, timeout=10)
         proxy.cut()

@@ -53,7 +53,7 @@ async def factory() -> Conn:
 def make(core_module: ModuleType) -> Callable[..., AsyncPool]:
     def make(**kw: Any) -> AsyncPool:
         kw.setdefault("max_size", 2)
-        return AsyncPool(kw.pop("factory", factory), _core=core_module, **kw)
+        return AsyncPool.with_core(core_module)(kw.pop("factory", factory), **kw)
 
     return make
 
@@ -199,7 +199,7 @@ async def factory():
 async def main():
     # More tasks than connections, a check at every hand-out: at any moment
     # some wait, some check, some return, and the workers connect.
-    pool = AsyncPool(factory, max_size=2, check_after=0.0, timeout=5, _core=core)
+    pool = AsyncPool.with_core(core)(factory, max_size=2, check_after=0.0, timeout=5)
     await pool.open()
 
     async def work():

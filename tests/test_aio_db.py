@@ -101,13 +101,12 @@ class Kind:
                     await asyncio.sleep(connect_delay)
                 return await asyncpg.connect(dsn, server_settings={"application_name": app})
 
-            return AsyncPool(
+            return AsyncPool.with_core(self.core)(
                 factory,
                 adapter=pypool.asyncpg,
                 min_size=min_size,
                 max_size=max_size,
                 timeout=timeout,
-                _core=self.core,
             )
 
         class SlowConnection(psycopg.AsyncConnection):  # type: ignore[misc]
@@ -119,7 +118,7 @@ class Kind:
                     await asyncio.sleep(connect_delay)
                 return await super().connect(*args, **kwargs)
 
-        return pypool.psycopg.AsyncConnectionPool(
+        return pypool.psycopg.AsyncConnectionPool.with_core(self.core)(
             self.dsn,
             connection_class=SlowConnection,
             kwargs={"application_name": app, "autocommit": autocommit},
@@ -127,7 +126,6 @@ class Kind:
             max_size=max_size,
             timeout=timeout,
             open=False,
-            _core=self.core,
         )
 
     async def open(self, pool: Any) -> None:

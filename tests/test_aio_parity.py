@@ -89,7 +89,7 @@ def make(core_module: ModuleType, pools: list[AsyncPool]) -> Callable[..., Any]:
         kw.setdefault("adapter", AsyncFakeAdapter())
         kw.setdefault("timeout", 5.0)
         kw.setdefault("max_size", 4)
-        pool = AsyncPool(factory, _core=core_module, **kw)
+        pool = AsyncPool.with_core(core_module)(factory, **kw)
         pools.append(pool)
         return pool, factory
 
@@ -150,11 +150,11 @@ def test_settings_and_defaults_match_pool(core_module: ModuleType) -> None:
     assert aio["leak_timeout"].default is None
     assert aio["keepalive"].default == 240.0
 
-    AsyncPool(AsyncFactory(), leak_timeout=0.5, keepalive=None, _core=core_module)
+    AsyncPool.with_core(core_module)(AsyncFactory(), leak_timeout=0.5, keepalive=None)
     for bad in ({"keepalive": -1}, {"keepalive": 0}, {"leak_timeout": 0}, {"leak_timeout": "1"}):
         (name,) = bad
         with pytest.raises(ConfigurationError, match=name):
-            AsyncPool(AsyncFactory(), _core=core_module, **bad)
+            AsyncPool.with_core(core_module)(AsyncFactory(), **bad)
 
 
 # ------------------------------------------------------------------ listeners

@@ -147,14 +147,14 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
 def test_bench_subprocess_table(quick_run: tuple[str, dict[str, Any]]) -> None:
     stdout, _ = quick_run
     assert stdout.startswith("pypool bench: ")
-    _check_tables(stdout, list(cli.DEFAULT_THREADS), _available())
+    _check_tables(stdout, list(cli.bench.DEFAULT_THREADS), _available())
     if "native" not in _available():
         assert "skipped native:" in stdout
 
 
 def test_bench_subprocess_json(quick_run: tuple[str, dict[str, Any]]) -> None:
     _, doc = quick_run
-    _check_json(doc, list(cli.DEFAULT_THREADS))
+    _check_json(doc, list(cli.bench.DEFAULT_THREADS))
 
 
 def test_bench_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -324,8 +324,8 @@ def test_plain_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
     term = Terminal()
     monkeypatch.setattr(sys, "stderr", term)
-    monkeypatch.setattr(cli, "_importable", lambda module: False)
-    progress = cli._Progress()
+    monkeypatch.setattr(cli.output, "importable", lambda module: False)
+    progress = cli.output.Progress()
     progress.set_total(4)
     progress.show("step one")
     progress.show("step two")
@@ -336,7 +336,7 @@ def test_plain_progress_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_no_progress_when_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
-    progress = cli._Progress()
+    progress = cli.output.Progress()
     progress.set_total(2)
     progress.show("step")
     progress.clear()

@@ -50,7 +50,7 @@ def _failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 def test_an_outage_is_logged_once_then_at_a_slowing_pace(
     core_module: ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pool = Pool(refused, min_size=1, num_workers=3, _core=core_module)
+    pool = Pool.with_core(core_module)(refused, min_size=1, num_workers=3)
     try:
         with caplog.at_level(logging.WARNING, logger="pypool"):
             started = time.monotonic()
@@ -81,7 +81,7 @@ def test_an_async_outage_is_logged_once(
     core_module: ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        pool = AsyncPool(refused_async, min_size=1, num_workers=3, _core=core_module)
+        pool = AsyncPool.with_core(core_module)(refused_async, min_size=1, num_workers=3)
         try:
             with pytest.raises(PoolTimeout):
                 await pool.wait(0.8)
@@ -104,7 +104,7 @@ def test_a_new_outage_is_logged_again(
             raise Down("connection refused")
         return Conn()
 
-    pool = Pool(factory, min_size=1, _core=core_module)
+    pool = Pool.with_core(core_module)(factory, min_size=1)
     try:
         with caplog.at_level(logging.WARNING, logger="pypool"):
             with pytest.raises(PoolTimeout):
@@ -128,7 +128,7 @@ def test_connections_made_and_closed_are_logged_at_debug(
     core_module: ModuleType, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG, logger="pypool"):
-        pool = Pool(Conn, min_size=1, _core=core_module)
+        pool = Pool.with_core(core_module)(Conn, min_size=1)
         pool.wait(5.0)
         pool.close()
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]

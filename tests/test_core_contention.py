@@ -51,8 +51,8 @@ class Thing:
 
 
 def test_a_pool_timeout_carries_the_idle_count(core_module: ModuleType) -> None:
-    with Pool(
-        Thing, adapter=Adapter(), min_size=1, max_size=1, check=False, _core=core_module
+    with Pool.with_core(core_module)(
+        Thing, adapter=Adapter(), min_size=1, max_size=1, check=False
     ) as pool:
         pool.wait(timeout=10)
         held = pool.acquire()

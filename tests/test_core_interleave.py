@@ -86,8 +86,15 @@ def test_every_point_against_a_fork(core_module: ModuleType) -> None:
     # interpreter plays the scenarios and forks at each point.
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     proc = subprocess.run(
-        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_CHILD,
-         core_module.__name__, tests_dir],
+        [
+            sys.executable,
+            "-W",
+            "ignore::DeprecationWarning",
+            "-c",
+            _FORK_CHILD,
+            core_module.__name__,
+            tests_dir,
+        ],
         capture_output=True,
         text=True,
         timeout=500,

@@ -135,9 +135,7 @@ def test_a_timeout_records_the_idle_count(make_core_pool: Any) -> None:
     assert PoolTimeout("made elsewhere").idle is None
 
 
-def test_hook_names_are_the_same_in_both_cores(
-    native_module: Any, python_module: Any
-) -> None:
+def test_hook_names_are_the_same_in_both_cores(native_module: Any, python_module: Any) -> None:
     assert native_module._CALL_OUT_POINTS == python_module._CALL_OUT_POINTS
     assert len(set(python_module._CALL_OUT_POINTS)) == len(python_module._CALL_OUT_POINTS)
 
@@ -464,9 +462,7 @@ def test_the_longest_lifetime_is_the_same_in_both_cores(
 
 
 @pytest.mark.timeout(60)
-def test_the_deadline_counts_from_the_call_hooks_included(
-    CorePool: Any, core_module: Any
-) -> None:
+def test_the_deadline_counts_from_the_call_hooks_included(CorePool: Any, core_module: Any) -> None:
     # on_wait takes longer than the whole timeout: when it returns, the
     # deadline has passed, so the caller times out after one last retry of
     # the pop, without sleeping through further slices.

@@ -76,7 +76,7 @@ else:
 
 # No hand-out check in the parent: a session the child ended must show up as
 # an error, not be replaced quietly.
-pool = pypool.Pool(factory, min_size=2, max_size=5, check=False, timeout=10, _core=core)
+pool = pypool.Pool.with_core(core)(factory, min_size=2, max_size=5, check=False, timeout=10)
 pool.wait(10)
 
 
@@ -298,7 +298,7 @@ def tls_connect():
     return Conn()
 
 
-pool = pypool.Pool(tls_connect, min_size=2, num_workers=2, _core=core)
+pool = pypool.Pool.with_core(core)(tls_connect, min_size=2, num_workers=2)
 time.sleep(0.2)  # both connect workers are inside tls_connect()
 sys.exit(0)  # normal shutdown, connects in flight
 """

@@ -30,7 +30,7 @@ from _support.waiting import wait_until
 from pypool import Pool, stats
 from pypool.dbapi import connect_factory
 from pypool.errors import ConnectionFailed, PoolTimeout
-from pypool.pool import _maintenance_interval
+from pypool.pool.shared import maintenance_interval as _maintenance_interval
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -76,7 +76,7 @@ def pools(core_module: ModuleType) -> Iterator[Callable[..., Any]]:
 
     def make(factory: Callable[[], Any], **kw: Any) -> Any:
         kw.setdefault("timeout", 10.0)
-        pool = Pool(factory, _core=core_module, **kw)
+        pool = Pool.with_core(core_module)(factory, **kw)
         made.append(pool)
         return pool
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-import pypool.pool
+import pypool.pool.shared
+import pypool.pool.threaded
 from _support.interrupts import Adapter, AsyncConn, Conn, Factory, Trap, accounted
 from pypool import AsyncPool, Pool
 from pypool import stats as names
@@ -53,7 +54,7 @@ def make(core_module: ModuleType) -> Iterator[Callable[..., tuple[Any, Factory]]
         kw.setdefault("adapter", Adapter())
         kw.setdefault("timeout", 5.0)
         kw.setdefault("max_size", 2)
-        pool = Pool(factory, _core=core_module, **kw)
+        pool = Pool.with_core(core_module)(factory, **kw)
         pools.append(pool)
         return pool, factory
 
@@ -166,8 +167,8 @@ def test_interrupted_stack_capture_gives_the_connection_back(
 ) -> None:
     """``leak_timeout`` captures the borrower's stack at every hand-out: a
     Ctrl-C there gives the connection back too."""
-    capture = Trap(then=pypool.pool._caller_stack)
-    monkeypatch.setattr(pypool.pool, "_caller_stack", capture)
+    capture = Trap(then=pypool.pool.shared.caller_stack)
+    monkeypatch.setattr(pypool.pool.shared, "caller_stack", capture)
     pool, factory = make(check=False, leak_timeout=60.0)
     warm(pool, 1)
     capture.armed = True
@@ -239,8 +240,8 @@ def test_run_interrupted_in_its_backoff_has_discarded_the_broken_one(
     pool, factory = make(check=False)
     sleeps = Trap()
     sleeps.armed = True
-    monkeypatch.setattr(pypool.pool, "time", types.SimpleNamespace(**vars(time)))
-    monkeypatch.setattr(pypool.pool.time, "sleep", sleeps)
+    monkeypatch.setattr(pypool.pool.threaded, "time", types.SimpleNamespace(**vars(time)))
+    monkeypatch.setattr(pypool.pool.threaded.time, "sleep", sleeps)
 
     def fn(conn: Conn) -> None:
         conn.broken = True
@@ -284,7 +285,7 @@ def amake(core_module: ModuleType) -> Callable[..., tuple[Any, Factory]]:
     def make(**kw: Any) -> tuple[Any, Factory]:
         factory = Factory(AsyncConn)
         kw.setdefault("max_size", 2)
-        return AsyncPool(factory.connect, _core=core_module, **kw), factory
+        return AsyncPool.with_core(core_module)(factory.connect, **kw), factory
 
     return make
 
@@ -407,8 +408,8 @@ def pg(core_module: ModuleType, dsn: str) -> Iterator[Callable[..., tuple[Any, l
         made: list[Any] = []
         kw.setdefault("min_size", 1)
         kw.setdefault("max_size", 2)
-        pool = psycopg_pools.ConnectionPool(
-            dsn, open=True, configure=made.append, _core=core_module, **kw
+        pool = psycopg_pools.ConnectionPool.with_core(core_module)(
+            dsn, open=True, configure=made.append, **kw
         )
         pools.append(pool)
         pool.wait(10.0)
@@ -502,8 +503,8 @@ def test_psycopg_async_interrupted_checkout_listener_gives_it_back(
             made.append(conn)
 
         listener = Trap()
-        async with psycopg_pools.AsyncConnectionPool(
-            dsn, min_size=1, max_size=2, configure=configure, open=False, _core=core_module
+        async with psycopg_pools.AsyncConnectionPool.with_core(core_module)(
+            dsn, min_size=1, max_size=2, configure=configure, open=False
         ) as pool:
             await pool.wait(10.0)
             pool.add_listener("checkout", listener)

@@ -212,7 +212,7 @@ def test_otel_forgets_a_collected_pool(core_module: ModuleType, otel_reader: Any
     import pypool.otel
 
     provider, reader = otel_reader
-    pool = Pool(Factory(), adapter=FakeAdapter(), min_size=1, name="gone", _core=core_module)
+    pool = Pool.with_core(core_module)(Factory(), adapter=FakeAdapter(), min_size=1, name="gone")
     pool.wait(5.0)
     handle = pypool.otel.instrument(pool, provider)
     assert one(otel_points(reader), stats.MAX, "gone") == 10
@@ -349,7 +349,7 @@ def test_prometheus_namespace_several_pools_and_registry_rules(
     collector.remove(a)
     assert registry.get_sample_value("app_db_connections_max", {"pool": "a"}) is None
     # Held weakly: a collected pool is no longer exposed.
-    c = Pool(Factory(), adapter=FakeAdapter(), name="c", _core=core_module)
+    c = Pool.with_core(core_module)(Factory(), adapter=FakeAdapter(), name="c")
     collector.add(c)
     assert registry.get_sample_value("app_db_connections_max", {"pool": "c"}) == 10
     c.close()
@@ -609,13 +609,12 @@ def test_password_never_logged(
 
     caplog.set_level(logging.DEBUG)
     factory = connect_factory(leaky_connect, dsn)
-    pool = Pool(
+    pool = Pool.with_core(core_module)(
         factory,
         adapter=FakeAdapter(),
         min_size=1,
         reconnect_timeout=0.1,
         reconnect_failed=lambda p: None,
-        _core=core_module,
     )
     try:
         with pytest.raises(pypool.ConnectionFailed) as info:
@@ -650,7 +649,7 @@ def test_password_never_logged_real_driver(
     caplog.set_level(logging.DEBUG)
     dsn = f"postgresql://postgres:{SECRET}@127.0.0.1:{port}/test"
     factory = connect_factory(psycopg.connect, dsn, connect_timeout=2)
-    pool = Pool(factory, min_size=1, _core=core_module)
+    pool = Pool.with_core(core_module)(factory, min_size=1)
     try:
         with pytest.raises(pypool.ConnectionFailed) as info:
             pool.wait(timeout=5.0, fail_fast=True)

@@ -121,16 +121,16 @@ def open_pool(
     ``pypool.psycopg.ConnectionPool``, autocommit, opened and filled."""
     extra = {} if prepare_threshold == "default" else {"prepare_threshold": prepare_threshold}
     options = dict(kwargs)
-    if core is not None:
-        options["_core"] = core
+    pool_class: Any = pypool.Pool if core is None else pypool.Pool.with_core(core)
+    psycopg_class: Any = ConnectionPool if core is None else ConnectionPool.with_core(core)
     if kind == "Pool":
         factory = dbapi.connect_factory(
             psycopg.connect, dsn, autocommit=True, connect_timeout=connect_timeout, **extra
         )
-        pool: Any = pypool.Pool(factory, transaction_pooling=transaction_pooling, **options)
+        pool: Any = pool_class(factory, transaction_pooling=transaction_pooling, **options)
     else:
         options.setdefault("min_size", 1)
-        pool = ConnectionPool(
+        pool = psycopg_class(
             dsn,
             kwargs={"autocommit": True, "connect_timeout": int(connect_timeout), **extra},
             transaction_pooling=transaction_pooling,
@@ -184,7 +184,7 @@ def test_transaction_pooling_validation_and_marked_resets() -> None:
     assert pool._settings.transaction_pooling is True
     pool.close()
 
-    from pypool._policy import session_state_reset
+    from pypool.pool.settings import session_state_reset
 
     @session_state_reset
     def my_discard(conn: Any) -> None:

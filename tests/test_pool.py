@@ -1,7 +1,7 @@
 """pypool.Pool with fake connections, on both cores.
 
 Every test runs once per core (the ``core_module`` fixture): the pool is built
-with ``Pool(..., _core=core_module)``. The fakes count what the pool does to
+with ``Pool.with_core(core_module)(...)``. The fakes count what the pool does to
 them (rollbacks, checks, closes, configure) and can be told to fail.
 """
 
@@ -881,7 +881,7 @@ def test_close_closes_idle_connections(make_pool: Any) -> None:
 def test_context_manager(core_module: ModuleType) -> None:
     factory = Factory()
     with (
-        Pool(factory, adapter=FakeAdapter(), max_size=2, _core=core_module) as pool,
+        Pool.with_core(core_module)(factory, adapter=FakeAdapter(), max_size=2) as pool,
         pool.connection(timeout=2.0) as conn,
     ):
         assert not pool.closed
@@ -1012,7 +1012,7 @@ def test_invalid_settings(core_module: ModuleType, settings: dict[str, Any], say
     factory = Factory()
     kw: dict[str, Any] = {"adapter": FakeAdapter(), **settings}
     with pytest.raises(ConfigurationError) as info:
-        Pool(factory, _core=core_module, **kw)
+        Pool.with_core(core_module)(factory, **kw)
     assert says in str(info.value)
     assert factory.calls == 0
     assert not any(
@@ -1023,9 +1023,9 @@ def test_invalid_settings(core_module: ModuleType, settings: dict[str, Any], say
 @pytest.mark.timeout(30)
 def test_invalid_factory(core_module: ModuleType) -> None:
     with pytest.raises(ConfigurationError, match="factory must be a callable"):
-        Pool(None, adapter=FakeAdapter(), _core=core_module)
+        Pool.with_core(core_module)(None, adapter=FakeAdapter())
     with pytest.raises(ConfigurationError) as info:
-        Pool("postgresql://app@db/orders", adapter=FakeAdapter(), _core=core_module)
+        Pool.with_core(core_module)("postgresql://app@db/orders", adapter=FakeAdapter())
     assert "connect_factory" in str(info.value)
 
 

@@ -39,7 +39,7 @@ _names = itertools.count(1)
 def on_core(cls: type, core_module: ModuleType, *args: Any, **kwargs: Any) -> Any:
     """A pool of ``cls`` on the core under test: the one place where the
     tests choose a pool's core."""
-    return cls(*args, _core=core_module, **kwargs)
+    return cls.with_core(core_module)(*args, **kwargs)
 
 
 def unique(prefix: str) -> str:

@@ -60,7 +60,7 @@ def pools(core_module: ModuleType) -> Iterator[Callable[..., Any]]:
 
     def make(factory: Callable[[], Any], **kw: Any) -> Any:
         kw.setdefault("timeout", 10.0)
-        pool = Pool(factory, _core=core_module, **kw)
+        pool = Pool.with_core(core_module)(factory, **kw)
         made.append(pool)
         return pool
 

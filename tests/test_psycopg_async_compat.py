@@ -55,7 +55,7 @@ class Impl:
 
     ``mod`` has ``AsyncConnectionPool``, ``AsyncNullConnectionPool``,
     ``PoolTimeout``, ``PoolClosed`` and ``TooManyRequests``; for pypool,
-    ``core`` is the core module every pool is made on (``_core=``).
+    ``core`` is the core module every pool is made on (``with_core()``).
     """
 
     name: str
@@ -69,16 +69,14 @@ class Impl:
     def mod(self) -> ModuleType:
         return psycopg_pool if self.core is None else pypool.psycopg
 
-    def _kw(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self.core is not None:
-            kwargs["_core"] = self.core
-        return kwargs
+    def _bound(self, cls: Any) -> Any:
+        return cls if self.core is None else cls.with_core(self.core)
 
     def pool(self, *args: Any, **kwargs: Any) -> Any:
-        return self.mod.AsyncConnectionPool(*args, **self._kw(kwargs))
+        return self._bound(self.mod.AsyncConnectionPool)(*args, **kwargs)
 
     def null_pool(self, *args: Any, **kwargs: Any) -> Any:
-        return self.mod.AsyncNullConnectionPool(*args, **self._kw(kwargs))
+        return self._bound(self.mod.AsyncNullConnectionPool)(*args, **kwargs)
 
 
 def _pypool_impl(param: str) -> Impl:

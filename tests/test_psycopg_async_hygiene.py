@@ -71,13 +71,12 @@ class Pools:
         self.made: list[Any] = []
 
     async def __call__(self, reset: Any = None, **kwargs: Any) -> Any:
-        pool = AsyncConnectionPool(
+        pool = AsyncConnectionPool.with_core(self.core)(
             self.dsn,
             min_size=1,
             max_size=1,
             reset=reset,
             open=False,
-            _core=self.core,
             **kwargs,
         )
         self.made.append(pool)

@@ -54,7 +54,7 @@ class Impl:
 
     ``mod`` has ``ConnectionPool``, ``NullConnectionPool``, ``PoolTimeout``,
     ``PoolClosed`` and ``TooManyRequests``; for pypool, ``core`` is the core
-    module every pool is made on (``_core=``).
+    module every pool is made on (``with_core()``).
     """
 
     name: str
@@ -68,16 +68,14 @@ class Impl:
     def mod(self) -> ModuleType:
         return psycopg_pool if self.core is None else pypool.psycopg
 
-    def _kw(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self.core is not None:
-            kwargs["_core"] = self.core
-        return kwargs
+    def _bound(self, cls: Any) -> Any:
+        return cls if self.core is None else cls.with_core(self.core)
 
     def pool(self, *args: Any, **kwargs: Any) -> Any:
-        return self.mod.ConnectionPool(*args, **self._kw(kwargs))
+        return self._bound(self.mod.ConnectionPool)(*args, **kwargs)
 
     def null_pool(self, *args: Any, **kwargs: Any) -> Any:
-        return self.mod.NullConnectionPool(*args, **self._kw(kwargs))
+        return self._bound(self.mod.NullConnectionPool)(*args, **kwargs)
 
 
 @pytest.fixture(

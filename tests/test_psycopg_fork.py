@@ -49,7 +49,7 @@ NOW = "SELECT now()"  # fixed for the length of a transaction
 
 
 def with_core(cls, **kwargs):  # the one place a core is chosen
-    return cls(dsn, _core=core, **kwargs)
+    return cls.with_core(core)(dsn, **kwargs)
 
 
 sync_pools = {

@@ -72,8 +72,8 @@ def make_psycopg_pool(core_module: ModuleType, dsn: str) -> Iterator[Callable[..
     pools: list[Any] = []
 
     def make(reset: Any = None, **kwargs: Any) -> Any:
-        pool = ConnectionPool(
-            dsn, min_size=1, max_size=1, reset=reset, open=True, _core=core_module, **kwargs
+        pool = ConnectionPool.with_core(core_module)(
+            dsn, min_size=1, max_size=1, reset=reset, open=True, **kwargs
         )
         pools.append(pool)
         pool.wait(10.0)

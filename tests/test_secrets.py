@@ -269,7 +269,7 @@ def _pool_failures(pool: pypool.Pool) -> str:
 def test_pool_psycopg(dsn: str, core_module: ModuleType, logs: pytest.LogCaptureFixture) -> None:
     psycopg = _psycopg()
     factory = dbapi.connect_factory(psycopg.connect, dsn)
-    pool = pypool.Pool(factory, min_size=1, _core=core_module)
+    pool = pypool.Pool.with_core(core_module)(factory, min_size=1)
     shown = _pool_failures(pool)
     assert "connection failed" in logs.text, "the failure is logged"
     assert leaks(shown) == []
@@ -281,7 +281,7 @@ def test_pool_psycopg_partial(core_module: ModuleType, logs: pytest.LogCaptureFi
     """A factory that is a ``functools.partial`` of the driver's connect."""
     psycopg = _psycopg()
     factory = functools.partial(psycopg.connect, MALFORMED["kv-unquoted-space"])
-    shown = _pool_failures(pypool.Pool(factory, min_size=1, _core=core_module))
+    shown = _pool_failures(pypool.Pool.with_core(core_module)(factory, min_size=1))
     assert leaks(shown) == []
     assert leaks(log_text(logs)) == []
 
@@ -312,8 +312,9 @@ def test_psycopg_pools(
         shown = asyncio.run(_async_pool_failures(pp, conninfo, kwargs, core_module))
     else:
         cls = pp.ConnectionPool if kind == "sync" else pp.NullConnectionPool
-        pool = cls(conninfo, kwargs=kwargs, min_size=1 if kind == "sync" else 0,
-                   open=False, _core=core_module)  # fmt: skip
+        pool = cls.with_core(core_module)(
+            conninfo, kwargs=kwargs, min_size=1 if kind == "sync" else 0, open=False
+        )
         try:
             pool.open()
             error = _first_failed_connect(lambda: pool.getconn(timeout=0.3))
@@ -346,8 +347,8 @@ async def _async_pool_failures(
     kwargs: dict[str, str] | None,
     core_module: ModuleType,
 ) -> str:
-    pool = pp.AsyncConnectionPool(
-        conninfo, kwargs=kwargs, min_size=1, open=False, _core=core_module
+    pool = pp.AsyncConnectionPool.with_core(core_module)(
+        conninfo, kwargs=kwargs, min_size=1, open=False
     )
     try:
         await pool.open()
@@ -402,7 +403,7 @@ def test_pymysql(
     assert leaks(repr(factory)) == []
     error = _call(factory)
     assert leaks(texts_of(error)) == []
-    shown = _pool_failures(pypool.Pool(factory, min_size=1, _core=core_module))
+    shown = _pool_failures(pypool.Pool.with_core(core_module)(factory, min_size=1))
     assert leaks(shown) == []
     assert leaks(log_text(logs)) == []
 
@@ -425,7 +426,7 @@ def test_cli_sweep(dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_bench(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     _psycopg()
-    from pypool import _bench_peers
+    from pypool.cli import peers as _bench_peers
 
     monkeypatch.setattr(_bench_peers, "DSN", None)  # the command sets it: put it back after
     dsn = MALFORMED["kv-unquoted-space"]

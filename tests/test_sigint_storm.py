@@ -126,7 +126,7 @@ def storm_pool(native: Any) -> Iterator[Callable[..., tuple[Any, WeakFactory]]]:
         kw.setdefault("min_size", 16)
         kw.setdefault("max_size", 16)
         kw.setdefault("check_after", 0.0)  # a check (Python code) at every hand-out
-        pool = Pool(factory, _core=native, **kw)
+        pool = Pool.with_core(native)(factory, **kw)
         pools.append(pool)
         pool.add_listener("checkout", lambda pool, conn: None)  # a checkout hook, too
         pool.wait(10.0)
@@ -249,14 +249,13 @@ def test_storm_on_pool_run(storm_pool: Any) -> None:
 def pg_pool(native: Any, dsn: str) -> Iterator[Any]:
     psycopg_pools = pytest.importorskip("pypool.psycopg")
     made: list[Any] = []
-    pool = psycopg_pools.ConnectionPool(
+    pool = psycopg_pools.ConnectionPool.with_core(native)(
         dsn,
         min_size=4,
         max_size=4,
         open=True,
         configure=lambda conn: made.append(weakref.ref(conn)),
         check_after=0.0,
-        _core=native,
     )
     pool.made = made
     pool.wait(10.0)

@@ -875,8 +875,10 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 def matrix_poolclass(kind: str, mode: str) -> type:
     if mode == "sync":
-        return sa_pool.QueuePool if kind == "sqlalchemy" else pp.QueuePool.with_core(
-            _core_module(kind)
+        return (
+            sa_pool.QueuePool
+            if kind == "sqlalchemy"
+            else pp.QueuePool.with_core(_core_module(kind))
         )
     if kind == "sqlalchemy":
         return sa_pool.AsyncAdaptedQueuePool

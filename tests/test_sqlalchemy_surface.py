@@ -68,6 +68,9 @@ _ALLOWED_2X: dict[str, dict[str, dict[str, str]]] = {
         "inherited": {
             "_is_asyncio": "False, SQLAlchemy's meaning: not for asyncio engines",
             "_queue_class": "never used: pypool's __init__ makes no SQLAlchemy queue",
+            "_inc_overflow": "never called: its only callers, _do_get and _do_return_conn, "
+            "are pypool's own (the core counts the overflow)",
+            "_dec_overflow": "never called, as _inc_overflow",
         },
     },
     "AsyncAdaptedQueuePool": {

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from _support.cli import PNG_SIGNATURE, pypool_env
-from pypool import _sweep
+from pypool.cli import sweep as _sweep
 
 TINY = ("--max-size", "4", "--seconds", "0.5", "--clients", "4")
 RESULT_KEYS = {"size", "cycles", "seconds", "throughput", "p50_ms", "p99_ms", "server_in_use"}
@@ -152,8 +152,9 @@ def _check_doc(doc: dict[str, Any], dsn: str, max_size: int = 4) -> None:
     assert set(rec) == {
         "size", "throughput", "best_size", "best_throughput", "reason", "within_limits"
     }  # fmt: skip
-    assert f"{rec['size']} server connections, within the {server['available']}" in (
-        rec["within_limits"]
+    assert (
+        f"{rec['size']} server connections, within the {server['available']}"
+        in (rec["within_limits"])
     )
     assert rec["size"] in s["sizes"]
     best = max(r["throughput"] for r in results)
@@ -168,7 +169,7 @@ def test_sweep_real_server(dsn: str, tmp_path: Path) -> None:
     path = tmp_path / "sweep.json"
     plot = tmp_path / "sweep.png"
     args = ["sweep", "--dsn", dsn, *TINY, "--json", str(path)]
-    have_plot = _sweep._check_plot("sweep", str(plot)) is None
+    have_plot = _sweep.check_plot("sweep", str(plot)) is None
     if have_plot:
         args += ["--plot", str(plot)]
     proc = _pypool(*args)
@@ -346,8 +347,9 @@ def test_sweep_processes_direct(dsn: str, tmp_path: Path) -> None:
         # Both processes' pools are open during the run, and the monitor too.
         assert r["server_in_use"] is None or r["server_in_use"] > r["total_size"]
     rec = doc["recommended"]
-    assert f"2 processes x {rec['size']} = {2 * rec['size']} server connections" in (
-        rec["within_limits"]
+    assert (
+        f"2 processes x {rec['size']} = {2 * rec['size']} server connections"
+        in (rec["within_limits"])
     )
     assert "Recommended pool size per process: " in proc.stdout
     assert "2 processes x 2 client threads, a pool in each" in proc.stdout

@@ -84,8 +84,8 @@ def test_the_version_is_read_at_run_time() -> None:
 
         print(json.dumps({
             "version": pypool.__version__,
-            "environment": cli._environment("now")["pypool"],
-            "cli": cli._version(),
+            "environment": cli.output.environment("now")["pypool"],
+            "cli": cli.output.version(),
         }))
         """
     )

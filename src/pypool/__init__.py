@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from . import asyncpg, dbapi, stats
 from ._core import CORE, CorePool, SlotInfo, WaiterTicket
-from .aio import AsyncPool
 from .errors import (
     ConfigurationError,
     ConnectionFailed,
@@ -24,7 +23,7 @@ from .errors import (
     TooManyRequests,
     UnusableConnection,
 )
-from .pool import Pool
+from .pool import AsyncPool, Pool
 
 __all__ = [
     "CORE",

@@ -28,55 +28,31 @@ anything to be exported.
 What is published
 =================
 
-Metrics of the semantic conventions for database client connection pools,
-with their conventional instrument kinds and units (every one carries
-``db.client.connection.pool.name``):
-
-==========================================  ==========================  =============
-metric                                      instrument                  unit
-==========================================  ==========================  =============
-``db.client.connection.count``              observable up-down counter  {connection}
-``db.client.connection.max``                observable up-down counter  {connection}
-``db.client.connection.idle.max``           observable up-down counter  {connection}
-``db.client.connection.idle.min``           observable up-down counter  {connection}
-``db.client.connection.pending_requests``   observable up-down counter  {request}
-``db.client.connection.timeouts``           observable counter          {timeout}
-==========================================  ==========================  =============
-
-``db.client.connection.count`` has the attribute ``db.client.connection.state``
-too: ``idle`` or ``used``.
+Every statistic of :data:`pypool.stats.METRICS` but the ``info`` ones (the
+metrics of the semantic conventions for database client connection pools,
+with their conventional instrument kinds and units, then pypool's own under
+``pypool.*`` names), each carrying ``db.client.connection.pool.name``: a
+``gauge`` as an observable up-down counter, a ``counter`` as an observable
+counter. ``db.client.connection.count`` has the attribute
+``db.client.connection.state`` too (``idle`` or ``used``), and
+``pypool.connections.retired`` the attribute
+``pypool.connection.close_reason`` (``idle``, ``expired``, ``broken``, ...).
 
 **Deviation: no histograms.** The conventions make ``create_time``,
 ``wait_time`` and ``use_time`` histograms, recorded once per connect, hand-out
 and return. The pool keeps only a count and a sum of each (recording every
 event would put Python code on the hot path), and a histogram cannot be
-rebuilt from those. So each is published as two observable counters,
-``<metric>.count`` and ``<metric>.sum`` (seconds), from which a backend
-computes the mean over any interval (``rate(sum) / rate(count)``):
+rebuilt from those. So each (a ``summary`` in :data:`~pypool.stats.METRICS`)
+is published as two observable counters, ``<metric>.count`` (in the
+metric's unit) and ``<metric>.sum`` (seconds), from which a backend computes
+the mean over any interval (``rate(sum) / rate(count)``), and
+``db.client.connection.wait_time.max`` as an observable gauge (seconds): the
+longest wait since the pool was made (or since a fork, in a child process),
+not a per-interval maximum.
 
-==========================================  ==================  ============
-metric                                      instrument          unit
-==========================================  ==================  ============
-``db.client.connection.create_time.count``  observable counter  {connection}
-``db.client.connection.create_time.sum``    observable counter  s
-``db.client.connection.wait_time.count``    observable counter  {request}
-``db.client.connection.wait_time.sum``      observable counter  s
-``db.client.connection.wait_time.max``      observable gauge    s
-``db.client.connection.use_time.count``     observable counter  {request}
-``db.client.connection.use_time.sum``       observable counter  s
-==========================================  ==================  ============
+The instruments, as generated from the table:
 
-``wait_time.max`` is the longest wait since the pool was made (or since a
-fork, in a child process), not a per-interval maximum.
-
-pypool's own statistics (see :mod:`pypool.stats`), under ``pypool.*`` names:
-``pypool.connections.connecting`` (observable up-down counter),
-``pypool.requests``, ``pypool.requests.waited``,
-``pypool.connections.created``, ``pypool.connections.closed``,
-``pypool.connections.lost``, ``pypool.connect_errors``, ``pypool.leaks``, and
-``pypool.connections.retired`` with the attribute
-``pypool.connection.close_reason`` (``idle``, ``expired``, ``broken``, ...):
-observable counters.
+{instruments}
 
 The counters start again from zero in a forked child process (so do the
 pool's own counters); cumulative backends treat that as a counter reset.
@@ -104,9 +80,7 @@ _INSTALL_HINT = "pip install pypool[opentelemetry]"
 #: The name of the meter the instruments are created on.
 METER_NAME = "pypool"
 
-STATE = "db.client.connection.state"
 POOL_NAME = stats.POOL_NAME
-CLOSE_REASON = "pypool.connection.close_reason"
 
 
 def _import_api() -> Any:
@@ -202,181 +176,66 @@ class _Registry:
         return callback
 
     def _build(self, meter: Meter) -> None:
-        def plain(key: str, field: str | None = None) -> Callable[[dict[str, Any]], Any]:
-            def values(s: dict[str, Any]) -> list[tuple[float, dict[str, str]]]:
-                value = s[key] if field is None else s[key][field]
-                return [(value, {})]
-
-            return values
-
-        def by_state(s: dict[str, Any]) -> list[tuple[float, dict[str, str]]]:
-            return [(n, {STATE: state}) for state, n in s[stats.COUNT].items()]
-
-        def by_reason(s: dict[str, Any]) -> list[tuple[float, dict[str, str]]]:
-            return [(n, {CLOSE_REASON: reason}) for reason, n in s[stats.RETIRED].items()]
-
-        up_down = meter.create_observable_up_down_counter
-        counter = meter.create_observable_counter
-        gauge = meter.create_observable_gauge
-        specs: list[tuple[Any, str, Callable[[dict[str, Any]], Any], str, str]] = [
-            (
-                up_down,
-                stats.COUNT,
-                by_state,
-                "{connection}",
-                "The number of connections that are currently in state described by the "
-                "state attribute.",
-            ),
-            (
-                up_down,
-                stats.MAX,
-                plain(stats.MAX),
-                "{connection}",
-                "The maximum number of open connections allowed.",
-            ),
-            (
-                up_down,
-                stats.IDLE_MAX,
-                plain(stats.IDLE_MAX),
-                "{connection}",
-                "The maximum number of idle open connections allowed.",
-            ),
-            (
-                up_down,
-                stats.IDLE_MIN,
-                plain(stats.IDLE_MIN),
-                "{connection}",
-                "The minimum number of idle open connections allowed.",
-            ),
-            (
-                up_down,
-                stats.PENDING_REQUESTS,
-                plain(stats.PENDING_REQUESTS),
-                "{request}",
-                "The number of current pending requests for an open connection.",
-            ),
-            (
-                counter,
-                stats.TIMEOUTS,
-                plain(stats.TIMEOUTS),
-                "{timeout}",
-                "The number of connection timeouts that have occurred trying to obtain a "
-                "connection from the pool.",
-            ),
-            (
-                counter,
-                stats.CREATE_TIME + ".count",
-                plain(stats.CREATE_TIME, "count"),
-                "{connection}",
-                "Connections created (the count of create_time).",
-            ),
-            (
-                counter,
-                stats.CREATE_TIME + ".sum",
-                plain(stats.CREATE_TIME, "sum"),
-                "s",
-                "Total time spent creating connections (the sum of create_time).",
-            ),
-            (
-                counter,
-                stats.WAIT_TIME + ".count",
-                plain(stats.WAIT_TIME, "count"),
-                "{request}",
-                "Connections obtained from the pool (the count of wait_time).",
-            ),
-            (
-                counter,
-                stats.WAIT_TIME + ".sum",
-                plain(stats.WAIT_TIME, "sum"),
-                "s",
-                "Total time spent obtaining connections (the sum of wait_time).",
-            ),
-            (
-                gauge,
-                stats.WAIT_TIME + ".max",
-                plain(stats.WAIT_TIME, "max"),
-                "s",
-                "The longest time spent obtaining a connection since the pool was made.",
-            ),
-            (
-                counter,
-                stats.USE_TIME + ".count",
-                plain(stats.USE_TIME, "count"),
-                "{request}",
-                "Connections returned to the pool (the count of use_time).",
-            ),
-            (
-                counter,
-                stats.USE_TIME + ".sum",
-                plain(stats.USE_TIME, "sum"),
-                "s",
-                "Total time connections were borrowed (the sum of use_time).",
-            ),
-            (
-                up_down,
-                stats.CONNECTING,
-                plain(stats.CONNECTING),
-                "{connection}",
-                "Connects in flight.",
-            ),
-            (
-                counter,
-                stats.REQUESTS,
-                plain(stats.REQUESTS),
-                "{request}",
-                "Connections handed out.",
-            ),
-            (
-                counter,
-                stats.REQUESTS_WAITED,
-                plain(stats.REQUESTS_WAITED),
-                "{request}",
-                "Hand-outs that had to wait.",
-            ),
-            (counter, stats.CREATED, plain(stats.CREATED), "{connection}", "Connections made."),
-            (
-                counter,
-                stats.CLOSED,
-                plain(stats.CLOSED),
-                "{connection}",
-                "Connections closed by the pool.",
-            ),
-            (
-                counter,
-                stats.LOST,
-                plain(stats.LOST),
-                "{connection}",
-                "Connections closed because a check or reset failed, or abandoned.",
-            ),
-            (
-                counter,
-                stats.RETIRED,
-                by_reason,
-                "{connection}",
-                "Connections closed by the pool, by reason.",
-            ),
-            (
-                counter,
-                stats.CONNECT_ERRORS,
-                plain(stats.CONNECT_ERRORS),
-                "{error}",
-                "Failed connects.",
-            ),
-            (
-                counter,
-                stats.LEAKS,
-                plain(stats.LEAKS),
-                "{connection}",
-                "Borrows reported as held longer than leak_timeout.",
-            ),
-        ]
-        for create, name, values, unit, description in specs:
-            create(
-                name,
-                callbacks=[self._observe(name, values)],
-                unit=unit,
-                description=description,
+        """One instrument per metric of :data:`pypool.stats.METRICS` (three
+        or two for a summary: its count, sum and max)."""
+        kinds = {
+            "gauge": meter.create_observable_up_down_counter,
+            "counter": meter.create_observable_counter,
+            "max": meter.create_observable_gauge,
+        }
+        for metric in stats.METRICS:
+            if metric.kind == "info":
+                continue
+            if metric.kind == "summary":
+                for part in metric.fields:
+                    kind = "max" if part == "max" else "counter"
+                    unit = metric.unit if part == "count" else "s"
+                    name = f"{metric.key}.{part}"
+                    kinds[kind](
+                        name,
+                        callbacks=[self._observe(name, _field(metric.key, part))],
+                        unit=unit,
+                        description=f"{_sentence(metric.description)} ({_PARTS[part]}).",
+                    )
+                continue
+            values = _split(metric) if metric.attribute else _field(metric.key, None)
+            kinds[metric.kind](
+                metric.key,
+                callbacks=[self._observe(metric.key, values)],
+                unit=metric.unit,
+                description=f"{_sentence(metric.description)}.",
             )
+
+
+#: What each field of a summary is, in an instrument's description.
+_PARTS = {
+    "count": "the count",
+    "sum": "the sum, in seconds",
+    "max": "the longest, since the pool was made",
+}
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _field(key: str, part: str | None) -> Callable[[dict[str, Any]], Any]:
+    """The value of ``key`` in a snapshot (of its field ``part``)."""
+
+    def values(s: dict[str, Any]) -> list[tuple[float, dict[str, str]]]:
+        value = s[key] if part is None else s[key][part]
+        return [(value, {})]
+
+    return values
+
+
+def _split(metric: stats.Metric) -> Callable[[dict[str, Any]], Any]:
+    """One observation per key of a dict value, with the key as attribute."""
+
+    def values(s: dict[str, Any]) -> list[tuple[float, dict[str, str]]]:
+        return [(n, {metric.attribute: k}) for k, n in s[metric.key].items()]
+
+    return values
 
 
 _registries: weakref.WeakKeyDictionary[Any, _Registry] = weakref.WeakKeyDictionary()
@@ -444,3 +303,29 @@ def instrument(pool: Any, meter_provider: MeterProvider | None = None) -> Instru
     provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
     registry = _registry_for(provider)
     return Instrumentation(pool, registry, registry.add(pool))
+
+
+def _instruments() -> str:
+    kinds = {
+        "gauge": "observable up-down counter",
+        "counter": "observable counter",
+        "max": "observable gauge",
+    }
+    rows = [("metric", "instrument", "unit")]
+    for metric in stats.METRICS:
+        if metric.kind == "summary":
+            for part in metric.fields:
+                kind = "max" if part == "max" else "counter"
+                unit = metric.unit if part == "count" else "s"
+                rows.append((f"``{metric.key}.{part}``", kinds[kind], unit))
+        elif metric.kind != "info":
+            rows.append((f"``{metric.key}``", kinds[metric.kind], metric.unit))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows[1:]]
+    lines.append(rule)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+__doc__ = (__doc__ or "").replace("{instruments}", _instruments())

@@ -26,32 +26,12 @@ What is exposed (``pypool`` is the ``namespace`` argument; counters get
 ``_total``, summaries ``_count`` and ``_sum``, as ``prometheus_client``
 writes them):
 
-============================================  =======  =============================================
-metric                                        type     from ``pool.stats()``
-============================================  =======  =============================================
-``pypool_connections{state}``                 gauge    ``db.client.connection.count``; ``state`` is
-                                                       ``idle`` or ``used``
-``pypool_connections_max``                    gauge    ``db.client.connection.max``
-``pypool_connections_idle_max``               gauge    ``db.client.connection.idle.max``
-``pypool_connections_idle_min``               gauge    ``db.client.connection.idle.min``
-``pypool_pending_requests``                   gauge    ``db.client.connection.pending_requests``
-``pypool_connections_connecting``             gauge    ``pypool.connections.connecting``
-``pypool_timeouts_total``                     counter  ``db.client.connection.timeouts``
-``pypool_connection_create_seconds``          summary  ``db.client.connection.create_time``
-``pypool_wait_seconds``                       summary  ``db.client.connection.wait_time``
-``pypool_wait_seconds_max``                   gauge    its ``max`` (since the pool was made)
-``pypool_use_seconds``                        summary  ``db.client.connection.use_time``
-``pypool_requests_total``                     counter  ``pypool.requests``
-``pypool_requests_waited_total``              counter  ``pypool.requests.waited``
-``pypool_connections_created_total``          counter  ``pypool.connections.created``
-``pypool_connections_closed_total``           counter  ``pypool.connections.closed``
-``pypool_connections_lost_total``             counter  ``pypool.connections.lost``
-``pypool_connections_retired_total{reason}``  counter  ``pypool.connections.retired``, by reason
-``pypool_connect_errors_total``               counter  ``pypool.connect_errors``
-``pypool_leaks_total``                        counter  ``pypool.leaks``
-============================================  =======  =============================================
 
-The summaries carry a count and a sum, no quantiles (the pool keeps none).
+{metrics}
+
+One metric per statistic of :data:`pypool.stats.METRICS` (but the ``info``
+ones), generated from that table. The summaries carry a count and a sum, no
+quantiles (the pool keeps none).
 """
 
 from __future__ import annotations
@@ -141,95 +121,65 @@ class PoolCollector:
     # ------------------------------------------------------------ internals
 
     def _families(self) -> dict[str, Metric]:
+        """A family per metric of :data:`pypool.stats.METRICS` (and one more
+        for a summary's max), keyed by the statistic's key."""
         mc = self._mc
-        ns = self.namespace
-        pool = ["pool"]
         families: dict[str, Metric] = {}
-
-        def gauge(key: str, name: str, doc: str, labels: list[str] = pool) -> None:
-            families[key] = mc.GaugeMetricFamily(f"{ns}_{name}", doc, labels=labels)
-
-        def counter(key: str, name: str, doc: str, labels: list[str] = pool) -> None:
-            families[key] = mc.CounterMetricFamily(f"{ns}_{name}", doc, labels=labels)
-
-        def summary(key: str, name: str, doc: str) -> None:
-            families[key] = mc.SummaryMetricFamily(f"{ns}_{name}", doc, labels=pool)
-
-        gauge(
-            stats.COUNT,
-            "connections",
-            "Open connections by state (used: borrowed).",
-            ["pool", "state"],
-        )
-        gauge(stats.MAX, "connections_max", "The maximum number of open connections allowed.")
-        gauge(
-            stats.IDLE_MAX,
-            "connections_idle_max",
-            "The maximum number of idle open connections allowed.",
-        )
-        gauge(
-            stats.IDLE_MIN,
-            "connections_idle_min",
-            "The minimum number of idle open connections allowed.",
-        )
-        gauge(stats.PENDING_REQUESTS, "pending_requests", "Callers waiting for a connection.")
-        gauge(stats.CONNECTING, "connections_connecting", "Connects in flight.")
-        counter(stats.TIMEOUTS, "timeouts", "Acquires that timed out.")
-        summary(stats.CREATE_TIME, "connection_create_seconds", "Time spent creating connections.")
-        summary(
-            stats.WAIT_TIME,
-            "wait_seconds",
-            "Time spent obtaining a connection from the pool, over every hand-out.",
-        )
-        gauge(
-            "wait_time_max",
-            "wait_seconds_max",
-            "The longest time spent obtaining a connection since the pool was made.",
-        )
-        summary(stats.USE_TIME, "use_seconds", "Time connections were borrowed, over every return.")
-        counter(stats.REQUESTS, "requests", "Connections handed out.")
-        counter(stats.REQUESTS_WAITED, "requests_waited", "Hand-outs that had to wait.")
-        counter(stats.CREATED, "connections_created", "Connections made.")
-        counter(stats.CLOSED, "connections_closed", "Connections closed by the pool.")
-        counter(
-            stats.LOST,
-            "connections_lost",
-            "Connections closed because a check or reset failed, or abandoned.",
-        )
-        counter(
-            stats.RETIRED,
-            "connections_retired",
-            "Connections closed by the pool, by reason.",
-            ["pool", "reason"],
-        )
-        counter(stats.CONNECT_ERRORS, "connect_errors", "Failed connects.")
-        counter(stats.LEAKS, "leaks", "Borrows held longer than leak_timeout.")
+        for metric in stats.METRICS:
+            if metric.kind == "info":
+                continue
+            name = f"{self.namespace}_{metric.prometheus}"
+            labels = ["pool", metric.label] if metric.label else ["pool"]
+            doc = metric.description[:1].upper() + metric.description[1:] + "."
+            if metric.kind == "summary":
+                families[metric.key] = mc.SummaryMetricFamily(name, doc, labels=labels)
+                if "max" in metric.fields:
+                    families[metric.key + ".max"] = mc.GaugeMetricFamily(
+                        f"{name}_max", f"{doc} The longest since the pool was made.", labels=labels
+                    )
+            elif metric.kind == "counter":
+                families[metric.key] = mc.CounterMetricFamily(name, doc, labels=labels)
+            else:
+                families[metric.key] = mc.GaugeMetricFamily(name, doc, labels=labels)
         return families
 
     @staticmethod
     def _add_samples(families: dict[str, Any], s: dict[str, Any]) -> None:
         name = str(s[stats.POOL_NAME])
-        for state, n in s[stats.COUNT].items():
-            families[stats.COUNT].add_metric([name, state], n)
-        for key in (
-            stats.MAX,
-            stats.IDLE_MAX,
-            stats.IDLE_MIN,
-            stats.PENDING_REQUESTS,
-            stats.CONNECTING,
-            stats.TIMEOUTS,
-            stats.REQUESTS,
-            stats.REQUESTS_WAITED,
-            stats.CREATED,
-            stats.CLOSED,
-            stats.LOST,
-            stats.CONNECT_ERRORS,
-            stats.LEAKS,
-        ):
-            families[key].add_metric([name], s[key])
-        for key in (stats.CREATE_TIME, stats.WAIT_TIME, stats.USE_TIME):
-            summary = s[key]
-            families[key].add_metric([name], count_value=summary["count"], sum_value=summary["sum"])
-        families["wait_time_max"].add_metric([name], s[stats.WAIT_TIME]["max"])
-        for reason, n in sorted(s[stats.RETIRED].items()):
-            families[stats.RETIRED].add_metric([name, reason], n)
+        for metric in stats.METRICS:
+            if metric.kind == "info":
+                continue
+            value = s[metric.key]
+            family = families[metric.key]
+            if metric.kind == "summary":
+                family.add_metric([name], count_value=value["count"], sum_value=value["sum"])
+                if "max" in metric.fields:
+                    families[metric.key + ".max"].add_metric([name], value["max"])
+            elif metric.label:
+                for key, n in sorted(value.items()):
+                    family.add_metric([name, key], n)
+            else:
+                family.add_metric([name], value)
+
+
+def _exposed() -> str:
+    rows = [("metric", "type", "from ``pool.stats()``")]
+    for metric in stats.METRICS:
+        if metric.kind == "info":
+            continue
+        suffix = "_total" if metric.kind == "counter" else ""
+        label = f"{{{metric.label}}}" if metric.label else ""
+        rows.append(
+            (f"``pypool_{metric.prometheus}{suffix}{label}``", metric.kind, f"``{metric.key}``")
+        )
+        if "max" in metric.fields:
+            rows.append((f"``pypool_{metric.prometheus}_max``", "gauge", "its ``max``"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    rule = "  ".join("=" * w for w in widths)
+    lines = [rule, "  ".join(c.ljust(w) for c, w in zip(rows[0], widths, strict=True)), rule]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows[1:]]
+    lines.append(rule)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+__doc__ = (__doc__ or "").replace("{metrics}", _exposed())

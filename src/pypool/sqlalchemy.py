@@ -37,7 +37,7 @@ import threading
 import time
 import weakref
 from types import ModuleType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import pool as sa_pool
@@ -327,12 +327,6 @@ class QueuePool(sa_pool.QueuePool):
             with self._mode_lock:
                 if core.size <= self._keep_all_up_to:
                     self._fast_return(True)
-
-    def _inc_overflow(self) -> bool:  # the core counts: kept for API parity
-        return True
-
-    def _dec_overflow(self) -> Literal[True]:
-        return True
 
     # ---------------------------------------------------------- management
 

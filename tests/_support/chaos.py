@@ -57,9 +57,9 @@ def with_core(pool_class: Any, core: ModuleType, *args: Any, **kwargs: Any) -> A
     (``Pool``, ``AsyncPool``, the psycopg pools) or pypool's SQLAlchemy
     ``QueuePool`` (then the bound class is returned, to give to
     ``create_engine(poolclass=...)``)."""
-    if hasattr(pool_class, "with_core") and hasattr(pool_class, "_core_module"):
+    if pool_class.__module__.startswith("pypool.sqlalchemy"):
         return pool_class.with_core(core)
-    return pool_class(*args, _core=core, **kwargs)
+    return pool_class.with_core(core)(*args, **kwargs)
 
 
 # ----------------------------------------------------------------- report

@@ -320,7 +320,7 @@ def make_pool(core_module: ModuleType) -> Iterator[Callable[..., tuple[Any, Fact
         factory = Factory() if factory is None else factory
         kw.setdefault("adapter", FakeAdapter())
         kw.setdefault("timeout", 5.0)
-        pool = Pool(factory, _core=core_module, **kw)
+        pool = Pool.with_core(core_module)(factory, **kw)
         pools.append(pool)
         return pool, factory
 

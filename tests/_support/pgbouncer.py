@@ -64,9 +64,7 @@ def _stop_all() -> None:
 
 def find_binary() -> str | None:
     """The ``pgbouncer`` program, or None."""
-    return shutil.which("pgbouncer") or (
-        _DEBIAN_PATH if os.access(_DEBIAN_PATH, os.X_OK) else None
-    )
+    return shutil.which("pgbouncer") or (_DEBIAN_PATH if os.access(_DEBIAN_PATH, os.X_OK) else None)
 
 
 def binary() -> str:
@@ -317,5 +315,6 @@ class PgBouncer:
     def server_connections(self, database: str | None = None) -> int:
         """Server connections the bouncer holds for ``database``."""
         row = self.pool(database)
-        return sum(int(row.get(k, 0)) for k in ("sv_active", "sv_idle", "sv_used",
-                                                 "sv_tested", "sv_login"))
+        return sum(
+            int(row.get(k, 0)) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")
+        )

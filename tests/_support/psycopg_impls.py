@@ -41,7 +41,7 @@ def with_core(cls: type, core: ModuleType | None, *args: Any, **kwargs: Any) -> 
     """``cls(*args, **kwargs)`` on ``core`` (None: as it is): the one place
     that says how a pypool pool is put on a given core."""
     if core is not None:
-        kwargs["_core"] = core
+        cls = cls.with_core(core)  # type: ignore[attr-defined]
     return cls(*args, **kwargs)
 
 

@@ -53,7 +53,7 @@ def make_pool(cls: type, core: ModuleType | None, *args: Any, **kwargs: Any) -> 
     """``cls(*args, **kwargs)``, on pypool's ``core`` when one is given: the
     one place the tests choose a pypool core for a psycopg pool."""
     if core is not None:
-        kwargs["_core"] = core
+        cls = cls.with_core(core)  # type: ignore[attr-defined]
     return cls(*args, **kwargs)
 
 

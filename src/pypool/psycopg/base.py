@@ -21,8 +21,9 @@ from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
 from .. import stats as names
-from ..dbapi import PSYCOPG, DBAPIAdapter, Secrets, _dsn_keys, mask_dsn
-from ..pool import _PoolShared
+from .._secrets import Secrets, mask_dsn
+from ..dbapi import PSYCOPG, DBAPIAdapter, dsn_keys
+from ..pool.shared import PoolShared
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
 
 logger = logging.getLogger("psycopg.pool")
@@ -231,7 +232,7 @@ class _Connect:
         bounds = _default_adapter.time_bounds(PSYCOPG, **CONNECT_BOUNDS)
         given = set(arguments)
         if any(key not in given for key in bounds):
-            given |= _dsn_keys(PSYCOPG, conninfo)
+            given |= dsn_keys(PSYCOPG, conninfo)
             for key, value in bounds.items():
                 if key not in given:
                     arguments[key] = value
@@ -473,7 +474,7 @@ class _PsycopgStats:
                 failures["rejected"] += 1
 
     def _measures(self) -> dict[str, int]:
-        s = _PoolShared.stats(self)  # type: ignore[arg-type]
+        s = PoolShared.stats(self)  # type: ignore[arg-type]
         retired = s[names.RETIRED]
         with self._failure_lock:
             failed = dict(self._failures)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from ..pool import _PoolMethods
+from ..pool.threaded import PoolMethods
 from .base import _NullShared, null_signature
 from .errors import PoolTimeout
 from .pool import ConnectionPool, _PsycopgMethods
@@ -38,7 +38,7 @@ class _NullMethods(_NullShared):
         """Change max_size during runtime; min_size must remain 0."""
         max_size = self._null_resize(min_size, max_size)
         if not self._resize_not_running(0, max_size):  # type: ignore[attr-defined]
-            _PoolMethods.resize(self, 0, max_size)  # type: ignore[arg-type]
+            PoolMethods.resize(self, 0, max_size)  # type: ignore[arg-type]
 
     def wait(self, timeout: float = 30.0) -> None:
         """Checks that a connection can be made: one is made and closed
@@ -66,5 +66,4 @@ class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]
     waiting for one), while ``max_size`` bounds how many are open at once."""
 
     __module__ = "pypool.psycopg"
-    _mixins: tuple[type, ...] = (_NullMethods, _PsycopgMethods, _PoolMethods)
     _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire"}

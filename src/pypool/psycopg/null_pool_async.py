@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..aio import _AsyncPoolMethods
+from ..pool.aio import AsyncPoolMethods
 from .base import _NullShared, null_signature
 from .errors import PoolTimeout
 from .pool_async import AsyncConnectionPool, _AsyncPsycopgMethods
@@ -25,7 +25,7 @@ class _AsyncNullMethods(_NullShared, _AsyncPsycopgMethods):
         """Change max_size during runtime; min_size must remain 0."""
         max_size = self._null_resize(min_size, max_size)
         if not self._resize_not_running(0, max_size):
-            _AsyncPoolMethods.resize(self, 0, max_size)
+            AsyncPoolMethods.resize(self, 0, max_size)
 
     async def putconn(self, conn: Any) -> None:
         """Return a connection: closed, unless a task waits for one."""
@@ -62,4 +62,3 @@ class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool):  # type: 
     task waiting for one)."""
 
     __module__ = "pypool.psycopg"
-    _mixins: tuple[type, ...] = (_AsyncNullMethods,)

@@ -10,9 +10,10 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
-from .._policy import check_transaction_pooling
 from .._weak import PoolLink, WeakMethod
-from ..pool import Pool, _PoolMethods
+from ..pool import Pool
+from ..pool.settings import check_transaction_pooling
+from ..pool.threaded import PoolMethods
 from .base import (
     _IDLE,
     PYPOOL_DEFAULTS,
@@ -32,7 +33,7 @@ from .errors import PoolClosed, PoolTimeout
 __all__ = ["ConnectionPool"]
 
 
-class _PsycopgMethods(_PsycopgStats, _PoolMethods):
+class _PsycopgMethods(_PsycopgStats, PoolMethods):
     """psycopg_pool's interface over pypool's Pool."""
 
     _null = False
@@ -111,7 +112,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
 
     def _open_pool(self) -> None:
         self._opened = True
-        _PoolMethods.open(self)
+        PoolMethods.open(self)
 
     def open(  # type: ignore[override]
         self, wait: bool = False, timeout: float = 30.0
@@ -126,7 +127,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         if not self._opened:
             self._open_pool()
         else:  # idempotent; in a forked child, starts the child's threads
-            _PoolMethods.open(self)
+            PoolMethods.open(self)
         if wait:
             self.wait(timeout)
 
@@ -140,7 +141,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
             self.__dict__.pop("getconn")
             self._warn_implicit_open()
         try:
-            _PoolMethods.wait(self, timeout)
+            PoolMethods.wait(self, timeout)
         except errors.PoolTimeout as exc:
             self.close()
             raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
@@ -160,7 +161,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         returned. A pool never opened is left as it is."""
         if not self._opened:
             return
-        _PoolMethods.close(self, timeout)
+        PoolMethods.close(self, timeout)
 
     def _getconn_warn(self, timeout: float | None = None) -> Any:
         self.__dict__.pop("getconn", None)
@@ -222,7 +223,7 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         return _psycopg_error(self, exc, timeout)
 
     def _after_fork_in_child(self) -> None:
-        _PoolMethods._after_fork_in_child(self)
+        PoolMethods._after_fork_in_child(self)
         self._forget_failures()  # the parent's, and its lock maybe held at the fork
 
     # ------------------------------------------------------------ maintenance
@@ -242,13 +243,13 @@ class _PsycopgMethods(_PsycopgStats, _PoolMethods):
         """Change the size of the pool during runtime."""
         min_size, max_size = _check_sizes(min_size, max_size, self._null)
         if not self._resize_not_running(min_size, max_size):
-            _PoolMethods.resize(self, min_size, max_size)
+            PoolMethods.resize(self, min_size, max_size)
 
     def drain(self) -> None:
         """Replace every connection: idle ones now, borrowed ones when they
         are returned (nothing to do on a closed pool)."""
         if not self._core.closed:
-            _PoolMethods.drain(self)
+            PoolMethods.drain(self)
 
     def check(self) -> None:
         """Verify the state of the connections currently in the pool.
@@ -299,7 +300,6 @@ class ConnectionPool(_PsycopgMethods, Pool):
     """
 
     __module__ = "pypool.psycopg"
-    _mixins: tuple[type, ...] = (_PsycopgMethods, _PoolMethods)
     _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire", "putconn": "release"}
     getconn = _core.PoolBase.acquire
     putconn = _core.PoolBase.release

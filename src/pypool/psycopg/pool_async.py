@@ -12,9 +12,10 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
-from .._policy import check_transaction_pooling
 from .._weak import PoolLink, WeakMethod
-from ..aio import AsyncPool, _AsyncPoolMethods
+from ..pool import AsyncPool
+from ..pool.aio import AsyncPoolMethods
+from ..pool.settings import check_transaction_pooling
 from .base import (
     _IDLE,
     PYPOOL_DEFAULTS,
@@ -33,7 +34,7 @@ from .errors import PoolClosed, PoolTimeout
 __all__ = ["AsyncConnectionPool"]
 
 
-class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
+class _AsyncPsycopgMethods(_PsycopgStats, AsyncPoolMethods):
     """Everything of AsyncConnectionPool but the core's hot path."""
 
     _null = False
@@ -109,8 +110,8 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         else:
             self.getconn = WeakMethod(self._getconn_not_open)  # type: ignore[method-assign]
 
-    getconn = _AsyncPoolMethods.acquire
-    putconn = _AsyncPoolMethods.release
+    getconn = AsyncPoolMethods.acquire
+    putconn = AsyncPoolMethods.release
 
     def _warn_open_async(self) -> None:
         warnings.warn(
@@ -137,7 +138,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
             raise PoolClosed("pool has already been opened/closed and cannot be reused")
         self.__dict__.pop("getconn", None)
         self._opened = True
-        await _AsyncPoolMethods.open(self)
+        await AsyncPoolMethods.open(self)
         if wait:
             await self.wait(timeout)
 
@@ -148,7 +149,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         if refused is not None:
             raise refused
         try:
-            await _AsyncPoolMethods.wait(self, timeout)
+            await AsyncPoolMethods.wait(self, timeout)
         except errors.PoolTimeout as exc:
             await self.close()
             raise PoolTimeout(f"pool initialization incomplete after {timeout} sec") from (
@@ -164,7 +165,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         later), as psycopg_pool's."""
         if not self._opened:
             return
-        await _AsyncPoolMethods.close(self, timeout)
+        await AsyncPoolMethods.close(self, timeout)
 
     async def __aenter__(self) -> Any:
         self.__dict__.pop("getconn", None)
@@ -195,7 +196,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         return _psycopg_error(self, exc, timeout)
 
     def _after_fork_in_child(self) -> None:
-        _AsyncPoolMethods._after_fork_in_child(self)
+        AsyncPoolMethods._after_fork_in_child(self)
         self._forget_failures()  # the parent's, and its lock maybe held at the fork
 
     async def _configure_new(self, conn: Any) -> None:
@@ -215,13 +216,13 @@ class _AsyncPsycopgMethods(_PsycopgStats, _AsyncPoolMethods):
         """Change the size of the pool during runtime."""
         min_size, max_size = _check_sizes(min_size, max_size, self._null)
         if not self._resize_not_running(min_size, max_size):
-            _AsyncPoolMethods.resize(self, min_size, max_size)
+            AsyncPoolMethods.resize(self, min_size, max_size)
 
     async def drain(self) -> None:
         """Replace every connection: idle ones now, borrowed ones when they
         are returned (nothing to do on a closed pool)."""
         if not self._core.closed:
-            await _AsyncPoolMethods.drain(self)
+            await AsyncPoolMethods.drain(self)
 
     async def check(self) -> None:
         """Verify the state of the connections currently in the pool: each
@@ -263,4 +264,3 @@ class AsyncConnectionPool(_AsyncPsycopgMethods, AsyncPool):  # type: ignore[misc
     """
 
     __module__ = "pypool.psycopg"
-    _mixins: tuple[type, ...] = (_AsyncPsycopgMethods, _AsyncPoolMethods)

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.pq import TransactionStatus
 
-from .._policy import session_state_reset
+from ..pool.settings import session_state_reset
 
 _OPEN = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 

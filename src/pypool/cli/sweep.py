@@ -76,9 +76,23 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _bouncer
-from ._sweep_processes import Workers, WorkersFailed
-from ._workload import (
+from . import bouncer as _bouncer
+from .output import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Progress,
+    check_plot,
+    hint_extras,
+    json_path,
+    png_path,
+    positive,
+    pyplot,
+    table,
+    write_outputs,
+)
+from .sweep_processes import Workers, WorkersFailed
+from .workload import (
     ACTIVE,
     WorkloadFailed,
     count_active,
@@ -87,20 +101,6 @@ from ._workload import (
     percentile,
     run_sql,
     summary,
-)
-from .cli import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    _check_plot,
-    _hint_extras,
-    _json_path,
-    _png_path,
-    _positive,
-    _Progress,
-    _pyplot,
-    _table,
-    _write_outputs,
 )
 
 __all__ = ["SCHEMA", "add_arguments", "cap", "percentile", "recommend", "sizes", "sweep"]
@@ -222,7 +222,7 @@ def _size_list(text: str) -> list[int]:
         part = part.strip()
         if not part:
             raise argparse.ArgumentTypeError(f"expected sizes like 2,4,8, got {text!r}")
-        values.append(_positive(part, 10_000))
+        values.append(positive(part, 10_000))
     return sorted(set(values))
 
 
@@ -240,14 +240,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--clients",
-        type=functools.partial(_positive, high=1024),
+        type=functools.partial(positive, high=1024),
         default=DEFAULT_CLIENTS,
         metavar="N",
         help=f"client threads (default {DEFAULT_CLIENTS})",
     )
     parser.add_argument(
         "--max-size",
-        type=functools.partial(_positive, high=10_000),
+        type=functools.partial(positive, high=10_000),
         default=DEFAULT_MAX_SIZE,
         metavar="N",
         help=f"the largest pool size (default {DEFAULT_MAX_SIZE}; never above what "
@@ -271,7 +271,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--processes",
-        type=functools.partial(_positive, high=256),
+        type=functools.partial(positive, high=256),
         metavar="P",
         help="run the workload from P worker processes, each with its own pool of the size "
         "under test and --clients threads, as a service with P worker processes does; "
@@ -301,9 +301,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "PgBouncer's pool_mode is transaction): pools declare transaction_pooling=True and "
         "psycopg prepares no statements",
     )
-    parser.add_argument("--json", type=_json_path, metavar="FILE", help=f"write ({SCHEMA})")
+    parser.add_argument("--json", type=json_path, metavar="FILE", help=f"write ({SCHEMA})")
     parser.add_argument(
-        "--plot", type=_png_path, metavar="FILE.png", help="draw throughput and p99 against size"
+        "--plot", type=png_path, metavar="FILE.png", help="draw throughput and p99 against size"
     )
 
 
@@ -424,9 +424,9 @@ def _limits(s: _Sweep, admin: Any, dbname: str, user: str) -> None:
         s.transaction_pooling = True
 
 
-def _execute(s: _Sweep, psycopg: Any, args: Any, sql: str, progress: _Progress) -> None:
-    from . import dbapi
-    from .pool import Pool
+def _execute(s: _Sweep, psycopg: Any, args: Any, sql: str, progress: Progress) -> None:
+    from .. import dbapi
+    from ..pool import Pool
 
     dsn = args.dsn
     try:
@@ -655,7 +655,7 @@ def _report(s: _Sweep) -> None:
             if s.bouncer:
                 row.append(_cell(r.get("bouncer_server_connections")))
             rows.append(row)
-        for line in _table(rows, [True] * len(header)):
+        for line in table(rows, [True] * len(header)):
             print(line, file=out)
         print(
             f"size: pool size{per}; cycles/s: workloads completed per second, all clients "
@@ -681,7 +681,7 @@ def _report(s: _Sweep) -> None:
                 _cell(r["p99_ms"], "{:.2f}"),
                 _cell(r.get("bouncer_server_connections")),
             ])  # fmt: skip
-        for line in _table(rows, [True] * 5):
+        for line in table(rows, [True] * 5):
             print(line, file=out)
         print(
             f"PgBouncer's default_pool_size varied on its admin console at pool size "
@@ -733,7 +733,7 @@ def _doc(s: _Sweep) -> dict[str, Any]:
 
 
 def _plot(s: _Sweep, path: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6.5), dpi=100)
     try:
         xs = [r["size"] for r in s.results]
@@ -779,7 +779,7 @@ def sweep(args: argparse.Namespace) -> int:
 
     if not args.dsn:
         return fail("a database is required: --dsn URL (or $PYPOOL_SWEEP_DSN)")
-    error = _check_plot("sweep", args.plot)
+    error = check_plot("sweep", args.plot)
     if error:
         print(error, file=sys.stderr)
         return EXIT_FAILED
@@ -787,8 +787,8 @@ def sweep(args: argparse.Namespace) -> int:
         import psycopg
     except ImportError:
         return fail(f"needs psycopg: {PSYCOPG_EXTRA}")
-    _hint_extras("sweep", plot=args.plot is not None)
-    from .dbapi import Secrets
+    hint_extras("sweep", plot=args.plot is not None)
+    from .._secrets import Secrets
 
     secrets = Secrets(args.dsn)  # what is shown or written passes through it
 
@@ -810,7 +810,7 @@ def sweep(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    progress = _Progress()
+    progress = Progress()
     status = EXIT_OK
     try:
         _execute(s, psycopg, args, workload["sql"], progress)
@@ -831,6 +831,6 @@ def sweep(args: argparse.Namespace) -> int:
     _report(s)
     sys.stdout.flush()
     plot = functools.partial(_plot, s)
-    if not _write_outputs("sweep", functools.partial(_doc, s), args.json, plot, args.plot):
+    if not write_outputs("sweep", functools.partial(_doc, s), args.json, plot, args.plot):
         return status or EXIT_FAILED
     return status

@@ -1,5 +1,5 @@
 """The pool's policy, shared by the sync :class:`pypool.Pool` and its asyncio
-twin: settings and their validation, when to connect, the lifetime of a new
+twin (their settings are :mod:`pypool.pool.settings`): when to connect, the lifetime of a new
 connection, what a timed-out caller is told, and the counters.
 
 The hot path (hand-out and return of a healthy connection) is not here: it
@@ -10,204 +10,26 @@ object is consulted only off the hot path, by the shells that do the I/O
 
 from __future__ import annotations
 
-import itertools
 import logging
-import math
 import random
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
-from ._weak import weak_callback
-from .errors import ConfigurationError, PoolTimeout
+from .._secrets import Secrets, mask_dsn
+from .._weak import weak_callback
+from ..errors import PoolTimeout
+from .settings import Settings
+
+__all__ = ["LIFETIME_JITTER", "Policy", "make_core", "one_line"]
 
 logger = logging.getLogger("pypool")
 
 #: max_lifetime is shortened by up to this fraction, at random, for each new
 #: connection, so that connections made together do not expire together.
 LIFETIME_JITTER = 0.05
-
-_names = itertools.count(1)
-
-
-def _seconds(
-    name: str, value: object, *, allow_none: bool, allow_zero: bool = True
-) -> float | None:
-    if value is None:
-        if allow_none:
-            return None
-        raise ConfigurationError(f"{name} must be a number of seconds, not None")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(
-            f"{name} must be a number of seconds, not {type(value).__name__} ({value!r})"
-        )
-    if math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
-        low = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"{name} must be {low} seconds, not {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(
-            f"{name} must be an integer, not {type(value).__name__} ({value!r})"
-        )
-    if value < low:
-        raise ConfigurationError(f"{name} must be >= {low}, not {value}")
-    return value
-
-
-def _hook(name: str, value: object, *, allow_false: bool = False) -> Any:
-    if value is None or (allow_false and value is False) or callable(value):
-        return value
-    allowed = "a callable, None or False" if allow_false else "a callable or None"
-    raise ConfigurationError(f"{name} must be {allowed}, not {type(value).__name__}")
-
-
-#: The attribute that marks a reset as one that clears session state (see
-#: :func:`session_state_reset`).
-CLEARS_SESSION_STATE = "clears_session_state"
-
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def session_state_reset(reset: _F) -> _F:
-    """Marks ``reset`` as a reset that clears session state (settings, roles,
-    prepared statements, ``LISTEN``, advisory locks, temporary tables), such
-    as ``pypool.psycopg.discard_all``: a pool with ``transaction_pooling=True``
-    refuses it."""
-    setattr(reset, CLEARS_SESSION_STATE, True)
-    return reset
-
-
-def check_transaction_pooling(transaction_pooling: object, reset: object) -> bool:
-    """Validated ``transaction_pooling``; refuses a session-state reset
-    with it.
-
-    Behind a pooler in transaction mode (PgBouncer's ``pool_mode =
-    transaction``) a client's session is not its own between transactions,
-    so there is no session state of the client's to clear: such a reset
-    would run on whichever server connection the pooler lends for it, clear
-    state another client may be relying on, and cost a round trip on every
-    return. A ConfigurationError rather than a warning: the two settings
-    contradict each other, and a warning in a log would leave that cost and
-    that harm in place.
-    """
-    if not isinstance(transaction_pooling, bool):
-        raise ConfigurationError(
-            f"transaction_pooling must be True or False, not {transaction_pooling!r}"
-        )
-    if transaction_pooling and getattr(reset, CLEARS_SESSION_STATE, False):
-        name = getattr(reset, "__qualname__", None) or repr(reset)
-        raise ConfigurationError(
-            f"transaction_pooling=True cannot go with reset={name}, which clears session "
-            "state: behind a transaction pooler a connection's session is not the client's "
-            "between transactions, so the reset would clear the state of whichever server "
-            "connection the pooler lends it. Leave reset unset (a rollback of an open "
-            "transaction), or declare transaction_pooling=False for a direct or "
-            "session-mode connection"
-        )
-    return transaction_pooling
-
-
-def check_sizes(min_size: object, max_size: object) -> tuple[int, int]:
-    """Validated ``(min_size, max_size)``."""
-    lo = _count("min_size", min_size, 0)
-    hi = _count("max_size", max_size, 1)
-    if lo > hi:
-        raise ConfigurationError(
-            f"min_size ({lo}) must not exceed max_size ({hi}): lower min_size or raise max_size"
-        )
-    return lo, hi
-
-
-class Settings:
-    """Every setting of a pool, validated once, in one place."""
-
-    def __init__(
-        self,
-        factory: object,
-        *,
-        adapter: object,
-        min_size: object,
-        max_size: object,
-        timeout: object,
-        max_waiting: object,
-        max_lifetime: object,
-        max_idle: object,
-        max_uses: object,
-        check: object,
-        check_after: object,
-        reset: object,
-        configure: object,
-        num_workers: object,
-        name: object,
-        lifo: object,
-        leak_timeout: object = None,
-        keepalive: object = None,
-        reconnect_timeout: object = 300.0,
-        reconnect_failed: object = None,
-        transaction_pooling: object = False,
-    ) -> None:
-        if not callable(factory):
-            hint = ""
-            if isinstance(factory, str):
-                hint = (
-                    ": pass a function that connects, for example "
-                    "pypool.dbapi.connect_factory(driver.connect, dsn)"
-                )
-            raise ConfigurationError(
-                f"factory must be a callable returning a new connection, "
-                f"not {type(factory).__name__}{hint}"
-            )
-        self.factory: Callable[[], Any] = factory
-        for attr in ("reset_for", "check", "is_broken", "close"):
-            if not callable(getattr(adapter, attr, None)):
-                raise ConfigurationError(
-                    f"adapter {adapter!r} has no {attr}(): pass pypool.dbapi or another adapter"
-                )
-        self.adapter: Any = adapter
-        self.min_size, self.max_size = check_sizes(min_size, max_size)
-        wait = _seconds("timeout", timeout, allow_none=False, allow_zero=False)
-        assert wait is not None
-        self.timeout: float = wait
-        self.max_waiting = _count("max_waiting", max_waiting, 0)
-        life = _seconds("max_lifetime", max_lifetime, allow_none=True, allow_zero=False)
-        self.max_lifetime: float | None = None if life is None or math.isinf(life) else life
-        idle = _seconds("max_idle", max_idle, allow_none=True)
-        self.max_idle: float = 0.0 if idle is None or math.isinf(idle) else idle
-        self.max_uses = _count("max_uses", max_uses, 0)
-        self.check = _hook("check", check, allow_false=True)
-        self.check_after = _seconds("check_after", check_after, allow_none=True)
-        if isinstance(reset, str):
-            if not reset.isidentifier():
-                raise ConfigurationError(f"reset names a method: {reset!r} is not a method name")
-            self.reset: Any = reset
-        else:
-            self.reset = _hook("reset", reset, allow_false=True)
-        self.configure = _hook("configure", configure)
-        self.num_workers = _count("num_workers", num_workers, 1)
-        if name is not None and not isinstance(name, str):
-            raise ConfigurationError(f"name must be a str or None, not {type(name).__name__}")
-        self.name: str = name if name is not None else f"pool-{next(_names)}"
-        if not isinstance(lifo, bool):
-            raise ConfigurationError(f"lifo must be True or False, not {lifo!r}")
-        self.lifo = lifo
-        self.leak_timeout = _seconds(
-            "leak_timeout", leak_timeout, allow_none=True, allow_zero=False
-        )
-        self.keepalive = _seconds("keepalive", keepalive, allow_none=True, allow_zero=False)
-        reconnect = _seconds("reconnect_timeout", reconnect_timeout, allow_none=False)
-        assert reconnect is not None
-        self.reconnect_timeout: float = reconnect
-        self.reconnect_failed = _hook("reconnect_failed", reconnect_failed)
-        self.transaction_pooling = check_transaction_pooling(transaction_pooling, self.reset)
-        if self.transaction_pooling and self.reset is None:
-            # An adapter whose own reset clears session state offers one that
-            # only ends the transaction.
-            self.reset = getattr(adapter, "transaction_pooling_reset", None)
 
 
 def make_core(
@@ -355,7 +177,7 @@ class Policy:
             since = now - self.outage_since
         if log and failures == 1:
             self.logger.warning(
-                "pool %r: connection failed: %s", self.settings.name, _one_line(exc)
+                "pool %r: connection failed: %s", self.settings.name, one_line(exc)
             )
         elif log:
             self.logger.warning(
@@ -363,7 +185,7 @@ class Policy:
                 self.settings.name,
                 failures,
                 since,
-                _one_line(exc),
+                one_line(exc),
             )
         self.forget_frames()
         return give_up
@@ -387,7 +209,7 @@ class Policy:
                 "pool %r: connection discarded (%s): %s",
                 self.settings.name,
                 reason,
-                _one_line(exc),
+                one_line(exc),
             )
         else:
             self.logger.debug("pool %r: connection closed (%s)", self.settings.name, reason)
@@ -436,14 +258,10 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 def _scrub(factory: object, exc: BaseException) -> None:
     """Masks in ``exc`` (and its chain) the passwords ``factory`` connects with."""
-    from .dbapi import Secrets
-
     Secrets.of(factory).scrub(exc)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """The first line of an exception's message, passwords masked."""
-    from .dbapi import mask_dsn
-
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {mask_dsn(text[0]) if text else ''}"

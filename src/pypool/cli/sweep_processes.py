@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._workload import WorkloadFailed, first_line, measure, summary
+from .workload import WorkloadFailed, first_line, measure, summary
 
 __all__ = ["Workers", "WorkersFailed"]
 
@@ -41,8 +41,8 @@ def _worker(pipe: Any, dsn: str, sql: str, clients: int, transaction_pooling: bo
     try:
         import psycopg
 
-        from . import dbapi
-        from .pool import Pool
+        from .. import dbapi
+        from ..pool import Pool
 
         # Behind a transaction pooler psycopg's prepared statements fail.
         extra = {"prepare_threshold": None} if transaction_pooling else {}
@@ -134,9 +134,7 @@ class Workers:
                 kind, value = pipe.recv()
             except (EOFError, OSError):
                 code = self.processes[i].exitcode
-                raise WorkersFailed(
-                    f"worker process {i + 1} exited (exit code {code})"
-                ) from None
+                raise WorkersFailed(f"worker process {i + 1} exited (exit code {code})") from None
             if kind == "error":
                 raise WorkersFailed(value)
             answers.append(value)

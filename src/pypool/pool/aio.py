@@ -1,7 +1,8 @@
 """``pypool.AsyncPool``: the connection pool for asyncio, on the same core.
 
 It shares :class:`pypool.Pool`'s settings, their validation, the connect
-demand rule, the counters and the statistics (``pypool._policy``). What
+demand rule, the counters and the statistics (:mod:`pypool.pool.settings`,
+:mod:`pypool.pool.policy`). What
 differs is only how it waits and where the I/O runs:
 
 - a task that finds no idle connection takes a *ticket* in the core's wait
@@ -23,7 +24,7 @@ The hot path is the core's, as for :class:`pypool.Pool`: handing out an
 idle connection the verdicts pass (``PoolBase._take``) and taking one back
 (``PoolBase._give``) are one native call each; only waiting, checks, async
 resets, connects and closes run here. Maintenance, events, leak reports and
-statistics are :class:`pypool.Pool`'s (``pypool.pool._PoolShared``).
+statistics are :class:`pypool.Pool`'s (:class:`pypool.pool.shared.PoolShared`).
 
 Cancellation is safe: a task cancelled while waiting leaves the queue (a
 connection handed to it at that moment is passed on); one cancelled while it
@@ -42,17 +43,25 @@ import os
 import random
 import threading
 import time
-import types
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _core
-from ._policy import Policy, Settings, check_sizes, make_core
-from .errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
-from .pool import _USER_CHECK_FLOOR, _module_of, _new, _PoolShared
+from .. import _core
+from ..errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
+from .policy import Policy, make_core
+from .settings import (
+    ClassSignature,
+    Settings,
+    check_run,
+    check_sizes,
+    docstring_section,
+    signature,
+    take_keywords,
+)
+from .shared import USER_CHECK_FLOOR, HotPath, PoolShared, core_module_of
 
-__all__ = ["AsyncPool"]
+__all__ = ["AsyncPool", "AsyncPoolMethods"]
 
 T = TypeVar("T")
 
@@ -191,7 +200,7 @@ class _Lease:
             await self._pool.release(conn)
 
 
-class _AsyncPoolMethods(_PoolShared):
+class AsyncPoolMethods(PoolShared):
     """Everything of AsyncPool but the hot path, which comes from PoolBase."""
 
     if TYPE_CHECKING:  # from the core's PoolBase
@@ -203,61 +212,19 @@ class _AsyncPoolMethods(_PoolShared):
 
         _unchecked: Any
 
-    def __init__(
-        self,
-        factory: Callable[[], Any],
-        *,
-        adapter: Any = None,
-        min_size: int = 0,
-        max_size: int = 10,
-        timeout: float = 30.0,
-        max_waiting: int = 0,
-        max_lifetime: float | None = 3600.0,
-        max_idle: float | None = 600.0,
-        max_uses: int = 0,
-        check: Any = None,
-        check_after: float | None = 1.0,
-        reset: Any = None,
-        configure: Any = None,
-        num_workers: int = 2,
-        name: str | None = None,
-        lifo: bool = True,
-        leak_timeout: float | None = None,
-        keepalive: float | None = 240.0,
-        reconnect_timeout: float = 300.0,
-        reconnect_failed: Callable[[Any], object] | None = None,
-        transaction_pooling: bool = False,
-        _core: types.ModuleType | None = None,
-    ) -> None:
-        if adapter is None:
-            adapter = _GenericAsyncAdapter()
-        settings = Settings(
-            factory,
-            adapter=adapter,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            max_uses=max_uses,
-            check=check,
-            check_after=check_after,
-            reset=reset,
-            configure=configure,
-            num_workers=num_workers,
-            name=name,
-            lifo=lifo,
-            leak_timeout=leak_timeout,
-            keepalive=keepalive,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=reconnect_failed,
-            transaction_pooling=transaction_pooling,
-        )
-        core_module = _module_of(type(self))
-        core = make_core(settings, core_module, self._on_wait, self._on_abandon)
-        core_module.PoolBase.__init__(self, core, settings.timeout, None)
-        self._adopt(settings, core)
+    def __init__(self, factory: Callable[[], Any], **settings: Any) -> None:
+        # The keywords, their defaults and their bounds are
+        # pypool.pool.settings.SETTINGS (AsyncPool.__signature__).
+        public = type(self).__dict__.get("_public", type(self))
+        take_keywords(public.__name__, settings)
+        if settings.get("adapter") is None:
+            settings["adapter"] = _GenericAsyncAdapter()
+        strict = public.__init__ is AsyncPoolMethods.__init__  # the user's keywords, as given
+        config = Settings(factory, settings, strict=strict)
+        core_module = core_module_of(type(self))
+        core = make_core(config, core_module, self._on_wait, self._on_abandon)
+        core_module.PoolBase.__init__(self, core, config.timeout, None)
+        self._adopt(config, core)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._demand: _Signal | None = None
         self._stop: _Signal | None = None
@@ -341,7 +308,7 @@ class _AsyncPoolMethods(_PoolShared):
         self._bind()
         if wait:
             try:
-                await _AsyncPoolMethods.wait(self, timeout, fail_fast)
+                await AsyncPoolMethods.wait(self, timeout, fail_fast)
             except (PoolTimeout, ConnectionFailed) as exc:
                 self._log.info("pool %r could not open, closing it: %s", self.name, exc)
                 await self.close()
@@ -602,8 +569,7 @@ class _AsyncPoolMethods(_PoolShared):
     ) -> T:
         """``await fn(conn)`` on a pooled connection, retried on a fresh one
         when the connection breaks; as :meth:`pypool.Pool.run`."""
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
+        check_run(retries, backoff)
         attempt = 0
         while True:
             conn = await self.acquire(timeout)
@@ -678,7 +644,7 @@ class _AsyncPoolMethods(_PoolShared):
                 return None
             if inspect.isawaitable(pending):
                 # A check of the user's gets at least what it gets in Pool.
-                floor = 0.001 if check is None else _USER_CHECK_FLOOR
+                floor = 0.001 if check is None else USER_CHECK_FLOOR
                 await _within(pending, max(timeout, floor))
         except Exception as exc:
             return exc
@@ -867,7 +833,7 @@ class _AsyncPoolMethods(_PoolShared):
         )
 
 
-class AsyncPool(_AsyncPoolMethods, _core.PoolBase):  # type: ignore[misc]
+class AsyncPool(AsyncPoolMethods, HotPath):  # type: ignore[misc]
     """A pool of database connections for asyncio tasks.
 
     The settings are :class:`pypool.Pool`'s, with the same defaults and the
@@ -883,10 +849,14 @@ class AsyncPool(_AsyncPoolMethods, _core.PoolBase):  # type: ignore[misc]
     :class:`pypool.Pool`, from a maintenance task. With
     ``transaction_pooling=True`` and ``adapter=pypool.asyncpg`` the reset is
     a rollback of an open transaction instead of ``Connection.reset()``.
+    ``AsyncPool.with_core("python")`` is this class on the Python core.
     """
 
-    __new__ = _new
-    _mixins: tuple[type, ...] = (_AsyncPoolMethods,)
+    __signature__ = ClassSignature(signature("Callable[[], Any]"))
+
+
+AsyncPool.__doc__ = f"{AsyncPool.__doc__}\n{docstring_section()}\n"
+AsyncPoolMethods.__init__.__signature__ = signature("Callable[[], Any]", method=True)  # type: ignore[attr-defined]
 
 
 class _GenericAsyncAdapter:
@@ -916,7 +886,7 @@ class _GenericAsyncAdapter:
 
 
 async def _connect_worker(
-    ref: weakref.ref[_AsyncPoolMethods], demand: _Signal, stop: _Signal
+    ref: weakref.ref[AsyncPoolMethods], demand: _Signal, stop: _Signal
 ) -> None:
     try:
         await _connect_loop(ref, demand, stop)
@@ -925,9 +895,7 @@ async def _connect_worker(
         raise
 
 
-async def _connect_loop(
-    ref: weakref.ref[_AsyncPoolMethods], demand: _Signal, stop: _Signal
-) -> None:
+async def _connect_loop(ref: weakref.ref[AsyncPoolMethods], demand: _Signal, stop: _Signal) -> None:
     backoff = 0.0
     while not stop.is_set():
         pool = ref()
@@ -952,7 +920,7 @@ async def _connect_loop(
         await stop.wait(backoff * (0.5 + 0.5 * random.random()))
 
 
-async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: _Signal) -> None:
+async def _maintenance_worker(ref: weakref.ref[AsyncPoolMethods], stop: _Signal) -> None:
     try:
         while not stop.is_set():
             pool = ref()
@@ -976,8 +944,8 @@ async def _maintenance_worker(ref: weakref.ref[_AsyncPoolMethods], stop: _Signal
 _dropped_closes: set[asyncio.Task[None]] = set()
 
 
-def _close_dropped(pool: _AsyncPoolMethods) -> None:
-    """What :meth:`_AsyncPoolMethods.close` does, for a pool being freed:
+def _close_dropped(pool: AsyncPoolMethods) -> None:
+    """What :meth:`AsyncPoolMethods.close` does, for a pool being freed:
     without waiting, and by callbacks and tasks that do not hold the pool.
     Runs in whichever thread dropped the pool; the rest happens on its loop.
     With no loop left to run them, a coroutine close is dropped unrun (the
@@ -1026,7 +994,7 @@ async def _close_quietly(adapter: Any, conn: Any, log: logging.Logger, name: str
         log.warning("pool %r: error closing a connection: %s", name, exc)
 
 
-def _tell_loop_ended(ref: weakref.ref[_AsyncPoolMethods]) -> None:
+def _tell_loop_ended(ref: weakref.ref[AsyncPoolMethods]) -> None:
     pool = ref()
     if pool is not None:
         pool._loop_ended()

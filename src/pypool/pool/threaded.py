@@ -17,473 +17,51 @@ never hold a lock during I/O:
 The threads, the core and the connections hold the pool only weakly (see
 ``pypool._weak``): a pool nobody references is closed as soon as its last
 reference goes, by reference counting alone, and one still open at
-interpreter exit is closed then, without waiting.
+interpreter exit is closed then (waiting up to 2 s for a connect in flight:
+:mod:`pypool.pool.shared`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import inspect
-import logging
 import math
-import os
 import queue
 import random
 import threading
 import time
-import traceback
-import types
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _core, stats
-from ._policy import Policy, Settings, _one_line, check_sizes, make_core
-from .errors import (
-    ConfigurationError,
-    ConnectionFailed,
-    PoolClosed,
-    PoolError,
-    PoolTimeout,
-    UnusableConnection,
+from .. import _core
+from ..errors import ConnectionFailed, PoolClosed, PoolTimeout, UnusableConnection
+from .policy import Policy, make_core
+from .settings import (
+    ClassSignature,
+    Settings,
+    check_run,
+    check_sizes,
+    docstring_section,
+    signature,
+    take_keywords,
+)
+from .shared import (
+    USER_CHECK_FLOOR,
+    HotPath,
+    PoolShared,
+    accepts_timeout,
+    core_module_of,
+    live_pools,
 )
 
-if TYPE_CHECKING:
-    from ._records import SlotInfo
-
-__all__ = ["EVENTS", "Pool"]
+__all__ = ["Pool", "PoolMethods"]
 
 T = TypeVar("T")
 
-#: The events a pool emits to listeners added with :meth:`Pool.add_listener`,
-#: and the arguments each listener gets after the pool.
-EVENTS = {
-    "connect": "(pool, conn): a new connection, after configure",
-    "checkout": "(pool, conn): handed out",
-    "checkin": "(pool, conn): given back, before its reset",
-    "reset": "(pool, conn): reset on return succeeded",
-    "close": "(pool, conn, reason): closed by the pool; reason as in stats",
-    "leak": "(pool, info): borrowed longer than leak_timeout; info has the stack",
-    "abandon": "(pool, slot): a borrowed connection was garbage-collected",
-    "reconnect_failed": "(pool,): connects kept failing for reconnect_timeout",
-}
 
-_live_pools: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-class _Borrowed:
-    """What a pool with ``leak_timeout`` remembers of a borrowed connection,
-    for its leak report: when it went out (the core's ``checked_out``, which
-    also tells a later borrow of the same slot apart), where from, and
-    whether it was reported already (once per borrow)."""
-
-    __slots__ = ("checked_out", "reported", "stack")
-
-    def __init__(self, checked_out: float, stack: traceback.StackSummary) -> None:
-        self.checked_out = checked_out
-        self.stack = stack
-        self.reported = False
-
-
-class _PoolShared:
-    """What the thread pool and the asyncio pool share: their settings,
-    statistics, events, leak reports, and the choices of maintenance (which
-    connections are due); each does its own I/O and waiting."""
-
-    _core: Any
-    _policy: Policy
-    _settings: Settings
-    _log: logging.Logger
-    _leases: dict[int, _Borrowed]  # slot -> the borrow, for leak reports
-    _last_check: dict[int, float]  # slot -> last keepalive check
-    #: The logger a pool logs to (driver-compatible pools use the driver's).
-    _logger_name = "pypool"
-
-    if TYPE_CHECKING:  # from the core's PoolBase, and from each pool
-
-        def _set_observe(self, observe: bool) -> None: ...
-        def _set_reset(self, reset: Any) -> None: ...
-        def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None: ...
-        def _drop_unknown(self, conn: Any) -> None: ...
-        def _wake_workers(self) -> None: ...
-
-    def _adopt(self, settings: Settings, core: Any) -> None:
-        """The part of ``__init__`` both pools share, once their PoolBase
-        holds ``core``."""
-        self._settings = settings
-        self._log = logging.getLogger(self._logger_name)
-        self._policy = Policy(settings, core, self._log)
-        self._reset_plan: Any = None if settings.reset in (None, False) else settings.reset
-        self._reset_known = settings.reset is not None
-        self._listeners: dict[str, list[Callable[..., object]]] = {e: [] for e in EVENTS}
-        self._leaks = 0
-        self._leases = {}
-        self._last_check = {}
-        self._interval = _maintenance_interval(settings)
-        self._apply_hot_path()
-
-    # ----------------------------------------------------------- properties
-
-    @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
-    def core(self) -> str:
-        """Which core runs this pool: ``"native"`` or ``"python"``."""
-        return _core_name(type(self._core))
-
-    @property
-    def min_size(self) -> int:
-        return self._policy.min_size
-
-    @property
-    def max_size(self) -> int:
-        return int(self._core.max_size)
-
-    @property
-    def timeout(self) -> float:
-        return self._settings.timeout
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._core.closed)
-
-    @property
-    def size(self) -> int:
-        """Connections open or being opened."""
-        return int(self._core.size)
-
-    @property
-    def idle(self) -> int:
-        return int(self._core.idle)
-
-    @property
-    def in_use(self) -> int:
-        return int(self._core.in_use)
-
-    @property
-    def waiting(self) -> int:
-        return int(self._core.waiting)
-
-    def stats(self) -> dict[str, Any]:
-        """Counters and gauges, named as :mod:`pypool.stats` documents
-        (OpenTelemetry's ``db.client.connection.*`` where one fits)."""
-        core = self._core.stats()
-        counters = self._policy.counters()
-        retired: dict[str, int] = counters["retired"]
-        served = core["acquires"] - self._policy.rejected
-        finished = served - core["in_use"]
-        return {
-            stats.POOL_NAME: self._settings.name,
-            stats.COUNT: {"idle": core["idle"] + core["claimed"], "used": core["in_use"]},
-            stats.MAX: core["max_size"],
-            stats.IDLE_MAX: core["max_size"],
-            stats.IDLE_MIN: self._policy.min_size,
-            stats.PENDING_REQUESTS: core["waiting"],
-            stats.TIMEOUTS: core["timeouts"],
-            stats.CREATE_TIME: {
-                "count": counters["connections_created"],
-                "sum": counters["connect_time"],
-            },
-            stats.WAIT_TIME: {
-                "count": served,
-                "sum": core["wait_time"],
-                "max": core["wait_time_max"],
-            },
-            stats.USE_TIME: {"count": finished, "sum": core["use_time"]},
-            stats.CONNECTING: core["connecting"],
-            stats.REQUESTS: served,
-            stats.REQUESTS_WAITED: core["waits"],
-            stats.CREATED: counters["connections_created"],
-            stats.CLOSED: counters["connections_closed"],
-            stats.LOST: sum(n for r, n in retired.items() if r in stats.LOST_REASONS),
-            stats.RETIRED: retired,
-            stats.CONNECT_ERRORS: counters["connect_errors"],
-            stats.LEAKS: self._leaks,
-            stats.CORE: self.core,
-        }
-
-    def invalidate(self) -> None:
-        """Marks every connection made before now for replacement at its next
-        hand-out or return (for example after the database restarted)."""
-        self._core.advance_generation()
-
-    # ------------------------------------------------------------ events
-
-    def add_listener(self, event: str, listener: Callable[..., object]) -> None:
-        """Calls ``listener(pool, ...)`` on ``event`` (see :data:`EVENTS`).
-        An exception in a listener is logged and never breaks the pool.
-        Checkout and checkin listeners put Python code on the hot path."""
-        if event not in EVENTS:
-            raise ConfigurationError(f"unknown event {event!r}: one of {', '.join(EVENTS)}")
-        if not callable(listener):
-            raise ConfigurationError("listener must be callable")
-        if inspect.iscoroutinefunction(listener):
-            raise ConfigurationError(
-                "listeners are called synchronously, on the pool's hot path: a coroutine "
-                "function cannot be one (start a task from a plain function instead)"
-            )
-        self._listeners[event].append(listener)
-        self._apply_hot_path()
-
-    def remove_listener(self, event: str, listener: Callable[..., object]) -> None:
-        if event not in EVENTS:
-            raise ConfigurationError(f"unknown event {event!r}: one of {', '.join(EVENTS)}")
-        try:
-            self._listeners[event].remove(listener)
-        except ValueError:
-            raise ConfigurationError(f"{listener!r} does not listen to {event!r}") from None
-        self._apply_hot_path()
-
-    def _emit(self, event: str, *args: Any) -> None:
-        for listener in self._listeners[event]:
-            try:
-                listener(self, *args)
-            except Exception:
-                self._log.exception("pool %r: %s listener %r failed", self.name, event, listener)
-
-    def _apply_hot_path(self) -> None:
-        """Puts Python hooks on the hot path only when something needs them."""
-        listeners = self._listeners
-        self._set_observe(
-            self._settings.leak_timeout is not None
-            or bool(listeners["checkout"])
-            or bool(listeners["checkin"])
-        )
-        plan = self._reset_plan
-        if plan is not None and listeners["reset"]:
-            inner = plan
-            ref = weakref.ref(self)  # the core holds this: no cycle through it
-
-            def reset_and_tell(conn: Any) -> Any:
-                result = getattr(conn, inner)() if isinstance(inner, str) else inner(conn)
-                pool = ref()
-                if pool is None:
-                    return result
-                if result is not None and inspect.isawaitable(result):
-                    return _then_emit(result, pool, "reset", conn)  # an async reset
-                pool._emit("reset", conn)
-                return None
-
-            plan = reset_and_tell
-        self._set_reset(plan)
-
-    # ------------------------------------------------------------- hooks
-
-    def _checked_out(self, conn: Any) -> None:
-        if self._settings.leak_timeout is not None:
-            core = self._core
-            slot = core.slot_of(conn)
-            self._leases[slot] = _Borrowed(core.slot_info(slot).checked_out, _caller_stack())
-        if self._listeners["checkout"]:
-            self._emit("checkout", conn)
-
-    def _checking_in(self, conn: Any) -> None:
-        if self._leases:
-            self._leases.pop(self._core.slot_of(conn), None)
-        if self._listeners["checkin"]:
-            self._emit("checkin", conn)
-
-    def _failed(self, exc: Exception, timeout: float) -> BaseException:
-        if isinstance(exc, PoolTimeout):
-            return self._policy.timeout_error(exc, timeout)
-        return exc
-
-    def _rejected(self, conn: Any, reason: int, exc: BaseException | None) -> None:
-        self._policy.rejected += 1
-        if exc is not None and not isinstance(exc, Exception):
-            # A check cut short (KeyboardInterrupt...): its state is unknown,
-            # not known bad; closed all the same, as "discarded".
-            self._drop_unknown(conn)
-            return
-        if exc is not None:
-            self._policy.check_failed(exc)
-        self._retire(conn, reason, exc)
-
-    def _on_abandon(self, slot: int) -> None:
-        self._leases.pop(slot, None)
-        self._policy.retired_one("abandoned", None)
-        self._log.warning(
-            "pool %r: a borrowed connection was garbage-collected without being "
-            "returned (slot %d); give connections back with release(), or use "
-            "connection()",
-            self.name,
-            slot,
-        )
-        self._emit("abandon", slot)
-        self._wake_workers()
-
-    # ------------------------------------------------------ failed connects
-
-    def _refuse_new(self, conn: Any, *, sync: bool) -> None:
-        """Raises :class:`ConnectionFailed`, saying what the factory
-        returned, when ``conn`` cannot be a new connection: None, an
-        awaitable (for a pool that cannot await it), or a connection that is
-        in the pool already."""
-        name = self.name
-        if conn is None:
-            raise ConnectionFailed(
-                f"pool {name!r}: the factory returned None instead of a new connection"
-            )
-        if sync and inspect.isawaitable(conn):
-            raise ConnectionFailed(
-                f"pool {name!r}: the factory returned a {_describe(conn, short=True)}, which a "
-                "pool of threads cannot await: use pypool.AsyncPool for a coroutine function"
-            )
-        if self._in_pool(conn):
-            raise ConnectionFailed(
-                f"pool {name!r}: the factory returned {_describe(conn)}, a connection that is "
-                f"in the pool already: a factory must make a new connection at every call"
-            )
-
-    def _refused(self, conn: Any, exc: BaseException) -> ConnectionFailed:
-        """The failure to record when the core refused what the factory
-        returned (``exc`` says why, and is the cause)."""
-        error = ConnectionFailed(
-            f"pool {self.name!r}: the factory returned {_describe(conn)}, which the pool "
-            f"cannot hold: {_one_line(exc)}"
-        )
-        error.__cause__ = exc
-        return error
-
-    def _in_pool(self, conn: Any) -> bool:
-        try:
-            self._core.slot_of(conn)
-        except PoolError:
-            return False
-        return True
-
-    def _connect_failed(self, slot: int, exc: BaseException) -> None:
-        """A failed connect: its slot given back (if the core has not freed
-        it already), the failure counted and logged."""
-        core = self._core
-        if core.slot_info(slot).state == _core.CREATING:
-            core.abandon(slot)
-        if self._policy.connect_failed(exc):
-            self._reconnect_failed()
-
-    #: The level of the record saying connects failed for reconnect_timeout
-    #: (the psycopg pools: WARNING, as psycopg_pool).
-    _reconnect_failed_level = logging.ERROR
-
-    def _reconnect_failed(self) -> None:
-        self._log.log(
-            self._reconnect_failed_level,
-            "reconnection attempt in pool %r failed after %.1f sec (reconnect_timeout); "
-            "still trying",
-            self.name,
-            self._settings.reconnect_timeout,
-        )
-        callback = self._settings.reconnect_failed
-        if callback is not None:
-            try:
-                callback(self)
-            except Exception:
-                self._log.exception("pool %r: reconnect_failed callback failed", self.name)
-        self._emit("reconnect_failed")
-
-    # -------------------------------------------------- maintenance choices
-
-    def _claim_idle(self, due: Callable[[SlotInfo], bool], keep: int) -> Iterator[Any]:
-        """Claims and retires, one at a time, the idle connections for which
-        ``due(slot_info)`` holds, the longest idle first, while more than
-        ``keep`` are open; yields each for the caller to close. Borrowers
-        keep taking the others meanwhile."""
-        core = self._core
-        infos = [(i, core.slot_info(i)) for i in core.slots(_core.IDLE)]
-        for index, info in sorted(infos, key=lambda item: item[1].returned):
-            if core.size <= keep:
-                return
-            if not due(info):
-                continue
-            conn = core.claim(index)
-            if conn is not None:
-                core.retire(index)
-                yield conn
-
-    def _expiring(self, now: float) -> tuple[int, list[int]]:
-        """For the replacement of connections close to the end of their
-        lifetime, so that their retirement never takes the pool below
-        ``min_size``: how many replacements to connect first (as many as the
-        expiring ones, idle or borrowed, would leave missing below
-        ``min_size``; a borrowed one is retired at its return), and the idle
-        expiring slots, the nearest expiry first."""
-        core = self._core
-        life = self._settings.max_lifetime
-        assert life is not None
-        lead = min(60.0, 0.1 * life) + 2 * self._interval
-        expiring = [
-            (i, info)
-            for i, info in ((i, core.slot_info(i)) for i in core.slots())
-            if info.state in (_core.IDLE, _core.BUSY)
-            and info.expires
-            and info.expires - now <= lead
-        ]
-        # Only what the expiring ones will take away: refilling an empty or
-        # failing pool is the connect workers' job (with their backoff).
-        deficit = min(len(expiring), self._policy.min_size - (core.size - len(expiring)))
-        idle = sorted(
-            ((i, info) for i, info in expiring if info.state == _core.IDLE),
-            key=lambda item: item[1].expires,
-        )
-        return deficit, [i for i, _info in idle]
-
-    def _due_for_keepalive(self, now: float) -> Iterator[tuple[int, Any]]:
-        """Claims, one at a time, the idle connections unused for
-        ``keepalive`` seconds, for the caller to check and then hand to
-        :meth:`_kept_alive`."""
-        core = self._core
-        keepalive = self._settings.keepalive
-        assert keepalive is not None
-        for index in core.slots(_core.IDLE):
-            info = core.slot_info(index)
-            if now - max(info.returned, self._last_check.get(index, 0.0)) < keepalive:
-                continue
-            conn = core.claim(index)
-            if conn is not None:
-                yield index, conn
-
-    def _kept_alive(self, index: int, failure: BaseException | None) -> str | None:
-        """Puts back a connection that passed its keepalive check, or retires
-        one that failed it; the reason to close it with, or None."""
-        core = self._core
-        if failure is None:
-            self._last_check[index] = core.now()
-            return None if core.restore(index) else "closed"
-        core.retire(index)
-        self._last_check.pop(index, None)
-        return "check"
-
-    def _report_leaks(self, now: float) -> None:
-        core = self._core
-        leak_timeout = self._settings.leak_timeout
-        assert leak_timeout is not None
-        for slot, borrowed in list(self._leases.items()):
-            info = core.slot_info(slot)
-            if info.state != _core.BUSY or info.checked_out != borrowed.checked_out:
-                self._leases.pop(slot, None)  # returned or lost meanwhile
-                continue
-            held = now - borrowed.checked_out
-            if borrowed.reported or held < leak_timeout:
-                continue
-            borrowed.reported = True
-            self._leaks += 1
-            where = "".join(traceback.format_list(borrowed.stack))
-            self._log.warning(
-                "pool %r: a connection has been borrowed for %.1f s (leak_timeout %.1f s); "
-                "it was taken at:\n%s",
-                self.name,
-                held,
-                leak_timeout,
-                where,
-            )
-            self._emit("leak", {"slot": slot, "held": held, "stack": borrowed.stack})
-
-
-class _PoolMethods(_PoolShared):
+class PoolMethods(PoolShared):
     """Everything of Pool but the hot path, which comes from PoolBase."""
 
     if TYPE_CHECKING:  # the hot path, from the core's PoolBase
@@ -493,69 +71,28 @@ class _PoolMethods(_PoolShared):
         def _set_timeout(self, timeout: float) -> None: ...
         def _lease(self, timeout: float | None, end: Any) -> Any: ...
 
-    def __init__(
-        self,
-        factory: Any,
-        *,
-        adapter: Any = None,
-        min_size: int = 0,
-        max_size: int = 10,
-        timeout: float = 30.0,
-        max_waiting: int = 0,
-        max_lifetime: float | None = 3600.0,
-        max_idle: float | None = 600.0,
-        max_uses: int = 0,
-        check: Any = None,
-        check_after: float | None = 1.0,
-        reset: Any = None,
-        configure: Any = None,
-        num_workers: int = 2,
-        name: str | None = None,
-        lifo: bool = True,
-        leak_timeout: float | None = None,
-        keepalive: float | None = 240.0,
-        reconnect_timeout: float = 300.0,
-        reconnect_failed: Callable[[Any], object] | None = None,
-        transaction_pooling: bool = False,
-        _core: types.ModuleType | None = None,
-        _defer_open: bool = False,
-    ) -> None:
-        if adapter is None:
-            from . import dbapi
+    def __init__(self, factory: Any, **settings: Any) -> None:
+        # The keywords, their defaults and their bounds are
+        # pypool.pool.settings.SETTINGS; the public signature is generated
+        # from it (Pool.__signature__).
+        defer_open = settings.pop("_defer_open", False)
+        public = type(self).__dict__.get("_public", type(self))
+        take_keywords(public.__name__, settings)
+        if settings.get("adapter") is None:
+            from .. import dbapi  # the default adapter; layer exception (tests/test_layers.py)
 
-            adapter = dbapi
-        settings = Settings(
-            factory,
-            adapter=adapter,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            max_uses=max_uses,
-            check=check,
-            check_after=check_after,
-            reset=reset,
-            configure=configure,
-            num_workers=num_workers,
-            name=name,
-            lifo=lifo,
-            leak_timeout=leak_timeout,
-            keepalive=keepalive,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=reconnect_failed,
-            transaction_pooling=transaction_pooling,
-        )
-        core_module = _module_of(type(self))
+            settings["adapter"] = dbapi
+        strict = public.__init__ is PoolMethods.__init__  # the user's keywords, as given
+        config = Settings(factory, settings, strict=strict)
+        core_module = core_module_of(type(self))
         self._fresh_threading()
-        core = make_core(settings, core_module, self._on_wait, self._on_abandon)
-        core_module.PoolBase.__init__(self, core, settings.timeout, None)
-        self._check_takes_timeout = _accepts_timeout(settings.adapter.check)
+        core = make_core(config, core_module, self._on_wait, self._on_abandon)
+        core_module.PoolBase.__init__(self, core, config.timeout, None)
+        self._check_takes_timeout = accepts_timeout(config.adapter.check)
         self._in_check: dict[int, _CheckOutlived] = {}  # conn id -> a check left running
-        self._adopt(settings, core)
-        _live_pools.add(self)
-        if settings.min_size and not _defer_open:
+        self._adopt(config, core)
+        live_pools.add(self)
+        if config.min_size and not defer_open:
             self.open()
 
     def _fresh_threading(self) -> None:
@@ -590,7 +127,7 @@ class _PoolMethods(_PoolShared):
                     self._log.info("pool %r opened (%s core)", self.name, self.core)
         if wait:
             try:
-                _PoolMethods.wait(self, timeout, fail_fast=fail_fast)
+                PoolMethods.wait(self, timeout, fail_fast=fail_fast)
             except (PoolTimeout, ConnectionFailed) as exc:
                 self._log.info("pool %r could not open, closing it: %s", self.name, exc)
                 self.close()
@@ -759,8 +296,7 @@ class _PoolMethods(_PoolShared):
         adapter's ``is_broken``, a Ctrl-C anywhere), it goes back, or is
         discarded if it broke.
         """
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ConfigurationError(f"retries must be an integer >= 0, not {retries!r}")
+        check_run(retries, backoff)
         attempt = 0
         while True:
             # The connection() block holds the connection from the moment the
@@ -811,7 +347,7 @@ class _PoolMethods(_PoolShared):
                 if timeout == math.inf:
                     check(conn)
                 else:
-                    self._bounded_check(check, conn, max(timeout, _USER_CHECK_FLOOR))
+                    self._bounded_check(check, conn, max(timeout, USER_CHECK_FLOOR))
         except Exception as exc:
             return exc
         return None
@@ -1102,31 +638,6 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
             return
 
 
-def _describe(obj: Any, short: bool = False) -> str:
-    """What an object is, for an error message: its type, and (unless
-    ``short``) its repr, shortened and with any password masked."""
-    from .dbapi import mask_dsn
-
-    kind = type(obj).__name__
-    if short:
-        return kind
-    text = mask_dsn(repr(obj))
-    if len(text) > 80:
-        text = text[:77] + "..."
-    return f"{text} (a {kind})"
-
-
-async def _then_emit(reset: Awaitable[Any], pool: _PoolShared, event: str, conn: Any) -> None:
-    """An async reset, then its event (only once it succeeded)."""
-    await reset
-    pool._emit(event, conn)
-
-
-#: The least time a ``check=`` of the user's gets, however little is left of
-#: the caller's timeout (a caller that does not wait, ``timeout=0``, included).
-_USER_CHECK_FLOOR = 0.05
-
-
 class _CheckOutlived(UnusableConnection):
     """A ``check=`` of the user's, run in a thread of its own, still running
     at the caller's deadline: the caller goes on without the connection,
@@ -1214,111 +725,7 @@ def _check_in_thread(
             exc = None  # no cycle through this frame
 
 
-def _accepts_timeout(check: Callable[..., object]) -> bool:
-    try:
-        return "timeout" in inspect.signature(check).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def _caller_stack() -> traceback.StackSummary:
-    """The stack of the code that borrowed a connection, without pypool's
-    own frames."""
-    stack = traceback.extract_stack()
-    while stack and os.path.abspath(stack[-1].filename).startswith(_PACKAGE_DIR):
-        stack.pop()
-    return stack
-
-
-def _maintenance_interval(settings: Settings) -> float:
-    """How often maintenance runs: often enough for the shortest threshold it
-    enforces, at most once a second."""
-    spans = [1.0]
-    if settings.max_idle:
-        spans.append(settings.max_idle / 4)
-    if settings.max_lifetime is not None:
-        spans.append(settings.max_lifetime / 20)
-    if settings.keepalive is not None:
-        spans.append(settings.keepalive / 4)
-    if settings.leak_timeout is not None:
-        spans.append(settings.leak_timeout / 4)
-    return max(0.02, min(spans))
-
-
-def _close_all_at_exit() -> None:
-    """Closes the pools still open at exit. Idle threads stop at once; a
-    connect in flight gets a moment to finish, since a driver still
-    connecting while the interpreter tears down (OpenSSL above all) can
-    crash the process."""
-    for pool in list(_live_pools):
-        with contextlib.suppress(Exception):  # pragma: no cover
-            pool.close(timeout=2.0)
-
-
-def _after_fork_in_child() -> None:
-    for pool in list(_live_pools):
-        pool._after_fork_in_child()
-
-
-atexit.register(_close_all_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-# ------------------------------------------------------- one class per core
-
-
-def _core_name(core_type: type) -> str:
-    return "python" if core_type.__module__.endswith("_corepool_py") else "native"
-
-
-def _module_of(pool_type: type) -> types.ModuleType:
-    import sys
-
-    for base in pool_type.__mro__:
-        if base.__name__ == "PoolBase":
-            return sys.modules[base.__module__]
-    raise TypeError(f"{pool_type!r} does not derive from a core's PoolBase")
-
-
-_variants: dict[tuple[type, types.ModuleType], type] = {}
-
-
-def _variant(cls: type, core_module: types.ModuleType) -> type:
-    """``cls`` rebuilt on ``core_module``'s PoolBase (for ``_core=``): the same
-    mixins (``cls._mixins``), the other core's hot path. Attributes a class
-    lists in ``_hot_aliases`` (such as ``getconn = PoolBase.acquire``) are
-    bound to the new core's methods."""
-    public = cls.__dict__.get("_public", cls)
-    key = (public, core_module)
-    variant = _variants.get(key)
-    if variant is None:
-        namespace: dict[str, Any] = {
-            "__module__": public.__module__,
-            "__doc__": public.__doc__,
-            "__qualname__": public.__qualname__,
-            "_public": public,
-        }
-        for alias, target in getattr(public, "_hot_aliases", {}).items():
-            namespace[alias] = getattr(core_module.PoolBase, target)
-        variant = type(public.__name__, (*public._mixins, core_module.PoolBase), namespace)
-        _variants[key] = variant
-    return variant
-
-
-def _new(cls: type, *args: Any, _core: types.ModuleType | None = None, **kwargs: Any) -> Any:
-    if _core is not None and _module_of(cls) is not _core:
-        other = _variant(cls, _core)
-        self = other.__new__(other)  # type: ignore[call-overload]
-        self.__init__(*args, **kwargs)
-        return self
-    return super(_PoolShared, cls).__new__(cls)  # type: ignore[misc]
-
-
-class Pool(_PoolMethods, _core.PoolBase):
+class Pool(PoolMethods, HotPath):
     """A pool of database connections for threads.
 
     ``factory()`` makes a new connection; it runs on ``num_workers`` connect
@@ -1331,53 +738,13 @@ class Pool(_PoolMethods, _core.PoolBase):
     conn:`` (or :meth:`acquire` and :meth:`release`: you must release every
     connection you acquire, or the pool runs dry).
 
-    Defaults, and why:
-
-    - ``adapter=pypool.dbapi``: works with any DB-API 2 driver.
-    - ``min_size=0``: connect on demand; set it for a warm pool.
-    - ``max_size=10``: a small pool outperforms a large one (the database
-      runs at most a few queries per core at once); measure with
-      ``pypool sweep``.
-    - ``timeout=30.0``: how long ``acquire`` waits before
-      :class:`PoolTimeout`, as psycopg_pool and SQLAlchemy do.
-    - ``max_waiting=0``: an unbounded queue; set it to shed load with
-      :class:`TooManyRequests` instead.
-    - ``max_lifetime=3600.0``: replace connections hourly (less up to 5% at
-      random, so they do not expire together), below common server and
-      proxy limits; None: never.
-    - ``max_idle=600.0``: idle connections older than this are closed (down
-      to ``min_size``) and never handed out; None: never.
-    - ``max_uses=0``: no limit on hand-outs per connection.
-    - ``check=None``: the adapter's check (a ping), run before hand-out on
-      connections idle more than ``check_after=1.0`` seconds, so a connection
-      used a moment ago costs no round trip; ``check=False``: never.
-    - ``reset=None``: the adapter's reset on return (roll back an open
-      transaction); a method name, a callable, or ``False`` (none).
-    - ``configure=None``: ``configure(conn)`` runs once on each new connection.
-    - ``num_workers=2``: connects in flight at once; more would only flood a
-      recovering database.
-    - ``lifo=True``: reuse the most recently returned connection first, so
-      surplus ones go idle and are retired; ``False`` for round-robin.
-    - ``leak_timeout=None``: with a number, a connection borrowed longer is
-      reported once, with the stack that took it (this puts a stack capture
-      on every acquire).
-    - ``keepalive=240.0``: idle connections unused this long are checked, so
-      firewalls and server idle timeouts (often 300 s and more) do not cut
-      them silently; None: never.
-    - ``reconnect_timeout=300.0``: after connects have failed this long,
-      ``reconnect_failed(pool)`` is called (the pool keeps trying).
-    - ``transaction_pooling=False``: set it when the connections go through
-      a pooler in transaction mode (PgBouncer's ``pool_mode = transaction``),
-      which a client cannot detect: the reset then only ends the
-      transaction, and a reset that clears session state (such as
-      ``pypool.psycopg.discard_all``) is refused with
-      :class:`ConfigurationError`, since the session is not the client's
-      between transactions. With psycopg, also pass ``prepare_threshold=None``
-      to the connect (``docs/scaling-out.md``).
+    The settings (below) are keyword arguments; an unknown one raises
+    ``TypeError``, one out of its bounds :class:`ConfigurationError`.
+    ``Pool.with_core("python")`` is this class on the Python core.
     """
 
-    __new__ = _new
-    _mixins: tuple[type, ...] = (_PoolMethods,)
+    __signature__ = ClassSignature(signature("Callable[[], Any]"))
 
 
-_variants[(Pool, _module_of(Pool))] = Pool
+Pool.__doc__ = f"{Pool.__doc__}\n{docstring_section()}\n"
+PoolMethods.__init__.__signature__ = signature("Callable[[], Any]", method=True)  # type: ignore[attr-defined]

@@ -27,7 +27,7 @@ class WorkloadFailed(Exception):
 
 def first_line(exc: BaseException) -> str:
     """``exc`` as one line, passwords masked."""
-    from .dbapi import mask_dsn
+    from .._secrets import mask_dsn
 
     text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
     return mask_dsn(text or type(exc).__name__)

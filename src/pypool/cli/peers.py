@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from .cli import Contender, Handles, _core_check, register
+from .contenders import Contender, Handles, core_check, register
 
 __all__ = ["DSN", "DSN_ENV", "PEERS", "FakeDBAPIConnection", "FakeDBAPIModule", "register_all"]
 
@@ -186,7 +186,7 @@ def _needs_dsn(
 
 def masked(text: str) -> str:
     """``text`` without any piece of the password of the DSN in use."""
-    from .dbapi import Secrets
+    from .._secrets import Secrets
 
     return Secrets(_dsn() or "").mask(text)
 
@@ -228,10 +228,10 @@ _close = operator.methodcaller("close")
 def _pool(core: str, connections: int, factory: Callable[[], Any]) -> Any:
     """A ``pypool.Pool`` on the named core, with every default policy and the
     default adapter (``pypool.dbapi``), filled to ``connections``."""
-    from .pool import Pool
+    from ..pool import Pool
 
     module = importlib.import_module(core)
-    pool = Pool(factory, min_size=connections, max_size=connections, _core=module)
+    pool = Pool.with_core(module)(factory, min_size=connections, max_size=connections)
     _wait_idle(pool, connections)
     return pool
 
@@ -262,7 +262,7 @@ def _pypool_with_setup(connections: int) -> Handles:
 def _pypool_pg_setup(connections: int) -> Handles:
     import psycopg
 
-    from . import dbapi
+    from .. import dbapi
 
     dsn = _dsn()
     _probe(psycopg.connect, dsn)
@@ -336,7 +336,7 @@ def _psycopg2_setup(connections: int) -> Handles:
     return Handles(pool.getconn, pool.putconn, None, pool.closeall)
 
 
-_native = _core_check("pypool._corepool")
+_native = core_check("pypool._corepool")
 
 #: The contenders this module adds, in table order.
 PEERS: list[Contender] = [

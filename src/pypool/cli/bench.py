@@ -73,31 +73,38 @@ import argparse
 import contextlib
 import datetime
 import functools
-import importlib
-import importlib.util
-import json
-import os
-import platform
-import queue
 import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
-__all__ = ["CONTENDERS", "Contender", "FakeConnection", "Handles", "main", "register"]
+from . import peers
+from .contenders import CONNECTIONS, CONTENDERS, Contender, Handles
+from .output import (
+    CLI_EXTRA,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Progress,
+    check_plot,
+    environment,
+    hint_extras,
+    json_path,
+    png_path,
+    positive,
+    pyplot,
+    table,
+    write_outputs,
+)
+
+__all__ = ["SCHEMA", "add_arguments", "run"]
 
 SCHEMA = "pypool-bench/1"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
-#: Connections in every pool measured (the floor's list holds one).
-CONNECTIONS = 4
 #: The timeout given to ``acquire`` in threaded runs; never reached in a sane run.
 ACQUIRE_TIMEOUT = 30.0
 DEFAULT_THREADS = (1, 2, 4, 8, 16)
@@ -116,120 +123,6 @@ class _Settings:
 _FULL = _Settings(rounds=5, batch=5_000, batches_per_round=3, thread_run_seconds=0.1)
 _QUICK = _Settings(rounds=2, batch=500, batches_per_round=1, thread_run_seconds=0.01)
 
-
-# ------------------------------------------------------------------ contenders
-
-
-class FakeConnection:
-    """Stands in for a database connection: a plain object."""
-
-
-def _nothing() -> None:
-    return None
-
-
-def _drop(_state: Any) -> None:
-    """A teardown with nothing to tear down."""
-
-
-@dataclass(frozen=True)
-class Handles:
-    """What a contender's setup returns: the calls a benchmark makes.
-
-    ``try_acquire()`` is the uncontended cycle's checkout: it must return a
-    connection at once while one is idle (a pool without a non-blocking
-    checkout gives its ordinary one). ``acquire(timeout)`` waits; None means
-    the contender cannot wait, and then it takes no part in threaded runs.
-    ``close()`` runs when the benchmark is done with it.
-    """
-
-    try_acquire: Callable[[], Any]
-    release: Callable[[Any], object]
-    acquire: Callable[[float], Any] | None = None
-    close: Callable[[], object] = _nothing
-
-
-def _usable() -> str | None:
-    return None
-
-
-@dataclass(frozen=True)
-class Contender:
-    """A thing to measure.
-
-    ``setup(connections)`` builds it, holding that many connections, and
-    returns its :class:`Handles`. ``check()`` returns None when the contender
-    can run here, or a short reason why not (a missing extension or package).
-    """
-
-    name: str
-    description: str
-    setup: Callable[[int], Handles]
-    check: Callable[[], str | None] = _usable
-
-
-def _floor_setup(connections: int) -> Handles:
-    lst = [FakeConnection()]
-    return Handles(lst.pop, lst.append)
-
-
-def _core_check(module: str) -> Callable[[], str | None]:
-    def check() -> str | None:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            return f"{module} cannot be imported ({exc})"
-        return None
-
-    return check
-
-
-def _core_setup(module: str) -> Callable[[int], Handles]:
-    def setup(connections: int) -> Handles:
-        pool = importlib.import_module(module).CorePool(connections)
-        for _ in range(connections):
-            pool.fill(pool.reserve(), FakeConnection())
-        return Handles(pool.try_acquire, pool.release, pool.acquire, pool.close)
-
-    return setup
-
-
-def _queue_setup(connections: int) -> Handles:
-    q: queue.Queue[FakeConnection] = queue.Queue(connections)
-    for _ in range(connections):
-        q.put(FakeConnection())
-    return Handles(q.get_nowait, q.put, functools.partial(q.get, True))
-
-
-#: The registry, in table order. The floor, when present, comes first.
-CONTENDERS: list[Contender] = [
-    Contender("floor", "lst.append(lst.pop()) on a one-element list", _floor_setup),
-    Contender(
-        "native",
-        "pypool._corepool.CorePool (compiled core)",
-        _core_setup("pypool._corepool"),
-        _core_check("pypool._corepool"),
-    ),
-    Contender(
-        "python",
-        "pypool._corepool_py.CorePool (pure-Python core)",
-        _core_setup("pypool._corepool_py"),
-        _core_check("pypool._corepool_py"),
-    ),
-    Contender("queue", "queue.Queue: get() / put()", _queue_setup),
-]
-
-
-def register(contender: Contender) -> None:
-    """Adds a contender (or replaces the one of the same name)."""
-    for i, known in enumerate(CONTENDERS):
-        if known.name == contender.name:
-            CONTENDERS[i] = contender
-            return
-    CONTENDERS.append(contender)
-
-
-from . import _bench_peers  # noqa: E402  (registers the full Pool and the peer pools)
 
 # ------------------------------------------------------------------ measuring
 
@@ -337,112 +230,7 @@ class _Run:
     broken: set[tuple[str, int]] = field(default_factory=set)  # (contender, threads) failed
 
 
-_CLI_EXTRA = "pip install 'pypool[cli]'"
-_hinted = False
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _hint_extras(command: str, plot: bool = False) -> None:
-    """Says once, on stderr, how to get the progress bar and the charts when
-    ``rich`` or ``matplotlib`` is missing (``--plot`` without matplotlib is an
-    error, reported by :func:`_check_plot`, so not hinted at)."""
-    global _hinted
-    missing = [m for m in ("rich", "matplotlib") if not _importable(m)]
-    if plot:
-        missing = [m for m in missing if m != "matplotlib"]
-    if _hinted or not missing:
-        return
-    _hinted = True
-    print(
-        f"pypool {command}: for a progress bar and charts (--plot), {_CLI_EXTRA} "
-        f"(missing: {', '.join(missing)})",
-        file=sys.stderr,
-    )
-
-
-def _check_plot(command: str, path: str | None) -> str | None:
-    """None when ``--plot`` can be honoured, else the one-line error."""
-    if path is not None and not _importable("matplotlib"):
-        return f"pypool {command}: --plot needs matplotlib: {_CLI_EXTRA}"
-    return None
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-class _Progress:
-    """A progress bar on stderr, only when it is a terminal: ``rich``'s when it
-    is installed, else one overwritten line."""
-
-    def __init__(self, total: int = 0) -> None:
-        self.on = sys.stderr.isatty()
-        self.total = max(total, 1)
-        self.done = 0
-        self._rich: Any = None
-        self._task: Any = None
-        if self.on and _importable("rich"):
-            try:
-                from rich.console import Console
-                from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-                self._rich = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    TextColumn("{task.percentage:>3.0f}%"),
-                    TimeElapsedColumn(),
-                    console=Console(stderr=True),
-                    transient=True,
-                )
-                self._task = self._rich.add_task("", total=self.total)
-                self._rich.start()
-            except Exception:
-                self._rich = None
-
-    def set_total(self, total: int) -> None:
-        self.total = max(total, 1)
-        if self._rich is not None:
-            self._rich.update(self._task, total=self.total)
-
-    def show(self, text: str, advance: bool = True) -> None:
-        if advance:
-            self.done = min(self.done + 1, self.total)
-        if not self.on:
-            return
-        if self._rich is not None:
-            self._rich.update(self._task, completed=self.done, description=text)
-            return
-        width = 24
-        filled = width * self.done // self.total
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\r\x1b[K[{bar}] {100 * self.done // self.total:3d}% {text}")
-        sys.stderr.flush()
-
-    def clear(self) -> None:
-        if not self.on:
-            return
-        if self._rich is not None:
-            with contextlib.suppress(Exception):
-                self._rich.stop()
-            self._rich = None
-            self.on = False
-            return
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
-
-
-def _measure(run: _Run, handles: dict[str, Handles], progress: _Progress) -> None:
+def _measure(run: _Run, handles: dict[str, Handles], progress: Progress) -> None:
     settings = run.settings
     by_name = {c.name: c for c in run.contenders}
     names = list(by_name)
@@ -450,7 +238,7 @@ def _measure(run: _Run, handles: dict[str, Handles], progress: _Progress) -> Non
     def failed(name: str, threads: int, exc: _WorkerFailed) -> None:
         # Only this thread count is lost: the contender is rebuilt, in case
         # the failure left its pool in a bad state, and measuring goes on.
-        run.failed[f"{name}, {threads} threads"] = _bench_peers.masked(str(exc))
+        run.failed[f"{name}, {threads} threads"] = peers.masked(str(exc))
         run.broken.add((name, threads))
         old = handles[name]
         handles[name] = by_name[name].setup(CONNECTIONS)
@@ -523,41 +311,8 @@ def _fmt_ratio(value: float | None) -> str:
     return f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def _table(rows: list[list[str]], right: Sequence[bool]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for row in rows:
-        cells = [
-            cell.rjust(width) if r else cell.ljust(width)
-            for cell, width, r in zip(row, widths, right, strict=True)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def _environment(started: str) -> dict[str, Any]:
-    import pypool
-
-    try:
-        usable: int | None = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = None
-    return {
-        "python": platform.python_version(),
-        "implementation": sys.implementation.name,
-        "pypool": pypool.__version__,
-        "core": pypool.CORE,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "switch_interval": sys.getswitchinterval(),
-        "started": started,
-    }
-
-
 def _report(run: _Run, out: TextIO) -> None:
-    env = _environment(run.started)
+    env = environment(run.started)
     cpus = env["cpus_usable"] or env["cpu_count"]
     s = run.settings
     print(
@@ -602,7 +357,7 @@ def _report(run: _Run, out: TextIO) -> None:
                 _fmt_ratio(_ratio(med, python)),
             ]
         )
-    for line in _table(rows, [False, True, True, True, True]):
+    for line in table(rows, [False, True, True, True, True]):
         print(line, file=out)
     native = _median(run.uncontended.get("native"))
     ratio = _ratio(native, python)
@@ -637,7 +392,7 @@ def _report(run: _Run, out: TextIO) -> None:
         row.append("-" if kept is None else f"{kept * 100:.0f}%")
         row.append(f"{worst * 100:.0f}%")
         rows.append(row)
-    for line in _table(rows, [False, *([True] * (len(header) - 1))]):
+    for line in table(rows, [False, *([True] * (len(header) - 1))]):
         print(line, file=out)
     print(
         f"kept {hi}/{lo}: throughput at {hi} threads as % of the same contender's at {lo}; "
@@ -708,7 +463,7 @@ def _json(run: _Run) -> dict[str, Any]:
         "schema": SCHEMA,
         "complete": run.complete,
         "rounds_done": run.rounds_done,
-        "environment": _environment(run.started),
+        "environment": environment(run.started),
         "settings": {
             "rounds": s.rounds,
             "threads": list(run.threads),
@@ -814,14 +569,14 @@ def _timed_threads(
     return sum(counts) / elapsed
 
 
-def _measure_queries(q: _QueryRun, progress: _Progress) -> None:
-    from .dbapi import Secrets
+def _measure_queries(q: _QueryRun, progress: Progress) -> None:
+    from ..dbapi import Secrets
 
     try:
         import psycopg
 
-        from . import dbapi
-        from .pool import Pool
+        from .. import dbapi
+        from ..pool import Pool
     except ImportError:
         q.failed = "needs psycopg: pip install 'pypool[psycopg]'"
         return
@@ -870,6 +625,14 @@ def _measure_queries(q: _QueryRun, progress: _Progress) -> None:
             pool.close()
 
 
+def _nothing() -> None:
+    return None
+
+
+def _drop(_state: Any) -> None:
+    """A teardown with nothing to tear down."""
+
+
 def operator_close(conn: Any) -> None:
     conn.close()
 
@@ -892,7 +655,7 @@ def _report_queries(q: _QueryRun, out: TextIO) -> None:
             samples = q.results.get((name, t))
             row.append(f"{statistics.median(samples):,.0f}" if samples else "-")
         rows.append(row)
-    for line in _table(rows, [False, *([True] * len(q.threads))]):
+    for line in table(rows, [False, *([True] * len(q.threads))]):
         print(line, file=out)
     for name, text in QUERY_CONTENDERS.items():
         print(f"  {name}: {text}", file=out)
@@ -919,7 +682,7 @@ def _queries_json(q: _QueryRun) -> dict[str, Any]:
 
 def _plot(run: _Run, path: str) -> None:
     """Writes a PNG of throughput against threads, one line per contender."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 5), dpi=100)
     try:
         values: list[float] = []
@@ -952,45 +715,15 @@ def _plot(run: _Run, path: str) -> None:
         plt.close(fig)
 
 
-def _write_outputs(
-    command: str,
-    doc: Callable[[], dict[str, Any]],
-    json_path: str | None,
-    plot: Callable[[str], None],
-    plot_path: str | None,
-) -> bool:
-    """Writes ``--json`` and ``--plot``; False (and one line on stderr each)
-    when one cannot be written."""
-    ok = True
-    if json_path is not None:
-        try:
-            with open(json_path, "w", encoding="utf-8") as f:
-                json.dump(doc(), f, indent=2)
-                f.write("\n")
-        except OSError as exc:
-            print(
-                f"pypool {command}: cannot write {json_path}: {exc.strerror or exc}",
-                file=sys.stderr,
-            )
-            ok = False
-    if plot_path is not None:
-        try:
-            plot(plot_path)
-        except Exception as exc:
-            reason = getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
-            print(f"pypool {command}: cannot write {plot_path}: {reason}", file=sys.stderr)
-            ok = False
-    return ok
-
-
-def _bench(args: argparse.Namespace) -> int:
-    error = _check_plot("bench", args.plot)
+def run(args: argparse.Namespace) -> int:
+    """``pypool bench``."""
+    error = check_plot("bench", args.plot)
     if error:
         print(error, file=sys.stderr)
         return EXIT_FAILED
-    _hint_extras("bench", plot=args.plot is not None)
+    hint_extras("bench", plot=args.plot is not None)
     if args.dsn:
-        _bench_peers.DSN = args.dsn
+        peers.DSN = args.dsn
     base = _QUICK if args.quick else _FULL
     settings = _Settings(
         rounds=args.rounds if args.rounds is not None else base.rounds,
@@ -1009,7 +742,7 @@ def _bench(args: argparse.Namespace) -> int:
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     handles: dict[str, Handles] = {}
-    progress = _Progress()
+    progress = Progress()
     interrupted = False
     queries: _QueryRun | None = None
     try:
@@ -1027,7 +760,7 @@ def _bench(args: argparse.Namespace) -> int:
             try:
                 handles[c.name] = c.setup(CONNECTIONS)
             except Exception as exc:
-                skipped[c.name] = _bench_peers.masked(f"setup failed: {type(exc).__name__}: {exc}")
+                skipped[c.name] = peers.masked(f"setup failed: {type(exc).__name__}: {exc}")
                 continue
             run.contenders.append(c)
         if not run.contenders:
@@ -1062,45 +795,12 @@ def _bench(args: argparse.Namespace) -> int:
             result["with_query"] = _queries_json(queries)
         return result
 
-    if not _write_outputs("bench", doc, args.json, functools.partial(_plot, run), args.plot):
+    if not write_outputs("bench", doc, args.json, functools.partial(_plot, run), args.plot):
         return EXIT_FAILED
     if interrupted:
         return EXIT_INTERRUPTED
     failed = run.failed or (queries is not None and queries.failed)
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _sweep(args: argparse.Namespace) -> int:
-    from ._sweep import sweep
-
-    return sweep(args)
-
-
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"bench": _bench, "sweep": _sweep}
-
-
-# ------------------------------------------------------------------ arguments
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """Reports a bad command line as one line, without the usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        raise _UsageError(message)
-
-
-def _positive(text: str, high: int = 10**6) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= high:
-        raise argparse.ArgumentTypeError(f"must be between 1 and {high}, got {value}")
-    return value
 
 
 def _thread_counts(text: str) -> list[int]:
@@ -1109,7 +809,7 @@ def _thread_counts(text: str) -> list[int]:
         part = part.strip()
         if not part:
             raise argparse.ArgumentTypeError(f"expected thread counts like 1,2,4, got {text!r}")
-        counts.append(_positive(part, MAX_THREADS))
+        counts.append(positive(part, MAX_THREADS))
     return sorted(set(counts))
 
 
@@ -1124,45 +824,11 @@ def _contender_names(text: str) -> list[str]:
     return names
 
 
-def _json_path(text: str) -> str:
-    parent = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"directory {os.path.dirname(text)!r} does not exist")
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
-    return text
-
-
-def _png_path(text: str) -> str:
-    if not text.lower().endswith(".png"):
-        raise argparse.ArgumentTypeError(f"expected a .png file name, got {text!r}")
-    return _json_path(text)
-
-
-def _version() -> str:
-    import pypool
-
-    return f"pypool {pypool.__version__} (core: {pypool.CORE})"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pypool", description="pypool: a database connection pool.")
-    parser.add_argument("--version", action="version", version=_version())
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    bench = commands.add_parser(
-        "bench",
-        help="measure the pool's hot path against a floor and other pools",
-        description=(
-            "Measure the uncontended acquire/release cycle (ns/cycle) and the throughput "
-            f"of 1-16 threads sharing {CONNECTIONS} connections (cycles/s), for the native "
-            "core, the Python core, queue.Queue and the floor lst.append(lst.pop()), "
-            "interleaved round by round. Ctrl-C prints the results so far."
-        ),
-    )
+def add_arguments(bench: argparse.ArgumentParser) -> None:
+    """The arguments of ``pypool bench``."""
     bench.add_argument(
         "--rounds",
-        type=_positive,
+        type=positive,
         metavar="N",
         help=f"rounds over all contenders (default {_FULL.rounds}, with --quick {_QUICK.rounds})",
     )
@@ -1183,13 +849,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="tiny counts, a few seconds (for tests)"
     )
     bench.add_argument(
-        "--json", type=_json_path, metavar="FILE", help=f"also write the results ({SCHEMA})"
+        "--json", type=json_path, metavar="FILE", help=f"also write the results ({SCHEMA})"
     )
     bench.add_argument(
         "--plot",
-        type=_png_path,
+        type=png_path,
         metavar="FILE.png",
-        help=f"also draw throughput against threads, one line per contender ({_CLI_EXTRA})",
+        help=f"also draw throughput against threads, one line per contender ({CLI_EXTRA})",
     )
     bench.add_argument(
         "--dsn",
@@ -1198,44 +864,3 @@ def build_parser() -> argparse.ArgumentParser:
         "psycopg2, the Pool on real connections) and a table with a SELECT 1 per cycle "
         "(no pool, persistent connections, the Pool); default $PYPOOL_BENCH_DSN",
     )
-
-    from ._sweep import add_arguments
-
-    sweep = commands.add_parser(
-        "sweep",
-        help="find a pool size: throughput and latency of a workload against pool sizes",
-        description=(
-            "Run a workload (default SELECT 1) from N client threads against a pypool.Pool "
-            "of size 1, 2, 4, ... up to --max-size (never above what the server allows), "
-            "each for --seconds, and recommend the smallest size within --tolerance of the "
-            "best throughput. Ctrl-C prints the results so far."
-        ),
-    )
-    add_arguments(sweep)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the ``pypool`` command; returns the exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if args.command is None:
-            parser.error(f"a command is required ({', '.join(COMMANDS)}); see pypool --help")
-    except _UsageError as exc:
-        # argparse repeats what it did not understand: a DSN given without --dsn
-        from .dbapi import Secrets
-
-        words = sys.argv[1:] if argv is None else list(argv)
-        print(f"pypool: error: {Secrets(*words).mask(str(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as exc:  # --help, --version
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())
