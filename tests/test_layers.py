@@ -3,8 +3,9 @@ own, nor a private name of another module, nor imports halfway down.
 
 The layers, from the bottom (CONTRIBUTING.md, "Architecture"):
 
-0. ``errors``, ``_secrets``, ``stats``: what everything may use;
-1. the core: ``_core`` (the switch), ``_corepool`` (native), ``_corepool_py``;
+0. ``errors``, ``_secrets``, ``stats``, ``_weak``: what everything may use;
+1. the core: ``_core`` (the switch), ``_corepool`` (native), ``_corepool_py``,
+   and ``_records`` (the records both cores return);
 2. the policy: ``pypool.pool`` and its modules;
 3. the adapters: ``dbapi``, ``psycopg``, ``sqlalchemy``, ``asyncpg``;
 4. the integrations: ``otel``, ``prometheus``;
@@ -31,9 +32,11 @@ LAYERS: list[tuple[str, int]] = [
     ("pypool.errors", 0),
     ("pypool._secrets", 0),
     ("pypool.stats", 0),
+    ("pypool._weak", 0),
     ("pypool._core", 1),
     ("pypool._corepool", 1),
     ("pypool._corepool_py", 1),
+    ("pypool._records", 1),
     ("pypool.pool", 2),
     ("pypool.dbapi", 3),
     ("pypool.psycopg", 3),

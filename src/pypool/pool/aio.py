@@ -915,7 +915,6 @@ async def _connect_loop(ref: weakref.ref[AsyncPoolMethods], demand: _Signal, sto
             backoff = 0.0
             continue
         backoff = pool._policy.backoff(backoff)
-        pool._policy.forget_frames()  # the failed connect's, now that they returned
         del pool
         await stop.wait(backoff * (0.5 + 0.5 * random.random()))
 
@@ -930,7 +929,6 @@ async def _maintenance_worker(ref: weakref.ref[AsyncPoolMethods], stop: _Signal)
                 await pool._maintain()
             except Exception:
                 pool._log.exception("pool %r: maintenance failed", pool.name)
-            pool._policy.forget_frames()  # of a connect or check of this pass
             interval = pool._interval
             del pool
             await stop.wait(interval)

@@ -134,22 +134,13 @@ class Policy:
             self.last_error = exc
             self.last_error_at = time.monotonic()
 
-    def forget_frames(self) -> None:
-        """Clears the variables of the finished frames in the traceback of
-        the kept error (its lines stay, for display). Those frames include
-        the pool's own methods: kept whole, they would make a reference
-        cycle through the pool, which then outlives its last reference. The
-        pool's threads call it again once the frame that caught the error
-        has returned."""
-        for error in _chain(self.last_error):
-            traceback.clear_frames(error.__traceback__)
-
     def connect_failed(self, exc: BaseException) -> bool:
         """Records a failed connect; True when the outage has now lasted
         longer than reconnect_timeout (reported once per outage). The error
         is kept (and later chained to the callers' errors) with the
         factory's passwords masked in it."""
         _scrub(self.settings.factory, exc)
+        _release_frames(exc)
         now = time.monotonic()
         with self.lock:
             self.connects += 1
@@ -187,7 +178,6 @@ class Policy:
                 since,
                 one_line(exc),
             )
-        self.forget_frames()
         return give_up
 
     @staticmethod
@@ -254,6 +244,20 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
         seen.add(id(exc))
         yield exc
         exc = exc.__cause__ or exc.__context__
+
+
+def _release_frames(exc: BaseException) -> None:
+    """Drops the tracebacks of a kept connect error and its chain, keeping
+    the lines as a note (Python 3.11+) for when it shows as a caller's
+    cause. Their frames include the pool's own methods: kept, they would
+    make a reference cycle through the pool, which would then outlive its
+    last reference; and a frame cannot be cleared safely while it may still
+    run, in this thread or (a coroutine's) suspended in another task."""
+    lines = traceback.format_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    for error in _chain(exc):
+        error.__traceback__ = None
+    if lines and hasattr(exc, "add_note"):
+        exc.add_note(mask_dsn("where the connect failed:\n" + "".join(lines).rstrip()))
 
 
 def _scrub(factory: object, exc: BaseException) -> None:

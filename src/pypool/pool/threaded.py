@@ -613,7 +613,6 @@ def _connect_worker(ref: weakref.ref[Any]) -> None:
             backoff = 0.0
             continue
         backoff = pool._policy.backoff(backoff)
-        pool._policy.forget_frames()  # the failed connect's, now that they returned
         stop = pool._stop
         del pool
         # Sleep out the backoff whatever the demand (waiters would ring the
@@ -631,7 +630,6 @@ def _maintenance_worker(ref: weakref.ref[Any]) -> None:
             pool._maintain()
         except BaseException:  # on its own thread: nothing above to stop
             pool._log.exception("pool %r: maintenance failed", pool.name)
-        pool._policy.forget_frames()  # of a connect or check of this pass
         stop, interval = pool._stop, pool._interval
         del pool
         if stop.wait(interval):

@@ -28,9 +28,9 @@ from .errors import PoolClosed, PoolTimeout, TooManyRequests
 
 logger = logging.getLogger("psycopg.pool")
 
-_IDLE = TransactionStatus.IDLE
-_INTRANS = TransactionStatus.INTRANS
-_INERROR = TransactionStatus.INERROR
+IDLE = TransactionStatus.IDLE
+INTRANS = TransactionStatus.INTRANS
+INERROR = TransactionStatus.INERROR
 
 #: The settings the psycopg pools take beyond psycopg_pool's, with their
 #: defaults: the one place they are defined (the constructors read them).
@@ -127,15 +127,15 @@ class PsycopgAdapter(DBAPIAdapter):
 
         def reset(conn: Any) -> None:
             status = conn.pgconn.transaction_status
-            if status in (_INTRANS, _INERROR):
+            if status in (INTRANS, INERROR):
                 logger.warning("rolling back returned connection: %s", conn)
                 conn.rollback()
-            elif status != _IDLE:  # ACTIVE (returned mid-command) or UNKNOWN (closed)
+            elif status != IDLE:  # ACTIVE (returned mid-command) or UNKNOWN (closed)
                 raise _unusable(conn, status)
             if user_reset is not None:
                 user_reset(conn)
                 status = conn.pgconn.transaction_status
-                if status != _IDLE:
+                if status != IDLE:
                     raise psycopg.ProgrammingError(
                         f"connection left in status {TransactionStatus(status).name} "
                         f"by reset function {user_reset}: discarded"
@@ -158,23 +158,23 @@ class AsyncPsycopgAdapter(PsycopgAdapter):
         def reset(conn: Any) -> Any:
             # Plain when there is nothing to do (the common case); a
             # coroutine only when a rollback or a reset of the user's awaits.
-            if user_reset is None and conn.pgconn.transaction_status == _IDLE:
+            if user_reset is None and conn.pgconn.transaction_status == IDLE:
                 return None
             return areset(conn)
 
         async def areset(conn: Any) -> None:
             status = conn.pgconn.transaction_status
-            if status in (_INTRANS, _INERROR):
+            if status in (INTRANS, INERROR):
                 logger.warning("rolling back returned connection: %s", conn)
                 await conn.rollback()
-            elif status != _IDLE:  # ACTIVE (returned mid-command) or UNKNOWN (closed)
+            elif status != IDLE:  # ACTIVE (returned mid-command) or UNKNOWN (closed)
                 raise _unusable(conn, status)
             if user_reset is not None:
                 result = user_reset(conn)
                 if hasattr(result, "__await__"):
                     await result
                 status = conn.pgconn.transaction_status
-                if status != _IDLE:
+                if status != IDLE:
                     raise psycopg.ProgrammingError(
                         f"connection left in status {TransactionStatus(status).name} "
                         f"by reset function {user_reset}: discarded"
@@ -205,7 +205,7 @@ def _resolve(value: Any) -> Any:
     return value() if callable(value) else value
 
 
-class _Connect:
+class Connect:
     """The factory: ``connection_class.connect(conninfo, **kwargs)``, with
     ``conninfo`` and ``kwargs`` re-read for every new connection (they may be
     callables, for rotating credentials). A failed connect is raised with the
@@ -264,7 +264,7 @@ class _Connect:
         return f"<connect {self.connection_class.__name__} {self.secrets.mask(conninfo)!r}>"
 
 
-class _AsyncConnect(_Connect):
+class AsyncConnect(Connect):
     async def __call__(self) -> Any:
         conninfo = self.conninfo() if callable(self.conninfo) else self.conninfo
         if hasattr(conninfo, "__await__"):
@@ -288,7 +288,7 @@ class _AsyncConnect(_Connect):
 # ------------------------------------------------------- connection block
 
 
-class _Lease:
+class Lease:
     """``with pool.connection() as conn`` (or ``async with``): ``getconn()``,
     then the end of psycopg's connection block, ``pool._end_lease`` (commit
     on success, rollback on error, then back to the pool). The sync pools
@@ -332,7 +332,7 @@ class _Lease:
 # ------------------------------------------------------ errors and stats
 
 
-def _psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
+def psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
     """The psycopg_pool error a caller that got no connection sees."""
     pool._count_failure(exc, timeout)
     name = pool._settings.name
@@ -349,7 +349,7 @@ def _psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
     return exc
 
 
-class _PsycopgStats:
+class PsycopgStats:
     """What psycopg_pool's sync and async pools share: their public
     attributes and their statistics, from pypool's."""
 
@@ -439,7 +439,7 @@ class _PsycopgStats:
         """Checks the sizes by psycopg_pool's rules and keeps psycopg_pool's
         public attributes; returns the max_size to give the core (a null
         pool without a limit gets the core's largest)."""
-        _, max_size = _check_sizes(min_size, max_size, self._null)
+        _, max_size = check_sizes(min_size, max_size, self._null)
         self._max_size_asked = max_size
         self.conninfo = conninfo
         self.kwargs = kwargs
@@ -523,7 +523,7 @@ class _PsycopgStats:
         return rv
 
 
-def _check_sizes(min_size: int, max_size: int | None, null: bool) -> tuple[int, int]:
+def check_sizes(min_size: int, max_size: int | None, null: bool) -> tuple[int, int]:
     """psycopg_pool's size rules (ValueError), before pypool's own."""
     if max_size is None:
         max_size = min_size
@@ -538,7 +538,7 @@ def _check_sizes(min_size: int, max_size: int | None, null: bool) -> tuple[int, 
     return min_size, max_size
 
 
-class _NullShared:
+class NullShared:
     """What makes a psycopg pool, sync or async, a null pool: psycopg_pool's
     size rules (``min_size`` 0; ``max_size`` 0 or None: no limit, read back
     as 0) and the constructor's arguments."""
@@ -550,7 +550,7 @@ class _NullShared:
     def _null_arguments(min_size: int, max_size: int | None, kwargs: dict[str, Any]) -> int:
         """Checks the sizes; sets in ``kwargs`` what a null pool fixes;
         returns the ``max_size`` to pass on (0: no limit)."""
-        _check_sizes(min_size, max_size, True)
+        check_sizes(min_size, max_size, True)
         kwargs["close_returns"] = False  # as psycopg_pool: returning means closing here
         return max_size or 0
 
@@ -561,7 +561,7 @@ class _NullShared:
 
     def _null_resize(self, min_size: int, max_size: int | None) -> int:
         """Checks a resize; returns the core's ``max_size`` for it."""
-        min_size, max_size = _check_sizes(min_size, max_size, True)
+        min_size, max_size = check_sizes(min_size, max_size, True)
         self._max_size_asked = max_size
         return max_size or _core.MAX_SIZE
 

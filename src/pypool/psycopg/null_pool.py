@@ -6,14 +6,14 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..pool.threaded import PoolMethods
-from .base import _NullShared, null_signature
+from .base import NullShared, null_signature
 from .errors import PoolTimeout
-from .pool import ConnectionPool, _PsycopgMethods
+from .pool import ConnectionPool, PsycopgMethods
 
 __all__ = ["NullConnectionPool"]
 
 
-class _NullMethods(_NullShared):
+class _NullMethods(NullShared):
     _core: Any
 
     def __init__(
@@ -57,7 +57,7 @@ class _NullMethods(_NullShared):
 
 
 # What inspect.signature() shows: the arguments **kwargs takes on.
-_NullMethods.__init__.__signature__ = null_signature(_PsycopgMethods.__init__)  # type: ignore[attr-defined]
+_NullMethods.__init__.__signature__ = null_signature(PsycopgMethods.__init__)  # type: ignore[attr-defined]
 
 
 class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]

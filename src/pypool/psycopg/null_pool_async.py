@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..pool.aio import AsyncPoolMethods
-from .base import _NullShared, null_signature
+from .base import NullShared, null_signature
 from .errors import PoolTimeout
-from .pool_async import AsyncConnectionPool, _AsyncPsycopgMethods
+from .pool_async import AsyncConnectionPool, AsyncPsycopgMethods
 
 __all__ = ["AsyncNullConnectionPool"]
 
 
-class _AsyncNullMethods(_NullShared, _AsyncPsycopgMethods):
+class _AsyncNullMethods(NullShared, AsyncPsycopgMethods):
     """What makes an AsyncConnectionPool a null pool."""
 
     def __init__(
@@ -53,7 +53,7 @@ class _AsyncNullMethods(_NullShared, _AsyncPsycopgMethods):
 
 
 # What inspect.signature() shows: the arguments **kwargs takes on.
-_AsyncNullMethods.__init__.__signature__ = null_signature(_AsyncPsycopgMethods.__init__)  # type: ignore[attr-defined]
+_AsyncNullMethods.__init__.__signature__ = null_signature(AsyncPsycopgMethods.__init__)  # type: ignore[attr-defined]
 
 
 class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool):  # type: ignore[misc]

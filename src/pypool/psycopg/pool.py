@@ -15,17 +15,17 @@ from ..pool import Pool
 from ..pool.settings import check_transaction_pooling
 from ..pool.threaded import PoolMethods
 from .base import (
-    _IDLE,
+    IDLE,
     PYPOOL_DEFAULTS,
+    Connect,
+    Lease,
     PsycopgAdapter,
-    _check_sizes,
-    _Connect,
-    _Lease,
-    _psycopg_error,
-    _PsycopgStats,
+    PsycopgStats,
     called_by_pypool,
     check_connection,
+    check_sizes,
     logger,
+    psycopg_error,
     user_stacklevel,
 )
 from .errors import PoolClosed, PoolTimeout
@@ -33,7 +33,7 @@ from .errors import PoolClosed, PoolTimeout
 __all__ = ["ConnectionPool"]
 
 
-class _PsycopgMethods(_PsycopgStats, PoolMethods):
+class PsycopgMethods(PsycopgStats, PoolMethods):
     """psycopg_pool's interface over pypool's Pool."""
 
     _null = False
@@ -74,7 +74,7 @@ class _PsycopgMethods(_PsycopgStats, PoolMethods):
             conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
             reconnect_timeout, num_workers, max_lifetime, max_idle,
         )  # fmt: skip
-        factory = _Connect(conninfo, connection_class, kwargs, transaction_pooling)
+        factory = Connect(conninfo, connection_class, kwargs, transaction_pooling)
         super().__init__(
             factory,
             adapter=PsycopgAdapter(reset),
@@ -196,7 +196,7 @@ class _PsycopgMethods(_PsycopgStats, PoolMethods):
         replace it with a new one.
         """
         if "getconn" in self.__dict__:  # not opened explicitly: as getconn() does
-            return _Lease(self, timeout)
+            return Lease(self, timeout)
         # The core's lease: the connection is in its keeping from the
         # moment the core hands it out, so a Ctrl-C cannot land between the
         # hand-out and the block.
@@ -208,7 +208,7 @@ class _PsycopgMethods(_PsycopgStats, PoolMethods):
         try:
             # psycopg's Connection.__exit__, less its no-op commit when no
             # transaction is open (the common autocommit case).
-            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+            if not conn.closed and conn.pgconn.transaction_status != IDLE:
                 if exc_type is None:
                     conn.commit()
                 else:
@@ -220,7 +220,7 @@ class _PsycopgMethods(_PsycopgStats, PoolMethods):
             self.putconn(conn)  # type: ignore[attr-defined]  # the pool's, or the null pool's
 
     def _failed(self, exc: Exception, timeout: float) -> BaseException:
-        return _psycopg_error(self, exc, timeout)
+        return psycopg_error(self, exc, timeout)
 
     def _after_fork_in_child(self) -> None:
         PoolMethods._after_fork_in_child(self)
@@ -233,7 +233,7 @@ class _PsycopgMethods(_PsycopgStats, PoolMethods):
         if configure is not None:
             configure(conn)
             status = conn.pgconn.transaction_status
-            if status != _IDLE:
+            if status != IDLE:
                 raise psycopg.ProgrammingError(
                     f"connection left in status {TransactionStatus(status).name} "
                     f"by configure function {configure}: discarded"
@@ -241,7 +241,7 @@ class _PsycopgMethods(_PsycopgStats, PoolMethods):
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change the size of the pool during runtime."""
-        min_size, max_size = _check_sizes(min_size, max_size, self._null)
+        min_size, max_size = check_sizes(min_size, max_size, self._null)
         if not self._resize_not_running(min_size, max_size):
             PoolMethods.resize(self, min_size, max_size)
 
@@ -291,7 +291,7 @@ class _PsycopgMethods(_PsycopgStats, PoolMethods):
         check_connection(conn)
 
 
-class ConnectionPool(_PsycopgMethods, Pool):
+class ConnectionPool(PsycopgMethods, Pool):
     """psycopg_pool's ``ConnectionPool``, on pypool's core.
 
     ``getconn()`` / ``putconn()`` are the native hot path itself; you must

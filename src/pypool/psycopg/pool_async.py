@@ -17,16 +17,16 @@ from ..pool import AsyncPool
 from ..pool.aio import AsyncPoolMethods
 from ..pool.settings import check_transaction_pooling
 from .base import (
-    _IDLE,
+    IDLE,
     PYPOOL_DEFAULTS,
+    AsyncConnect,
     AsyncPsycopgAdapter,
-    _AsyncConnect,
-    _check_sizes,
-    _Lease,
-    _psycopg_error,
-    _PsycopgStats,
+    Lease,
+    PsycopgStats,
     check_connection_async,
+    check_sizes,
     logger,
+    psycopg_error,
     user_stacklevel,
 )
 from .errors import PoolClosed, PoolTimeout
@@ -34,7 +34,7 @@ from .errors import PoolClosed, PoolTimeout
 __all__ = ["AsyncConnectionPool"]
 
 
-class _AsyncPsycopgMethods(_PsycopgStats, AsyncPoolMethods):
+class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods):
     """Everything of AsyncConnectionPool but the core's hot path."""
 
     _null = False
@@ -72,7 +72,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, AsyncPoolMethods):
             conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
             reconnect_timeout, num_workers, max_lifetime, max_idle,
         )  # fmt: skip
-        factory = _AsyncConnect(conninfo, connection_class, kwargs, transaction_pooling)
+        factory = AsyncConnect(conninfo, connection_class, kwargs, transaction_pooling)
         super().__init__(
             factory,
             adapter=AsyncPsycopgAdapter(reset),
@@ -172,16 +172,16 @@ class _AsyncPsycopgMethods(_PsycopgStats, AsyncPoolMethods):
         await self.open()
         return self
 
-    def connection(self, timeout: float | None = None) -> _Lease:  # type: ignore[override]
+    def connection(self, timeout: float | None = None) -> Lease:  # type: ignore[override]
         """Context manager to obtain a connection from the pool: commit on
         success, rollback on error, then back to the pool."""
-        return _Lease(self, timeout)
+        return Lease(self, timeout)
 
     async def _end_lease(self, conn: Any, exc_type: type[BaseException] | None) -> None:
         """The end of psycopg's connection block (commit on success, rollback
         on error), then the connection goes back, whatever is raised."""
         try:
-            if not conn.closed and conn.pgconn.transaction_status != _IDLE:
+            if not conn.closed and conn.pgconn.transaction_status != IDLE:
                 if exc_type is None:
                     await conn.commit()
                 else:
@@ -193,7 +193,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, AsyncPoolMethods):
             await self.putconn(conn)
 
     def _failed(self, exc: Exception, timeout: float) -> BaseException:
-        return _psycopg_error(self, exc, timeout)
+        return psycopg_error(self, exc, timeout)
 
     def _after_fork_in_child(self) -> None:
         AsyncPoolMethods._after_fork_in_child(self)
@@ -206,7 +206,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, AsyncPoolMethods):
             if hasattr(result, "__await__"):
                 await result
             status = conn.pgconn.transaction_status
-            if status != _IDLE:
+            if status != IDLE:
                 raise psycopg.ProgrammingError(
                     f"connection left in status {TransactionStatus(status).name} "
                     f"by configure function {configure}: discarded"
@@ -214,7 +214,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, AsyncPoolMethods):
 
     async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
         """Change the size of the pool during runtime."""
-        min_size, max_size = _check_sizes(min_size, max_size, self._null)
+        min_size, max_size = check_sizes(min_size, max_size, self._null)
         if not self._resize_not_running(min_size, max_size):
             AsyncPoolMethods.resize(self, min_size, max_size)
 
@@ -254,7 +254,7 @@ class _AsyncPsycopgMethods(_PsycopgStats, AsyncPoolMethods):
         await check_connection_async(conn)
 
 
-class AsyncConnectionPool(_AsyncPsycopgMethods, AsyncPool):  # type: ignore[misc]
+class AsyncConnectionPool(AsyncPsycopgMethods, AsyncPool):  # type: ignore[misc]
     """psycopg_pool's ``AsyncConnectionPool``, on pypool's core.
 
     ``await getconn()`` / ``await putconn()`` are the pool's own acquire and
