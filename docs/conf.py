@@ -92,6 +92,8 @@ nitpick_ignore_regex = [
     (r"py:class", r"MeterProvider|Metric"),
     (r"py:.*", r"(pypool(\.\w+)*\.)?_\w+(\.\w+)*"),
     (r"py:class", r"(pypool(\.\w+)*\.)?T"),
+    # The psycopg package's internal module (what its pools share).
+    (r"py:.*", r"pypool\.psycopg\.base\.\w+"),
     # The core's default fairness bound, which pypool does not export.
     (r"py:data", r"DEFAULT_HANDOFF_AFTER"),
 ]
