@@ -50,6 +50,7 @@ _POOL_INTERFACE = {
     "size": "pypool.Pool's gauge",
     "stats": "pypool's counters and gauges (get_stats() gives psycopg_pool's)",
     "waiting": "pypool.Pool's gauge",
+    "with_core": "pypool.Pool's: the class on a given core (tests, benchmarks)",
 }
 
 #: Public names of psycopg_pool 3.3's classes that pypool does not offer.
