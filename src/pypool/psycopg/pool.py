@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -32,8 +32,11 @@ from .errors import PoolClosed, PoolTimeout
 
 __all__ = ["ConnectionPool"]
 
+#: The connection type of a pool: what its ``connection_class`` makes.
+CT = TypeVar("CT", bound="psycopg.Connection[Any]")
 
-class PsycopgMethods(PsycopgStats, PoolMethods):
+
+class PsycopgMethods(PsycopgStats, PoolMethods[CT]):
     """psycopg_pool's interface over pypool's Pool."""
 
     _null = False
@@ -291,7 +294,7 @@ class PsycopgMethods(PsycopgStats, PoolMethods):
         check_connection(conn)
 
 
-class ConnectionPool(PsycopgMethods, Pool):
+class ConnectionPool(PsycopgMethods[CT], Pool[CT]):
     """psycopg_pool's ``ConnectionPool``, on pypool's core.
 
     ``getconn()`` / ``putconn()`` are the native hot path itself; you must
