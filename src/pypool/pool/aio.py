@@ -67,6 +67,8 @@ __all__ = ["AsyncPool", "AsyncPoolMethods"]
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
+    from typing_extensions import Self
+
 T = TypeVar("T")
 
 
@@ -379,7 +381,7 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
             await self._close_connection(conn, "closed", None)
         self._log.info("pool %r closed", self.name)
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 

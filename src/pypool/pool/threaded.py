@@ -62,6 +62,8 @@ __all__ = ["Pool", "PoolMethods"]
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
+    from typing_extensions import Self
+
 T = TypeVar("T")
 
 
@@ -229,7 +231,7 @@ class PoolMethods(PoolShared, Generic[ConnT]):
             self._close_connection(conn, "closed", None)
         self._log.info("pool %r closed", self.name)
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
