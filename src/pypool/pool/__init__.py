@@ -18,9 +18,9 @@
 from __future__ import annotations
 
 from .aio import AsyncPool
-from .protocols import Adapter, ConnT
+from .protocols import Adapter
 from .settings import SETTINGS, Setting
 from .shared import EVENTS
 from .threaded import Pool
 
-__all__ = ["EVENTS", "SETTINGS", "Adapter", "AsyncPool", "ConnT", "Pool", "Setting"]
+__all__ = ["EVENTS", "SETTINGS", "Adapter", "AsyncPool", "Pool", "Setting"]
