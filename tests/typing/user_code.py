@@ -69,10 +69,22 @@ def psycopg_pools() -> None:
     pool: pypool.psycopg.ConnectionPool[psycopg.Connection[Any]]
     pool = pypool.psycopg.ConnectionPool("dbname=test", open=False)
     with pool.connection() as conn:
-        conn.execute("SELECT 1")
+        assert_type(conn, psycopg.Connection[Any])
+    assert_type(pool.getconn(), psycopg.Connection[Any])
+    pool.putconn(conn)
+    assert_type(pool.run(lambda c: c.execute("SELECT 1")), psycopg.Cursor[Any])
     apool: pypool.psycopg.AsyncConnectionPool[psycopg.AsyncConnection[Any]]
     apool = pypool.psycopg.AsyncConnectionPool("dbname=test", open=False)
     assert apool is not None
+
+
+async def psycopg_async_pool(
+    apool: pypool.psycopg.AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+) -> None:
+    async with apool.connection() as conn:
+        assert_type(conn, psycopg.AsyncConnection[Any])
+    assert_type(await apool.getconn(), psycopg.AsyncConnection[Any])
+    await apool.putconn(conn)
 
 
 def adapters() -> None:

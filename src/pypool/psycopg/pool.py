@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -29,6 +29,9 @@ from .base import (
     user_stacklevel,
 )
 from .errors import PoolClosed, PoolTimeout
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
 
 __all__ = ["ConnectionPool"]
 
@@ -186,7 +189,7 @@ class PsycopgMethods(PsycopgStats, PoolMethods[CT]):
 
     # -------------------------------------------------------------- borrowing
 
-    def connection(self, timeout: float | None = None) -> Any:
+    def connection(self, timeout: float | None = None) -> AbstractContextManager[CT]:
         """Context manager to obtain a connection from the pool.
 
         Return the connection immediately if available, otherwise wait up to
@@ -203,7 +206,8 @@ class PsycopgMethods(PsycopgStats, PoolMethods[CT]):
         # The core's lease: the connection is in its keeping from the
         # moment the core hands it out, so a Ctrl-C cannot land between the
         # hand-out and the block.
-        return self._lease(timeout, self._end_lease)
+        lease: AbstractContextManager[CT] = self._lease(timeout, self._end_lease)
+        return lease
 
     def _end_lease(self, conn: Any, exc_type: type[BaseException] | None) -> None:
         """The end of psycopg's connection block (commit on success, rollback
@@ -304,5 +308,11 @@ class ConnectionPool(PsycopgMethods[CT], Pool[CT]):
 
     __module__ = "pypool.psycopg"
     _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire", "putconn": "release"}
-    getconn = _core.PoolBase.acquire
-    putconn = _core.PoolBase.release
+    if TYPE_CHECKING:  # the core's acquire and release, in the connection type
+
+        def getconn(self, timeout: float | None = None) -> CT: ...
+        def putconn(self, conn: CT) -> None: ...
+
+    else:
+        getconn = _core.PoolBase.acquire
+        putconn = _core.PoolBase.release

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -30,6 +30,9 @@ from .base import (
     user_stacklevel,
 )
 from .errors import PoolClosed, PoolTimeout
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
 
 __all__ = ["AsyncConnectionPool"]
 
@@ -175,7 +178,7 @@ class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods[ACT]):
         await self.open()
         return self
 
-    def connection(self, timeout: float | None = None) -> Lease:
+    def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[ACT]:
         """Context manager to obtain a connection from the pool: commit on
         success, rollback on error, then back to the pool."""
         return Lease(self, timeout)
