@@ -89,11 +89,13 @@ nitpick_ignore_regex = [
         r"|sqlalchemy|asyncpg|pymysql|opentelemetry|prometheus_client)(\..*)?",
     ),
     # Unqualified in annotations (imported for type checking only).
-    (r"py:class", r"MeterProvider|Metric"),
+    (r"py:class", r"MeterProvider|Metric|AbstractAsyncContextManager|AbstractContextManager|Self"),
     (r"py:.*", r"(pypool(\.\w+)*\.)?_\w+(\.\w+)*"),
     (r"py:class", r"(pypool(\.\w+)*\.)?T"),
     # The psycopg package's internal module (what its pools share).
     (r"py:.*", r"pypool\.psycopg\.base\.\w+"),
+    # Type variables: T, and the connection type the pools are generic in.
+    (r"py:class", r"(pypool(\.\w+)*\.)?(T|ConnT|CT|ACT)"),
     # The core's default fairness bound, which pypool does not export.
     (r"py:data", r"DEFAULT_HANDOFF_AFTER"),
 ]

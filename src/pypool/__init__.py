@@ -23,10 +23,11 @@ from .errors import (
     TooManyRequests,
     UnusableConnection,
 )
-from .pool import AsyncPool, Pool
+from .pool import Adapter, AsyncPool, Pool
 
 __all__ = [
     "CORE",
+    "Adapter",
     "AsyncPool",
     "ConfigurationError",
     "ConnectionFailed",

@@ -8,7 +8,9 @@
   (statistics, events, leak reports, maintenance choices, binding a class to
   a core, the exit and fork hooks);
 - :mod:`pypool.pool.threaded`: :class:`Pool`, for threads;
-- :mod:`pypool.pool.aio`: :class:`AsyncPool`, for asyncio.
+- :mod:`pypool.pool.aio`: :class:`AsyncPool`, for asyncio;
+- :mod:`pypool.pool.protocols`: :class:`Adapter`, what a pool calls on its
+  adapter, and ``ConnT``, the connection type the pools are generic in.
 
 ``from pypool.pool import Pool`` and ``pypool.Pool`` are the same class.
 """
@@ -16,8 +18,9 @@
 from __future__ import annotations
 
 from .aio import AsyncPool
+from .protocols import Adapter
 from .settings import SETTINGS, Setting
 from .shared import EVENTS
 from .threaded import Pool
 
-__all__ = ["EVENTS", "SETTINGS", "AsyncPool", "Pool", "Setting"]
+__all__ = ["EVENTS", "SETTINGS", "Adapter", "AsyncPool", "Pool", "Setting"]

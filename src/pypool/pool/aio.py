@@ -45,11 +45,12 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .. import _core
 from ..errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
 from .policy import Policy, make_core
+from .protocols import ConnT
 from .settings import (
     ClassSignature,
     Settings,
@@ -62,6 +63,11 @@ from .settings import (
 from .shared import USER_CHECK_FLOOR, HotPath, PoolShared, core_module_of
 
 __all__ = ["AsyncPool", "AsyncPoolMethods"]
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from typing_extensions import Self
 
 T = TypeVar("T")
 
@@ -200,18 +206,22 @@ class _Lease:
             await self._pool.release(conn)
 
 
-class AsyncPoolMethods(PoolShared):
+class AsyncPoolMethods(PoolShared, Generic[ConnT]):
     """Everything of AsyncPool but the hot path, which comes from PoolBase."""
 
     if TYPE_CHECKING:  # from the core's PoolBase
 
-        def _take(self) -> Any: ...
+        def _take(self) -> ConnT | None: ...
         def _give(self, conn: Any, /) -> Any: ...
         def _give_back(self, conn: Any, /) -> None: ...
         def _set_thread(self, ident: int) -> None: ...
 
         _unchecked: Any
 
+    @overload
+    def __init__(self, factory: Callable[[], Awaitable[ConnT]], **settings: Any) -> None: ...
+    @overload
+    def __init__(self, factory: Callable[[], ConnT], **settings: Any) -> None: ...
     def __init__(self, factory: Callable[[], Any], **settings: Any) -> None:
         # The keywords, their defaults and their bounds are
         # pypool.pool.settings.SETTINGS (AsyncPool.__signature__).
@@ -371,7 +381,7 @@ class AsyncPoolMethods(PoolShared):
             await self._close_connection(conn, "closed", None)
         self._log.info("pool %r closed", self.name)
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -389,7 +399,7 @@ class AsyncPoolMethods(PoolShared):
 
     # ------------------------------------------------------------- borrowing
 
-    async def acquire(self, timeout: float | None = None) -> Any:
+    async def acquire(self, timeout: float | None = None) -> ConnT:
         """A connection, yours until you give it back with :meth:`release`.
 
         Waits up to ``timeout`` seconds (None: the pool's timeout), then
@@ -402,7 +412,7 @@ class AsyncPoolMethods(PoolShared):
                 return conn
         return await self._acquire_slow(timeout)  # also says what is wrong with timeout
 
-    async def _acquire_slow(self, timeout: float | None) -> Any:
+    async def _acquire_slow(self, timeout: float | None) -> ConnT:
         unchecked, self._unchecked = self._unchecked, None
         try:
             if timeout is None:
@@ -431,7 +441,7 @@ class AsyncPoolMethods(PoolShared):
         finally:
             del error  # held here, it would hold this frame, and the pool, in a cycle
 
-    async def _acquire_until_one(self, conn: Any, wait_for: float) -> Any:
+    async def _acquire_until_one(self, conn: ConnT | None, wait_for: float) -> ConnT:
         """Until a connection passes: the one set aside for a check, an idle
         one, or one handed over after a wait in the core's queue."""
         core = self._core
@@ -481,7 +491,7 @@ class AsyncPoolMethods(PoolShared):
                 self._close_later(conn, "closed", None)
             raise
 
-    async def _wait_for_one(self, deadline: float) -> Any:
+    async def _wait_for_one(self, deadline: float) -> ConnT:
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[bool] = loop.create_future()
@@ -510,9 +520,10 @@ class AsyncPoolMethods(PoolShared):
             timed_out = ticket.time_out()
             if timed_out is not None:
                 raise timed_out
-        return ticket.result()
+        conn: ConnT = ticket.result()
+        return conn
 
-    async def release(self, conn: Any) -> None:
+    async def release(self, conn: ConnT) -> None:
         """Gives back a connection from :meth:`acquire`: it is reset, and
         retired instead of kept if the thresholds say so. Raises
         :class:`NotBorrowed` for a connection not borrowed from this pool."""
@@ -545,7 +556,7 @@ class AsyncPoolMethods(PoolShared):
             return
         self._give_back(conn)
 
-    def connection(self, timeout: float | None = None) -> _Lease:
+    def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[ConnT]:
         """``async with pool.connection() as conn:`` a connection from
         :meth:`acquire`, given back on exit (also on error or cancellation)."""
         return _Lease(self, timeout)
@@ -561,7 +572,7 @@ class AsyncPoolMethods(PoolShared):
 
     async def run(
         self,
-        fn: Callable[[Any], Awaitable[T]],
+        fn: Callable[[ConnT], Awaitable[T]],
         *,
         retries: int = 2,
         backoff: float = 0.1,
@@ -833,7 +844,7 @@ class AsyncPoolMethods(PoolShared):
         )
 
 
-class AsyncPool(AsyncPoolMethods, HotPath):  # type: ignore[misc]
+class AsyncPool(AsyncPoolMethods[ConnT], HotPath):
     """A pool of database connections for asyncio tasks.
 
     The settings are :class:`pypool.Pool`'s, with the same defaults and the
@@ -886,7 +897,7 @@ class _GenericAsyncAdapter:
 
 
 async def _connect_worker(
-    ref: weakref.ref[AsyncPoolMethods], demand: _Signal, stop: _Signal
+    ref: weakref.ref[AsyncPoolMethods[Any]], demand: _Signal, stop: _Signal
 ) -> None:
     try:
         await _connect_loop(ref, demand, stop)
@@ -895,7 +906,9 @@ async def _connect_worker(
         raise
 
 
-async def _connect_loop(ref: weakref.ref[AsyncPoolMethods], demand: _Signal, stop: _Signal) -> None:
+async def _connect_loop(
+    ref: weakref.ref[AsyncPoolMethods[Any]], demand: _Signal, stop: _Signal
+) -> None:
     backoff = 0.0
     while not stop.is_set():
         pool = ref()
@@ -919,7 +932,7 @@ async def _connect_loop(ref: weakref.ref[AsyncPoolMethods], demand: _Signal, sto
         await stop.wait(backoff * (0.5 + 0.5 * random.random()))
 
 
-async def _maintenance_worker(ref: weakref.ref[AsyncPoolMethods], stop: _Signal) -> None:
+async def _maintenance_worker(ref: weakref.ref[AsyncPoolMethods[Any]], stop: _Signal) -> None:
     try:
         while not stop.is_set():
             pool = ref()
@@ -942,7 +955,7 @@ async def _maintenance_worker(ref: weakref.ref[AsyncPoolMethods], stop: _Signal)
 _dropped_closes: set[asyncio.Task[None]] = set()
 
 
-def _close_dropped(pool: AsyncPoolMethods) -> None:
+def _close_dropped(pool: AsyncPoolMethods[Any]) -> None:
     """What :meth:`AsyncPoolMethods.close` does, for a pool being freed:
     without waiting, and by callbacks and tasks that do not hold the pool.
     Runs in whichever thread dropped the pool; the rest happens on its loop.
@@ -992,7 +1005,7 @@ async def _close_quietly(adapter: Any, conn: Any, log: logging.Logger, name: str
         log.warning("pool %r: error closing a connection: %s", name, exc)
 
 
-def _tell_loop_ended(ref: weakref.ref[AsyncPoolMethods]) -> None:
+def _tell_loop_ended(ref: weakref.ref[AsyncPoolMethods[Any]]) -> None:
     pool = ref()
     if pool is not None:
         pool._loop_ended()

@@ -191,7 +191,7 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting(
         "adapter",
         None,
-        "Any",
+        "Adapter | None",
         "an object with reset_for, check, is_broken and close",
         "where driver knowledge comes from (reset, check, a broken connection told from a "
         "failed query): ``pypool.dbapi`` for :class:`~pypool.Pool`, a generic one (rollback, "

@@ -63,8 +63,13 @@ USER_CHECK_FLOOR = 0.05
 if TYPE_CHECKING:
     from .._records import SlotInfo
 
-if TYPE_CHECKING:  # the hot path a bound class gets from its core
-    from .._core import PoolBase as HotPath
+if TYPE_CHECKING:
+    # A type checker takes the hot path's methods from each pool's own
+    # declarations (generic in the connection type), not from the core's.
+
+    class HotPath:
+        __slots__ = ()
+
 else:
 
     class HotPath:
@@ -642,6 +647,9 @@ def _bind(cls: type, module: types.ModuleType) -> type:
         for alias, target in getattr(public, "_hot_aliases", {}).items():
             namespace[alias] = getattr(module.PoolBase, target)
         bound = type(public.__name__, (public, module.PoolBase), namespace)
+        # Generic in the connection type as the public class is:
+        # Pool.with_core("python")[MyConn] as Pool[MyConn].
+        bound.__parameters__ = getattr(public, "__parameters__", ())  # type: ignore[attr-defined]
         _bound[key] = bound
     return bound
 

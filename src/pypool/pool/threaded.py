@@ -33,11 +33,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .. import _core
 from ..errors import ConnectionFailed, PoolClosed, PoolTimeout, UnusableConnection
 from .policy import Policy, make_core
+from .protocols import ConnT
 from .settings import (
     ClassSignature,
     Settings,
@@ -58,20 +59,32 @@ from .shared import (
 
 __all__ = ["Pool", "PoolMethods"]
 
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from typing_extensions import Self
+
 T = TypeVar("T")
 
 
-class PoolMethods(PoolShared):
+class PoolMethods(PoolShared, Generic[ConnT]):
     """Everything of Pool but the hot path, which comes from PoolBase."""
 
     if TYPE_CHECKING:  # the hot path, from the core's PoolBase
 
-        def acquire(self, timeout: float | None = None) -> Any: ...
-        def release(self, conn: Any, /) -> None: ...
+        def acquire(self, timeout: float | None = None) -> ConnT:
+            """A connection, yours until you give it back with :meth:`release`."""
+
+        def release(self, conn: ConnT, /) -> None:
+            """Gives back a connection from :meth:`acquire`."""
+
+        def connection(self, timeout: float | None = None) -> AbstractContextManager[ConnT]:
+            """``with pool.connection() as conn:`` a connection from :meth:`acquire`."""
+
         def _set_timeout(self, timeout: float) -> None: ...
         def _lease(self, timeout: float | None, end: Any) -> Any: ...
 
-    def __init__(self, factory: Any, **settings: Any) -> None:
+    def __init__(self, factory: Callable[[], ConnT], **settings: Any) -> None:
         # The keywords, their defaults and their bounds are
         # pypool.pool.settings.SETTINGS; the public signature is generated
         # from it (Pool.__signature__).
@@ -218,7 +231,7 @@ class PoolMethods(PoolShared):
             self._close_connection(conn, "closed", None)
         self._log.info("pool %r closed", self.name)
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self.open()
         return self
 
@@ -273,7 +286,7 @@ class PoolMethods(PoolShared):
 
     def run(
         self,
-        fn: Callable[[Any], T],
+        fn: Callable[[ConnT], T],
         *,
         retries: int = 2,
         backoff: float = 0.1,
@@ -723,7 +736,7 @@ def _check_in_thread(
             exc = None  # no cycle through this frame
 
 
-class Pool(PoolMethods, HotPath):
+class Pool(PoolMethods[ConnT], HotPath):
     """A pool of database connections for threads.
 
     ``factory()`` makes a new connection; it runs on ``num_workers`` connect

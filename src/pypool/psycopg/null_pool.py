@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 from ..pool.threaded import PoolMethods
 from .base import NullShared, null_signature
 from .errors import PoolTimeout
-from .pool import ConnectionPool, PsycopgMethods
+from .pool import CT, ConnectionPool, PsycopgMethods
 
 __all__ = ["NullConnectionPool"]
 
@@ -60,7 +60,7 @@ class _NullMethods(NullShared):
 _NullMethods.__init__.__signature__ = null_signature(PsycopgMethods.__init__)  # type: ignore[attr-defined]
 
 
-class NullConnectionPool(_NullMethods, ConnectionPool):  # type: ignore[misc]
+class NullConnectionPool(_NullMethods, ConnectionPool[CT]):  # type: ignore[misc]
     """psycopg_pool's ``NullConnectionPool``: no connection is kept; each is
     made on demand and closed when returned (or handed straight to a caller
     waiting for one), while ``max_size`` bounds how many are open at once."""

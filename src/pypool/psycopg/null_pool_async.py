@@ -7,12 +7,12 @@ from typing import Any
 from ..pool.aio import AsyncPoolMethods
 from .base import NullShared, null_signature
 from .errors import PoolTimeout
-from .pool_async import AsyncConnectionPool, AsyncPsycopgMethods
+from .pool_async import ACT, AsyncConnectionPool, AsyncPsycopgMethods
 
 __all__ = ["AsyncNullConnectionPool"]
 
 
-class _AsyncNullMethods(NullShared, AsyncPsycopgMethods):
+class _AsyncNullMethods(NullShared, AsyncPsycopgMethods[Any]):
     """What makes an AsyncConnectionPool a null pool."""
 
     def __init__(
@@ -56,7 +56,7 @@ class _AsyncNullMethods(NullShared, AsyncPsycopgMethods):
 _AsyncNullMethods.__init__.__signature__ = null_signature(AsyncPsycopgMethods.__init__)  # type: ignore[attr-defined]
 
 
-class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool):  # type: ignore[misc]
+class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool[ACT]):
     """psycopg_pool's ``AsyncNullConnectionPool``: no connection is kept;
     each is made on demand and closed when returned (or handed straight to a
     task waiting for one)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -30,10 +30,16 @@ from .base import (
 )
 from .errors import PoolClosed, PoolTimeout
 
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
 __all__ = ["ConnectionPool"]
 
+#: The connection type of a pool: what its ``connection_class`` makes.
+CT = TypeVar("CT", bound="psycopg.Connection[Any]")
 
-class PsycopgMethods(PsycopgStats, PoolMethods):
+
+class PsycopgMethods(PsycopgStats, PoolMethods[CT]):
     """psycopg_pool's interface over pypool's Pool."""
 
     _null = False
@@ -183,7 +189,7 @@ class PsycopgMethods(PsycopgStats, PoolMethods):
 
     # -------------------------------------------------------------- borrowing
 
-    def connection(self, timeout: float | None = None) -> Any:
+    def connection(self, timeout: float | None = None) -> AbstractContextManager[CT]:
         """Context manager to obtain a connection from the pool.
 
         Return the connection immediately if available, otherwise wait up to
@@ -200,7 +206,8 @@ class PsycopgMethods(PsycopgStats, PoolMethods):
         # The core's lease: the connection is in its keeping from the
         # moment the core hands it out, so a Ctrl-C cannot land between the
         # hand-out and the block.
-        return self._lease(timeout, self._end_lease)
+        lease: AbstractContextManager[CT] = self._lease(timeout, self._end_lease)
+        return lease
 
     def _end_lease(self, conn: Any, exc_type: type[BaseException] | None) -> None:
         """The end of psycopg's connection block (commit on success, rollback
@@ -291,7 +298,7 @@ class PsycopgMethods(PsycopgStats, PoolMethods):
         check_connection(conn)
 
 
-class ConnectionPool(PsycopgMethods, Pool):
+class ConnectionPool(PsycopgMethods[CT], Pool[CT]):
     """psycopg_pool's ``ConnectionPool``, on pypool's core.
 
     ``getconn()`` / ``putconn()`` are the native hot path itself; you must
@@ -301,5 +308,11 @@ class ConnectionPool(PsycopgMethods, Pool):
 
     __module__ = "pypool.psycopg"
     _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire", "putconn": "release"}
-    getconn = _core.PoolBase.acquire
-    putconn = _core.PoolBase.release
+    if TYPE_CHECKING:  # the core's acquire and release, in the connection type
+
+        def getconn(self, timeout: float | None = None) -> CT: ...
+        def putconn(self, conn: CT) -> None: ...
+
+    else:
+        getconn = _core.PoolBase.acquire
+        putconn = _core.PoolBase.release

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -31,10 +31,16 @@ from .base import (
 )
 from .errors import PoolClosed, PoolTimeout
 
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
 __all__ = ["AsyncConnectionPool"]
 
+#: The connection type of a pool: what its ``connection_class`` makes.
+ACT = TypeVar("ACT", bound="psycopg.AsyncConnection[Any]")
 
-class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods):
+
+class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods[ACT]):
     """Everything of AsyncConnectionPool but the core's hot path."""
 
     _null = False
@@ -172,7 +178,7 @@ class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods):
         await self.open()
         return self
 
-    def connection(self, timeout: float | None = None) -> Lease:  # type: ignore[override]
+    def connection(self, timeout: float | None = None) -> AbstractAsyncContextManager[ACT]:
         """Context manager to obtain a connection from the pool: commit on
         success, rollback on error, then back to the pool."""
         return Lease(self, timeout)
@@ -254,7 +260,7 @@ class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods):
         await check_connection_async(conn)
 
 
-class AsyncConnectionPool(AsyncPsycopgMethods, AsyncPool):  # type: ignore[misc]
+class AsyncConnectionPool(AsyncPsycopgMethods[ACT], AsyncPool[ACT]):
     """psycopg_pool's ``AsyncConnectionPool``, on pypool's core.
 
     ``await getconn()`` / ``await putconn()`` are the pool's own acquire and
