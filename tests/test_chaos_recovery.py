@@ -89,8 +89,7 @@ FAULTS: dict[str, Callable[[FaultProxy], None]] = {
 
 #: Known gaps, as expected failures until they are closed: with connects
 #: held unanswered, these pools do not recover within the bound.
-KNOWN_GAPS = {
-}
+KNOWN_GAPS = {}
 
 
 def select_one(conn: Any) -> int:

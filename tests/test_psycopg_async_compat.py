@@ -170,8 +170,6 @@ def run(impl: Impl, dsn: str) -> Callable[[Scenario], Any]:
 # ------------------------------------------------------------------ helpers
 
 
-
-
 async def terminate(dsn: str, pid: int) -> None:
     """Ends a backend and waits until it is gone."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:

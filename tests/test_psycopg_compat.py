@@ -153,8 +153,6 @@ def make_pypool(pypool_impl: Impl, dsn: str) -> Iterator[Pools]:
 # ------------------------------------------------------------------ helpers
 
 
-
-
 def terminate(dsn: str, pid: int) -> None:
     """Ends a backend and waits until it is gone."""
     with psycopg.connect(dsn, autocommit=True) as admin:

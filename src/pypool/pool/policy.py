@@ -167,9 +167,7 @@ class Policy:
                 )
             since = now - self.outage_since
         if log and failures == 1:
-            self.logger.warning(
-                "pool %r: connection failed: %s", self.settings.name, one_line(exc)
-            )
+            self.logger.warning("pool %r: connection failed: %s", self.settings.name, one_line(exc))
         elif log:
             self.logger.warning(
                 "pool %r: connection failed, reconnection attempt %d in %.1f s: %s",

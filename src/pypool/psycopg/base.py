@@ -61,6 +61,8 @@ def called_by_pypool() -> bool:
     code (such as the pool opening itself on first use), not the user's."""
     filename = sys._getframe(2).f_code.co_filename
     return os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep)
+
+
 #: The time bounds every connect of the psycopg pools gets, as
 #: :func:`pypool.dbapi.connect_factory` gives them: ``connect_timeout`` (10 s,
 #: unless ``PGCONNECT_TIMEOUT`` is set), and from ``io_timeout`` (30 s) TCP
