@@ -315,7 +315,8 @@ def _churn(make: Callable[[str], Any], dsn: str, app: str, rounds: int) -> tuple
     the peak thread count beyond the start's, the peak session count (a
     count above two, one pool's sessions beyond the live one's, is taken
     again after a moment, so that the backends of connections just closed
-    have ended), and the threads one live pool has."""
+    have ended), and the threads one live pool has (the first, alone: the
+    threads of a pool dropped a moment ago may still be ending later on)."""
     base = threading.active_count()
     with psycopg.connect(dsn, autocommit=True) as monitor:
 
@@ -333,7 +334,8 @@ def _churn(make: Callable[[str], Any], dsn: str, app: str, rounds: int) -> tuple
                 conn.execute("SELECT 1")
             del conn
             live = threading.active_count() - base
-            per_pool = max(per_pool, live)
+            if not per_pool:  # the first pool: alone, nothing dropped yet
+                per_pool = live
             peak_threads = max(peak_threads, live)
             sessions = count()
             if sessions > 2:  # a backend of a connection closed a moment ago may linger
