@@ -1328,8 +1328,10 @@ async def test_close_before_open_then_open(m: Matrix) -> None:
 
 
 @matrix(impls=PYPOOL)
-async def test_pypool_reuses_the_most_recently_returned_connection(m: Matrix) -> None:
-    pool = await m.pool(min_size=3)
+async def test_pypool_lifo_true_reuses_the_most_recently_returned_connection(
+    m: Matrix,
+) -> None:
+    pool = await m.pool(min_size=3, lifo=True)
     await pool.wait(SOON)
     pids = []
     for _ in range(4):
@@ -1339,8 +1341,8 @@ async def test_pypool_reuses_the_most_recently_returned_connection(m: Matrix) ->
 
 
 @matrix()
-async def test_lifo_false_and_psycopg_pool_are_round_robin(m: Matrix) -> None:
-    pool = await m.pool(min_size=3, **({"lifo": False} if m.is_pypool else {}))
+async def test_round_robin_by_default_as_psycopg_pool(m: Matrix) -> None:
+    pool = await m.pool(min_size=3)
     await pool.wait(SOON)
     pids = []
     for _ in range(6):

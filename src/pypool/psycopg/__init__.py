@@ -18,8 +18,9 @@ errors and ``psycopg.OperationalError``, as psycopg_pool's do, so existing
 ``except`` clauses keep working. They log under ``psycopg.pool``. Where they
 deliberately differ from psycopg_pool, ``docs/psycopg-migration.md`` says so
 (lifetime is also enforced at hand-out; without a ``check`` callback, a
-connection idle longer than ``check_after`` is checked before hand-out; the
-most recently returned connection is reused first).
+connection idle longer than ``check_after`` is checked before hand-out).
+Connections are handed out round-robin, as psycopg_pool does; ``lifo=True``
+reuses the most recently returned one first, as :class:`pypool.Pool` does.
 
 A ``check`` callback is the user's contract, as in psycopg_pool: it runs on
 every hand-out, a new connection's included (unless ``check_after`` is given

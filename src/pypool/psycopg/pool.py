@@ -72,6 +72,7 @@ class PsycopgMethods(PsycopgStats, PoolMethods[CT]):
         **options: Any,
     ) -> None:
         check_transaction_pooling(transaction_pooling, reset)
+        options.setdefault("lifo", PYPOOL_DEFAULTS["lifo"])  # round-robin, as psycopg_pool
         if check is not None:
             # The user's contract, as psycopg_pool's: every hand-out is
             # checked, a new connection's too (unless check_after is given).
