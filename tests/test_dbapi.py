@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 import sqlite3
 import sys
@@ -24,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from _support import databases
 from _support.waiting import wait_until
 from pypool import dbapi
 
@@ -639,36 +639,12 @@ class TestPsycopg2:
 
 # ------------------------------------------------------------------ MariaDB / MySQL
 
-DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
-
 
 @pytest.fixture(scope="session")
 def mysql_params() -> dict[str, Any]:
     """``pymysql.connect`` arguments for the MySQL/MariaDB test database
-    (``PYPOOL_TEST_MYSQL``); skipped when unreachable, unless
-    ``PYPOOL_REQUIRE_DB=1``."""
-    pymysql = pytest.importorskip("pymysql")
-    parts = urlsplit(os.environ.get("PYPOOL_TEST_MYSQL", DEFAULT_MYSQL))
-    params: dict[str, Any] = {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 3306,
-        "user": unquote(parts.username or "root"),
-        "password": unquote(parts.password or ""),
-        "database": parts.path.lstrip("/") or "test",
-    }
-    shown = f"{params['host']}:{params['port']}/{params['database']}"  # no credentials
-    problem = None
-    try:
-        with socket.create_connection((params["host"], params["port"]), timeout=3):
-            pass
-        pymysql.connect(**params, connect_timeout=3).close()
-    except Exception as exc:  # any error means "not usable"
-        problem = dbapi.mask_dsn(f"{type(exc).__name__}: {exc}")
-    if problem is not None:
-        if os.environ.get("PYPOOL_REQUIRE_DB") == "1":
-            pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the database {shown} is unusable: {problem}")
-        pytest.skip(f"database {shown} unusable: {problem}")
-    return params
+    (``PYPOOL_TEST_MYSQL``): the shared helper, once per session."""
+    return databases.mysql_params()
 
 
 @pytest.fixture
