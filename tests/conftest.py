@@ -14,64 +14,15 @@ import importlib
 import os
 import socket
 from types import ModuleType
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from _support.cores import PYTHON_MODULE, import_native_core
+
 #: Fixtures of the shared test support: ``fault_proxy`` (a TCP proxy to cut),
 #: ``make_core_pool``, ``make_pool`` and ``conn_type`` (fake connections).
 pytest_plugins = ["_support.faultproxy", "_support.fakes"]
-
-NATIVE_MODULE = "pypool._corepool"
-PYTHON_MODULE = "pypool._corepool_py"
-
-#: Keys of ``CorePool.stats()``; the ones measured in seconds vary run to run.
-STATS_KEYS = frozenset(
-    {
-        "acquires",
-        "waits",
-        "wait_time",
-        "wait_time_max",
-        "timeouts",
-        "abandoned",
-        "use_time",
-        "size",
-        "idle",
-        "in_use",
-        "connecting",
-        "claimed",
-        "waiting",
-        "max_size",
-        "max_waiting",
-    }
-)
-TIME_KEYS = frozenset({"wait_time", "wait_time_max", "use_time"})
-
-
-def expect_native() -> bool:
-    """True when the environment says the native core must be the one in use."""
-    return os.environ.get("PYPOOL_EXPECT_CORE") == "native"
-
-
-def import_native_core() -> ModuleType:
-    """The native core; skips (or fails, if it is expected) when it cannot load."""
-    try:
-        return importlib.import_module(NATIVE_MODULE)
-    except ImportError as exc:
-        reason = f"the native core {NATIVE_MODULE} cannot be imported: {exc}"
-        if expect_native():
-            pytest.fail(f"PYPOOL_EXPECT_CORE=native, but {reason}", pytrace=False)
-        pytest.skip(reason)
-
-
-def native_core_importable() -> bool:
-    try:
-        importlib.import_module(NATIVE_MODULE)
-    except ImportError:
-        return False
-    return True
-
 
 # ------------------------------------------------------------------ the cores
 
@@ -107,14 +58,6 @@ def CorePool(core_module: ModuleType) -> type:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def snapshot(pool: Any) -> tuple[Any, ...]:
-    """What must not change when an operation is refused: counters, gauges
-    and the state of every slot."""
-    stats = {k: v for k, v in pool.stats().items() if k not in TIME_KEYS}
-    slots = tuple(pool.slot_info(i)[0] for i in pool.slots())
-    return (stats, slots, pool.closed, pool.generation)
 
 
 # ------------------------------------------------------------------ database
@@ -157,23 +100,3 @@ def dsn() -> str:
             pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the database {shown} is unusable: {problem}")
         pytest.skip(f"database {shown} unusable: {problem}")
     return value
-
-
-# ------------------------------------------------------------ subprocesses
-
-
-def child_env(**overrides: str | None) -> dict[str, str]:
-    """An environment for a child interpreter that imports the same pypool
-    as this process, with no core-selection variables unless given."""
-    import pypool
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYPOOL_")}
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(pypool.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    for key, value in overrides.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env

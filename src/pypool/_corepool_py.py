@@ -5,7 +5,7 @@ exceptions (from :mod:`pypool.errors`). The native core mirrors the data
 structures below one for one (slot states, the idle list with lazily dropped
 stale entries, the empty-slot stack, segments of 64 slots), so the two hand out
 the same slot for the same sequence of operations; the stateful tests
-(``tests/test_core_stateful.py``) hold them to it. Change both in the same commit.
+(``tests/core/test_core_stateful.py``) hold them to it. Change both in the same commit.
 
 The core knows nothing of databases. It stores objects ("connections") in
 slots, hands them out and takes them back, and makes callers wait when none is

@@ -1,4 +1,4 @@
-"""Shared pieces of the chaos suite (``tests/test_chaos_*.py``, marker
+"""Shared pieces of the chaos suite (``tests/chaos/test_chaos_*.py``, marker
 ``chaos``): core selection, the JSON report, the database helpers and the
 checks every scenario makes.
 
@@ -46,7 +46,7 @@ _report_lock = threading.Lock()
 def native_core() -> ModuleType:
     """The native core; skips (or fails, when ``PYPOOL_EXPECT_CORE=native``)
     when it cannot be imported."""
-    from conftest import import_native_core
+    from _support.cores import import_native_core
 
     return import_native_core()
 

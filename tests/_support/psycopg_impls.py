@@ -30,7 +30,7 @@ def core_of(impl: str) -> ModuleType | None:
     """The pypool core module of ``impl`` (None for psycopg_pool)."""
     if impl == "psycopg_pool":
         return None
-    from conftest import PYTHON_MODULE, import_native_core
+    from _support.cores import PYTHON_MODULE, import_native_core
 
     if impl == "pypool-native":
         return import_native_core()

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-import psycopg
 import psycopg_pool
 import pytest
 
+import psycopg
 import pypool.psycopg
 
 #: Generous bound for things that happen "soon" (a connect, a background return).
@@ -60,7 +60,7 @@ def make_pool(cls: type, core: ModuleType | None, *args: Any, **kwargs: Any) -> 
 def core_of(impl: str) -> ModuleType | None:
     """None for psycopg_pool; pypool's core module otherwise (skips when the
     native core cannot load, as the core tests do)."""
-    from conftest import PYTHON_MODULE, import_native_core
+    from _support.cores import PYTHON_MODULE, import_native_core
 
     if impl == "psycopg_pool":
         return None

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import child_env
+from _support.children import child_env
 
 pytest.importorskip("gevent")
 

@@ -31,7 +31,8 @@ from typing import Any
 
 import pytest
 
-from conftest import child_env, import_native_core
+from _support.children import child_env
+from _support.cores import import_native_core
 
 pytestmark = [
     pytest.mark.db,

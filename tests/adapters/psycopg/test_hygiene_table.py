@@ -29,7 +29,7 @@ from _support.chaos import with_core
 
 pytestmark = pytest.mark.db
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "reliability.md"
 MARK = "<!-- hygiene-table -->"
 
 ITEMS = (

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from _support.cores import STATS_KEYS, TIME_KEYS, snapshot
 from _support.fakes import FakeConn, NoWeakConn, new_bytearray
-from conftest import STATS_KEYS, TIME_KEYS, snapshot
 from pypool.errors import (
     ConfigurationError,
     InvalidSlot,

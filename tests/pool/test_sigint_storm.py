@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 
+from _support.cores import import_native_core
 from _support.interrupts import Adapter, Conn, accounted
 from _support.storm import Storm
-from conftest import import_native_core
 from pypool import Pool
 from pypool import stats as names
 

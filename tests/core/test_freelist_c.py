@@ -1,6 +1,6 @@
 """Stress the native core's lock-free free list (src/pypool_freelist.h) in C.
 
-tests/c/stress_freelist.c hammers the header from many pthreads, without
+tests/core/c/stress_freelist.c hammers the header from many pthreads, without
 Python, and checks exclusive ownership, conservation of slots and the
 happens-before of every hand-off.  Here it is compiled with ``cc`` and run
 
@@ -26,9 +26,9 @@ import pytest
 
 pytestmark = pytest.mark.tsan
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SRC_DIR = ROOT / "src"
-STRESS_C = ROOT / "tests" / "c" / "stress_freelist.c"
+STRESS_C = Path(__file__).resolve().parent / "c" / "stress_freelist.c"
 HEADER = SRC_DIR / "pypool_freelist.h"
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -26,7 +26,7 @@ import pypool
 from pypool import AsyncPool, ConfigurationError, Pool
 from pypool.pool.settings import MIN_LIFETIME, SETTINGS, session_state_reset
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = [s.name for s in SETTINGS]
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from _support import protocol
+from _support.children import child_env
 from _support.interleave import points
-from conftest import child_env
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ print(json.dumps({"runs": runs, "failures": failures}))
 def test_every_point_against_a_fork(core_module: ModuleType) -> None:
     # Forking the test process itself would duplicate the test run: a child
     # interpreter plays the scenarios and forks at each point.
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(
         [
             sys.executable,

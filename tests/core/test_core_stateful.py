@@ -31,8 +31,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from _support.cores import TIME_KEYS
 from _support.fakes import FakeConn, NoWeakConn
-from conftest import TIME_KEYS
 from pypool.errors import (
     ConfigurationError,
     InvalidSlot,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import child_env
+from _support.children import child_env
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform has no fork()")
 

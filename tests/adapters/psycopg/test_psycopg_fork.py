@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from conftest import child_env
+from _support.children import child_env
 
 pytest.importorskip("psycopg")
 

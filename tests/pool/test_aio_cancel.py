@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
+from _support.children import child_env
 from _support.waiting import eventually
-from conftest import child_env
 from pypool import AsyncPool
 
 

@@ -193,7 +193,7 @@ def test_the_test_extra_pins_the_listed_versions() -> None:
     from packaging.requirements import Requirement
     from packaging.version import Version
 
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
     extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
     pins = [Requirement(r) for r in extras["test"] if Requirement(r).name == "psycopg-pool"]
     assert len(pins) == 1

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from conftest import child_env, expect_native, native_core_importable
+from _support.children import child_env
+from _support.cores import expect_native, native_core_importable
 
 
 def child_core(code: str = "", **env: str | None) -> subprocess.CompletedProcess[str]:

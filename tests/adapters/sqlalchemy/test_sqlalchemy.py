@@ -27,6 +27,7 @@ from sqlalchemy import event  # noqa: E402
 from sqlalchemy import pool as sa_pool  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
 
+from _support.cores import import_native_core  # noqa: E402
 from _support.sa_matrix import (  # noqa: E402
     EventLog,
     Labels,
@@ -34,7 +35,6 @@ from _support.sa_matrix import (  # noqa: E402
     logger_level,
     runner_for,
 )
-from conftest import import_native_core  # noqa: E402
 from pypool import sqlalchemy as pp  # noqa: E402
 
 KINDS = [

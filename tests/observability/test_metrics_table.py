@@ -1,6 +1,6 @@
 """``pypool.stats.METRICS`` is the one description of the statistics: the
 keys ``stats()`` returns, the OpenTelemetry instruments and the Prometheus
-families are exactly its rows (tests/test_observability.py checks their
+families are exactly its rows (tests/observability/test_observability.py checks their
 values)."""
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from _support.cores import snapshot
 from _support.fakes import FakeConn
-from conftest import snapshot
 from pypool.errors import (
     ConfigurationError,
     PoolClosed,

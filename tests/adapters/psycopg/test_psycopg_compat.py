@@ -36,8 +36,8 @@ psycopg = pytest.importorskip("psycopg")
 psycopg_pool = pytest.importorskip("psycopg_pool")
 
 import pypool.psycopg  # noqa: E402
+from _support.cores import PYTHON_MODULE, import_native_core  # noqa: E402
 from _support.waiting import wait_until  # noqa: E402
-from conftest import PYTHON_MODULE, import_native_core  # noqa: E402
 
 pytestmark = pytest.mark.db
 
