@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from _support.cores import PYTHON_MODULE, import_native_core
-from _support.fakes import AsyncFactory, AsyncFakeAdapter, FakeAdapter, Factory
+from _support.fakes import AsyncFactory, AsyncFakeAdapter, Factory, FakeAdapter
 from pypool import AsyncPool, Pool
 
 CORES = ("native", "python")

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import psycopg
 import psycopg_pool
 import pytest
 
-import psycopg
 import pypool.psycopg
 
 #: Generous bound for things that happen "soon" (a connect, a background return).
