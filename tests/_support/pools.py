@@ -184,13 +184,13 @@ def each_pool(
 
             asyncio.run(main())
 
-        test.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        test.__signature__ = inspect.Signature(
             [
                 inspect.Parameter("pool_core", inspect.Parameter.POSITIONAL_OR_KEYWORD),
                 inspect.Parameter("pool_flavour", inspect.Parameter.POSITIONAL_OR_KEYWORD),
                 *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in fixtures),
             ]
         )
-        return test
+        return test  # type: ignore[no-any-return]
 
     return decorate if scenario is None else decorate(scenario)
