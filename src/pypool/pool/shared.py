@@ -144,8 +144,10 @@ class _Borrowed:
 
 class PoolShared:
     """What the thread pool and the asyncio pool share: their settings,
-    statistics, events, leak reports, and the choices of maintenance (which
-    connections are due); each does its own I/O and waiting."""
+    statistics, events, leak reports, every decision they take alike
+    (resizing, draining, retiring, when ``wait()`` is done) and the
+    maintenance pass, as steps (:class:`Steps`); each does its own I/O and
+    waiting."""
 
     _core: Any
     _policy: Policy
