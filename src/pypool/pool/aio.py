@@ -40,7 +40,6 @@ import contextlib
 import inspect
 import logging
 import os
-import random
 import threading
 import time
 import weakref
@@ -48,19 +47,18 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .. import _core
-from ..errors import ConfigurationError, ConnectionFailed, PoolClosed, PoolError, PoolTimeout
-from .policy import Policy, make_core
+from ..errors import ConfigurationError, ConnectionFailed, PoolError, PoolTimeout
+from .policy import jitter, make_core
 from .protocols import ConnT
 from .settings import (
     ClassSignature,
     Settings,
     check_run,
-    check_sizes,
     docstring_section,
     signature,
     take_keywords,
 )
-from .shared import USER_CHECK_FLOOR, HotPath, PoolShared, core_module_of
+from .shared import USER_CHECK_FLOOR, HotPath, PoolShared, Steps, core_module_of
 
 __all__ = ["AsyncPool", "AsyncPoolMethods"]
 
@@ -256,12 +254,7 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
         self._closers = set()
         self._loop_thread = 0
         self._unchecked = None
-        min_size = self._policy.min_size
-        self._policy = Policy(self._settings, self._core, self._log)  # fresh counters
-        self._policy.min_size = min_size
-        self._leaks = 0
-        self._leases = {}
-        self._last_check = {}
+        self._forget_parent()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -275,7 +268,7 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
                 f"pool {self.name!r} belongs to another event loop: make one pool per loop"
             )
         if self._core.closed:
-            raise PoolClosed(f"pool {self.name!r} is closed")
+            raise self._closed_error()
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._set_thread(self._loop_thread)  # the hot path serves this thread only
@@ -335,23 +328,12 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
         self._bind()
         ready = self._ready
         assert ready is not None
-        core = self._core
-        policy = self._policy
         deadline = time.monotonic() + timeout
-        while core.idle + core.in_use + core.claimed < self._policy.min_size:
-            if core.closed:
-                raise PoolClosed(f"pool {self.name!r} is closed")
-            if fail_fast and policy.failing:
-                raise ConnectionFailed(f"pool {self.name!r}: could not connect") from (
-                    policy.last_error
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PoolTimeout(
-                    f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
-                    f"{self._policy.min_size} connections ready after {timeout:.3f} s"
-                ) from self._policy.last_error
-            await ready.wait(min(remaining, 0.5))  # pulsed by every connect that ends
+        while not self._open_enough():
+            if self._core.closed:
+                raise self._closed_error()
+            # Pulsed by every connect that ends.
+            await ready.wait(self._wait_left(deadline, timeout, fail_fast))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Closes the pool: idle connections at once, borrowed ones when they
@@ -599,13 +581,7 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
                 if not broken or attempt >= retries:
                     raise
                 attempt += 1
-                self._log.info(
-                    "pool %r: connection broke during run(), retry %d of %d",
-                    self.name,
-                    attempt,
-                    retries,
-                )
-                await asyncio.sleep(backoff * 2 ** (attempt - 1) * (0.5 + 0.5 * random.random()))
+                await asyncio.sleep(self._retry_pause(attempt, retries, backoff))
                 continue
             except BaseException:
                 await asyncio.shield(self.release(conn))
@@ -618,10 +594,7 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
         demand (and at once up to ``min_size``); when shrinking, idle
         connections over ``max_size`` are closed now and borrowed ones when
         they are returned."""
-        lo, hi = check_sizes(min_size, max_size)
-        self._core.max_size = hi
-        self._core.min_size = lo
-        self._policy.min_size = lo
+        hi = self._set_sizes(min_size, max_size)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             # The closes run on the pool's loop, whichever thread asks.
@@ -632,13 +605,12 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
         self._wake_workers()
 
     def _shrink(self, keep: int) -> None:
-        for conn in self._claim_idle(lambda info: True, keep=keep):
+        for conn in self._claim_over(keep):
             self._close_later(conn, "shrunk", None)
 
     async def drain(self) -> None:
         """Replaces every connection: idle ones now, borrowed ones on return."""
-        generation = self._core.advance_generation()
-        for conn in self._claim_idle(lambda info: info.generation < generation, keep=0):
+        for conn in self._claim_stale():
             await self._close_connection(conn, "drained", None)
         self._wake_workers()
 
@@ -668,13 +640,10 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
             self._log.exception("pool %r: adapter.is_broken() failed", self.name)
             return True
 
-    def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
-        self._close_later(conn, _core.REASONS[reason], exc)
-        self._wake_workers()
-
-    def _drop_unknown(self, conn: Any) -> None:
-        self._close_later(conn, "discarded", None)
-        self._wake_workers()
+    def _close_retired(self, conn: Any, reason: str, exc: BaseException | None) -> None:
+        """Closes a connection the core dropped (:meth:`PoolShared._retire`):
+        in a task of its own (:meth:`_close_later`)."""
+        self._close_later(conn, reason, exc)
 
     async def _close_on_the_way_out(self, conn: Any, reason: str) -> None:
         """Closes a connection dropped by a task that is being cancelled or
@@ -719,11 +688,7 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
             self._refuse_new(conn, sync=False)
             if settings.configure is not None:
                 await _maybe_await(settings.configure(conn))
-            if not self._reset_known:
-                self._reset_plan = settings.adapter.reset_for(conn)
-                self._reset_known = True
-                self._apply_hot_path()
-            self._emit("connect", conn)
+            self._learn(conn)
         except _STOPS:
             if core.slot_info(slot).state == _core.CREATING:
                 core.abandon(slot)
@@ -737,30 +702,20 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
             await self._close_new(conn)
             self._tell_ready()
             return False
-        took = time.monotonic() - started
-        self._policy.connected(took)
-        try:
-            core.fill(slot, conn, self._policy.lifetime())
-        except PoolClosed:
+        filled = self._fill(slot, conn, time.monotonic() - started)
+        if filled is None:  # the pool closed meanwhile
             await self._close_connection(conn, "closed", None)
-        except BaseException as exc:  # the core refused it after all
-            self._policy.not_connected(took)
-            self._connect_failed(slot, self._refused(conn, exc))
+        elif not filled:
             await self._close_new(conn)
-            self._tell_ready()
-            return False
         self._tell_ready()
-        return True
+        return filled is not False
 
     async def _close_new(self, conn: Any) -> None:
         """Closes a connection a failed connect made, unless it is not one or
         belongs to the pool already."""
         if conn is None or self._in_pool(conn):
             return
-        try:
-            await _maybe_await(self._settings.adapter.close(conn))
-        except Exception as exc:
-            self._log.warning("pool %r: error closing a connection: %s", self.name, exc)
+        await _close_quietly(self._settings.adapter, conn, self._log, self.name)
 
     def _tell_ready(self) -> None:
         ready = self._ready
@@ -779,69 +734,22 @@ class AsyncPoolMethods(PoolShared, Generic[ConnT]):
     async def _close_connection(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         self._policy.retired_one(reason, exc)
         self._emit("close", conn, reason)
-        try:
-            await _maybe_await(self._settings.adapter.close(conn))
-        except Exception as error:
-            self._log.warning("pool %r: error closing a connection: %s", self.name, error)
+        await _close_quietly(self._settings.adapter, conn, self._log, self.name)
 
     # --------------------------------------------------------- maintenance
 
     async def _maintain(self) -> None:
-        """One pass of the maintenance task: as :meth:`pypool.Pool._maintain`,
-        awaiting its I/O."""
-        settings = self._settings
-        now = self._core.now()
-        if settings.max_idle:
-            max_idle = settings.max_idle
-            for conn in self._claim_idle(
-                lambda info: now - info.returned >= max_idle, keep=self._policy.min_size
-            ):
-                await self._close_connection(conn, "idle", None)
-        if settings.max_lifetime is not None:
-            await self._replace_expiring(now)
-        if settings.keepalive is not None:
-            for index, conn in self._due_for_keepalive(now):
-                try:
-                    failure = await self._vet(conn, min(settings.timeout, 10.0))
-                except BaseException as exc:  # cancelled mid-check: not kept
-                    self._kept_alive(index, exc)
-                    await self._close_on_the_way_out(conn, "discarded")
-                    raise
-                reason = self._kept_alive(index, failure)
-                if reason is not None:
-                    await self._close_connection(conn, reason, failure)
-        if settings.leak_timeout is not None:
-            self._report_leaks(now)
-        self._wake_workers()
+        """One pass of the maintenance task: the steps of
+        :meth:`PoolShared._maintenance`, each awaited in turn."""
+        steps = Steps(self._maintenance())
+        for name, args in steps:
+            try:
+                steps.result = await getattr(self, name)(*args)
+            except BaseException as exc:
+                steps.error = exc
 
-    async def _replace_expiring(self, now: float) -> None:
-        """As :meth:`pypool.Pool._replace_expiring`, awaiting its I/O."""
-        core = self._core
-        deficit, idle = self._expiring(now)
-        while deficit > 0 and core.size < core.max_size:
-            slot = core.reserve()
-            if slot is None or not await self._connect_into(slot):
-                return  # the database is away: keep the old ones meanwhile
-            deficit -= 1
-        for index in idle[:2]:
-            conn = core.claim(index)
-            if conn is None:
-                continue  # borrowed meanwhile: retired at its return or next hand-out
-            core.retire(index)
-            await self._close_connection(conn, "expired", None)
-            if core.size < self._policy.min_size or core.waiting:
-                slot = core.reserve()
-                if slot is not None:
-                    await self._connect_into(slot)
-
-    def __repr__(self) -> str:
-        core = self._core
-        state = "closed" if core.closed else "open"
-        return (
-            f"<pypool.AsyncPool {self.name!r} {state} core={self.core} "
-            f"size={core.size}/{core.max_size} min={self._policy.min_size} "
-            f"idle={core.idle} in_use={core.in_use} waiting={core.waiting}>"
-        )
+    #: How repr() names the class.
+    _repr_kind = "pypool.AsyncPool"
 
 
 class AsyncPool(AsyncPoolMethods[ConnT], HotPath):
@@ -929,7 +837,7 @@ async def _connect_loop(
             continue
         backoff = pool._policy.backoff(backoff)
         del pool
-        await stop.wait(backoff * (0.5 + 0.5 * random.random()))
+        await stop.wait(jitter(backoff))
 
 
 async def _maintenance_worker(ref: weakref.ref[AsyncPoolMethods[Any]], stop: _Signal) -> None:

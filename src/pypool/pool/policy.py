@@ -23,7 +23,7 @@ from .._weak import weak_callback
 from ..errors import PoolTimeout
 from .settings import Settings
 
-__all__ = ["LIFETIME_JITTER", "Policy", "make_core", "one_line"]
+__all__ = ["LIFETIME_JITTER", "Policy", "jitter", "make_core", "one_line"]
 
 logger = logging.getLogger("pypool")
 
@@ -181,7 +181,7 @@ class Policy:
     @staticmethod
     def backoff(previous: float) -> float:
         """The next pause between failed connects: doubling from 50 ms to 5 s,
-        with the actual sleep drawn from its upper half (jitter)."""
+        with the actual sleep drawn from its upper half (:func:`jitter`)."""
         return min(max(previous * 2, 0.05), 5.0)
 
     # --------------------------------------------------------------- retire
@@ -233,6 +233,12 @@ class Policy:
                 "connect_time": self.connect_time,
                 "retired": dict(self.retired),
             }
+
+
+def jitter(seconds: float) -> float:
+    """A pause of up to ``seconds``, drawn at random from its upper half, so
+    that the pools and callers that back off together do not retry together."""
+    return seconds * (0.5 + 0.5 * random.random())
 
 
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:

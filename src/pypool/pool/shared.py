@@ -1,6 +1,8 @@
 """What :class:`pypool.Pool` and :class:`pypool.AsyncPool` share above the
-core: settings, statistics, events, leak reports and the choices of
-maintenance (:class:`PoolShared`); how a pool class is bound to a core
+core: settings, statistics, events, leak reports, resizing, the readiness
+rule of ``wait()``, the retry pause of ``run()``, the bookkeeping of a new
+connection and the whole maintenance pass (:class:`PoolShared`); how a pool
+class is bound to a core
 (:meth:`PoolShared.with_core`); and the process hooks (at exit, the pools
 still open are closed, waiting up to 2 s each for a connect in flight; in a
 forked child, each pool forgets its parent's threads and connections).
@@ -16,6 +18,17 @@ core's ``PoolBase`` (the hot path: acquire, release, ``connection()``).
 instance of the public class makes one of ``cls.with_core(pypool._core's
 pick)``. So every pool is an instance of its public class, on either core,
 and keeps every attribute its class defines.
+
+Decisions written once, I/O done twice
+======================================
+
+Where a decision needs I/O on the way (the maintenance pass: close this one,
+connect into that slot, check this one), it is written once, here, as a
+generator of *steps*: each step names one of the pool's own I/O methods
+(``_close_connection``, ``_connect_into``, ``_vet``,
+``_close_on_the_way_out``) and its arguments. :class:`Steps` runs them: the
+thread pool calls each step, the asyncio pool awaits it, and each sends
+back the result, or what the step raised, to the generator.
 """
 
 from __future__ import annotations
@@ -26,23 +39,32 @@ import inspect
 import logging
 import os
 import sys
+import time
 import traceback
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _core, stats
 from .._secrets import mask_dsn
-from ..errors import ConfigurationError, ConnectionFailed, PoolError, PoolTimeout
-from .policy import Policy, one_line
-from .settings import Settings
+from ..errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+)
+from .policy import Policy, jitter, one_line
+from .settings import Settings, check_sizes
 
 __all__ = [
     "EVENTS",
     "HOT_PATH",
     "HotPath",
     "PoolShared",
+    "Step",
+    "Steps",
     "accepts_timeout",
     "caller_stack",
     "core_module_of",
@@ -62,6 +84,10 @@ USER_CHECK_FLOOR = 0.05
 
 if TYPE_CHECKING:
     from .._records import SlotInfo
+
+#: A step of I/O that a shared decision asks of its pool: the name of one of
+#: the pool's methods and the arguments to call (or await) it with.
+Step = tuple[str, tuple[Any, ...]]
 
 if TYPE_CHECKING:
     # A type checker takes the hot path's methods from each pool's own
@@ -118,8 +144,10 @@ class _Borrowed:
 
 class PoolShared:
     """What the thread pool and the asyncio pool share: their settings,
-    statistics, events, leak reports, and the choices of maintenance (which
-    connections are due); each does its own I/O and waiting."""
+    statistics, events, leak reports, every decision they take alike
+    (resizing, draining, retiring, when ``wait()`` is done) and the
+    maintenance pass, as steps (:class:`Steps`); each does its own I/O and
+    waiting."""
 
     _core: Any
     _policy: Policy
@@ -134,8 +162,7 @@ class PoolShared:
 
         def _set_observe(self, observe: bool) -> None: ...
         def _set_reset(self, reset: Any) -> None: ...
-        def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None: ...
-        def _drop_unknown(self, conn: Any) -> None: ...
+        def _close_retired(self, conn: Any, reason: str, exc: BaseException | None) -> None: ...
         def _wake_workers(self) -> None: ...
 
     def _adopt(self, settings: Settings, core: Any) -> None:
@@ -152,6 +179,28 @@ class PoolShared:
         self._last_check = {}
         self._interval = maintenance_interval(settings)
         self._apply_hot_path()
+
+    def _forget_parent(self) -> None:
+        """In a forked child, the part both pools forget alike: the parent's
+        counters (the sizes stay), borrowers and keepalive checks."""
+        min_size = self._policy.min_size
+        self._policy = Policy(self._settings, self._core, self._log)  # fresh counters
+        self._policy.min_size = min_size
+        self._leaks = 0
+        self._leases = {}  # the parent's borrowers are not this process's
+        self._last_check = {}
+
+    #: How :meth:`__repr__` names the pool's class.
+    _repr_kind = "pypool.Pool"
+
+    def __repr__(self) -> str:
+        core = self._core
+        state = "closed" if core.closed else "open"
+        return (
+            f"<{self._repr_kind} {self.name!r} {state} core={self.core} "
+            f"size={core.size}/{core.max_size} min={self._policy.min_size} "
+            f"idle={core.idle} in_use={core.in_use} waiting={core.waiting}>"
+        )
 
     # ------------------------------------------------------------ cores
 
@@ -352,6 +401,80 @@ class PoolShared:
             self._policy.check_failed(exc)
         self._retire(conn, reason, exc)
 
+    def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
+        """The core's hook for a connection it dropped (``reason`` one of its
+        verdicts): closed, and a replacement connected as needed."""
+        self._close_retired(conn, _core.REASONS[reason], exc)
+        self._wake_workers()
+
+    def _drop_unknown(self, conn: Any) -> None:
+        """Closes a connection dropped because something cut short what was
+        done with it (its state unknown)."""
+        self._close_retired(conn, "discarded", None)
+        self._wake_workers()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _set_sizes(self, min_size: int, max_size: int) -> int:
+        """The sizes of ``resize()``, checked and in force (the core's limits
+        and the connect demand); the new ``max_size``, down to which the
+        caller then closes idle connections (:meth:`_claim_over`)."""
+        lo, hi = check_sizes(min_size, max_size)
+        self._core.max_size = hi
+        self._core.min_size = lo
+        self._policy.min_size = lo
+        return hi
+
+    def _claim_over(self, keep: int) -> Iterator[Any]:
+        """The idle connections over ``keep`` (after a shrink), claimed and
+        retired, the longest idle first, for the caller to close."""
+        return self._claim_idle(lambda info: True, keep=keep)
+
+    def _claim_stale(self) -> Iterator[Any]:
+        """For ``drain()``: marks every connection made before now for
+        replacement, and claims and retires the idle ones, for the caller to
+        close (the borrowed ones are retired at their return)."""
+        generation = self._core.advance_generation()
+        return self._claim_idle(lambda info: info.generation < generation, keep=0)
+
+    def _open_enough(self) -> bool:
+        """Whether ``min_size`` connections are open, for ``wait()``."""
+        core = self._core
+        return bool(core.idle + core.in_use + core.claimed >= self._policy.min_size)
+
+    def _wait_left(self, deadline: float, timeout: float, fail_fast: bool) -> float:
+        """For ``wait()``, while fewer than ``min_size`` connections are open:
+        how long to sleep before looking again (a connect that ends wakes it
+        sooner). Raises :class:`ConnectionFailed` with ``fail_fast`` once a
+        connect has failed, :class:`PoolTimeout` past ``deadline``; both with
+        the last connection error as the cause."""
+        policy = self._policy
+        if fail_fast and policy.failing:
+            raise ConnectionFailed(f"pool {self.name!r}: could not connect") from policy.last_error
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            core = self._core
+            raise PoolTimeout(
+                f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
+                f"{policy.min_size} connections ready after {timeout:.3f} s"
+            ) from policy.last_error
+        return min(remaining, 0.5)
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(f"pool {self.name!r} is closed")
+
+    def _retry_pause(self, attempt: int, retries: int, backoff: float) -> float:
+        """For ``run()``: logs retry ``attempt`` of ``retries`` after a broken
+        connection; the seconds to sleep before it (``backoff``, doubling
+        with each attempt, with jitter)."""
+        self._log.info(
+            "pool %r: connection broke during run(), retry %d of %d",
+            self.name,
+            attempt,
+            retries,
+        )
+        return jitter(backoff * 2 ** (attempt - 1))
+
     def _on_abandon(self, slot: int) -> None:
         self._leases.pop(slot, None)
         self._policy.retired_one("abandoned", None)
@@ -364,6 +487,36 @@ class PoolShared:
         )
         self._emit("abandon", slot)
         self._wake_workers()
+
+    # ------------------------------------------------------------ connects
+
+    def _learn(self, conn: Any) -> None:
+        """What follows a connect that worked, before the connection joins the
+        pool: the reset plan, learnt from the first connection (unless the
+        settings gave one), and the connect event."""
+        if not self._reset_known:
+            self._reset_plan = self._settings.adapter.reset_for(conn)
+            self._reset_known = True
+            self._apply_hot_path()
+        self._emit("connect", conn)
+
+    def _fill(self, slot: int, conn: Any, took: float) -> bool | None:
+        """Puts a new connection, made in ``took`` seconds, into its reserved
+        slot, and counts it: True once it is in; None when the pool closed
+        meanwhile (the caller closes it, as ``"closed"``); False when the
+        core refused it (counted as a failed connect instead; the caller
+        closes it as a failed connect's)."""
+        policy = self._policy
+        policy.connected(took)
+        try:
+            self._core.fill(slot, conn, policy.lifetime())
+        except PoolClosed:
+            return None
+        except BaseException as exc:  # the core refused it after all
+            policy.not_connected(took)
+            self._connect_failed(slot, self._refused(conn, exc))
+            return False
+        return True
 
     # ------------------------------------------------------ failed connects
 
@@ -433,6 +586,61 @@ class PoolShared:
             except Exception:
                 self._log.exception("pool %r: reconnect_failed callback failed", self.name)
         self._emit("reconnect_failed")
+
+    # -------------------------------------------------------- maintenance
+
+    def _maintenance(self) -> Generator[Step, Any, None]:
+        """One pass of maintenance, as steps (:class:`Steps`): retires idle
+        connections past ``max_idle`` down to ``min_size`` (the longest idle
+        first), replaces connections ahead of their lifetime, checks idle
+        ones every ``keepalive`` seconds, reports leaks, and asks for the
+        connects that are missing."""
+        settings = self._settings
+        now = self._core.now()
+        if settings.max_idle:
+            max_idle = settings.max_idle
+            for conn in self._claim_idle(
+                lambda info: now - info.returned >= max_idle, keep=self._policy.min_size
+            ):
+                yield "_close_connection", (conn, "idle", None)
+        if settings.max_lifetime is not None:
+            yield from self._replacements(now)
+        if settings.keepalive is not None:
+            for index, conn in self._due_for_keepalive(now):
+                try:
+                    failure = yield "_vet", (conn, min(settings.timeout, 10.0))
+                except BaseException as exc:  # cut short (Ctrl-C, cancelled): not kept
+                    self._kept_alive(index, exc)
+                    yield "_close_on_the_way_out", (conn, "discarded")
+                    raise
+                reason = self._kept_alive(index, failure)
+                if reason is not None:
+                    yield "_close_connection", (conn, reason, failure)
+        if settings.leak_timeout is not None:
+            self._report_leaks(now)
+        self._wake_workers()
+
+    def _replacements(self, now: float) -> Generator[Step, Any, None]:
+        """Connects the replacements :meth:`_expiring` asks for, then retires
+        idle expiring connections, two a pass; when the pool is full
+        (``min_size == max_size``) it dips by one for one connect."""
+        core = self._core
+        deficit, idle = self._expiring(now)
+        while deficit > 0 and core.size < core.max_size:
+            slot = core.reserve()
+            if slot is None or not (yield "_connect_into", (slot,)):
+                return  # the database is away: keep the old ones meanwhile
+            deficit -= 1
+        for index in idle[:2]:
+            conn = core.claim(index)
+            if conn is None:
+                continue  # borrowed meanwhile: retired at its return or next hand-out
+            core.retire(index)
+            yield "_close_connection", (conn, "expired", None)
+            if core.size < self._policy.min_size or core.waiting:
+                slot = core.reserve()
+                if slot is not None:
+                    yield "_connect_into", (slot,)
 
     # -------------------------------------------------- maintenance choices
 
@@ -530,6 +738,41 @@ class PoolShared:
                 where,
             )
             self._emit("leak", {"slot": slot, "held": held, "stack": borrowed.stack})
+
+
+class Steps:
+    """Runs a generator of steps (:data:`Step`) for its pool::
+
+        steps = Steps(self._maintenance())
+        for name, args in steps:
+            try:
+                steps.result = getattr(self, name)(*args)  # or await it
+            except BaseException as exc:
+                steps.error = exc
+
+    The next step gets the generator's reply to the last one: its
+    :attr:`result` sent in, or its :attr:`error` thrown in (then raised
+    from the loop, unless the generator handles it)."""
+
+    __slots__ = ("_steps", "error", "result")
+
+    def __init__(self, steps: Generator[Step, Any, None]) -> None:
+        self._steps = steps
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Steps:
+        return self
+
+    def __next__(self) -> Step:
+        result, self.result = self.result, None
+        error, self.error = self.error, None
+        if error is None:
+            return self._steps.send(result)
+        try:
+            return self._steps.throw(error)
+        finally:
+            error = None  # held here, it would hold this frame in a cycle
 
 
 def describe(obj: Any, short: bool = False) -> str:

@@ -28,22 +28,19 @@ import functools
 import inspect
 import math
 import queue
-import random
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .. import _core
-from ..errors import ConnectionFailed, PoolClosed, PoolTimeout, UnusableConnection
-from .policy import Policy, make_core
+from ..errors import ConnectionFailed, PoolTimeout, UnusableConnection
+from .policy import jitter, make_core
 from .protocols import ConnT
 from .settings import (
     ClassSignature,
     Settings,
     check_run,
-    check_sizes,
     docstring_section,
     signature,
     take_keywords,
@@ -52,6 +49,7 @@ from .shared import (
     USER_CHECK_FLOOR,
     HotPath,
     PoolShared,
+    Steps,
     accepts_timeout,
     core_module_of,
     live_pools,
@@ -131,7 +129,7 @@ class PoolMethods(PoolShared, Generic[ConnT]):
         pool that could not start does not go on connecting in the
         background. (A direct :meth:`wait` leaves the pool open.)"""
         if self._core.closed:
-            raise PoolClosed(f"pool {self.name!r} is closed")
+            raise self._closed_error()
         if not self._started:
             with self._lock:
                 if not self._started and not self._core.closed:
@@ -148,23 +146,14 @@ class PoolMethods(PoolShared, Generic[ConnT]):
 
     def _start_threads(self) -> None:
         ref = weakref.ref(self)
-        for i in range(self._settings.num_workers):
+        roles = [(_connect_worker, f"connect-{i}") for i in range(self._settings.num_workers)]
+        roles.append((_maintenance_worker, "maintenance"))
+        for target, role in roles:
             self._threads.append(
                 threading.Thread(
-                    target=_connect_worker,
-                    args=(ref,),
-                    name=f"pypool-{self.name}-connect-{i}",
-                    daemon=True,
+                    target=target, args=(ref,), name=f"pypool-{self.name}-{role}", daemon=True
                 )
             )
-        self._threads.append(
-            threading.Thread(
-                target=_maintenance_worker,
-                args=(ref,),
-                name=f"pypool-{self.name}-maintenance",
-                daemon=True,
-            )
-        )
         for t in self._threads:
             t.start()
 
@@ -181,28 +170,16 @@ class PoolMethods(PoolShared, Generic[ConnT]):
         then, and so do the pools of :mod:`pypool.psycopg`.) To close on
         failure, use ``open(wait=True)``, or call :meth:`close`."""
         self.open()
-        policy = self._policy
         deadline = time.monotonic() + timeout
         bell = _Bell()
         try:
             self._ready.add(bell)  # rung by every connect that ends
             while True:
-                core = self._core
-                if core.closed:
-                    raise PoolClosed(f"pool {self.name!r} is closed")
-                if core.idle + core.in_use + core.claimed >= policy.min_size:
+                if self._core.closed:
+                    raise self._closed_error()
+                if self._open_enough():
                     return
-                if fail_fast and policy.failing:
-                    raise ConnectionFailed(
-                        f"pool {self.name!r}: could not connect"
-                    ) from policy.last_error
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise PoolTimeout(
-                        f"pool {self.name!r}: {core.idle + core.in_use} of min_size "
-                        f"{policy.min_size} connections ready after {timeout:.3f} s"
-                    ) from policy.last_error
-                bell.sleep(min(remaining, 0.5))
+                bell.sleep(self._wait_left(deadline, timeout, fail_fast))
         finally:
             self._ready.discard(bell)
 
@@ -251,21 +228,16 @@ class PoolMethods(PoolShared, Generic[ConnT]):
         demand (and at once up to ``min_size``); when shrinking, idle
         connections over ``max_size`` are closed now and borrowed ones when
         they are returned."""
-        lo, hi = check_sizes(min_size, max_size)
-        self._core.max_size = hi
-        self._core.min_size = lo
-        self._policy.min_size = lo
-        for conn in self._claim_idle(lambda info: True, keep=hi):
+        for conn in self._claim_over(self._set_sizes(min_size, max_size)):
             self._close_connection(conn, "shrunk", None)
-        if lo:
+        if self._policy.min_size:
             self.open()
         self._wake_workers()
 
     def drain(self) -> None:
         """Replaces every connection: idle ones now, borrowed ones when they
         are returned. New ones are made as needed (and up to ``min_size``)."""
-        generation = self._core.advance_generation()
-        for conn in self._claim_idle(lambda info: info.generation < generation, keep=0):
+        for conn in self._claim_stale():
             self._close_connection(conn, "drained", None)
         self._wake_workers()
 
@@ -328,13 +300,7 @@ class PoolMethods(PoolShared, Generic[ConnT]):
                     if attempt >= retries:
                         raise
             attempt += 1
-            self._log.info(
-                "pool %r: connection broke during run(), retry %d of %d",
-                self.name,
-                attempt,
-                retries,
-            )
-            time.sleep(backoff * 2 ** (attempt - 1) * (0.5 + 0.5 * random.random()))
+            time.sleep(self._retry_pause(attempt, retries, backoff))
 
     def _is_broken(self, conn: Any, exc: BaseException) -> bool:
         try:
@@ -388,15 +354,15 @@ class PoolMethods(PoolShared, Generic[ConnT]):
         if stop():  # it answered just as its socket was shut: unusable all the same
             raise UnusableConnection(f"check not done within {timeout:.3f} s")
 
-    def _retire(self, conn: Any, reason: int, exc: BaseException | None) -> None:
-        self._close_connection(conn, _core.REASONS[reason], exc)
-        self._wake_workers()
+    def _close_retired(self, conn: Any, reason: str, exc: BaseException | None) -> None:
+        """Closes a connection the core dropped (:meth:`PoolShared._retire`):
+        here, at once."""
+        self._close_connection(conn, reason, exc)
 
-    def _drop_unknown(self, conn: Any) -> None:
-        """Closes a connection dropped because something cut short what was
-        done with it (its state unknown)."""
-        self._close_connection(conn, "discarded", None)
-        self._wake_workers()
+    def _close_on_the_way_out(self, conn: Any, reason: str) -> None:
+        """Closes a connection dropped by what was cut short (a Ctrl-C in a
+        check): in a thread, as any other."""
+        self._close_connection(conn, reason, None)
 
     def _on_wait(self) -> None:
         if not self._started:
@@ -421,7 +387,6 @@ class PoolMethods(PoolShared, Generic[ConnT]):
         (None, a coroutine, a connection already in the pool), fails this
         connect, which is counted, logged and retried with backoff."""
         settings = self._settings
-        core = self._core
         started = time.monotonic()
         conn = None
         try:
@@ -429,30 +394,19 @@ class PoolMethods(PoolShared, Generic[ConnT]):
             self._refuse_new(conn, sync=True)
             if settings.configure is not None:
                 settings.configure(conn)
-            if not self._reset_known:
-                self._reset_plan = settings.adapter.reset_for(conn)
-                self._reset_known = True
-                self._apply_hot_path()
-            self._emit("connect", conn)
+            self._learn(conn)
         except BaseException as exc:
             self._connect_failed(slot, exc)
             self._close_new(conn)
             self._tell_ready()
             return False
-        took = time.monotonic() - started
-        self._policy.connected(took)
-        try:
-            core.fill(slot, conn, self._policy.lifetime())
-        except PoolClosed:
+        filled = self._fill(slot, conn, time.monotonic() - started)
+        if filled is None:  # the pool closed meanwhile
             self._close_connection(conn, "closed", None)
-        except BaseException as exc:  # the core refused it after all
-            self._policy.not_connected(took)
-            self._connect_failed(slot, self._refused(conn, exc))
+        elif not filled:
             self._close_new(conn)
-            self._tell_ready()
-            return False
         self._tell_ready()
-        return True
+        return filled is not False
 
     def _close_new(self, conn: Any) -> None:
         """Closes a connection a failed connect made, unless it is not one or
@@ -483,53 +437,14 @@ class PoolMethods(PoolShared, Generic[ConnT]):
     # -------------------------------------------------------- maintenance
 
     def _maintain(self) -> None:
-        """One pass of the maintenance thread."""
-        settings = self._settings
-        now = self._core.now()
-        if settings.max_idle:
-            max_idle = settings.max_idle
-            for conn in self._claim_idle(
-                lambda info: now - info.returned >= max_idle, keep=self._policy.min_size
-            ):
-                self._close_connection(conn, "idle", None)
-        if settings.max_lifetime is not None:
-            self._replace_expiring(now)
-        if settings.keepalive is not None:
-            for index, conn in self._due_for_keepalive(now):
-                try:
-                    failure = self._vet(conn, min(settings.timeout, 10.0))
-                except BaseException as exc:  # its state is unknown: not kept
-                    self._kept_alive(index, exc)
-                    self._close_connection(conn, "discarded", None)
-                    raise
-                reason = self._kept_alive(index, failure)
-                if reason is not None:
-                    self._close_connection(conn, reason, failure)
-        if settings.leak_timeout is not None:
-            self._report_leaks(now)
-        self._wake_workers()
-
-    def _replace_expiring(self, now: float) -> None:
-        """Connects the replacements :meth:`_expiring` asks for, then retires
-        idle expiring connections, two a pass; when the pool is full
-        (``min_size == max_size``) it dips by one for one connect."""
-        core = self._core
-        deficit, idle = self._expiring(now)
-        while deficit > 0 and core.size < core.max_size:
-            slot = core.reserve()
-            if slot is None or not self._connect_into(slot):
-                return  # the database is away: keep the old ones meanwhile
-            deficit -= 1
-        for index in idle[:2]:
-            conn = core.claim(index)
-            if conn is None:
-                continue  # borrowed meanwhile: retired at its return or next hand-out
-            core.retire(index)
-            self._close_connection(conn, "expired", None)
-            if core.size < self._policy.min_size or core.waiting:
-                slot = core.reserve()
-                if slot is not None:
-                    self._connect_into(slot)
+        """One pass of the maintenance thread: the steps of
+        :meth:`PoolShared._maintenance`, each called in turn."""
+        steps = Steps(self._maintenance())
+        for name, args in steps:
+            try:
+                steps.result = getattr(self, name)(*args)
+            except BaseException as exc:
+                steps.error = exc
 
     # --------------------------------------------------------------- fork
 
@@ -539,22 +454,8 @@ class PoolMethods(PoolShared, Generic[ConnT]):
         closing = self._closing
         self._fresh_threading()
         self._closing = closing
-        min_size = self._policy.min_size
-        self._policy = Policy(self._settings, self._core, self._log)  # fresh counters
-        self._policy.min_size = min_size
-        self._leaks = 0
-        self._leases = {}  # the parent's borrowers are not this process's
-        self._last_check = {}
+        self._forget_parent()
         self._in_check = {}  # the parent's check threads are not this process's
-
-    def __repr__(self) -> str:
-        core = self._core
-        state = "closed" if core.closed else "open"
-        return (
-            f"<pypool.Pool {self.name!r} {state} core={self.core} "
-            f"size={core.size}/{core.max_size} min={self._policy.min_size} "
-            f"idle={core.idle} in_use={core.in_use} waiting={core.waiting}>"
-        )
 
 
 # ------------------------------------------------------------------ threads
@@ -630,7 +531,7 @@ def _connect_worker(ref: weakref.ref[Any]) -> None:
         del pool
         # Sleep out the backoff whatever the demand (waiters would ring the
         # wake bell at once); only close() cuts it short.
-        if stop.wait(backoff * (0.5 + 0.5 * random.random())):
+        if stop.wait(jitter(backoff)):
             return
 
 
