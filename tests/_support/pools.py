@@ -8,7 +8,7 @@ pool's. Everything else (``stats()``, ``size``, ``add_listener``...) is the
 pool's own. The fakes are :class:`~_support.fakes.Factory` and
 :class:`~_support.fakes.FakeAdapter` for ``Pool``, their asyncio twins for
 ``AsyncPool``; both kinds of fake connection have ``serial``, ``closed``,
-``closes``, ``rollbacks``, ``checks`` and ``fail_check``.
+``closes``, ``rollbacks``, ``checks``, ``fail_reset`` and ``fail_check``.
 
 A sync pool's scenario runs on an event loop too: a blocking call blocks it,
 which is what a sync caller does; concurrent actors go through
