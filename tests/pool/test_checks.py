@@ -20,22 +20,9 @@ import pytest
 
 import pypool.asyncpg
 from _support.events import C, Recorder
-from _support.pools import Facade, Pools, each_pool
+from _support.pools import Pools, each_pool, retired, take
 from _support.waiting import eventually
 from pypool import stats
-
-
-def retired(pool: Facade) -> dict[str, int]:
-    """Connections the pool closed, by reason."""
-    return dict(pool.stats()[stats.RETIRED])
-
-
-async def take(pool: Facade, timeout: float = 2.0) -> Any:
-    """acquire(), and the pool never hands out a closed connection."""
-    conn = await pool.acquire(timeout)
-    assert not conn.closed, f"{conn!r} was handed out after it was closed"
-    return conn
-
 
 # ------------------------------------------------------------------ keepalive
 
@@ -235,10 +222,7 @@ async def test_reset_failure_discards_and_closes(pools: Pools) -> None:
     bad = await take(pool)
     bad.fail_reset = True
     await pool.release(bad)
-    if pools.is_async:
-        # AsyncPool closes a retired connection in a task of its own (its
-        # close is a coroutine): soon after release() returns, not by then.
-        assert await eventually(lambda: bad.closed)
+    assert await pools.closed_by_now(bad)
     assert bad.rollbacks == 1 and bad.closes == 1
     assert pool.size == 0 and pool.in_use == 0
     assert retired(pool).get("reset_failed") == 1
@@ -257,10 +241,7 @@ async def test_lost_connection_refilled_to_min_size(pools: Pools) -> None:
     bad = await take(pool)
     bad.fail_reset = True
     await pool.release(bad)
-    if pools.is_async:
-        # closed by a task of its own, as above
-        assert await eventually(lambda: bad.closed)
-    assert bad.closed
+    assert await pools.closed_by_now(bad)
     assert await eventually(lambda: pool.idle == 2)
     assert factory.calls == 3 and pool.size == 2
 

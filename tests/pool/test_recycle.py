@@ -17,27 +17,15 @@ from typing import Any
 import pytest
 
 from _support.events import C, Recorder
-from _support.pools import Facade, Pools, each_pool
+from _support.pools import Facade, Pools, each_pool, retired, take
 from _support.waiting import eventually
 from pypool import stats
-
-
-def retired(pool: Facade) -> dict[str, int]:
-    """Connections the pool closed, by reason."""
-    return dict(pool.stats()[stats.RETIRED])
 
 
 def open_count(pool: Facade) -> int:
     """Connections open now: idle, borrowed, or claimed by maintenance."""
     s = pool.stats()[stats.COUNT]
     return int(s["idle"] + s["used"])
-
-
-async def take(pool: Facade, timeout: float = 2.0) -> Any:
-    """acquire(), and the pool never hands out a closed connection."""
-    conn = await pool.acquire(timeout)
-    assert not conn.closed, f"{conn!r} was handed out after it was closed"
-    return conn
 
 
 def without_maintenance(pools: Pools, pool: Facade) -> None:
@@ -71,10 +59,7 @@ async def test_max_lifetime_at_hand_out(pools: Pools) -> None:
     assert not old.closed  # nothing closed it ahead of time
     new = await take(pool)
     assert new is not old
-    if pools.is_async:
-        # AsyncPool closes a retired connection in a task of its own (its
-        # close is a coroutine): soon after acquire() returns, not by then.
-        assert await eventually(lambda: old.closed)
+    assert await pools.closed_by_now(old)
     assert old.closes == 1
     assert retired(pool) == {"expired": 1}
     await pool.release(new)
@@ -133,9 +118,7 @@ async def test_max_lifetime_at_return(pools: Pools) -> None:
     conn = await take(pool)
     await asyncio.sleep(0.25)
     await pool.release(conn)
-    if pools.is_async:
-        # closed by a task of its own, as above
-        assert await eventually(lambda: conn.closed)
+    assert await pools.closed_by_now(conn)
     assert conn.closes == 1 and pool.size == 0 and pool.idle == 0
 
 
@@ -165,10 +148,7 @@ async def test_max_uses(pools: Pools) -> None:
         served.append(conn)
         await pool.release(conn)
         if i % 3 == 2:  # retired on its third return
-            if pools.is_async:
-                # AsyncPool closes a retired connection in a task of its own
-                # (its close is a coroutine): soon after release() returns.
-                assert await eventually(lambda c=conn: c.closed)
+            assert await pools.closed_by_now(conn)
             assert conn.closes == 1
             assert pool.size == 0
     a, b, c = factory.conns
@@ -195,9 +175,7 @@ async def test_max_idle_at_hand_out(pools: Pools) -> None:
     assert not conn.closed
     new = await take(pool)
     assert new is not conn
-    if pools.is_async:
-        # closed by a task of its own, as above
-        assert await eventually(lambda: conn.closed)
+    assert await pools.closed_by_now(conn)
     assert conn.closes == 1
     assert retired(pool) == {"idle": 1}
     await pool.release(new)
