@@ -42,6 +42,18 @@ def without_maintenance(pools: Pools, pool: Facade) -> None:
     pool.raw._maintain = async_pass if pools.is_async else sync_pass
 
 
+async def retired_at_hand_out(pools: Pools, pool: Facade, old: Any, reason: str) -> None:
+    """``old``, idle and not closed yet (nothing closed it ahead of time), is
+    retired for ``reason`` by the next hand-out, which gets a new one."""
+    assert not old.closed
+    new = await take(pool)
+    assert new is not old
+    assert await pools.closed_by_now(old)
+    assert old.closes == 1
+    assert retired(pool) == {reason: 1}
+    await pool.release(new)
+
+
 # ------------------------------------------------------------------ lifetime
 
 
@@ -56,13 +68,7 @@ async def test_max_lifetime_at_hand_out(pools: Pools) -> None:
     await pool.release(old)
     assert not old.closed
     await asyncio.sleep(0.25)
-    assert not old.closed  # nothing closed it ahead of time
-    new = await take(pool)
-    assert new is not old
-    assert await pools.closed_by_now(old)
-    assert old.closes == 1
-    assert retired(pool) == {"expired": 1}
-    await pool.release(new)
+    await retired_at_hand_out(pools, pool, old, "expired")
 
 
 @pytest.mark.timeout(30)
@@ -172,13 +178,7 @@ async def test_max_idle_at_hand_out(pools: Pools) -> None:
         assert await take(pool) is conn
         await pool.release(conn)
     await asyncio.sleep(0.15)
-    assert not conn.closed
-    new = await take(pool)
-    assert new is not conn
-    assert await pools.closed_by_now(conn)
-    assert conn.closes == 1
-    assert retired(pool) == {"idle": 1}
-    await pool.release(new)
+    await retired_at_hand_out(pools, pool, conn, "idle")
 
 
 @pytest.mark.timeout(30)
