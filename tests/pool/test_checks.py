@@ -55,7 +55,7 @@ async def test_keepalive_replaces_an_idle_connection_that_fails_its_check(pools:
 @pytest.mark.timeout(30)
 @each_pool
 async def test_keepalive_period_and_check_callable(pools: Pools) -> None:
-    keepalive = 0.15
+    keepalive = 0.08
     checked: list[tuple[int, float]] = []
 
     # AsyncPool takes a coroutine function as check= (tested here); Pool
@@ -101,7 +101,7 @@ async def test_keepalive_period_and_check_callable(pools: Pools) -> None:
 @each_pool
 async def test_keepalive_none_never_checks(pools: Pools) -> None:
     # max_idle makes maintenance run often; min_size keeps one connection.
-    pool, factory = pools.make(min_size=1, max_size=2, max_idle=0.2, keepalive=None)
+    pool, factory = pools.make(min_size=1, max_size=2, max_idle=0.1, keepalive=None)
     rec = Recorder(pool, ("close",))
     a = await pool.acquire()
     b = await pool.acquire()
@@ -109,7 +109,7 @@ async def test_keepalive_none_never_checks(pools: Pools) -> None:
     await pool.release(b)
     assert await eventually(lambda: len(rec.of("close")) == 1)  # maintenance ran
     assert rec.of("close")[0][1] == "idle"
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.15)
     assert [c.checks for c in factory.conns] == [0] * factory.made
 
 

@@ -60,14 +60,14 @@ async def retired_at_hand_out(pools: Pools, pool: Facade, old: Any, reason: str)
 @pytest.mark.timeout(30)
 @each_pool
 async def test_max_lifetime_at_hand_out(pools: Pools) -> None:
-    pool, _ = pools.make(max_lifetime=0.2, max_size=1)
+    pool, _ = pools.make(max_lifetime=0.1, max_size=1)
     without_maintenance(pools, pool)
     old = await take(pool)
     await pool.release(old)
     assert await take(pool) is old  # young enough: handed out again
     await pool.release(old)
     assert not old.closed
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.15)
     await retired_at_hand_out(pools, pool, old, "expired")
 
 
@@ -77,7 +77,7 @@ async def test_max_lifetime_replaced_ahead_by_maintenance(pools: Pools) -> None:
     """An idle connection near the end of its lifetime is replaced without a
     caller, and its replacement is connected first: the pool never drops
     below min_size."""
-    pool, factory = pools.make(min_size=1, max_size=2, max_lifetime=0.4)
+    pool, factory = pools.make(min_size=1, max_size=2, max_lifetime=0.25)
     log: list[tuple[Any, ...]] = []
     pool.add_listener("connect", lambda p, conn: log.append(("connect", conn.serial)))
     pool.add_listener(
@@ -104,7 +104,7 @@ async def test_max_lifetime_replaced_ahead_by_maintenance(pools: Pools) -> None:
 @pytest.mark.timeout(30)
 @each_pool
 async def test_expired_idle_connection_retired_by_maintenance(pools: Pools) -> None:
-    pool, factory = pools.make(max_size=1, max_lifetime=0.3)
+    pool, factory = pools.make(max_size=1, max_lifetime=0.15)
     rec = Recorder(pool, ("close",))
     conn = await pool.acquire()
     await pool.release(conn)
@@ -120,9 +120,9 @@ async def test_expired_idle_connection_retired_by_maintenance(pools: Pools) -> N
 @pytest.mark.timeout(30)
 @each_pool
 async def test_max_lifetime_at_return(pools: Pools) -> None:
-    pool, _ = pools.make(max_lifetime=0.2, max_size=1)
+    pool, _ = pools.make(max_lifetime=0.1, max_size=1)
     conn = await take(pool)
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.15)
     await pool.release(conn)
     assert await pools.closed_by_now(conn)
     assert conn.closes == 1 and pool.size == 0 and pool.idle == 0
@@ -133,9 +133,9 @@ async def test_max_lifetime_at_return(pools: Pools) -> None:
 async def test_borrowed_connection_replaced_ahead_of_expiry(pools: Pools) -> None:
     """A connection that expires in a borrower's hands is replaced ahead of
     its return: the pool keeps min_size open meanwhile."""
-    pool, _ = await pools.open(min_size=2, max_size=4, max_lifetime=0.3)
+    pool, _ = await pools.open(min_size=2, max_size=4, max_lifetime=0.2)
     conn = await pool.acquire()
-    await asyncio.sleep(0.4)  # borrowed past its lifetime
+    await asyncio.sleep(0.25)  # borrowed past its lifetime
     await pool.release(conn)  # expired: retired now
     assert retired(pool).get("expired", 0) >= 1
     assert pool.size >= 2 and open_count(pool) >= 2, pool
@@ -190,7 +190,7 @@ async def test_max_idle_retired_by_maintenance_down_to_min_size(pools: Pools) ->
     for conn in held:
         await pool.release(conn)
     assert await eventually(lambda: pool.size == 1)  # no caller needed
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.15)
     assert pool.size == 1 and pool.idle == 1  # min_size stays
     assert sum(c.closed for c in held) == 2
     assert factory.made == 3
