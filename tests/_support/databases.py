@@ -1,5 +1,6 @@
 """Where the test databases are, for tests that need more than the ``dsn``
-fixture of ``conftest.py``.
+fixture of ``conftest.py``, and :func:`pools_on`, which makes the pools over
+them and closes them.
 
 MariaDB (or MySQL) comes from ``PYPOOL_TEST_MYSQL``, a
 ``mysql://user:password@host:port/db`` URL (default: root, no password, on
@@ -8,14 +9,19 @@ MariaDB (or MySQL) comes from ``PYPOOL_TEST_MYSQL``, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
-__all__ = ["DEFAULT_MYSQL", "mysql_params"]
+from pypool import Pool
+
+__all__ = ["DEFAULT_MYSQL", "mysql_params", "pools_on"]
 
 DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
 
@@ -47,3 +53,24 @@ def mysql_params() -> dict[str, Any]:
             pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the database {shown} is unusable: {problem}")
         pytest.skip(f"database {shown} unusable: {problem}")
     return params
+
+
+@contextlib.contextmanager
+def pools_on(core: ModuleType) -> Iterator[Callable[..., Any]]:
+    """``with pools_on(core) as make:`` ``make(factory, **kw)`` is a
+    ``pypool.Pool`` on ``core`` over ``factory`` (a real driver's), with a
+    10 s timeout unless ``kw`` says otherwise; every pool made is closed
+    (within 5 s) when the block ends."""
+    made: list[Any] = []
+
+    def make(factory: Callable[[], Any], **kw: Any) -> Any:
+        kw.setdefault("timeout", 10.0)
+        pool = Pool.with_core(core)(factory, **kw)
+        made.append(pool)
+        return pool
+
+    try:
+        yield make
+    finally:
+        for pool in made:
+            pool.close(timeout=5.0)

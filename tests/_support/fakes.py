@@ -193,18 +193,23 @@ class Factory:
 
 class AsyncFakeConn:
     """An asyncio connection that counts what is done to it: async rollback
-    (the generic reset), ping and close."""
+    (the generic reset), ping and close. ``fail_reset`` makes ``rollback()``
+    raise, ``fail_check`` makes :class:`AsyncFakeAdapter` find it broken, as
+    for :class:`FakeConn`."""
 
     def __init__(self, serial: int | None = None) -> None:
         self.serial = next(_serials) if serial is None else serial
         self.rollbacks = 0
         self.checks = 0
         self.closes = 0
+        self.fail_reset = False
         self.fail_check = False
 
     async def rollback(self) -> None:
         await asyncio.sleep(0)
         self.rollbacks += 1
+        if self.fail_reset:
+            raise FakeError(f"conn {self.serial}: rollback failed")
 
     async def ping(self) -> None:
         await asyncio.sleep(0)

@@ -8,11 +8,15 @@ pool's. Everything else (``stats()``, ``size``, ``add_listener``...) is the
 pool's own. The fakes are :class:`~_support.fakes.Factory` and
 :class:`~_support.fakes.FakeAdapter` for ``Pool``, their asyncio twins for
 ``AsyncPool``; both kinds of fake connection have ``serial``, ``closed``,
-``closes``, ``rollbacks``, ``checks`` and ``fail_check``.
+``closes``, ``rollbacks``, ``checks``, ``fail_reset`` and ``fail_check``.
 
 A sync pool's scenario runs on an event loop too: a blocking call blocks it,
 which is what a sync caller does; concurrent actors go through
 :meth:`Pools.spawn` (a thread for ``Pool``, a task for ``AsyncPool``).
+
+:func:`take` (acquire, never a closed connection), :func:`retired` (the
+closes by reason) and :meth:`Pools.closed_by_now` (a retired connection is
+closed, by the time each flavour closes it) serve the scenarios.
 
 :func:`each_pool` turns a scenario into a test over {native, python} x
 {sync, async}; the scenario receives a :class:`Pools`::
@@ -40,7 +44,8 @@ import pytest
 
 from _support.cores import PYTHON_MODULE, import_native_core
 from _support.fakes import AsyncFactory, AsyncFakeAdapter, Factory, FakeAdapter
-from pypool import AsyncPool, Pool
+from _support.waiting import eventually
+from pypool import AsyncPool, Pool, stats
 
 CORES = ("native", "python")
 FLAVOURS = ("sync", "async")
@@ -57,6 +62,19 @@ async def maybe(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+async def take(pool: Facade, timeout: float = 2.0) -> Any:
+    """``await pool.acquire(timeout)``, and the pool never hands out a
+    closed connection."""
+    conn = await pool.acquire(timeout)
+    assert not conn.closed, f"{conn!r} was handed out after it was closed"
+    return conn
+
+
+def retired(pool: Facade) -> dict[str, int]:
+    """Connections the pool closed, by reason."""
+    return dict(pool.stats()[stats.RETIRED])
 
 
 class Facade:
@@ -135,6 +153,14 @@ class Pools:
         if self.is_async:
             return asyncio.ensure_future(fn(*args))
         return asyncio.ensure_future(asyncio.to_thread(asyncio.run, fn(*args)))  # type: ignore[arg-type]
+
+    async def closed_by_now(self, conn: Any) -> bool:
+        """Whether ``conn``, just retired, is closed. ``Pool`` closes it
+        before the call that retired it returns; ``AsyncPool`` in a task of
+        its own (its close is a coroutine), soon after: that is waited for."""
+        if self.is_async:
+            return await eventually(lambda: conn.closed)
+        return bool(conn.closed)
 
     async def close_all(self) -> None:
         for pool in self.made:

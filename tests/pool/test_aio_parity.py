@@ -1,13 +1,13 @@
 """``pypool.AsyncPool`` does what ``pypool.Pool`` does, on both cores:
-events (``add_listener``), ``discard``, ``leak_timeout``, ``keepalive``,
-replacement ahead of ``max_lifetime``, ``max_idle``, ``resize`` and
+events (``add_listener``), ``discard``, ``leak_timeout``, ``resize`` and
 ``drain``; the sync twins of these tests are in test_observability.py,
-test_pool.py and test_health.py.
+test_pool.py and test_health.py. ``keepalive``, ``max_lifetime`` and
+``max_idle`` are tested on both pools at once in test_checks.py and
+test_recycle.py.
 
-Fake asyncio connections serve every test but one (marker ``db``): a
-keepalive check on asyncpg finds a backend terminated from another session.
-Tests are plain functions that drive their coroutine with the ``run``
-fixture, which closes every pool the test made before the loop ends.
+Fake asyncio connections serve every test. Tests are plain functions that
+drive their coroutine with the ``run`` fixture, which closes every pool the
+test made before the loop ends.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import Any
 
 import pytest
 
-import pypool
-import pypool.asyncpg
 from _support.fakes import AsyncFactory, AsyncFakeAdapter, AsyncFakeConn, FakeError
 from _support.waiting import eventually
 from pypool import AsyncPool, Pool, stats
@@ -503,207 +501,6 @@ def test_no_leak_reports_without_leak_timeout(make: Any, run: Any) -> None:
         assert rec.of("leak") == []
         assert pool.stats()[stats.LEAKS] == 0
         await pool.release(held)
-
-    run(main)
-
-
-# ------------------------------------------------------------------ keepalive
-
-
-@pytest.mark.timeout(30)
-def test_keepalive_replaces_an_idle_connection_that_fails_its_check(make: Any, run: Any) -> None:
-    async def main() -> None:
-        pool, factory = make(min_size=1, max_size=1, keepalive=0.1, check_after=None)
-        rec = Recorder(pool, ("close",))
-        await pool.open(wait=True, timeout=5)
-        first = factory.conns[0]
-        assert await eventually(lambda: first.checks >= 1)  # the adapter's check
-        assert not first.closed
-        assert await eventually(lambda: pool.idle == 1)
-        assert retired(pool) == {}
-
-        first.fail_check = True
-        assert await eventually(lambda: first.closed)
-        assert first.closes == 1
-        assert rec.of("close") == [(C(first), "check")]
-        assert retired(pool) == {"check": 1}
-        assert pool.stats()[stats.LOST] == 1
-        assert await eventually(lambda: pool.idle == 1 and factory.made == 2)
-        second = factory.conns[1]
-        async with pool.connection() as conn:
-            assert conn is second
-            assert not conn.closed
-
-    run(main)
-
-
-@pytest.mark.timeout(30)
-def test_keepalive_period_and_async_check_callable(make: Any, run: Any) -> None:
-    keepalive = 0.15
-    checked: list[tuple[int, float]] = []
-
-    async def check(conn: AsyncFakeConn) -> None:
-        checked.append((conn.serial, time.monotonic()))
-        await asyncio.sleep(0)
-
-    async def main() -> None:
-        pool, factory = make(
-            min_size=1, max_size=1, keepalive=keepalive, check=check, check_after=None
-        )
-        rec = Recorder(pool, ("close",))
-        await pool.open(wait=True, timeout=5)
-        held = await pool.acquire()
-        checked.clear()
-        await asyncio.sleep(3 * keepalive)  # a borrowed connection is never checked
-        assert checked == []
-        released_at = time.monotonic()
-        await pool.release(held)
-
-        assert await eventually(lambda: len(checked) >= 3)
-        times = [t for _, t in checked[:3]]
-        assert {serial for serial, _ in checked} == {held.serial}
-        # unused for keepalive seconds first, then once a period at most
-        assert times[0] - released_at >= keepalive * 0.9, times[0] - released_at
-        assert times[1] - times[0] >= keepalive * 0.9, times
-        assert times[2] - times[1] >= keepalive * 0.9, times
-        assert held.checks == 0, "check= replaces the adapter's check"
-        assert not held.closed and factory.made == 1
-        assert rec.of("close") == [] and retired(pool) == {}
-        async with pool.connection() as conn:
-            assert conn is held
-
-    run(main)
-
-
-@pytest.mark.timeout(30)
-def test_keepalive_none_never_checks(make: Any, run: Any) -> None:
-    async def main() -> None:
-        # max_idle makes maintenance run often; min_size keeps one connection.
-        pool, factory = make(min_size=1, max_size=2, max_idle=0.2, keepalive=None)
-        rec = Recorder(pool, ("close",))
-        a = await pool.acquire()
-        b = await pool.acquire()
-        await pool.release(a)
-        await pool.release(b)
-        assert await eventually(lambda: len(rec.of("close")) == 1)  # maintenance ran
-        assert rec.of("close")[0][1] == "idle"
-        await asyncio.sleep(0.3)
-        assert [c.checks for c in factory.conns] == [0] * factory.made
-
-    run(main)
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_keepalive_replaces_a_terminated_asyncpg_connection(make: Any, run: Any, dsn: str) -> None:
-    asyncpg = pytest.importorskip("asyncpg")
-
-    async def main() -> None:
-        pool, _ = make(
-            lambda: asyncpg.connect(dsn),
-            adapter=pypool.asyncpg,
-            min_size=1,
-            max_size=1,
-            keepalive=0.2,
-            check_after=None,
-        )
-        closed: list[tuple[Any, str]] = []
-        pool.add_listener("close", lambda p, conn, reason: closed.append((conn, reason)))
-        await pool.open(wait=True, timeout=10)
-        old = await pool.acquire()
-        old_pid = await old.fetchval("SELECT pg_backend_pid()")
-        await pool.release(old)
-        admin = await asyncpg.connect(dsn)
-        try:
-            assert await admin.fetchval("SELECT pg_terminate_backend($1)", old_pid)
-            assert await eventually(lambda: retired(pool).get("check") == 1, 15.0), retired(pool)
-            assert closed == [(old, "check")]
-            assert old.is_closed()
-            assert await eventually(lambda: pool.idle == 1, 10.0)
-            async with pool.connection(timeout=5) as conn:  # no check at hand-out
-                assert conn is not old
-                new_pid = await conn.fetchval("SELECT pg_backend_pid()")
-                assert new_pid != old_pid
-            alive = await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", old_pid
-            )
-            assert alive == 0
-            assert retired(pool) == {"check": 1}
-        finally:
-            await admin.close()
-
-    run(main)
-
-
-# ------------------------------------------------------------------ lifetime, idle
-
-
-@pytest.mark.timeout(30)
-def test_max_lifetime_replaced_ahead_by_maintenance(make: Any, run: Any) -> None:
-    """An idle connection near the end of its lifetime is replaced without a
-    caller, and its replacement is connected first: the pool never drops
-    below min_size."""
-
-    async def main() -> None:
-        pool, factory = make(min_size=1, max_size=2, max_lifetime=0.4)
-        log: list[tuple[Any, ...]] = []
-        pool.add_listener("connect", lambda p, conn: log.append(("connect", conn.serial)))
-        pool.add_listener(
-            "close",
-            lambda p, conn, reason: log.append(("close", conn.serial, reason, p.idle + p.in_use)),
-        )
-        await pool.open(wait=True, timeout=5)
-        old = factory.conns[0]
-        assert await eventually(lambda: old.closed)
-        assert old.closes == 1
-        closes = [e for e in log if e[0] == "close" and e[1] == old.serial]
-        assert len(closes) == 1
-        _, _, reason, open_then = closes[0]
-        assert reason == "expired"
-        assert open_then >= 1, f"below min_size when the old one closed: {log}"
-        assert ("connect", 1) in log
-        assert log.index(("connect", 1)) < log.index(closes[0]), log
-        assert retired(pool).get("expired", 0) >= 1
-        assert await eventually(lambda: pool.idle >= 1)
-        async with pool.connection() as conn:
-            assert conn is not old and not conn.closed
-
-    run(main)
-
-
-@pytest.mark.timeout(30)
-def test_expired_idle_connection_retired_by_maintenance(make: Any, run: Any) -> None:
-    async def main() -> None:
-        pool, factory = make(max_size=1, max_lifetime=0.3)
-        rec = Recorder(pool, ("close",))
-        conn = await pool.acquire()
-        await pool.release(conn)
-        assert await eventually(lambda: conn.closed)  # no caller needed
-        assert rec.of("close") == [(C(conn), "expired")]
-        assert retired(pool) == {"expired": 1}
-        assert pool.size == 0 and factory.made == 1  # no min_size: not replaced
-        again = await pool.acquire()
-        assert again is not conn
-        await pool.release(again)
-
-    run(main)
-
-
-@pytest.mark.timeout(30)
-def test_max_idle_retired_by_maintenance_down_to_min_size(make: Any, run: Any) -> None:
-    async def main() -> None:
-        pool, factory = make(max_idle=0.1, min_size=1, max_size=3)
-        rec = Recorder(pool, ("close",))
-        held = [await pool.acquire() for _ in range(3)]
-        for conn in held:
-            await pool.release(conn)
-        assert await eventually(lambda: pool.size == 1)  # no caller needed
-        await asyncio.sleep(0.2)
-        assert pool.size == 1 and pool.idle == 1  # min_size stays
-        assert sum(c.closed for c in held) == 2
-        assert factory.made == 3
-        assert retired(pool) == {"idle": 2}
-        assert [reason for _, reason in rec.of("close")] == ["idle", "idle"]
 
     run(main)
 

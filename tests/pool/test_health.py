@@ -21,13 +21,14 @@ import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 
+from _support import databases
 from _support.blackhole import BlackHoleProxy
 from _support.waiting import wait_until
-from pypool import Pool, stats
+from pypool import stats
 from pypool.dbapi import connect_factory
 from pypool.errors import ConnectionFailed, PoolTimeout
 from pypool.pool.shared import maintenance_interval as _maintenance_interval
@@ -35,8 +36,6 @@ from pypool.pool.shared import maintenance_interval as _maintenance_interval
 psycopg = pytest.importorskip("psycopg")
 
 pytestmark = pytest.mark.db
-
-DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
 
 
 # ------------------------------------------------------------------ helpers
@@ -72,17 +71,8 @@ def dsn_with(dsn: str, **params: Any) -> str:
 @pytest.fixture
 def pools(core_module: ModuleType) -> Iterator[Callable[..., Any]]:
     """``make(factory, **kw)``: a Pool on the core under test, closed at the end."""
-    made: list[Any] = []
-
-    def make(factory: Callable[[], Any], **kw: Any) -> Any:
-        kw.setdefault("timeout", 10.0)
-        pool = Pool.with_core(core_module)(factory, **kw)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close(timeout=5.0)
+    with databases.pools_on(core_module) as make:
+        yield make
 
 
 @pytest.fixture
@@ -162,19 +152,6 @@ def test_idle_connections_retired_down_to_min_size(pg_pool: Any, admin: Any) -> 
 
 
 @pytest.mark.timeout(30)
-def test_connections_kept_for_min_size_are_handed_out(pg_pool: Any) -> None:
-    pool = pg_pool(min_size=1, max_size=3, max_idle=0.3)
-    pool.wait(5.0)
-    with pool.connection() as conn:
-        kept = pid(conn)
-    time.sleep(0.8)  # idle past max_idle; maintenance keeps it for min_size
-    assert pool.size == 1
-    with pool.connection() as conn:
-        assert pid(conn) == kept
-    assert pool.stats()[stats.RETIRED] == {}
-
-
-@pytest.mark.timeout(30)
 def test_max_lifetime_replaces_every_connection_under_load(pg_pool: Any, admin: Any) -> None:
     pool = pg_pool(min_size=2, max_size=4, max_lifetime=1.0)
     pool.wait(5.0)
@@ -223,19 +200,8 @@ def test_max_lifetime_replaces_every_connection_under_load(pg_pool: Any, admin: 
     assert s[stats.RETIRED].get("expired", 0) >= 2
     assert lowest["size"] >= 2, "the pool fell below min_size"
     # The open count (idle + used) may still dip while a connection that
-    # expired in a borrower's hands is being replaced: see the next test.
-
-
-@pytest.mark.timeout(30)
-def test_borrowed_connection_replaced_ahead_of_expiry(pg_pool: Any) -> None:
-    pool = pg_pool(min_size=2, max_size=4, max_lifetime=1.0)
-    pool.wait(5.0)
-    conn = pool.acquire()
-    time.sleep(1.3)  # borrowed past its lifetime
-    pool.release(conn)  # expired: retired now
-    s = pool.stats()
-    assert s[stats.RETIRED].get("expired", 0) >= 1
-    assert pool.size >= 2 and open_count(pool) >= 2, pool
+    # expired in a borrower's hands is being replaced: see
+    # test_borrowed_connection_replaced_ahead_of_expiry in test_recycle.py.
 
 
 # ------------------------------------------------------------ silent network
@@ -302,24 +268,9 @@ def test_silent_network_psycopg(dsn: str, pools: Any, proxy_to: Any) -> None:
 
 @pytest.fixture(scope="session")
 def mysql_params() -> dict[str, Any]:
-    """``pymysql.connect`` arguments for the MariaDB/MySQL test database."""
-    pymysql = pytest.importorskip("pymysql")
-    parts = urlsplit(os.environ.get("PYPOOL_TEST_MYSQL", DEFAULT_MYSQL))
-    params: dict[str, Any] = {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 3306,
-        "user": unquote(parts.username or "root"),
-        "password": unquote(parts.password or ""),
-        "database": parts.path.lstrip("/") or "test",
-    }
-    shown = f"{params['host']}:{params['port']}/{params['database']}"  # no credentials
-    try:
-        pymysql.connect(**params, connect_timeout=3).close()
-    except Exception as exc:  # any error means "not usable"
-        if os.environ.get("PYPOOL_REQUIRE_DB") == "1":
-            pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the database {shown} is unusable")
-        pytest.skip(f"database {shown} unusable: {type(exc).__name__}")
-    return params
+    """``pymysql.connect`` arguments for the MariaDB/MySQL test database
+    (``PYPOOL_TEST_MYSQL``): the shared helper, once per session."""
+    return databases.mysql_params()
 
 
 @pytest.mark.timeout(60)

@@ -3,6 +3,9 @@
 Every test runs once per core (the ``core_module`` fixture): the pool is built
 with ``Pool.with_core(core_module)(...)``. The fakes count what the pool does to
 them (rollbacks, checks, closes, configure) and can be told to fail.
+Reset, check and recycling (``max_lifetime``, ``max_uses``, ``max_idle``)
+are tested on ``Pool`` and ``AsyncPool`` alike in test_checks.py and
+test_recycle.py.
 """
 
 from __future__ import annotations
@@ -65,17 +68,6 @@ def steady(pool: Any) -> dict[str, Any]:
 def retired(pool: Any) -> dict[str, int]:
     """Connections the pool closed, by reason."""
     return dict(pool.stats()[names.RETIRED])
-
-
-def stop_maintenance(pool: Any) -> None:
-    """Stops the pool's maintenance thread (it retires idle and expiring
-    connections ahead of time), so that a test sees the checks at hand-out
-    and return alone."""
-    pool._stop.set()
-    for t in pool._threads:
-        if t.name.endswith("-maintenance"):
-            t.join(2.0)
-            assert not t.is_alive()
 
 
 def start(target: Callable[[], object]) -> threading.Thread:
@@ -460,195 +452,6 @@ def test_configure_raising_base_exception_fails_the_connect(
     assert pool.stats()[names.CONNECT_ERRORS] == 1
     assert pool.stats()[names.CONNECTING] == 0 and pool.size == 1
     pool.release(conn)
-
-
-# ------------------------------------------------------------------ reset
-
-
-@pytest.mark.timeout(30)
-def test_reset_failure_discards_and_closes(make_pool: Any) -> None:
-    pool, _ = make_pool(max_size=1)
-    bad = take(pool)
-    bad.fail_reset = True
-    pool.release(bad)
-    assert bad.rollbacks == 1 and bad.closes == 1
-    assert pool.size == 0 and pool.in_use == 0
-    assert retired(pool).get("reset_failed") == 1
-    for _ in range(5):
-        conn = take(pool)
-        assert conn is not bad
-        pool.release(conn)
-    assert bad.closes == 1
-
-
-@pytest.mark.timeout(30)
-def test_lost_connection_refilled_to_min_size(make_pool: Any) -> None:
-    pool, factory = make_pool(min_size=2, max_size=4)
-    assert wait_until(lambda: pool.idle == 2)
-    bad = take(pool)
-    bad.fail_reset = True
-    pool.release(bad)
-    assert bad.closed
-    assert wait_until(lambda: pool.idle == 2)
-    assert factory.calls == 3 and pool.size == 2
-
-
-@pytest.mark.timeout(30)
-def test_reset_callable_and_false(make_pool: Any) -> None:
-    resets: list[FakeConn] = []
-    pool, _ = make_pool(reset=resets.append, max_size=1)
-    conn = take(pool)
-    pool.release(conn)
-    assert resets == [conn] and conn.rollbacks == 0
-    pool2, _ = make_pool(reset=False, max_size=1)
-    conn2 = take(pool2)
-    pool2.release(conn2)
-    assert conn2.rollbacks == 0 and pool2.idle == 1
-
-
-# ------------------------------------------------------------------ check
-
-
-@pytest.mark.timeout(30)
-def test_check_only_after_check_after(make_pool: Any) -> None:
-    pool, _ = make_pool(max_size=1, check_after=0.05)
-    conn = take(pool)
-    pool.release(conn)
-    again = take(pool)
-    assert again is conn and conn.checks == 0  # used a moment ago: no check
-    pool.release(again)
-    time.sleep(0.1)
-    again = take(pool)
-    assert again is conn and conn.checks == 1
-    pool.release(again)
-    again = take(pool)
-    assert conn.checks == 1
-    pool.release(again)
-
-
-@pytest.mark.timeout(30)
-def test_failed_check_discards_and_caller_still_served(make_pool: Any) -> None:
-    pool, _ = make_pool(max_size=2, check_after=0.05)
-    held = [take(pool) for _ in range(2)]
-    for conn in held:
-        conn.fail_check = True
-        pool.release(conn)
-    time.sleep(0.1)
-    started = time.monotonic()
-    conn = take(pool, timeout=2.0)
-    assert time.monotonic() - started < 2.0
-    assert conn not in held
-    assert all(c.checks == 1 and c.closes == 1 for c in held)
-    assert retired(pool).get("check") == 2
-    assert pool.in_use == 1 and conn.checks == 0  # a new one: not checked
-    pool.release(conn)
-
-
-@pytest.mark.timeout(30)
-def test_check_false_never_checks_and_custom_check_is_used(make_pool: Any) -> None:
-    pool, _ = make_pool(check=False, check_after=0.01, max_size=1)
-    conn = take(pool)
-    conn.fail_check = True
-    pool.release(conn)
-    time.sleep(0.05)
-    assert take(pool) is conn and conn.checks == 0
-
-    checked: list[FakeConn] = []
-    pool2, _ = make_pool(check=checked.append, check_after=0.01, max_size=1)
-    conn2 = take(pool2)
-    pool2.release(conn2)
-    checked.clear()
-    time.sleep(0.05)
-    assert take(pool2) is conn2
-    assert checked == [conn2] and conn2.checks == 0  # the adapter's check is not run
-
-
-# ---------------------------------------------------------------- recycle
-
-
-@pytest.mark.timeout(30)
-def test_max_lifetime_at_hand_out(make_pool: Any) -> None:
-    pool, _ = make_pool(max_lifetime=0.2, max_size=1)
-    old = take(pool)
-    stop_maintenance(pool)
-    pool.release(old)
-    assert not old.closed
-    time.sleep(0.25)
-    assert not old.closed  # nothing closed it ahead of time
-    new = take(pool)
-    assert new is not old and old.closes == 1
-    assert retired(pool).get("expired") == 1
-    pool.release(new)
-
-
-@pytest.mark.timeout(30)
-def test_max_lifetime_replaced_ahead_by_maintenance(make_pool: Any) -> None:
-    """An idle connection near the end of its lifetime is replaced without
-    waiting for a caller; with min_size the pool stays warm."""
-    pool, factory = make_pool(max_lifetime=0.3, min_size=1, max_size=2)
-    assert wait_until(lambda: pool.idle == 1)
-    old = factory.conns[0]
-    assert wait_until(lambda: old.closed, timeout=2.0)
-    assert wait_until(lambda: pool.idle == 1 and len(factory.conns) >= 2)
-    assert retired(pool).get("expired", 0) >= 1
-    new = take(pool)
-    assert new is not old
-    pool.release(new)
-
-
-@pytest.mark.timeout(30)
-def test_max_lifetime_at_return(make_pool: Any) -> None:
-    pool, _ = make_pool(max_lifetime=0.2, max_size=1)
-    conn = take(pool)
-    time.sleep(0.25)
-    pool.release(conn)
-    assert conn.closes == 1 and pool.size == 0 and pool.idle == 0
-
-
-@pytest.mark.timeout(30)
-def test_max_uses(make_pool: Any) -> None:
-    pool, _ = make_pool(max_size=1, max_uses=3)
-    first = take(pool)
-    pool.release(first)
-    for _ in range(2):
-        assert take(pool) is first
-        pool.release(first)
-    assert first.closes == 1  # retired on its third return
-    second = take(pool)
-    assert second is not first
-    assert retired(pool).get("used_up") == 1
-    pool.release(second)
-
-
-@pytest.mark.timeout(30)
-def test_max_idle_at_hand_out(make_pool: Any) -> None:
-    pool, _ = make_pool(max_idle=0.1, check=False, max_size=1)
-    conn = take(pool)
-    stop_maintenance(pool)
-    pool.release(conn)
-    for _ in range(5):  # kept while it is used more often than max_idle
-        time.sleep(0.03)
-        assert take(pool) is conn
-        pool.release(conn)
-    time.sleep(0.15)
-    assert not conn.closed
-    new = take(pool)
-    assert new is not conn and conn.closes == 1
-    assert retired(pool).get("idle") == 1
-    pool.release(new)
-
-
-@pytest.mark.timeout(30)
-def test_max_idle_retired_by_maintenance_down_to_min_size(make_pool: Any) -> None:
-    pool, _ = make_pool(max_idle=0.1, min_size=1, max_size=3)
-    held = [take(pool) for _ in range(3)]
-    for conn in held:
-        pool.release(conn)
-    assert wait_until(lambda: pool.size == 1, timeout=2.0)  # no caller needed
-    time.sleep(0.15)
-    assert pool.size == 1 and pool.idle == 1  # min_size stays
-    assert sum(c.closed for c in held) >= 2
-    assert retired(pool).get("idle", 0) >= 2
 
 
 # ------------------------------------------------------- drain, invalidate

@@ -9,8 +9,6 @@ unreachable server skips them, unless ``PYPOOL_REQUIRE_DB=1``.
 from __future__ import annotations
 
 import functools
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -19,20 +17,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from _support import databases
 from _support.waiting import wait_until
-from pypool import Pool
 from pypool import stats as names
 
 try:
     from pypool.dbapi import connect_factory as _connect_factory
 except ImportError:  # the adapter is optional for these tests
     _connect_factory = None
-
-DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
 
 
 def factory_for(connect: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
@@ -56,17 +51,8 @@ def unique(prefix: str) -> str:
 @pytest.fixture
 def pools(core_module: ModuleType) -> Iterator[Callable[..., Any]]:
     """``make(factory, **kw)``: a Pool on the core under test, closed at the end."""
-    made: list[Any] = []
-
-    def make(factory: Callable[[], Any], **kw: Any) -> Any:
-        kw.setdefault("timeout", 10.0)
-        pool = Pool.with_core(core_module)(factory, **kw)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close(timeout=5.0)
+    with databases.pools_on(core_module) as make:
+        yield make
 
 
 # ------------------------------------------------------------------- sqlite3
@@ -200,28 +186,6 @@ def test_pg_terminated_backend_caught_by_check(pg_pool: Any, pg_admin: Any) -> N
 
 @pytest.mark.db
 @pytest.mark.timeout(60)
-def test_pg_lifetime_and_use_count_expiry(pg_pool: Any) -> None:
-    pool, _ = pg_pool(max_size=1, max_lifetime=0.3)
-    with pool.connection() as conn:
-        first = backend_pid(conn)
-    with pool.connection() as conn:
-        assert backend_pid(conn) == first
-    time.sleep(0.35)
-    with pool.connection() as conn:
-        assert backend_pid(conn) != first
-    assert retired(pool).get("expired") == 1
-
-    pool, _ = pg_pool(max_size=1, max_uses=2)
-    pids = []
-    for _ in range(5):
-        with pool.connection() as conn:
-            pids.append(backend_pid(conn))
-    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
-    assert retired(pool).get("used_up") == 2
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
 def test_pg_elastic_growth_drain_invalidate(pg_pool: Any, pg_admin: Any) -> None:
     pool, app = pg_pool(max_size=4)
     assert pg_backends(pg_admin, app) == set()
@@ -276,28 +240,9 @@ def test_pg_elastic_growth_drain_invalidate(pg_pool: Any, pg_admin: Any) -> None
 
 @pytest.fixture(scope="session")
 def mysql_params() -> dict[str, Any]:
-    """``pymysql.connect`` arguments for the MariaDB/MySQL test database;
-    skipped when unreachable, unless ``PYPOOL_REQUIRE_DB=1``."""
-    pymysql = pytest.importorskip("pymysql")
-    parts = urlsplit(os.environ.get("PYPOOL_TEST_MYSQL", DEFAULT_MYSQL))
-    params: dict[str, Any] = {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 3306,
-        "user": unquote(parts.username or "root"),
-        "password": unquote(parts.password or ""),
-        "database": parts.path.lstrip("/") or "test",
-    }
-    shown = f"{params['host']}:{params['port']}/{params['database']}"  # no credentials
-    try:
-        with socket.create_connection((params["host"], params["port"]), timeout=3):
-            pass
-        pymysql.connect(**params, connect_timeout=3).close()
-    except Exception as exc:  # any error means "not usable"
-        problem = type(exc).__name__
-        if os.environ.get("PYPOOL_REQUIRE_DB") == "1":
-            pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the database {shown} is unusable: {problem}")
-        pytest.skip(f"database {shown} unusable: {problem}")
-    return params
+    """``pymysql.connect`` arguments for the MariaDB/MySQL test database
+    (``PYPOOL_TEST_MYSQL``): the shared helper, once per session."""
+    return databases.mysql_params()
 
 
 @pytest.fixture
