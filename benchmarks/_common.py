@@ -1,5 +1,6 @@
 """What more than one benchmark needs: the database they measure on, the
-psycopg pools they compare, and the threaded round of checkout cycles.
+psycopg pools they compare, the threaded round of checkout cycles, and how
+results are recorded in ``extra_info``.
 
 Imported as ``_common`` by the benchmark modules and by the scripts in this
 folder (``python benchmarks/<script>.py`` puts the folder on ``sys.path``, as
@@ -181,21 +182,6 @@ class Round:
             pytest.fail(f"a worker thread failed: {type(exc).__name__}: {exc}")
 
 
-def _timed_round(
-    acquire: Callable[[float], Any] | None,
-    release: Callable[[Any], object],
-    threads: int,
-    per_thread: int,
-) -> float:
-    """Seconds of one :class:`Round` (checked: a worker's error fails the test)."""
-    r = Round(acquire, release, threads, per_thread)
-    t0 = time.perf_counter()
-    r.run()
-    elapsed = time.perf_counter() - t0
-    r.check()
-    return elapsed
-
-
 def calibrate(
     acquire: Callable[[float], Any] | None,
     release: Callable[[Any], object],
@@ -205,7 +191,31 @@ def calibrate(
     """Cycles per thread for a :class:`Round` of about ``seconds``."""
     per_thread = max(20, 2000 // threads)
     while True:
-        elapsed = _timed_round(acquire, release, threads, per_thread)
+        r = Round(acquire, release, threads, per_thread)
+        t0 = time.perf_counter()
+        r.run()
+        elapsed = time.perf_counter() - t0
+        r.check()
         if elapsed >= seconds / 8:
             return max(10, round(per_thread * seconds / elapsed))
         per_thread *= 4
+
+
+# ------------------------------------------------------------------ results
+
+
+def record_per_cycle(benchmark: Any, cycles: int) -> None:
+    """``extra_info``: ``ns_per_cycle`` at the median of timed calls of
+    ``cycles`` cycles each, and ``cycles_per_call``."""
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / cycles * 1e9
+        benchmark.extra_info["cycles_per_call"] = cycles
+
+
+def record_rate(benchmark: Any, total: int, unit: str, **info: int) -> None:
+    """``extra_info``: ``info``, then ``<unit>_per_round`` (``total``) and
+    ``<unit>_per_s``, the throughput at the median round."""
+    benchmark.extra_info.update(info)
+    benchmark.extra_info[f"{unit}_per_round"] = total
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        benchmark.extra_info[f"{unit}_per_s"] = total / benchmark.stats.stats.median

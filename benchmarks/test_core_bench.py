@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from _common import Round, calibrate
+from _common import Round, calibrate, record_per_cycle, record_rate
 
 if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by tests
     from conftest import Contender
@@ -39,12 +39,6 @@ uncontended = pytest.mark.parametrize(
 pools = pytest.mark.parametrize("contender", ["native", "python", "queue"], indirect=True)
 
 
-def _per_cycle(benchmark: Any, cycles: int) -> None:
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / cycles * 1e9
-        benchmark.extra_info["cycles_per_call"] = cycles
-
-
 @uncontended
 def test_try_acquire_release(benchmark: Any, contender: Contender) -> None:
     """``c = try_acquire(); release(c)``, uncontended."""
@@ -56,7 +50,7 @@ def test_try_acquire_release(benchmark: Any, contender: Contender) -> None:
 
     benchmark.group = "uncontended: try_acquire+release"
     benchmark(cycles)
-    _per_cycle(benchmark, INNER)
+    record_per_cycle(benchmark, INNER)
 
 
 @uncontended
@@ -70,7 +64,7 @@ def test_acquire_release(benchmark: Any, contender: Contender) -> None:
 
     benchmark.group = "uncontended: acquire+release"
     benchmark(cycles)
-    _per_cycle(benchmark, INNER)
+    record_per_cycle(benchmark, INNER)
 
 
 @pools
@@ -89,7 +83,4 @@ def test_threads(benchmark: Any, contender: Contender, threads: int) -> None:
     for r in rounds:
         r.check()
     total = per_thread * threads
-    benchmark.extra_info["threads"] = threads
-    benchmark.extra_info["cycles_per_round"] = total
-    if benchmark.stats is not None:
-        benchmark.extra_info["cycles_per_s"] = total / benchmark.stats.stats.median
+    record_rate(benchmark, total, "cycles", threads=threads)

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from _common import Round, calibrate, database
+from _common import Round, calibrate, database, record_per_cycle, record_rate
 from pypool.cli import CONNECTIONS, Handles
 from pypool.cli import peers as _bench_peers
 
@@ -115,9 +115,7 @@ def test_pool_uncontended(benchmark: Any, peer: Handles) -> None:
 
     benchmark.group = "pool uncontended"
     benchmark(cycles)
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / INNER * 1e9
-        benchmark.extra_info["cycles_per_call"] = INNER
+    record_per_cycle(benchmark, INNER)
 
 
 # ------------------------------------------------------------------ threads
@@ -138,8 +136,4 @@ def test_pool_threads(benchmark: Any, peer: Handles) -> None:
     for r in rounds:
         r.check()
     total = per_thread * THREADS
-    benchmark.extra_info["threads"] = THREADS
-    benchmark.extra_info["connections"] = CONNECTIONS
-    benchmark.extra_info["cycles_per_round"] = total
-    if benchmark.stats is not None:
-        benchmark.extra_info["cycles_per_s"] = total / benchmark.stats.stats.median
+    record_rate(benchmark, total, "cycles", threads=THREADS, connections=CONNECTIONS)

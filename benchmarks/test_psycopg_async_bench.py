@@ -42,6 +42,8 @@ from _common import (
     psycopg_param,
     psycopg_pool_class,
     psycopg_pool_kwargs,
+    record_per_cycle,
+    record_rate,
     skip_unless_built,
 )
 
@@ -97,12 +99,6 @@ def looped_pool(request: pytest.FixtureRequest) -> Iterator[tuple[Loop, Any]]:
         loop.close()
 
 
-def _per_cycle(benchmark: Any) -> None:
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / INNER * 1e9
-        benchmark.extra_info["cycles_per_call"] = INNER
-
-
 # ------------------------------------------------------------------ one task
 
 
@@ -118,7 +114,7 @@ def test_async_getconn_putconn(benchmark: Any, looped_pool: tuple[Loop, Any]) ->
 
     benchmark.group = "psycopg async getconn/putconn"
     benchmark(lambda: loop.run(cycles()))
-    _per_cycle(benchmark)
+    record_per_cycle(benchmark, INNER)
 
 
 @pytest.mark.parametrize("looped_pool", PSYCOPG_POOLS, indirect=True)
@@ -135,7 +131,7 @@ def test_async_connection_block(benchmark: Any, looped_pool: tuple[Loop, Any]) -
 
     benchmark.group = "psycopg async connection()"
     benchmark(lambda: loop.run(cycles()))
-    _per_cycle(benchmark)
+    record_per_cycle(benchmark, INNER)
 
 
 # ------------------------------------------------------------------ many tasks
@@ -227,8 +223,4 @@ def test_async_tasks_select_1(benchmark: Any, select_round: tuple[Loop, Callable
     benchmark.group = "psycopg async tasks SELECT 1"
     benchmark.pedantic(lambda: loop.run(round_()), rounds=ROUNDS, iterations=1)
     total = TASKS * PER_TASK
-    benchmark.extra_info["tasks"] = TASKS
-    benchmark.extra_info["connections"] = CONNECTIONS
-    benchmark.extra_info["requests_per_round"] = total
-    if benchmark.stats is not None:
-        benchmark.extra_info["requests_per_s"] = total / benchmark.stats.stats.median
+    record_rate(benchmark, total, "requests", tasks=TASKS, connections=CONNECTIONS)

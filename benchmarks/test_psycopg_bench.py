@@ -44,6 +44,8 @@ from _common import (
     database,
     open_psycopg_pool,
     psycopg_param,
+    record_per_cycle,
+    record_rate,
     skip_unless_built,
 )
 
@@ -78,12 +80,6 @@ def pool(request: pytest.FixtureRequest) -> Iterator[Any]:
     made.close()
 
 
-def _per_cycle(benchmark: Any) -> None:
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / INNER * 1e9
-        benchmark.extra_info["cycles_per_call"] = INNER
-
-
 # ------------------------------------------------------------------ one thread
 
 
@@ -98,7 +94,7 @@ def test_getconn_putconn(benchmark: Any, pool: Any) -> None:
 
     benchmark.group = "psycopg getconn/putconn"
     benchmark(cycles)
-    _per_cycle(benchmark)
+    record_per_cycle(benchmark, INNER)
 
 
 @pytest.mark.parametrize("pool", PSYCOPG_POOLS, indirect=True)
@@ -114,7 +110,7 @@ def test_connection_block(benchmark: Any, pool: Any) -> None:
 
     benchmark.group = "psycopg connection()"
     benchmark(cycles)
-    _per_cycle(benchmark)
+    record_per_cycle(benchmark, INNER)
 
 
 @pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit-on", "autocommit-off"])
@@ -242,7 +238,4 @@ def test_threads_select_1(benchmark: Any, workload: Workload) -> None:
     benchmark.pedantic(lambda run: run(), setup=setup, rounds=THREAD_ROUNDS, iterations=1)
     workload.check()
     total = PER_THREAD * THREADS
-    benchmark.extra_info["threads"] = THREADS
-    benchmark.extra_info["requests_per_round"] = total
-    if benchmark.stats is not None:
-        benchmark.extra_info["requests_per_s"] = total / benchmark.stats.stats.median
+    record_rate(benchmark, total, "requests", threads=THREADS)
