@@ -19,7 +19,6 @@ that send a query), without timing.
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import statistics
 import sys
@@ -27,27 +26,7 @@ import time
 from itertools import repeat
 from typing import Any
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-CORES = {"pypool-native": "pypool._corepool", "pypool-python": "pypool._corepool_py"}
-
-
-def make_pool(name: str, dsn: str, size: int, autocommit: bool) -> Any:
-    """A full pool of ``size`` connections."""
-    kwargs: dict[str, Any] = {
-        "kwargs": {"autocommit": autocommit},
-        "min_size": size,
-        "max_size": size,
-        "open": True,
-    }
-    if name == "psycopg_pool":
-        from psycopg_pool import ConnectionPool
-    else:
-        from pypool.psycopg import ConnectionPool
-
-        ConnectionPool = ConnectionPool.with_core(importlib.import_module(CORES[name]))
-    pool = ConnectionPool(dsn, **kwargs)
-    pool.wait(30.0)
-    return pool
+from _common import DEFAULT_DSN, open_psycopg_pool
 
 
 def timed(pool: Any, cycles: int) -> tuple[float, float]:
@@ -170,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             run_one = lambda pool, n: timed_threads(pool, n, args.threads)  # noqa: E731
         else:
             run_one = timed
-        pools = {n: make_pool(n, args.dsn, size, autocommit) for n in names}
+        pools = {n: open_psycopg_pool(n, args.dsn, size, autocommit=autocommit) for n in names}
         try:
             if args.count_round_trips:
                 for name, pool in pools.items():

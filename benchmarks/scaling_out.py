@@ -36,7 +36,6 @@ import os
 import random
 import statistics
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -95,37 +94,13 @@ class _Workload:
 def _run_threads(
     source: Any, work: _Workload, threads: int, seconds: float
 ) -> tuple[list[float], float]:
-    stop = threading.Event()
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(threads + 1)
-    clock = time.perf_counter
+    from pypool.cli.workload import WorkloadFailed, run_clients
 
-    def loop(mine: list[float]) -> None:
-        barrier.wait()
-        try:
-            while not stop.is_set():
-                t0 = clock()
-                with source.connection() as conn:
-                    work(conn)
-                mine.append(clock() - t0)
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-
-    workers = [threading.Thread(target=loop, args=(lat,), daemon=True) for lat in latencies]
-    for w in workers:
-        w.start()
-    barrier.wait()
-    t0 = clock()
-    stop.wait(seconds)
-    stop.set()
-    for w in workers:
-        w.join()
-    elapsed = clock() - t0
-    if errors:
-        raise errors[0]
-    return [x for lat in latencies for x in lat], elapsed
+    try:
+        latencies, elapsed, _ = run_clients(source, work, threads, seconds)
+    except WorkloadFailed as exc:  # report the client's own error
+        raise exc.__cause__ or exc from None
+    return latencies, elapsed
 
 
 def _worker(pipe: Any, dsns: dict[str, str], table: str, threads: int) -> None:

@@ -33,6 +33,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -232,22 +233,26 @@ def test_select1_throughput(reset: bool, record_property: Any) -> None:
     print(f"\nSELECT 1, reset={reset}: {_ratio_line(medians, 'pypool', 'asyncpg')}")
 
 
-@pytest.mark.db
-def test_psycopg_select1_throughput(record_property: Any) -> None:
+def _run_against_psycopg_pool(
+    measure: Callable[[], Awaitable[dict[str, float]]],
+) -> dict[str, float]:
+    """``measure()``'s medians; skips without psycopg_pool or the database."""
     pytest.importorskip("psycopg_pool")
     if not _db_reachable():
         pytest.skip("database unreachable")
-    medians = asyncio.run(_psycopg_throughput())
+    return asyncio.run(measure())
+
+
+@pytest.mark.db
+def test_psycopg_select1_throughput(record_property: Any) -> None:
+    medians = _run_against_psycopg_pool(_psycopg_throughput)
     record_property("requests_per_s", medians)
     print(f"\nSELECT 1: {_ratio_line(medians, 'pypool', 'psycopg_pool')}")
 
 
 @pytest.mark.db
 def test_psycopg_cycles(record_property: Any) -> None:
-    pytest.importorskip("psycopg_pool")
-    if not _db_reachable():
-        pytest.skip("database unreachable")
-    medians = asyncio.run(_psycopg_cycles())
+    medians = _run_against_psycopg_pool(_psycopg_cycles)
     record_property("ns_per_cycle", medians)
     print("\n" + ", ".join(f"{k} {v:,.0f} ns" for k, v in medians.items()))
 

@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import importlib
 import statistics
+import sys
 import threading
 import time
 from itertools import repeat
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pypool import Pool
+
+# The fakes of the test suite (tests/_support), as benchmarks/scaling_out.py does.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "tests"))
+from _support.fakes import NullAdapter
 
 THREADS = 16
 CONNECTIONS = 4
@@ -32,20 +38,6 @@ PAIRS = 5
 
 class FakeConnection:
     pass
-
-
-class Adapter:
-    def reset_for(self, conn: Any) -> None:
-        return None
-
-    def check(self, conn: Any) -> None:
-        pass
-
-    def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
-        return False
-
-    def close(self, conn: Any) -> None:
-        pass
 
 
 def _rate(pool: Any, threads: int) -> float:
@@ -85,7 +77,7 @@ def test_pool_16_threads_on_4_connections(benchmark: Any, core: str) -> None:
         pytest.skip(f"{module_name} is not built ({exc})")
     pool = Pool.with_core(module)(
         FakeConnection,
-        adapter=Adapter(),
+        adapter=NullAdapter(),
         min_size=CONNECTIONS,
         max_size=CONNECTIONS,
         check=False,

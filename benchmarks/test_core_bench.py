@@ -15,12 +15,12 @@ Groups (``--benchmark-group-by=group``):
 
 from __future__ import annotations
 
-import threading
-import time
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from _common import Round, calibrate, record_per_cycle, record_rate
 
 if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by tests
     from conftest import Contender
@@ -28,8 +28,6 @@ if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by te
 #: Cycles per timed call in the uncontended benchmarks, so that the harness's
 #: own per-call overhead does not dominate.
 INNER = 1000
-#: The timeout passed to ``acquire``; never reached in a sane run.
-TIMEOUT = 30.0
 #: Target length of one threaded round, in seconds.
 THREAD_ROUND = 0.3
 THREAD_ROUNDS = 3
@@ -39,12 +37,6 @@ uncontended = pytest.mark.parametrize(
     "contender", ["floor", "native", "python", "queue"], indirect=True
 )
 pools = pytest.mark.parametrize("contender", ["native", "python", "queue"], indirect=True)
-
-
-def _per_cycle(benchmark: Any, cycles: int) -> None:
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / cycles * 1e9
-        benchmark.extra_info["cycles_per_call"] = cycles
 
 
 @uncontended
@@ -58,7 +50,7 @@ def test_try_acquire_release(benchmark: Any, contender: Contender) -> None:
 
     benchmark.group = "uncontended: try_acquire+release"
     benchmark(cycles)
-    _per_cycle(benchmark, INNER)
+    record_per_cycle(benchmark, INNER)
 
 
 @uncontended
@@ -72,78 +64,23 @@ def test_acquire_release(benchmark: Any, contender: Contender) -> None:
 
     benchmark.group = "uncontended: acquire+release"
     benchmark(cycles)
-    _per_cycle(benchmark, INNER)
-
-
-class _Round:
-    """One threaded round: threads started, waiting on the barrier."""
-
-    def __init__(self, contender: Contender, threads: int, per_thread: int) -> None:
-        acquire, release = contender.acquire_timeout, contender.release
-        assert acquire is not None
-        self.errors: list[BaseException] = []
-        self.barrier = threading.Barrier(threads + 1)
-
-        def work() -> None:
-            try:
-                self.barrier.wait()
-                for _ in repeat(None, per_thread):
-                    release(acquire(TIMEOUT))
-            except BaseException as exc:
-                self.errors.append(exc)
-
-        self.workers = [threading.Thread(target=work, daemon=True) for _ in range(threads)]
-        for w in self.workers:
-            w.start()
-
-    def run(self) -> None:
-        """The timed part: release the barrier, join every thread."""
-        self.barrier.wait()
-        for w in self.workers:
-            w.join()
-
-    def check(self) -> None:
-        if self.errors:
-            exc = self.errors[0]
-            pytest.fail(f"a worker thread failed: {type(exc).__name__}: {exc}")
-
-
-def _timed_round(contender: Contender, threads: int, per_thread: int) -> float:
-    r = _Round(contender, threads, per_thread)
-    t0 = time.perf_counter()
-    r.run()
-    elapsed = time.perf_counter() - t0
-    r.check()
-    return elapsed
-
-
-def _calibrate(contender: Contender, threads: int) -> int:
-    """Cycles per thread for a round of about THREAD_ROUND seconds."""
-    per_thread = max(20, 2000 // threads)
-    while True:
-        elapsed = _timed_round(contender, threads, per_thread)
-        if elapsed >= THREAD_ROUND / 8:
-            return max(10, round(per_thread * THREAD_ROUND / elapsed))
-        per_thread *= 4
+    record_per_cycle(benchmark, INNER)
 
 
 @pools
 @pytest.mark.parametrize("threads", THREAD_COUNTS)
 def test_threads(benchmark: Any, contender: Contender, threads: int) -> None:
     """``threads`` threads share the connections: acquire(timeout) + release."""
-    per_thread = _calibrate(contender, threads)
-    rounds: list[_Round] = []
+    per_thread = calibrate(contender.acquire_timeout, contender.release, threads, THREAD_ROUND)
+    rounds: list[Round] = []
 
-    def setup() -> tuple[tuple[_Round], dict[str, Any]]:
-        rounds.append(_Round(contender, threads, per_thread))
+    def setup() -> tuple[tuple[Round], dict[str, Any]]:
+        rounds.append(Round(contender.acquire_timeout, contender.release, threads, per_thread))
         return (rounds[-1],), {}
 
     benchmark.group = f"threads: {threads:02d} on {contender.connections} connections"
-    benchmark.pedantic(_Round.run, setup=setup, rounds=THREAD_ROUNDS, iterations=1)
+    benchmark.pedantic(Round.run, setup=setup, rounds=THREAD_ROUNDS, iterations=1)
     for r in rounds:
         r.check()
     total = per_thread * threads
-    benchmark.extra_info["threads"] = threads
-    benchmark.extra_info["cycles_per_round"] = total
-    if benchmark.stats is not None:
-        benchmark.extra_info["cycles_per_s"] = total / benchmark.stats.stats.median
+    record_rate(benchmark, total, "cycles", threads=threads)

@@ -29,14 +29,23 @@ reached (a failure instead with ``PYPOOL_REQUIRE_DB=1``).
 from __future__ import annotations
 
 import asyncio
-import importlib
-import os
 from collections.abc import Awaitable, Callable, Iterator
 from itertools import repeat
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
+
+from _common import (
+    PSYCOPG_POOLS,
+    TIMEOUT,
+    database,
+    psycopg_param,
+    psycopg_pool_class,
+    psycopg_pool_kwargs,
+    record_per_cycle,
+    record_rate,
+    skip_unless_built,
+)
 
 pytestmark = pytest.mark.db
 
@@ -49,54 +58,6 @@ TASKS = 100
 #: Requests per task in one round: the same for every contender.
 PER_TASK = 100
 ROUNDS = 7
-#: A checkout that waits this long has failed; never reached in a sane run.
-TIMEOUT = 30.0
-
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-CORES = {"pypool-native": "pypool._corepool", "pypool-python": "pypool._corepool_py"}
-
-
-# ------------------------------------------------------------------ database
-
-_problems: dict[str, str | None] = {}
-
-
-def _shown(dsn: str) -> str:
-    """Where a DSN points, without credentials."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
-    from pypool.dbapi import mask_dsn
-
-    return mask_dsn(dsn)
-
-
-def _database() -> str:
-    """The benchmarks' DSN; skips (or fails) when the server is unusable."""
-    dsn = os.environ.get("PYPOOL_BENCH_DSN") or os.environ.get("PYPOOL_TEST_DSN") or DEFAULT_DSN
-    if dsn not in _problems:
-        problem: str | None = None
-        try:
-            import psycopg
-            import psycopg_pool  # noqa: F401
-
-            with psycopg.connect(dsn, connect_timeout=3):
-                pass
-        except ImportError as exc:
-            problem = f"{exc.name} is not installed (pip install 'psycopg[binary,pool]')"
-        except Exception as exc:  # any driver error means "not usable"
-            from pypool.dbapi import mask_dsn
-
-            problem = mask_dsn(f"cannot connect: {type(exc).__name__}: {exc}")
-        _problems[dsn] = problem
-    problem = _problems[dsn]
-    if problem is not None:
-        message = f"database {_shown(dsn)} unusable: {problem}"
-        if os.environ.get("PYPOOL_REQUIRE_DB") == "1":
-            pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the {message}")
-        pytest.skip(message)
-    return dsn
-
 
 # ------------------------------------------------------------------ contenders
 
@@ -117,43 +78,16 @@ class Loop:
 
 async def make_pool(name: str, dsn: str, size: int) -> Any:
     """A full pool of ``size`` autocommit connections, opened on the running loop."""
-    kwargs: dict[str, Any] = {
-        "kwargs": {"autocommit": True},
-        "min_size": size,
-        "max_size": size,
-        "open": False,
-    }
-    if name == "psycopg_pool":
-        from psycopg_pool import AsyncConnectionPool
-    else:
-        from pypool.psycopg import AsyncConnectionPool
-
-        AsyncConnectionPool = AsyncConnectionPool.with_core(importlib.import_module(CORES[name]))
-    pool = AsyncConnectionPool(dsn, **kwargs)
+    pool_class = psycopg_pool_class(name, asynchronous=True)
+    pool = pool_class(dsn, **psycopg_pool_kwargs(size, autocommit=True, open=False))
     await pool.open(wait=True, timeout=TIMEOUT)
     return pool
 
 
-def _param(name: str) -> Any:
-    marks = [pytest.mark.native] if name == "pypool-native" else []
-    return pytest.param(name, marks=marks, id=name)
-
-
-POOLS = [_param(n) for n in ("pypool-native", "pypool-python", "psycopg_pool")]
-
-
-def _importable(name: str) -> None:
-    if name in CORES:
-        try:
-            importlib.import_module(CORES[name])
-        except ImportError as exc:
-            pytest.skip(f"{CORES[name]} is not built ({exc})")
-
-
 @pytest.fixture
 def looped_pool(request: pytest.FixtureRequest) -> Iterator[tuple[Loop, Any]]:
-    _importable(request.param)
-    dsn = _database()
+    skip_unless_built(request.param)
+    dsn = database()
     loop = Loop()
     try:
         pool = loop.run(make_pool(request.param, dsn, CONNECTIONS))
@@ -165,16 +99,10 @@ def looped_pool(request: pytest.FixtureRequest) -> Iterator[tuple[Loop, Any]]:
         loop.close()
 
 
-def _per_cycle(benchmark: Any) -> None:
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / INNER * 1e9
-        benchmark.extra_info["cycles_per_call"] = INNER
-
-
 # ------------------------------------------------------------------ one task
 
 
-@pytest.mark.parametrize("looped_pool", POOLS, indirect=True)
+@pytest.mark.parametrize("looped_pool", PSYCOPG_POOLS, indirect=True)
 def test_async_getconn_putconn(benchmark: Any, looped_pool: tuple[Loop, Any]) -> None:
     """``await pool.putconn(await pool.getconn())`` of an idle connection."""
     loop, pool = looped_pool
@@ -186,10 +114,10 @@ def test_async_getconn_putconn(benchmark: Any, looped_pool: tuple[Loop, Any]) ->
 
     benchmark.group = "psycopg async getconn/putconn"
     benchmark(lambda: loop.run(cycles()))
-    _per_cycle(benchmark)
+    record_per_cycle(benchmark, INNER)
 
 
-@pytest.mark.parametrize("looped_pool", POOLS, indirect=True)
+@pytest.mark.parametrize("looped_pool", PSYCOPG_POOLS, indirect=True)
 def test_async_connection_block(benchmark: Any, looped_pool: tuple[Loop, Any]) -> None:
     """``async with pool.connection(): pass``: checkout, the commit-or-rollback
     decision, return."""
@@ -203,7 +131,7 @@ def test_async_connection_block(benchmark: Any, looped_pool: tuple[Loop, Any]) -
 
     benchmark.group = "psycopg async connection()"
     benchmark(lambda: loop.run(cycles()))
-    _per_cycle(benchmark)
+    record_per_cycle(benchmark, INNER)
 
 
 # ------------------------------------------------------------------ many tasks
@@ -265,8 +193,8 @@ def _select_on_queue(queued: _Queued) -> Callable[[], Awaitable[None]]:
 
 @pytest.fixture
 def select_round(request: pytest.FixtureRequest) -> Iterator[tuple[Loop, Callable[[], Any]]]:
-    _importable(request.param)
-    dsn = _database()
+    skip_unless_built(request.param)
+    dsn = database()
     loop = Loop()
     try:
         if request.param == "queue":
@@ -285,7 +213,7 @@ def select_round(request: pytest.FixtureRequest) -> Iterator[tuple[Loop, Callabl
         loop.close()
 
 
-@pytest.mark.parametrize("select_round", [*POOLS, _param("queue")], indirect=True)
+@pytest.mark.parametrize("select_round", [*PSYCOPG_POOLS, psycopg_param("queue")], indirect=True)
 def test_async_tasks_select_1(benchmark: Any, select_round: tuple[Loop, Callable[[], Any]]) -> None:
     """TASKS tasks run ``SELECT 1`` per checkout on a pool of CONNECTIONS
     connections (or on CONNECTIONS connections passed around by a queue)."""
@@ -295,8 +223,4 @@ def test_async_tasks_select_1(benchmark: Any, select_round: tuple[Loop, Callable
     benchmark.group = "psycopg async tasks SELECT 1"
     benchmark.pedantic(lambda: loop.run(round_()), rounds=ROUNDS, iterations=1)
     total = TASKS * PER_TASK
-    benchmark.extra_info["tasks"] = TASKS
-    benchmark.extra_info["connections"] = CONNECTIONS
-    benchmark.extra_info["requests_per_round"] = total
-    if benchmark.stats is not None:
-        benchmark.extra_info["requests_per_s"] = total / benchmark.stats.stats.median
+    record_rate(benchmark, total, "requests", tasks=TASKS, connections=CONNECTIONS)

@@ -29,16 +29,25 @@ reached (a failure instead with ``PYPOOL_REQUIRE_DB=1``).
 
 from __future__ import annotations
 
-import importlib
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
+
+from _common import (
+    CORES,
+    PSYCOPG_POOLS,
+    TIMEOUT,
+    database,
+    open_psycopg_pool,
+    psycopg_param,
+    record_per_cycle,
+    record_rate,
+    skip_unless_built,
+)
 
 pytestmark = pytest.mark.db
 
@@ -54,105 +63,27 @@ THREADS = 8
 #: so round times compare directly.
 PER_THREAD = 1000
 THREAD_ROUNDS = 5
-#: A checkout that waits this long has failed; never reached in a sane run.
-TIMEOUT = 30.0
-
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-CORES = {"pypool-native": "pypool._corepool", "pypool-python": "pypool._corepool_py"}
-
-
-# ------------------------------------------------------------------ database
-
-_problems: dict[str, str | None] = {}
-
-
-def _shown(dsn: str) -> str:
-    """Where a DSN points, without credentials."""
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        return f"{parts.hostname}:{parts.port or 5432}{parts.path}"
-    from pypool.dbapi import mask_dsn
-
-    return mask_dsn(dsn)
-
-
-def _database() -> str:
-    """The benchmarks' DSN; skips (or fails) when the server is unusable."""
-    dsn = os.environ.get("PYPOOL_BENCH_DSN") or os.environ.get("PYPOOL_TEST_DSN") or DEFAULT_DSN
-    if dsn not in _problems:
-        problem: str | None = None
-        try:
-            import psycopg
-            import psycopg_pool  # noqa: F401
-
-            with psycopg.connect(dsn, connect_timeout=3):
-                pass
-        except ImportError as exc:
-            problem = f"{exc.name} is not installed (pip install 'psycopg[binary,pool]')"
-        except Exception as exc:  # any driver error means "not usable"
-            from pypool.dbapi import mask_dsn
-
-            problem = mask_dsn(f"cannot connect: {type(exc).__name__}: {exc}")
-        _problems[dsn] = problem
-    problem = _problems[dsn]
-    if problem is not None:
-        message = f"database {_shown(dsn)} unusable: {problem}"
-        if os.environ.get("PYPOOL_REQUIRE_DB") == "1":
-            pytest.fail(f"PYPOOL_REQUIRE_DB=1 but the {message}")
-        pytest.skip(message)
-    return dsn
-
 
 # ------------------------------------------------------------------ contenders
 
 
 def make_pool(name: str, dsn: str, size: int, autocommit: bool = True) -> Any:
     """A full pool of ``size`` connections (autocommit ones unless told)."""
-    kwargs: dict[str, Any] = {
-        "kwargs": {"autocommit": autocommit},
-        "min_size": size,
-        "max_size": size,
-        "open": True,
-    }
-    if name == "psycopg_pool":
-        from psycopg_pool import ConnectionPool
-    else:
-        from pypool.psycopg import ConnectionPool
-
-        try:
-            ConnectionPool = ConnectionPool.with_core(importlib.import_module(CORES[name]))
-        except ImportError as exc:
-            pytest.skip(f"{CORES[name]} is not built ({exc})")
-    pool = ConnectionPool(dsn, **kwargs)
-    pool.wait(TIMEOUT)
-    return pool
-
-
-def _param(name: str) -> Any:
-    marks = [pytest.mark.native] if name == "pypool-native" else []
-    return pytest.param(name, marks=marks, id=name)
-
-
-POOLS = [_param(n) for n in ("pypool-native", "pypool-python", "psycopg_pool")]
+    skip_unless_built(name)
+    return open_psycopg_pool(name, dsn, size, autocommit=autocommit)
 
 
 @pytest.fixture
 def pool(request: pytest.FixtureRequest) -> Iterator[Any]:
-    made = make_pool(request.param, _database(), CONNECTIONS)
+    made = make_pool(request.param, database(), CONNECTIONS)
     yield made
     made.close()
-
-
-def _per_cycle(benchmark: Any) -> None:
-    if benchmark.stats is not None:  # None under --benchmark-disable
-        benchmark.extra_info["ns_per_cycle"] = benchmark.stats.stats.median / INNER * 1e9
-        benchmark.extra_info["cycles_per_call"] = INNER
 
 
 # ------------------------------------------------------------------ one thread
 
 
-@pytest.mark.parametrize("pool", POOLS, indirect=True)
+@pytest.mark.parametrize("pool", PSYCOPG_POOLS, indirect=True)
 def test_getconn_putconn(benchmark: Any, pool: Any) -> None:
     """``pool.putconn(pool.getconn())`` of an idle connection."""
     getconn, putconn = pool.getconn, pool.putconn
@@ -163,10 +94,10 @@ def test_getconn_putconn(benchmark: Any, pool: Any) -> None:
 
     benchmark.group = "psycopg getconn/putconn"
     benchmark(cycles)
-    _per_cycle(benchmark)
+    record_per_cycle(benchmark, INNER)
 
 
-@pytest.mark.parametrize("pool", POOLS, indirect=True)
+@pytest.mark.parametrize("pool", PSYCOPG_POOLS, indirect=True)
 def test_connection_block(benchmark: Any, pool: Any) -> None:
     """``with pool.connection(): pass``: checkout, the commit-or-rollback
     decision, return."""
@@ -179,17 +110,19 @@ def test_connection_block(benchmark: Any, pool: Any) -> None:
 
     benchmark.group = "psycopg connection()"
     benchmark(cycles)
-    _per_cycle(benchmark)
+    record_per_cycle(benchmark, INNER)
 
 
 @pytest.mark.parametrize("autocommit", [True, False], ids=["autocommit-on", "autocommit-off"])
-@pytest.mark.parametrize("name", [p.values[0] for p in POOLS], ids=[p.id for p in POOLS])
+@pytest.mark.parametrize(
+    "name", [p.values[0] for p in PSYCOPG_POOLS], ids=[p.id for p in PSYCOPG_POOLS]
+)
 def test_select_1(benchmark: Any, name: str, autocommit: bool) -> None:
     """``with pool.connection() as conn: conn.execute("SELECT 1")``, end to
     end, autocommit on or off."""
     if name == "pypool-native":
         pytest.importorskip(CORES[name])
-    pool = make_pool(name, _database(), CONNECTIONS, autocommit)
+    pool = make_pool(name, database(), CONNECTIONS, autocommit)
     connection = pool.connection
 
     def cycles() -> None:
@@ -282,7 +215,7 @@ def _select_without_pool(dsn: str) -> Workload:
 
 @pytest.fixture
 def workload(request: pytest.FixtureRequest) -> Iterator[Workload]:
-    dsn = _database()
+    dsn = database()
     if request.param == "no-pool":
         made = _select_without_pool(dsn)
     else:
@@ -291,7 +224,7 @@ def workload(request: pytest.FixtureRequest) -> Iterator[Workload]:
     made.close()
 
 
-@pytest.mark.parametrize("workload", [*POOLS, _param("no-pool")], indirect=True)
+@pytest.mark.parametrize("workload", [*PSYCOPG_POOLS, psycopg_param("no-pool")], indirect=True)
 def test_threads_select_1(benchmark: Any, workload: Workload) -> None:
     """THREADS threads run ``SELECT 1`` per checkout on a pool of THREADS
     connections (or each on its own connection, with no pool)."""
@@ -305,7 +238,4 @@ def test_threads_select_1(benchmark: Any, workload: Workload) -> None:
     benchmark.pedantic(lambda run: run(), setup=setup, rounds=THREAD_ROUNDS, iterations=1)
     workload.check()
     total = PER_THREAD * THREADS
-    benchmark.extra_info["threads"] = THREADS
-    benchmark.extra_info["requests_per_round"] = total
-    if benchmark.stats is not None:
-        benchmark.extra_info["requests_per_s"] = total / benchmark.stats.stats.median
+    record_rate(benchmark, total, "requests", threads=THREADS)

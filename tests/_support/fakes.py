@@ -36,6 +36,7 @@ __all__ = (
     "FakeConn",
     "FakeError",
     "NoWeakConn",
+    "NullAdapter",
     "new_bytearray",
 )
 
@@ -131,6 +132,23 @@ class FakeAdapter:
 
     def close(self, conn: FakeConn) -> None:
         conn.close()
+
+
+class NullAdapter:
+    """The least a pool needs from an adapter, for objects that are not
+    connections: no reset, nothing to check, never broken, nothing to close."""
+
+    def reset_for(self, conn: Any) -> None:
+        return None
+
+    def check(self, conn: Any) -> None:
+        pass
+
+    def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
+        return False
+
+    def close(self, conn: Any) -> None:
+        pass
 
 
 class Factory:

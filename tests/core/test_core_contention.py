@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from _support.fakes import NullAdapter
 from pypool import Pool
 from pypool.errors import PoolTimeout
 
@@ -29,30 +30,13 @@ HOLD = (0.0, 0.002)  # seconds a connection is held, uniformly
 TIMEOUT = 1.0
 
 
-class Adapter:
-    """The least a Pool needs from an adapter, for objects that are not
-    connections."""
-
-    def reset_for(self, conn: Any) -> None:
-        return None
-
-    def check(self, conn: Any) -> None:
-        pass
-
-    def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
-        return False
-
-    def close(self, conn: Any) -> None:
-        pass
-
-
 class Thing:
     pass
 
 
 def test_a_pool_timeout_carries_the_idle_count(core_module: ModuleType) -> None:
     with Pool.with_core(core_module)(
-        Thing, adapter=Adapter(), min_size=1, max_size=1, check=False
+        Thing, adapter=NullAdapter(), min_size=1, max_size=1, check=False
     ) as pool:
         pool.wait(timeout=10)
         held = pool.acquire()

@@ -6,29 +6,15 @@ values)."""
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
 
 import pytest
 
+from _support.fakes import NullAdapter
 from pypool import AsyncPool, Pool, stats
 
 
 class Conn:
     def close(self) -> None:
-        pass
-
-
-class Adapter:
-    def reset_for(self, conn: Any) -> Any:
-        return None
-
-    def check(self, conn: Any) -> None:
-        pass
-
-    def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
-        return False
-
-    def close(self, conn: Any) -> None:
         pass
 
 
@@ -55,7 +41,7 @@ def test_the_table_is_well_formed() -> None:
 
 @pytest.mark.parametrize("public", [Pool, AsyncPool], ids=["Pool", "AsyncPool"])
 def test_stats_returns_the_table(public: type, core_module: ModuleType) -> None:
-    pool = public.with_core(core_module)(Conn, adapter=Adapter())
+    pool = public.with_core(core_module)(Conn, adapter=NullAdapter())
     assert list(pool.stats()) == KEYS
     for m in stats.METRICS:
         value = pool.stats()[m.key]
@@ -74,7 +60,7 @@ def test_otel_publishes_the_table(core_module: ModuleType) -> None:
     reader = export.InMemoryMetricReader()
     provider = sdk.MeterProvider(metric_readers=[reader])
     try:
-        with Pool.with_core(core_module)(Conn, adapter=Adapter(), name="t") as pool:
+        with Pool.with_core(core_module)(Conn, adapter=NullAdapter(), name="t") as pool:
             with pool.connection():
                 pass
             pool.drain()  # a retired connection: a point of the "by reason" metric
@@ -101,7 +87,7 @@ def test_prometheus_exposes_the_table(core_module: ModuleType) -> None:
     pytest.importorskip("prometheus_client", reason="prometheus_client is not installed")
     from pypool.prometheus import PoolCollector
 
-    with Pool.with_core(core_module)(Conn, adapter=Adapter(), name="t") as pool:
+    with Pool.with_core(core_module)(Conn, adapter=NullAdapter(), name="t") as pool:
         families = {f.name: f.type for f in PoolCollector(pool, namespace="ns").collect()}
     expected = {}
     for m in PUBLISHED:

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import pypool
+from _support.fakes import NullAdapter
 from pypool import AsyncPool, ConfigurationError, Pool
 from pypool.pool.settings import MIN_LIFETIME, SETTINGS, session_state_reset
 
@@ -36,20 +37,6 @@ class Conn:
 
     def close(self) -> None:
         pass
-
-
-class Adapter:
-    def reset_for(self, conn: Any) -> Any:
-        return None
-
-    def check(self, conn: Any) -> None:
-        pass
-
-    def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
-        return False
-
-    def close(self, conn: Any) -> None:
-        conn.close()
 
 
 class Factory:
@@ -69,7 +56,7 @@ def pool_class(request: pytest.FixtureRequest, core_module: ModuleType) -> type:
 
 
 def make(cls: type, **kw: Any) -> Any:
-    kw.setdefault("adapter", Adapter())
+    kw.setdefault("adapter", NullAdapter())
     pool = cls(Factory(), **kw)
     pool_close(pool)
     return pool
@@ -137,7 +124,7 @@ def test_with_core_refuses_what_is_not_a_core(bad: Any) -> None:
 
 
 def test_defaults_are_the_table(pool_class: type) -> None:
-    pool = make(pool_class, adapter=Adapter())
+    pool = make(pool_class, adapter=NullAdapter())
     settings = pool._settings
     for s in SETTINGS:
         if s.name in ("adapter", "name"):
@@ -188,7 +175,7 @@ def clears_sessions(conn: Any) -> None:
 #: For every setting: values just inside its bounds (accepted), and values
 #: just outside (refused), each as the keywords to pass.
 EDGES: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
-    "adapter": ([{"adapter": Adapter()}], [{"adapter": object()}, {"adapter": Conn()}]),
+    "adapter": ([{"adapter": NullAdapter()}], [{"adapter": object()}, {"adapter": Conn()}]),
     "min_size": (
         [{"min_size": 0}, {"min_size": 3, "max_size": 3}],
         [{"min_size": -1}, {"min_size": 4, "max_size": 3}, {"min_size": 1.0}],
@@ -328,13 +315,13 @@ def test_run_checks_its_arguments_before_any_connection(
     (name, *_) = kw
     called: list[Any] = []
     factory = Factory()
-    with Pool.with_core(core_module)(factory, adapter=Adapter()) as pool:
+    with Pool.with_core(core_module)(factory, adapter=NullAdapter()) as pool:
         with pytest.raises(ConfigurationError, match=name):
             pool.run(called.append, **kw)
         assert not called and factory.calls == 0 and pool.size == 0
 
     async def main() -> None:
-        async with AsyncPool.with_core(core_module)(factory, adapter=Adapter()) as apool:
+        async with AsyncPool.with_core(core_module)(factory, adapter=NullAdapter()) as apool:
 
             async def fn(conn: Any) -> None:
                 called.append(conn)
@@ -347,7 +334,7 @@ def test_run_checks_its_arguments_before_any_connection(
 
 
 def test_run_accepts_the_edges(core_module: ModuleType) -> None:
-    with Pool.with_core(core_module)(Factory(), adapter=Adapter()) as pool:
+    with Pool.with_core(core_module)(Factory(), adapter=NullAdapter()) as pool:
         assert pool.run(lambda conn: 1, retries=0, backoff=0) == 1
         assert pool.run(lambda conn: 2, retries=0, backoff=math.inf) == 2  # never sleeps
         assert pool.run(lambda conn: 3, retries=3, backoff=0.0) == 3

@@ -94,9 +94,9 @@ from .output import (
     environment,
     hint_extras,
     json_path,
+    png_figure,
     png_path,
     positive,
-    pyplot,
     table,
     write_outputs,
 )
@@ -682,9 +682,7 @@ def _queries_json(q: _QueryRun) -> dict[str, Any]:
 
 def _plot(run: _Run, path: str) -> None:
     """Writes a PNG of throughput against threads, one line per contender."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(9.5, 5), dpi=100)
-    try:
+    with png_figure(path, figsize=(9.5, 5), dpi=100) as ax:
         values: list[float] = []
         for c in run.contenders:
             points = [(t, _median(run.threaded.get((c.name, t)))) for t in run.threads]
@@ -709,10 +707,6 @@ def _plot(run: _Run, path: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
         if values:
             ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "hint_extras",
     "importable",
     "json_path",
+    "png_figure",
     "png_path",
     "positive",
     "pyplot",
@@ -85,6 +86,20 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextlib.contextmanager
+def png_figure(path: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """The axes of a ``pyplot.subplots(*args, **kwargs)`` figure, written to
+    ``path`` as a PNG when the block ends without an error, closed always."""
+    plt = pyplot()
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield axes
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
 
 
 class Progress:

@@ -85,9 +85,9 @@ from .output import (
     check_plot,
     hint_extras,
     json_path,
+    png_figure,
     png_path,
     positive,
-    pyplot,
     table,
     write_outputs,
 )
@@ -733,9 +733,7 @@ def _doc(s: _Sweep) -> dict[str, Any]:
 
 
 def _plot(s: _Sweep, path: str) -> None:
-    plt = pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8, 6.5), dpi=100)
-    try:
+    with png_figure(path, 2, 1, sharex=True, figsize=(8, 6.5), dpi=100) as (top, bottom):
         xs = [r["size"] for r in s.results]
         top.plot(xs, [r["throughput"] for r in s.results], marker="o", color="tab:blue")
         bottom.plot(
@@ -763,10 +761,6 @@ def _plot(s: _Sweep, path: str) -> None:
         if rec is not None:
             title += f"; recommended size {rec['size']} (dashed)"
         top.set_title(title)
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
 
 
 # ------------------------------------------------------------------ the command

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ACTIVE", "WorkloadFailed", "measure", "percentile", "run_sql"]
+__all__ = ["ACTIVE", "WorkloadFailed", "measure", "percentile", "run_clients", "run_sql"]
 
 #: Client connections on the server (through PgBouncer: the bouncer's server
 #: connections and everyone else's).
@@ -56,18 +56,30 @@ def measure(
     halfway: Callable[[], Any] | None = None,
 ) -> tuple[list[float], float, Any]:
     """``clients`` threads run ``with pool.connection() as conn: sql`` for
-    ``seconds``; returns every cycle's latency in seconds (sorted), the
+    ``seconds``: :func:`run_clients` of :func:`run_sql`."""
+    return run_clients(pool, lambda conn: run_sql(conn, sql), clients, seconds, halfway)
+
+
+def run_clients(
+    pool: Any,
+    work: Callable[[Any], object],
+    clients: int,
+    seconds: float,
+    halfway: Callable[[], Any] | None = None,
+) -> tuple[list[float], float, Any]:
+    """``clients`` threads run ``with pool.connection() as conn: work(conn)``
+    for ``seconds``; returns every cycle's latency in seconds (sorted), the
     elapsed time, and what ``halfway()`` returned halfway through (None
     without it; it runs on this thread, to count server connections, and
-    an exception it raises counts as None). Raises :class:`WorkloadFailed`
-    when a client's workload raised."""
+    an exception it raises counts as None). Raises :class:`WorkloadFailed`,
+    caused by the first error, when a client's work raised."""
     stop = threading.Event()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
     barrier = threading.Barrier(clients + 1)
     clock = time.perf_counter
 
-    def work(mine: list[float]) -> None:
+    def client(mine: list[float]) -> None:
         try:
             barrier.wait()
         except threading.BrokenBarrierError:
@@ -76,13 +88,13 @@ def measure(
             while not stop.is_set():
                 t0 = clock()
                 with pool.connection() as conn:
-                    run_sql(conn, sql)
+                    work(conn)
                 mine.append(clock() - t0)
         except BaseException as exc:
             errors.append(exc)
             stop.set()
 
-    workers = [threading.Thread(target=work, args=(lat,), daemon=True) for lat in latencies]
+    workers = [threading.Thread(target=client, args=(lat,), daemon=True) for lat in latencies]
     for w in workers:
         w.start()
     try:
@@ -103,7 +115,7 @@ def measure(
         barrier.abort()
         raise
     if errors:
-        raise WorkloadFailed(f"the workload failed: {first_line(errors[0])}")
+        raise WorkloadFailed(f"the workload failed: {first_line(errors[0])}") from errors[0]
     return sorted(x for lat in latencies for x in lat), elapsed, seen
 
 
