@@ -353,6 +353,13 @@ def psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
     return exc
 
 
+#: The keywords a psycopg pool keeps as public attributes, as psycopg_pool's.
+_PUBLIC_ATTRIBUTES = (
+    "conninfo", "kwargs", "connection_class", "close_returns",
+    "reconnect_timeout", "num_workers", "max_lifetime", "max_idle",
+)  # fmt: skip
+
+
 class PsycopgStats:
     """What psycopg_pool's sync and async pools share: their public
     attributes and their statistics, from pypool's."""
@@ -461,9 +468,8 @@ class PsycopgStats:
             options.setdefault("check_after", 0.0)
         _, max_size = check_sizes(min_size, max_size, self._null)
         self._max_size_asked = max_size
-        for name in ("conninfo", "kwargs", "connection_class", "close_returns"):
-            setattr(self, name, conninfo if name == "conninfo" else values[name])
-        for name in ("reconnect_timeout", "num_workers", "max_lifetime", "max_idle"):
+        values["conninfo"] = conninfo
+        for name in _PUBLIC_ATTRIBUTES:
             setattr(self, name, values[name])
         self._user_configure = values["configure"]
         self._forget_failures()

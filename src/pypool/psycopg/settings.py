@@ -67,18 +67,20 @@ class PsycopgSetting:
     @property
     def bound(self) -> str:
         """Its bounds, in words."""
-        setting = self.setting
-        if setting is None:
-            return self.bound_note
-        return f"{setting.bound}{', ' if self.bound_note else ''}{self.bound_note}"
+        return self._joined("bound", self.bound_note, ", ")
 
     @property
     def doc(self) -> str:
         """Its meaning."""
+        return self._joined("doc", self.doc_note, "; ")
+
+    def _joined(self, field: str, note: str, separator: str) -> str:
+        """The pypool setting's ``field``, then ``note`` (only ``note`` for a
+        psycopg-only keyword)."""
         setting = self.setting
         if setting is None:
-            return self.doc_note
-        return f"{setting.doc}{'; ' if self.doc_note else ''}{self.doc_note}"
+            return note
+        return separator.join(text for text in (getattr(setting, field), note) if text)
 
 
 #: Every keyword of the psycopg pools, in the order of their signatures

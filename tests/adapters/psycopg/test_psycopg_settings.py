@@ -187,15 +187,12 @@ def test_the_docstring_section_is_the_table(public: type) -> None:
     expected = _defaults(public)
     doc = public.__doc__ or ""
     assert "Settings (keyword arguments; the table is" in doc
+    lines = {line.split("=")[0]: line for line in doc.splitlines() if "- ``" in line}
     for s in PSYCOPG_SETTINGS:
+        line = lines[f"    - ``{s.name}"]
         default = expected[s.name]
-        shown = (
-            f"{default.__module__}.{default.__qualname__}"
-            if isinstance(default, type)
-            else repr(default)
-        )
-        line = f"- ``{s.name}={shown}`` ({s.bound}): "
-        assert line in doc, line
+        assert (default.__qualname__ if isinstance(default, type) else repr(default)) in line
+        assert line.endswith(f"`` ({s.bound}): {s.doc}."), line
         if s.feeds is not None:  # the pypool row's words, not a copy
             assert PYPOOL[s.feeds].bound in s.bound and PYPOOL[s.feeds].doc in s.doc
     for name in OPTIONS:
