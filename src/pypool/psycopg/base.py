@@ -104,6 +104,18 @@ async def check_connection_async(conn: Any) -> None:
                 await conn.set_autocommit(False)
 
 
+def left_idle(conn: Any, role: str, function: object) -> None:
+    """Raises psycopg's ``ProgrammingError`` (the connection is discarded)
+    if the user's ``function`` (its ``role``: reset or configure) left
+    ``conn`` in a transaction, as psycopg_pool does."""
+    status = conn.pgconn.transaction_status
+    if status != IDLE:
+        raise psycopg.ProgrammingError(
+            f"connection left in status {TransactionStatus(status).name} "
+            f"by {role} function {function}: discarded"
+        )
+
+
 # --------------------------------------------------------------- adapters
 
 
@@ -138,12 +150,7 @@ class PsycopgAdapter(DBAPIAdapter):
                 raise _unusable(conn, status)
             if user_reset is not None:
                 user_reset(conn)
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise psycopg.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} "
-                        f"by reset function {user_reset}: discarded"
-                    )
+                left_idle(conn, "reset", user_reset)
 
         return reset
 
@@ -177,12 +184,7 @@ class AsyncPsycopgAdapter(PsycopgAdapter):
                 result = user_reset(conn)
                 if hasattr(result, "__await__"):
                     await result
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise psycopg.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} "
-                        f"by reset function {user_reset}: discarded"
-                    )
+                left_idle(conn, "reset", user_reset)
 
         return reset
 

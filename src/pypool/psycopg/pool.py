@@ -7,7 +7,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
 from .._weak import WeakMethod
@@ -23,6 +22,7 @@ from .base import (
     called_by_pypool,
     check_connection,
     check_sizes,
+    left_idle,
     logger,
     psycopg_error,
     psycopg_init,
@@ -194,12 +194,7 @@ class PsycopgMethods(PsycopgStats, PoolMethods[CT]):
         configure = self._user_configure
         if configure is not None:
             configure(conn)
-            status = conn.pgconn.transaction_status
-            if status != IDLE:
-                raise psycopg.ProgrammingError(
-                    f"connection left in status {TransactionStatus(status).name} "
-                    f"by configure function {configure}: discarded"
-                )
+            left_idle(conn, "configure", configure)
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change the size of the pool during runtime."""

@@ -8,7 +8,6 @@ import warnings
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
 from .._weak import WeakMethod
@@ -23,6 +22,7 @@ from .base import (
     PsycopgStats,
     check_connection_async,
     check_sizes,
+    left_idle,
     logger,
     psycopg_error,
     psycopg_init,
@@ -164,12 +164,7 @@ class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods[ACT]):
             result = configure(conn)
             if hasattr(result, "__await__"):
                 await result
-            status = conn.pgconn.transaction_status
-            if status != IDLE:
-                raise psycopg.ProgrammingError(
-                    f"connection left in status {TransactionStatus(status).name} "
-                    f"by configure function {configure}: discarded"
-                )
+            left_idle(conn, "configure", configure)
 
     async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
         """Change the size of the pool during runtime."""
