@@ -153,15 +153,6 @@ def test_an_unknown_keyword_names_the_public_class(pool_class: type) -> None:
         pool_class(Factory(), zzz=1)
 
 
-def test_an_unknown_keyword_of_a_psycopg_pool_names_it() -> None:
-    pytest.importorskip("psycopg")
-    from pypool.psycopg import ConnectionPool
-
-    with pytest.raises(TypeError, match=r"^ConnectionPool\(\) got an unexpected keyword "
-                       r"argument 'keepalives'; did you mean 'keepalive'\?"):  # fmt: skip
-        ConnectionPool("dbname=x", open=False, keepalives=3)
-
-
 # ------------------------------------------------------------------ bounds
 
 ok_check = lambda conn: None  # noqa: E731

@@ -22,7 +22,7 @@ import inspect
 import itertools
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -37,6 +37,7 @@ __all__ = [
     "check_sizes",
     "check_transaction_pooling",
     "docstring_section",
+    "refuse_unknown",
     "session_state_reset",
     "signature",
     "take_keywords",
@@ -380,10 +381,20 @@ def take_keywords(owner: str, given: Mapping[str, Any], private: tuple[str, ...]
     """Raises ``TypeError`` naming ``owner`` (the public class) for a keyword
     of ``given`` that is neither a setting nor one of ``private``, with the
     closest setting as a suggestion."""
+    refuse_unknown(owner, given, list(_BY_NAME), private)
+
+
+def refuse_unknown(
+    owner: str, given: Mapping[str, Any], known: Iterable[str], private: tuple[str, ...] = ()
+) -> None:
+    """Raises ``TypeError`` naming ``owner`` (the public class) for a keyword
+    of ``given`` that is neither one of ``known`` nor one of ``private``, with
+    the closest of ``known`` as a suggestion."""
+    names = list(known)
     for key in given:
-        if key in _BY_NAME or key in private:
+        if key in names or key in private:
             continue
-        close = difflib.get_close_matches(key, list(_BY_NAME), n=1)
+        close = difflib.get_close_matches(key, names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}{hint}")
 

@@ -1,11 +1,10 @@
 """What the psycopg pools share, sync and async, pool and null pool: the
 adapters, the connection factories, the connection block (one lease type),
-psycopg_pool's size rules, errors and statistics, and the defaults of the
-pypool-only settings."""
+psycopg_pool's size rules, errors and statistics, and the constructor (its
+keywords are :data:`pypool.psycopg.settings.PSYCOPG_SETTINGS`)."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import sys
@@ -22,27 +21,25 @@ from psycopg.pq import TransactionStatus
 from .. import _core, errors
 from .. import stats as names
 from .._secrets import Secrets, mask_dsn
+from .._weak import PoolLink, WeakMethod
 from ..dbapi import PSYCOPG, DBAPIAdapter, dsn_keys
+from ..pool.settings import check_transaction_pooling
 from ..pool.shared import PoolShared
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
+from .settings import (
+    OPTION_DEFAULTS,
+    OPTIONS,
+    PSYCOPG_SETTINGS,
+    defaults,
+    signature,
+    take_keywords,
+)
 
 logger = logging.getLogger("psycopg.pool")
 
 IDLE = TransactionStatus.IDLE
 INTRANS = TransactionStatus.INTRANS
 INERROR = TransactionStatus.INERROR
-
-#: The settings the psycopg pools take beyond psycopg_pool's, with their
-#: defaults: the one place they are defined (the constructors read them).
-PYPOOL_DEFAULTS: Mapping[str, Any] = {
-    "transaction_pooling": False,
-    # psycopg_pool's order: round-robin. With autocommit off, reusing the
-    # connection that has just committed costs time on the server side:
-    # ``SELECT 1`` through ``connection()`` measured 0.83-0.93x psycopg_pool
-    # with LIFO, 1.07-1.20x round-robin (benchmarks/psycopg_select1.py).
-    "lifo": False,
-}
-
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,6 +104,18 @@ async def check_connection_async(conn: Any) -> None:
                 await conn.set_autocommit(False)
 
 
+def left_idle(conn: Any, role: str, function: object) -> None:
+    """Raises psycopg's ``ProgrammingError`` (the connection is discarded)
+    if the user's ``function`` (its ``role``: reset or configure) left
+    ``conn`` in a transaction, as psycopg_pool does."""
+    status = conn.pgconn.transaction_status
+    if status != IDLE:
+        raise psycopg.ProgrammingError(
+            f"connection left in status {TransactionStatus(status).name} "
+            f"by {role} function {function}: discarded"
+        )
+
+
 # --------------------------------------------------------------- adapters
 
 
@@ -141,12 +150,7 @@ class PsycopgAdapter(DBAPIAdapter):
                 raise _unusable(conn, status)
             if user_reset is not None:
                 user_reset(conn)
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise psycopg.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} "
-                        f"by reset function {user_reset}: discarded"
-                    )
+                left_idle(conn, "reset", user_reset)
 
         return reset
 
@@ -180,12 +184,7 @@ class AsyncPsycopgAdapter(PsycopgAdapter):
                 result = user_reset(conn)
                 if hasattr(result, "__await__"):
                     await result
-                status = conn.pgconn.transaction_status
-                if status != IDLE:
-                    raise psycopg.ProgrammingError(
-                        f"connection left in status {TransactionStatus(status).name} "
-                        f"by reset function {user_reset}: discarded"
-                    )
+                left_idle(conn, "reset", user_reset)
 
         return reset
 
@@ -356,6 +355,13 @@ def psycopg_error(pool: Any, exc: Exception, timeout: float) -> BaseException:
     return exc
 
 
+#: The keywords a psycopg pool keeps as public attributes, as psycopg_pool's.
+_PUBLIC_ATTRIBUTES = (
+    "conninfo", "kwargs", "connection_class", "close_returns",
+    "reconnect_timeout", "num_workers", "max_lifetime", "max_idle",
+)  # fmt: skip
+
+
 class PsycopgStats:
     """What psycopg_pool's sync and async pools share: their public
     attributes and their statistics, from pypool's."""
@@ -429,36 +435,64 @@ class PsycopgStats:
     _failure_lock: threading.Lock
     _failures: dict[str, float]
 
-    def _remember(
-        self,
-        conninfo: Any,
-        connection_class: type,
-        kwargs: Any,
-        min_size: int,
-        max_size: int | None,
-        configure: Any,
-        close_returns: bool,
-        reconnect_timeout: float,
-        num_workers: int,
-        max_lifetime: float,
-        max_idle: float,
-    ) -> int:
-        """Checks the sizes by psycopg_pool's rules and keeps psycopg_pool's
-        public attributes; returns the max_size to give the core (a null
-        pool without a limit gets the core's largest)."""
+    #: What a flavour (sync or async) makes: its connection factory and
+    #: adapter types, and the keywords only its pypool base takes.
+    _connect_type: ClassVar[type[Connect]]
+    _adapter_type: ClassVar[type[PsycopgAdapter]]
+    _base_keywords: ClassVar[Mapping[str, Any]] = {}
+
+    def _start(self, open: bool | None) -> None:
+        """Opens the new pool, or not, as ``open`` and the flavour say."""
+        raise NotImplementedError
+
+    def _construct(self, conninfo: Any, given: dict[str, Any], defaults: Mapping[str, Any]) -> Any:
+        """The constructor of every psycopg pool, sync and async, pool and
+        null pool: takes the keywords of :data:`PSYCOPG_SETTINGS` (``given``
+        over ``defaults``) and pypool's other settings, checks the sizes by
+        psycopg_pool's rules, keeps psycopg_pool's public attributes and
+        makes the pypool pool. Returns ``open``, for the flavour to act on."""
+        public = type(self).__dict__.get("_public", type(self))
+        take_keywords(public.__name__, given)
+        options = {name: given.pop(name) for name in OPTIONS if name in given}
+        values = {**defaults, **given}
+        min_size, max_size = values["min_size"], values["max_size"]
+        if self._null:
+            check_sizes(min_size, max_size, True)
+            values["close_returns"] = False  # as psycopg_pool: returning means closing here
+            min_size, max_size = 0, max_size or 0
+        reset, transaction_pooling = values["reset"], values["transaction_pooling"]
+        check_transaction_pooling(transaction_pooling, reset)
+        for name, value in OPTION_DEFAULTS.items():
+            options.setdefault(name, value)
+        if values["check"] is not None:
+            # The user's contract, as psycopg_pool's: every hand-out is
+            # checked, a new connection's too (unless check_after is given).
+            options.setdefault("check_after", 0.0)
         _, max_size = check_sizes(min_size, max_size, self._null)
         self._max_size_asked = max_size
-        self.conninfo = conninfo
-        self.kwargs = kwargs
-        self.connection_class = connection_class
-        self.close_returns = close_returns
-        self.reconnect_timeout = reconnect_timeout
-        self.num_workers = num_workers
-        self.max_lifetime = max_lifetime
-        self.max_idle = max_idle
-        self._user_configure = configure
+        values["conninfo"] = conninfo
+        for name in _PUBLIC_ATTRIBUTES:
+            setattr(self, name, values[name])
+        self._user_configure = values["configure"]
         self._forget_failures()
-        return _core.MAX_SIZE if self._null and max_size == 0 else max_size
+        factory = self._connect_type(
+            conninfo, values["connection_class"], values["kwargs"], transaction_pooling
+        )
+        fed = {s.feeds: values[s.name] for s in PSYCOPG_SETTINGS if s.feeds is not None}
+        fed["min_size"] = min_size
+        fed["max_size"] = _core.MAX_SIZE if self._null and max_size == 0 else max_size
+        fed["configure"] = WeakMethod(self._configure_new)  # type: ignore[attr-defined]
+        super().__init__(  # type: ignore[call-arg]  # the flavour's pypool pool
+            factory,
+            adapter=self._adapter_type(reset),
+            **fed,
+            **self._base_keywords,
+            **options,
+        )
+        factory.pool = PoolLink(self)  # weakly: no cycle through the settings
+        self._opened = False
+        self._stats_base = {}
+        return values["open"]
 
     def _forget_failures(self) -> None:
         # The requests that got no connection, which psycopg_pool's request
@@ -548,18 +582,10 @@ def check_sizes(min_size: int, max_size: int | None, null: bool) -> tuple[int, i
 class NullShared:
     """What makes a psycopg pool, sync or async, a null pool: psycopg_pool's
     size rules (``min_size`` 0; ``max_size`` 0 or None: no limit, read back
-    as 0) and the constructor's arguments."""
+    as 0)."""
 
     _null = True
     _max_size_asked = 0
-
-    @staticmethod
-    def _null_arguments(min_size: int, max_size: int | None, kwargs: dict[str, Any]) -> int:
-        """Checks the sizes; sets in ``kwargs`` what a null pool fixes;
-        returns the ``max_size`` to pass on (0: no limit)."""
-        check_sizes(min_size, max_size, True)
-        kwargs["close_returns"] = False  # as psycopg_pool: returning means closing here
-        return max_size or 0
 
     @property
     def max_size(self) -> int:
@@ -573,14 +599,16 @@ class NullShared:
         return max_size or _core.MAX_SIZE
 
 
-def null_signature(init: Callable[..., None]) -> inspect.Signature:
-    """The signature of a null pool's ``__init__``: its pool's, with
-    ``min_size`` 0 (the null pools take the same arguments, and check them
-    as psycopg_pool's null pools do)."""
-    signature = inspect.signature(init)
-    return signature.replace(
-        parameters=[
-            p.replace(default=0) if p.name == "min_size" else p
-            for p in signature.parameters.values()
-        ]
-    )
+def psycopg_init(connection_class: type, *, null: bool = False) -> Callable[..., None]:
+    """The ``__init__`` of a psycopg pool flavour (the pools or the null
+    pools, making ``connection_class`` connections): one body,
+    :meth:`PsycopgStats._construct`, and the signature of
+    :data:`PSYCOPG_SETTINGS`, which ``inspect.signature`` and ``help()``
+    show."""
+    values = defaults(connection_class, null=null)
+
+    def __init__(self: PsycopgStats, conninfo: Any = "", **settings: Any) -> None:
+        self._start(self._construct(conninfo, settings, values))
+
+    __init__.__signature__ = signature(connection_class, null=null, method=True)  # type: ignore[attr-defined]
+    return __init__

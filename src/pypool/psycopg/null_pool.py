@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
+import psycopg
+
+from ..pool.settings import ClassSignature
 from ..pool.threaded import PoolMethods
-from .base import NullShared, null_signature
+from .base import NullShared, psycopg_init
 from .errors import PoolTimeout
-from .pool import CT, ConnectionPool, PsycopgMethods
+from .pool import CT, ConnectionPool
+from .settings import docstring_section, signature
 
 __all__ = ["NullConnectionPool"]
 
@@ -16,16 +19,8 @@ __all__ = ["NullConnectionPool"]
 class _NullMethods(NullShared):
     _core: Any
 
-    def __init__(
-        self,
-        conninfo: str | Callable[[], str] = "",
-        *,
-        min_size: int = 0,
-        max_size: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        max_size = self._null_arguments(min_size, max_size, kwargs)
-        super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)  # type: ignore[call-arg]
+    # PSYCOPG_SETTINGS, with min_size 0 (NullConnectionPool.__signature__).
+    __init__ = psycopg_init(psycopg.Connection, null=True)
 
     def putconn(self, conn: Any) -> None:
         """Return a connection: closed, unless a caller waits for one."""
@@ -56,14 +51,16 @@ class _NullMethods(NullShared):
         self.putconn(conn)
 
 
-# What inspect.signature() shows: the arguments **kwargs takes on.
-_NullMethods.__init__.__signature__ = null_signature(PsycopgMethods.__init__)  # type: ignore[attr-defined]
-
-
 class NullConnectionPool(_NullMethods, ConnectionPool[CT]):  # type: ignore[misc]
     """psycopg_pool's ``NullConnectionPool``: no connection is kept; each is
     made on demand and closed when returned (or handed straight to a caller
     waiting for one), while ``max_size`` bounds how many are open at once."""
 
     __module__ = "pypool.psycopg"
+    __signature__ = ClassSignature(signature(psycopg.Connection, null=True))
     _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire"}
+
+
+NullConnectionPool.__doc__ = (
+    f"{NullConnectionPool.__doc__}\n{docstring_section(psycopg.Connection, null=True)}\n"
+)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
 from ..pool.aio import AsyncPoolMethods
-from .base import NullShared, null_signature
+from ..pool.settings import ClassSignature
+from .base import NullShared, psycopg_init
 from .errors import PoolTimeout
 from .pool_async import ACT, AsyncConnectionPool, AsyncPsycopgMethods
+from .settings import docstring_section, signature
 
 __all__ = ["AsyncNullConnectionPool"]
 
@@ -15,11 +19,8 @@ __all__ = ["AsyncNullConnectionPool"]
 class _AsyncNullMethods(NullShared, AsyncPsycopgMethods[Any]):
     """What makes an AsyncConnectionPool a null pool."""
 
-    def __init__(
-        self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
-    ) -> None:
-        max_size = self._null_arguments(min_size, max_size, kwargs)
-        super().__init__(conninfo, min_size=0, max_size=max_size, **kwargs)
+    # PSYCOPG_SETTINGS, with min_size 0 (AsyncNullConnectionPool.__signature__).
+    __init__ = psycopg_init(psycopg.AsyncConnection, null=True)
 
     async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
         """Change max_size during runtime; min_size must remain 0."""
@@ -52,13 +53,15 @@ class _AsyncNullMethods(NullShared, AsyncPsycopgMethods[Any]):
         await self.putconn(conn)
 
 
-# What inspect.signature() shows: the arguments **kwargs takes on.
-_AsyncNullMethods.__init__.__signature__ = null_signature(AsyncPsycopgMethods.__init__)  # type: ignore[attr-defined]
-
-
 class AsyncNullConnectionPool(_AsyncNullMethods, AsyncConnectionPool[ACT]):
     """psycopg_pool's ``AsyncNullConnectionPool``: no connection is kept;
     each is made on demand and closed when returned (or handed straight to a
     task waiting for one)."""
 
     __module__ = "pypool.psycopg"
+    __signature__ = ClassSignature(signature(psycopg.AsyncConnection, null=True))
+
+
+AsyncNullConnectionPool.__doc__ = (
+    f"{AsyncNullConnectionPool.__doc__}\n{docstring_section(psycopg.AsyncConnection, null=True)}\n"
+)

@@ -7,16 +7,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
-from .._weak import PoolLink, WeakMethod
+from .._weak import WeakMethod
 from ..pool import Pool
-from ..pool.settings import check_transaction_pooling
+from ..pool.settings import ClassSignature
 from ..pool.threaded import PoolMethods
 from .base import (
     IDLE,
-    PYPOOL_DEFAULTS,
     Connect,
     Lease,
     PsycopgAdapter,
@@ -24,11 +22,14 @@ from .base import (
     called_by_pypool,
     check_connection,
     check_sizes,
+    left_idle,
     logger,
     psycopg_error,
+    psycopg_init,
     user_stacklevel,
 )
 from .errors import PoolClosed, PoolTimeout
+from .settings import docstring_section, signature
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -47,68 +48,21 @@ class PsycopgMethods(PsycopgStats, PoolMethods[CT]):
     _settings: Any
     _policy: Any
 
-    def __init__(
-        self,
-        conninfo: str | Callable[[], str] = "",
-        *,
-        connection_class: type = psycopg.Connection,
-        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
-        min_size: int = 4,
-        max_size: int | None = None,
-        open: bool | None = None,
-        configure: Callable[[Any], object] | None = None,
-        check: Callable[[Any], object] | None = None,
-        reset: Callable[[Any], object] | None = None,
-        name: str | None = None,
-        close_returns: bool = False,
-        timeout: float = 30.0,
-        max_waiting: int = 0,
-        max_lifetime: float = 60 * 60.0,
-        max_idle: float = 10 * 60.0,
-        reconnect_timeout: float = 5 * 60.0,
-        reconnect_failed: Callable[[Any], object] | None = None,
-        num_workers: int = 3,
-        transaction_pooling: bool = PYPOOL_DEFAULTS["transaction_pooling"],
-        **options: Any,
-    ) -> None:
-        check_transaction_pooling(transaction_pooling, reset)
-        options.setdefault("lifo", PYPOOL_DEFAULTS["lifo"])  # round-robin, as psycopg_pool
-        if check is not None:
-            # The user's contract, as psycopg_pool's: every hand-out is
-            # checked, a new connection's too (unless check_after is given).
-            options.setdefault("check_after", 0.0)
-        max_size = self._remember(
-            conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
-            reconnect_timeout, num_workers, max_lifetime, max_idle,
-        )  # fmt: skip
-        factory = Connect(conninfo, connection_class, kwargs, transaction_pooling)
-        super().__init__(
-            factory,
-            adapter=PsycopgAdapter(reset),
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            check=check,
-            configure=WeakMethod(self._configure_new),  # no cycle through settings
-            num_workers=num_workers,
-            name=name,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=reconnect_failed,
-            transaction_pooling=transaction_pooling,
-            _defer_open=True,
-            **options,
-        )
-        factory.pool = PoolLink(self)  # weakly: no cycle through the settings
-        self._opened = False
-        self._stats_base: dict[str, int] = {}
+    _connect_type = Connect
+    _adapter_type = PsycopgAdapter
+    _base_keywords: ClassVar[Mapping[str, Any]] = {"_defer_open": True}
+    getconn: Callable[..., Any]
+
+    # The keywords, their defaults and their bounds are
+    # pypool.psycopg.settings.PSYCOPG_SETTINGS (ConnectionPool.__signature__).
+    __init__ = psycopg_init(psycopg.Connection)
+
+    def _start(self, open: bool | None) -> None:
         if open is None:
             # As psycopg_pool: open now, but warn at the first use unless
             # the pool is used as a context manager.
             # (held weakly, as any attribute of the pool that leads back to it)
-            self.getconn: Callable[..., Any] = WeakMethod(self._getconn_warn)
+            self.getconn = WeakMethod(self._getconn_warn)
             self._open_pool()
         elif open:
             self._open_pool()
@@ -240,12 +194,7 @@ class PsycopgMethods(PsycopgStats, PoolMethods[CT]):
         configure = self._user_configure
         if configure is not None:
             configure(conn)
-            status = conn.pgconn.transaction_status
-            if status != IDLE:
-                raise psycopg.ProgrammingError(
-                    f"connection left in status {TransactionStatus(status).name} "
-                    f"by configure function {configure}: discarded"
-                )
+            left_idle(conn, "configure", configure)
 
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change the size of the pool during runtime."""
@@ -308,6 +257,7 @@ class ConnectionPool(PsycopgMethods[CT], Pool[CT]):
     """
 
     __module__ = "pypool.psycopg"
+    __signature__ = ClassSignature(signature(psycopg.Connection))
     _hot_aliases: ClassVar[dict[str, str]] = {"getconn": "acquire", "putconn": "release"}
     if TYPE_CHECKING:  # the core's acquire and release, in the connection type
 
@@ -317,3 +267,6 @@ class ConnectionPool(PsycopgMethods[CT], Pool[CT]):
     else:
         getconn = _core.PoolBase.acquire
         putconn = _core.PoolBase.release
+
+
+ConnectionPool.__doc__ = f"{ConnectionPool.__doc__}\n{docstring_section(psycopg.Connection)}\n"

@@ -5,31 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
-from psycopg.pq import TransactionStatus
 
 from .. import _core, errors
-from .._weak import PoolLink, WeakMethod
+from .._weak import WeakMethod
 from ..pool import AsyncPool
 from ..pool.aio import AsyncPoolMethods
-from ..pool.settings import check_transaction_pooling
+from ..pool.settings import ClassSignature
 from .base import (
     IDLE,
-    PYPOOL_DEFAULTS,
     AsyncConnect,
     AsyncPsycopgAdapter,
     Lease,
     PsycopgStats,
     check_connection_async,
     check_sizes,
+    left_idle,
     logger,
     psycopg_error,
+    psycopg_init,
     user_stacklevel,
 )
 from .errors import PoolClosed, PoolTimeout
+from .settings import docstring_section, signature
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -45,62 +45,14 @@ class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods[ACT]):
 
     _null = False
 
-    def __init__(
-        self,
-        conninfo: Any = "",
-        *,
-        connection_class: type = psycopg.AsyncConnection,
-        kwargs: Any = None,
-        min_size: int = 4,
-        max_size: int | None = None,
-        open: bool | None = None,
-        configure: Callable[[Any], Any] | None = None,
-        check: Callable[[Any], Any] | None = None,
-        reset: Callable[[Any], Any] | None = None,
-        name: str | None = None,
-        close_returns: bool = False,
-        timeout: float = 30.0,
-        max_waiting: int = 0,
-        max_lifetime: float = 60 * 60.0,
-        max_idle: float = 10 * 60.0,
-        reconnect_timeout: float = 5 * 60.0,
-        reconnect_failed: Callable[[Any], Any] | None = None,
-        num_workers: int = 3,
-        transaction_pooling: bool = PYPOOL_DEFAULTS["transaction_pooling"],
-        **options: Any,
-    ) -> None:
-        check_transaction_pooling(transaction_pooling, reset)
-        options.setdefault("lifo", PYPOOL_DEFAULTS["lifo"])  # round-robin, as psycopg_pool
-        if check is not None:
-            # The user's contract, as psycopg_pool's: every hand-out is
-            # checked, a new connection's too (unless check_after is given).
-            options.setdefault("check_after", 0.0)
-        max_size = self._remember(
-            conninfo, connection_class, kwargs, min_size, max_size, configure, close_returns,
-            reconnect_timeout, num_workers, max_lifetime, max_idle,
-        )  # fmt: skip
-        factory = AsyncConnect(conninfo, connection_class, kwargs, transaction_pooling)
-        super().__init__(
-            factory,
-            adapter=AsyncPsycopgAdapter(reset),
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            max_waiting=max_waiting,
-            max_lifetime=max_lifetime,
-            max_idle=max_idle,
-            check=check,
-            configure=WeakMethod(self._configure_new),  # no cycle through settings
-            num_workers=num_workers,
-            name=name,
-            reconnect_timeout=reconnect_timeout,
-            reconnect_failed=reconnect_failed,
-            transaction_pooling=transaction_pooling,
-            **options,
-        )
-        factory.pool = PoolLink(self)  # weakly: no cycle through the settings
-        self._stats_base = {}
-        self._opened = False
+    _connect_type = AsyncConnect
+    _adapter_type = AsyncPsycopgAdapter
+
+    # The keywords, their defaults and their bounds are pypool.psycopg.settings.
+    # PSYCOPG_SETTINGS (AsyncConnectionPool.__signature__).
+    __init__ = psycopg_init(psycopg.AsyncConnection)
+
+    def _start(self, open: bool | None) -> None:
         if open:
             self._warn_open_async()
         if open or open is None:
@@ -212,12 +164,7 @@ class AsyncPsycopgMethods(PsycopgStats, AsyncPoolMethods[ACT]):
             result = configure(conn)
             if hasattr(result, "__await__"):
                 await result
-            status = conn.pgconn.transaction_status
-            if status != IDLE:
-                raise psycopg.ProgrammingError(
-                    f"connection left in status {TransactionStatus(status).name} "
-                    f"by configure function {configure}: discarded"
-                )
+            left_idle(conn, "configure", configure)
 
     async def resize(self, min_size: int, max_size: int | None = None) -> None:  # type: ignore[override]
         """Change the size of the pool during runtime."""
@@ -271,3 +218,9 @@ class AsyncConnectionPool(AsyncPsycopgMethods[ACT], AsyncPool[ACT]):
     """
 
     __module__ = "pypool.psycopg"
+    __signature__ = ClassSignature(signature(psycopg.AsyncConnection))
+
+
+AsyncConnectionPool.__doc__ = (
+    f"{AsyncConnectionPool.__doc__}\n{docstring_section(psycopg.AsyncConnection)}\n"
+)

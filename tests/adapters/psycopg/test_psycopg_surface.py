@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -177,14 +178,30 @@ def test_kinds_and_signatures(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_init_takes_every_psycopg_pool_argument_with_its_default(name: str) -> None:
+def test_init_takes_every_psycopg_pool_argument_with_its_default(
+    name: str, core_module: ModuleType
+) -> None:
     """The allowed ``__init__`` difference is additions only: each of
     psycopg_pool's parameters is there, of the same kind, with the same
-    default, in the same order."""
+    default, in the same order; so in what ``inspect.signature`` (help(),
+    an IDE) shows of the class itself, public and bound to each core."""
     ours, theirs = getattr(pp, name), getattr(psycopg_pool, name)
-    mine, peer = _parameters(ours, "__init__"), _parameters(theirs, "__init__")
-    assert mine[: len(peer)] == peer
-    assert [kind for _, kind, _ in mine[len(peer) :]] == ["KEYWORD_ONLY", "VAR_KEYWORD"]
+    peer = _parameters(theirs, "__init__")
+    shown = [_parameters(ours, "__init__")]
+    for cls in (ours, ours.with_core(core_module)):
+        shown.append([_SELF, *_class_parameters(cls)])
+    assert [_SELF, *_class_parameters(theirs)] == peer
+    for mine in shown:
+        assert mine[: len(peer)] == peer
+        assert [kind for _, kind, _ in mine[len(peer) :]] == ["KEYWORD_ONLY", "VAR_KEYWORD"]
+
+
+_SELF = ("self", "POSITIONAL_OR_KEYWORD", inspect.Parameter.empty)
+
+
+def _class_parameters(cls: type) -> list[tuple[str, str, Any]]:
+    signature = inspect.signature(cls)
+    return [(p.name, p.kind.name, p.default) for p in signature.parameters.values()]
 
 
 def test_the_test_extra_pins_the_listed_versions() -> None:
