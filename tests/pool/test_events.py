@@ -11,7 +11,6 @@ pool over fake connections (``_support.pools``), its events recorded by
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,19 +29,6 @@ from pypool.pool import EVENTS
 def retired(pool: Any) -> dict[str, int]:
     """Connections the pool closed, by reason."""
     return dict(pool.stats()[stats.RETIRED])
-
-
-def flavoured(pools: Pools, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` for a ``Pool``; for an ``AsyncPool``, a coroutine function that
-    yields to the loop and then calls it."""
-    if not pools.is_async:
-        return fn
-
-    async def coroutine(*args: Any) -> Any:
-        await asyncio.sleep(0)
-        return fn(*args)
-
-    return coroutine
 
 
 # ------------------------------------------------------------------ listeners
@@ -109,7 +95,7 @@ async def test_connect_checkout_checkin_reset_events(pools: Pools) -> None:
     configured: list[tuple[str, int]] = []
     pool, factory = pools.make(
         max_size=2,
-        configure=flavoured(pools, lambda conn: configured.append(C(conn))),
+        configure=pools.flavoured(lambda conn: configured.append(C(conn))),
         check_after=None,
     )
     rec = Recorder(pool)
