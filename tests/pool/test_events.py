@@ -259,6 +259,7 @@ async def test_discard_closes_and_the_pool_refills(pools: Pools) -> None:
     for conn in both:
         await pool.release(conn)
     assert pool.stats()[stats.CLOSED] == 2
+    assert rec.other_pool == 0
 
 
 @pytest.mark.timeout(30)
@@ -276,3 +277,4 @@ async def test_close_event_at_pool_close(pools: Pools) -> None:
     assert held.closes == 1
     assert rec.of("close") == [(C(idle), "closed"), (C(held), "closed")]
     assert retired(pool) == {"closed": 2}
+    assert rec.other_pool == 0

@@ -134,3 +134,4 @@ async def test_abandoned_connection_is_reported_and_recovered(
     async with pool.connection(timeout=5) as again:  # the slot is usable again
         assert again.serial != lost
     assert rec.of("abandon") == [(slot,)]
+    assert rec.other_pool == 0
