@@ -36,6 +36,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import ModuleType
 from typing import Any
@@ -133,6 +134,27 @@ class Pools:
 
     def adapter(self) -> Any:
         return AsyncFakeAdapter() if self.is_async else FakeAdapter()
+
+    def flavoured(self, fn: Callable[..., Any], delay: float = 0.0) -> Callable[..., Any]:
+        """``fn`` as a callback of the flavour (a factory, ``configure``...):
+        for ``Pool`` a function, for ``AsyncPool`` a coroutine function
+        (which yields to the loop first); either sleeps ``delay`` seconds,
+        then calls ``fn``."""
+        if self.is_async:
+
+            async def coroutine(*args: Any) -> Any:
+                await asyncio.sleep(delay)
+                return fn(*args)
+
+            return coroutine
+        if not delay:
+            return fn
+
+        def function(*args: Any) -> Any:
+            time.sleep(delay)
+            return fn(*args)
+
+        return function
 
     def make(self, factory: Any = None, **kw: Any) -> tuple[Facade, Any]:
         factory = self.factory() if factory is None else factory

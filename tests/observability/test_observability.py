@@ -1,6 +1,6 @@
 """Observability of pypool.Pool, on both cores: OpenTelemetry metrics
-(``pypool.otel``), the Prometheus collector (``pypool.prometheus``), events
-(``Pool.add_listener``) and logging.
+(``pypool.otel``), the Prometheus collector (``pypool.prometheus``) and
+logging. Events (``add_listener``) are tested in tests/pool/test_events.py.
 
 Fake connections serve most tests: a factory of objects that count what is
 done to them, and an adapter over them. The OpenTelemetry and Prometheus
@@ -10,12 +10,9 @@ tests are skipped, with the reason, when their packages are missing.
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 import sys
-import threading
 import time
-from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -25,8 +22,7 @@ import pypool
 from _support.fakes import Factory, FakeAdapter, FakeConn, FakeError
 from _support.waiting import wait_until
 from pypool import Pool, stats
-from pypool.errors import ConfigurationError, PoolTimeout
-from pypool.pool import EVENTS
+from pypool.errors import PoolTimeout
 
 # ------------------------------------------------------------------ fakes
 
@@ -372,190 +368,6 @@ def test_prometheus_missing_package_says_what_to_install(
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(ImportError, match=r"pip install pypool\[prometheus\]"):
         PoolCollector(pool)
-
-
-# ------------------------------------------------------------------- events
-
-
-def C(conn: FakeConn) -> tuple[str, int]:
-    """How a Recorder records a connection."""
-    return ("conn", conn.serial)
-
-
-class Recorder:
-    """A listener per event, recording ``(event, args)`` in order."""
-
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
-        self.lock = threading.Lock()
-        self.listeners: dict[str, Callable[..., None]] = {}
-        for event in EVENTS:
-            self.listeners[event] = self._listener(event)
-            pool.add_listener(event, self.listeners[event])
-
-    def _listener(self, event: str) -> Callable[..., None]:
-        def listener(pool: Any, *args: Any) -> None:
-            assert pool is self.pool
-            # Connections are recorded by serial number: holding them would
-            # keep an abandoned one alive.
-            snapshot: tuple[Any, ...] = tuple(C(a) if isinstance(a, FakeConn) else a for a in args)
-            if event in ("checkin", "reset") and args:
-                snapshot = (*snapshot, args[0].rollbacks)  # was the reset done yet?
-            with self.lock:
-                self.calls.append((event, snapshot))
-
-        return listener
-
-    def of(self, event: str) -> list[tuple[Any, ...]]:
-        with self.lock:
-            return [args for e, args in self.calls if e == event]
-
-
-@pytest.mark.timeout(30)
-def test_every_event_fires_with_documented_arguments(make_pool: Any) -> None:
-    assert set(EVENTS) == {
-        "connect",
-        "checkout",
-        "checkin",
-        "reset",
-        "close",
-        "leak",
-        "abandon",
-        "reconnect_failed",
-    }
-    configured: list[tuple[str, int]] = []
-    factory = Factory(keep=False)
-    pool, _ = make_pool(
-        factory,
-        max_size=2,
-        configure=lambda conn: configured.append(C(conn)),
-        leak_timeout=0.1,
-        reconnect_timeout=0.2,
-        check_after=None,
-    )
-    rec = Recorder(pool)
-    configured_first: list[bool] = []
-    pool.add_listener("connect", lambda p, c: configured_first.append(C(c) in configured))
-
-    # connect, checkout, checkin (before the reset), reset (after it).
-    conn = pool.acquire()
-    assert wait_until(lambda: pool.stats()[stats.CONNECTING] == 0)
-    made = [("conn", n) for n in range(factory.made)]
-    assert C(conn) in made
-    assert rec.of("connect") == [(c,) for c in made]
-    assert configured == made
-    assert configured_first == [True] * len(made), "connect fires after configure"
-    assert rec.of("checkout") == [(C(conn),)]
-    pool.release(conn)
-    assert rec.of("checkin") == [(C(conn), 0)], "checkin fires before the reset"
-    assert rec.of("reset") == [(C(conn), 1)], "reset fires after the reset"
-    assert conn.rollbacks == 1
-
-    # leak: (pool, info), once, with the stack that took it.
-    line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
-    held = pool.acquire()
-    assert wait_until(lambda: len(rec.of("leak")) == 1, 3.0)
-    time.sleep(0.3)
-    leaks = rec.of("leak")
-    assert len(leaks) == 1
-    (info,) = leaks[0]
-    assert info["held"] >= 0.1
-    assert isinstance(info["slot"], int)
-    where = info["stack"][-1]
-    assert where.filename == __file__ and where.lineno == line
-    pool.release(held)
-
-    # close: (pool, conn, reason).
-    victim = pool.acquire()
-    pool.discard(victim)
-    assert rec.of("close") == [(C(victim), "discarded")]
-    victim2 = pool.acquire()
-    pool.discard(victim2, FakeError("broke"))
-    assert rec.of("close")[-1] == (C(victim2), "broken")
-
-    # abandon: (pool, slot) when a borrowed connection is garbage-collected.
-    lost = pool.acquire()
-    lost_slot = pool._core.slot_of(lost)
-    del lost
-    gc.collect()
-    assert wait_until(lambda: len(rec.of("abandon")) == 1, 3.0)
-    assert rec.of("abandon") == [(lost_slot,)]
-
-    # reconnect_failed: (pool,) once connects have failed reconnect_timeout.
-    factory.fail = FakeError("database is down")
-    idle = [pool.acquire() for _ in range(pool.idle)]
-    for c in idle:
-        pool.discard(c)
-    with pytest.raises(PoolTimeout):
-        pool.acquire(timeout=0.5)
-    assert wait_until(lambda: len(rec.of("reconnect_failed")) == 1, 3.0)
-    time.sleep(0.3)
-    assert rec.of("reconnect_failed") == [()]
-
-    # close at pool close, reason "closed".
-    factory.fail = None
-    last = pool.acquire(timeout=3.0)
-    pool.release(last)
-    pool.close()
-    assert rec.of("close")[-1] == (C(last), "closed")
-    seen = {event for event, _ in rec.calls}
-    assert seen == set(EVENTS)
-
-
-@pytest.mark.timeout(30)
-def test_failing_listener_is_logged_and_pool_keeps_working(
-    make_pool: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG, logger="pypool")
-    pool, _ = make_pool(max_size=1)
-
-    def bad(pool: Any, *args: Any) -> None:
-        raise FakeError("listener exploded")
-
-    for event in ("connect", "checkout", "checkin", "reset", "close"):
-        pool.add_listener(event, bad)
-    for _ in range(3):
-        with pool.connection() as conn:
-            assert not conn.closed
-    assert conn.rollbacks == 3, "the reset ran despite the failing reset listener"
-    pool.discard(pool.acquire())
-    with pool.connection() as conn2:
-        assert conn2 is not conn
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    failed = {
-        e
-        for e in ("connect", "checkout", "checkin", "reset", "close")
-        if any(f"{e} listener" in r.getMessage() for r in errors)
-    }
-    assert failed == {"connect", "checkout", "checkin", "reset", "close"}
-    assert all(r.exc_info and r.exc_info[0] is FakeError for r in errors)
-    assert pool.stats()[stats.REQUESTS] == 5
-
-
-@pytest.mark.timeout(30)
-def test_remove_listener(make_pool: Any) -> None:
-    pool, _ = make_pool(max_size=1)
-    seen: list[str] = []
-
-    def on_checkout(pool: Any, conn: Any) -> None:
-        seen.append("out")
-
-    pool.add_listener("checkout", on_checkout)
-    with pool.connection():
-        pass
-    pool.remove_listener("checkout", on_checkout)
-    with pool.connection():
-        pass
-    assert seen == ["out"]
-    with pytest.raises(ConfigurationError, match="does not listen"):
-        pool.remove_listener("checkout", on_checkout)
-    with pytest.raises(ConfigurationError, match="unknown event"):
-        pool.add_listener("checkouts", on_checkout)
-    with pytest.raises(ConfigurationError, match="unknown event"):
-        pool.remove_listener("nope", on_checkout)
-    with pytest.raises(ConfigurationError, match="callable"):
-        pool.add_listener("checkout", "not callable")
 
 
 # ------------------------------------------------------------------ logging

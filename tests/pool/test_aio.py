@@ -9,8 +9,6 @@ Tests are plain functions that drive their coroutine with ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
-import gc
-import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -400,89 +398,6 @@ def test_bad_timeout_is_refused_even_with_a_connection_idle(
     run(main())
 
 
-def test_failing_factory_is_the_cause_of_the_timeout(make: Callable[..., AsyncPool]) -> None:
-    class Refused(Exception):
-        pass
-
-    async def failing() -> Any:
-        await asyncio.sleep(0)
-        raise Refused("connection refused (test)")
-
-    async def main() -> None:
-        pool = make(failing, max_size=1)
-        start = time.monotonic()
-        with pytest.raises(PoolTimeout) as info:
-            await pool.acquire(timeout=0.3)
-        assert time.monotonic() - start < 1.5
-        assert isinstance(info.value.__cause__, Refused), repr(info.value.__cause__)
-        await pool.close()
-
-    run(main())
-
-
-class Abort(BaseException):
-    """Not an Exception, not a cancellation: what a library's own abort looks like."""
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize(
-    ("kind", "says"),
-    [
-        ("None", r"factory returned None"),
-        ("in-pool", r"factory returned .*AsyncFakeConn.* in the pool already"),
-        ("BaseException", r"factory aborted"),
-    ],
-)
-def test_bad_factory_result_is_a_failed_connect(
-    make: Callable[..., AsyncPool], kind: str, says: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """As for Pool: what cannot be a new connection, or a raise that is not
-    an Exception (nor a cancellation), fails that connect; the worker task
-    lives on and no task exception goes unretrieved."""
-    state = {"broken": False}
-    made: list[AsyncFakeConn] = []
-
-    async def factory() -> Any:
-        await asyncio.sleep(0)
-        if state["broken"]:
-            if kind == "None":
-                return None
-            if kind == "in-pool":
-                return made[0]
-            raise Abort("factory aborted")
-        made.append(AsyncFakeConn())
-        return made[-1]
-
-    async def main() -> None:
-        unhandled: list[dict[str, Any]] = []
-        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
-        pool = make(factory, max_size=3, name="orders")
-        held = await pool.acquire(timeout=5)
-        state["broken"] = True
-        with caplog.at_level("WARNING", logger="pypool"), pytest.raises(PoolTimeout) as info:
-            await pool.acquire(timeout=0.5)
-        cause = info.value.__cause__
-        assert isinstance(cause, Abort if kind == "BaseException" else ConnectionFailed), cause
-        assert re.search(says, str(cause)), str(cause)
-        assert re.search(says, caplog.text)
-        assert pool.stats()[stats.CONNECT_ERRORS] >= 1
-        assert await eventually(lambda: pool.stats()[stats.CONNECTING] == 0 and pool.size == 1)
-        assert not held.closed
-        assert all(not t.done() for t in pool._tasks), pool._tasks  # the workers live on
-        state["broken"] = False
-        conn = await pool.acquire(timeout=5)
-        assert conn is not held
-        await pool.release(conn)
-        await pool.release(held)
-        assert pool.in_use == 0 and pool.idle == pool.size == 2
-        await pool.close()
-        gc.collect()
-        await asyncio.sleep(0)
-        assert not unhandled, unhandled
-
-    run(main())
-
-
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
 def test_configure_interrupted_frees_the_slot_and_closes_the_connection(
@@ -506,32 +421,6 @@ def test_configure_interrupted_frees_the_slot_and_closes_the_connection(
         run(pool.acquire(timeout=5))
     assert made[0].closed
     assert pool.stats()[stats.CONNECTING] == 0 and pool.size == 0 and pool.in_use == 0
-
-
-@pytest.mark.timeout(30)
-def test_configure_raising_base_exception_fails_the_connect(
-    make: Callable[..., AsyncPool],
-) -> None:
-    made: list[AsyncFakeConn] = []
-
-    async def factory() -> AsyncFakeConn:
-        made.append(AsyncFakeConn())
-        return made[-1]
-
-    async def configure(conn: Any) -> None:
-        if len(made) == 1:
-            raise Abort("configure aborted")
-
-    async def main() -> None:
-        pool = make(factory, max_size=1, configure=configure)
-        conn = await pool.acquire(timeout=5)
-        assert conn is made[1] and made[0].closed
-        assert pool.stats()[stats.CONNECT_ERRORS] == 1
-        assert all(not t.done() for t in pool._tasks)
-        await pool.release(conn)
-        await pool.close()
-
-    run(main())
 
 
 @pytest.mark.timeout(30)

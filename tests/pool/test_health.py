@@ -1,7 +1,7 @@
 """Keeping a pool healthy, against a real PostgreSQL (and MariaDB), on both
 cores: idle retirement, lifetime replacement under load, a network that
 silently drops packets (through a TCP proxy the test controls), ``run()``
-retries, leak and abandon reports, ``wait()`` / ``open(wait=...)``,
+retries, abandon reports (the session ends), ``wait()`` / ``open(wait=...)``,
 ``reconnect_failed`` and the statistics.
 
 Every test here needs a server (marker ``db``): PostgreSQL from the ``dsn``
@@ -12,9 +12,7 @@ unreachable server skips them, unless ``PYPOOL_REQUIRE_DB=1``.
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
-import os
 import socket
 import threading
 import time
@@ -353,35 +351,7 @@ def test_run_retries_are_bounded(pg_pool: Any, admin: Any) -> None:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-# ------------------------------------------------------------ leaks, abandon
-
-
-@pytest.mark.timeout(30)
-def test_leak_reported_once_with_the_acquiring_line(
-    pg_pool: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="pypool")
-    pool = pg_pool(min_size=1, max_size=2, leak_timeout=0.2)
-    pool.wait(5.0)
-    leaks: list[dict[str, Any]] = []
-    pool.add_listener("leak", lambda p, info: leaks.append(info))
-    line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
-    conn = pool.acquire()
-    time.sleep(0.6)
-    pool.release(conn)
-    time.sleep(0.2)
-    warnings = [r for r in caplog.records if "leak_timeout" in r.getMessage()]
-    assert len(warnings) == 1, [r.getMessage() for r in warnings]
-    message = warnings[0].getMessage()
-    assert warnings[0].levelno == logging.WARNING
-    assert f'{os.path.basename(__file__)}", line {line}' in message, message
-    assert len(leaks) == 1
-    assert leaks[0]["stack"][-1].lineno == line
-    assert pool.stats()[stats.LEAKS] == 1
-    with pool.connection():  # a short borrow is no leak
-        pass
-    time.sleep(0.1)
-    assert pool.stats()[stats.LEAKS] == 1
+# ------------------------------------------------------------------ abandon
 
 
 @pytest.mark.timeout(30)
