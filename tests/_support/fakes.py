@@ -243,26 +243,45 @@ class AsyncFakeAdapter:
 
 class AsyncFactory:
     """An async factory of :class:`AsyncFakeConn` numbered from 0, or raises
-    ``fail`` when it is set. ``calls`` counts the calls, ``made`` the
-    connections; ``conns`` holds them, unless ``keep`` is false."""
+    ``fail`` when it is set; as :class:`Factory`, it can be made slow
+    (``delay``), runs ``on_call()`` at the start of each call and counts how
+    many calls run at once (``active``, ``peak_active``). ``calls`` counts
+    the calls, ``made`` the connections; ``conns`` holds them, unless
+    ``keep`` is false."""
 
-    def __init__(self, keep: bool = True) -> None:
+    def __init__(
+        self,
+        keep: bool = True,
+        delay: float = 0.0,
+        on_call: Callable[[], object] | None = None,
+    ) -> None:
         self.keep = keep
+        self.delay = delay
+        self.on_call = on_call
         self.made = 0
         self.calls = 0
+        self.active = 0
+        self.peak_active = 0
         self.conns: list[AsyncFakeConn] = []
         self.fail: BaseException | None = None
 
     async def __call__(self) -> AsyncFakeConn:
         self.calls += 1
-        await asyncio.sleep(0)
-        if self.fail is not None:
-            raise self.fail
-        conn = AsyncFakeConn(self.made)
-        self.made += 1
-        if self.keep:
-            self.conns.append(conn)
-        return conn
+        self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        try:
+            if self.on_call is not None:
+                self.on_call()
+            await asyncio.sleep(self.delay)
+            if self.fail is not None:
+                raise self.fail
+            conn = AsyncFakeConn(self.made)
+            self.made += 1
+            if self.keep:
+                self.conns.append(conn)
+            return conn
+        finally:
+            self.active -= 1
 
 
 # ------------------------------------------------------------------ fixtures

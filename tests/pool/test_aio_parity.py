@@ -1,8 +1,7 @@
 """``pypool.AsyncPool`` does what ``pypool.Pool`` does, on both cores:
 events (``add_listener``), ``discard``, ``leak_timeout``, ``keepalive``,
-replacement ahead of ``max_lifetime``, ``max_idle``, ``resize`` and
-``drain``; the sync twins of these tests are in test_observability.py,
-test_pool.py and test_health.py.
+replacement ahead of ``max_lifetime`` and ``max_idle``; the sync twins of
+these tests are in test_observability.py, test_pool.py and test_health.py.
 
 Fake asyncio connections serve every test but one (marker ``db``): a
 keepalive check on asyncpg finds a backend terminated from another session.
@@ -29,7 +28,7 @@ import pypool.asyncpg
 from _support.fakes import AsyncFactory, AsyncFakeAdapter, AsyncFakeConn, FakeError
 from _support.waiting import eventually
 from pypool import AsyncPool, Pool, stats
-from pypool.errors import ConfigurationError, PoolTimeout
+from pypool.errors import ConfigurationError
 from pypool.pool import EVENTS
 
 # ------------------------------------------------------------------ fakes
@@ -115,12 +114,6 @@ def run(pools: list[AsyncPool]) -> Callable[[Callable[[], Awaitable[None]]], Non
 
 
 # ------------------------------------------------------------------ helpers
-
-
-async def maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
 
 
 def retired(pool: AsyncPool) -> dict[str, int]:
@@ -704,87 +697,5 @@ def test_max_idle_retired_by_maintenance_down_to_min_size(make: Any, run: Any) -
         assert factory.made == 3
         assert retired(pool) == {"idle": 2}
         assert [reason for _, reason in rec.of("close")] == ["idle", "idle"]
-
-    run(main)
-
-
-# ------------------------------------------------------------------ resize, drain
-
-
-@pytest.mark.timeout(30)
-def test_resize_down_closes_idle_extras(make: Any, run: Any) -> None:
-    async def main() -> None:
-        pool, factory = make(max_size=4)
-        rec = Recorder(pool, ("close",))
-        held = [await pool.acquire() for _ in range(4)]
-        await maybe_await(pool.resize(0, 2))
-        assert pool.max_size == 2 and pool.size == 4
-        assert not any(c.closed for c in held)  # borrowed: not closed now
-        with pytest.raises(PoolTimeout):
-            await pool.acquire(timeout=0.1)  # over the new limit: no growth
-        for conn in held:
-            await pool.release(conn)
-        assert await eventually(lambda: sum(c.closed for c in held) == 2)  # on return
-        assert pool.size == 2 and pool.idle == 2
-        assert retired(pool) == {"shrunk": 2}
-
-        await maybe_await(pool.resize(0, 5))
-        more = [await pool.acquire() for _ in range(5)]
-        assert pool.size == 5 and factory.made == 7
-        for conn in more:
-            await pool.release(conn)
-        await maybe_await(pool.resize(0, 3))  # idle extras: closed now
-        assert await eventually(lambda: sum(c.closed for c in more) == 2)
-        assert pool.size == 3 and pool.idle == 3
-        assert retired(pool) == {"shrunk": 4}
-        assert [reason for _, reason in rec.of("close")] == ["shrunk"] * 4
-        survivors = [await pool.acquire() for _ in range(3)]
-        assert not any(c.closed for c in survivors)
-        assert factory.made == 7
-
-    run(main)
-
-
-@pytest.mark.timeout(30)
-def test_drain_replaces_every_connection(make: Any, run: Any) -> None:
-    async def main() -> None:
-        pool, _ = make(max_size=3)
-        rec = Recorder(pool, ("close",))
-        a, b, c = [await pool.acquire() for _ in range(3)]
-        await pool.release(a)
-        await pool.release(b)
-        await pool.drain()
-        assert await eventually(lambda: a.closed and b.closed)  # idle: closed now
-        assert sorted(rec.of("close")) == sorted([(C(a), "drained"), (C(b), "drained")])
-        assert not c.closed  # borrowed: closed when it comes back
-        assert pool.size == 1
-        await pool.release(c)
-        assert await eventually(lambda: c.closed)
-        assert c.closes == 1 and pool.size == 0
-        fresh = [await pool.acquire() for _ in range(3)]
-        assert not {id(x) for x in fresh} & {id(a), id(b), id(c)}
-        for conn in fresh:
-            await pool.release(conn)
-        assert not any(x.closed for x in fresh)
-        assert retired(pool).get("drained") == 2
-
-    run(main)
-
-
-@pytest.mark.timeout(30)
-def test_drain_refills_to_min_size(make: Any, run: Any) -> None:
-    async def main() -> None:
-        pool, factory = make(min_size=2, max_size=2)
-        await pool.open(wait=True, timeout=5)
-        old = list(factory.conns)
-        assert len(old) == 2
-        await pool.drain()
-        assert await eventually(lambda: all(c.closed for c in old))
-        assert retired(pool) == {"drained": 2}
-        assert await eventually(lambda: pool.idle == 2 and factory.made == 4)
-        got = [await pool.acquire() for _ in range(2)]
-        assert not {id(x) for x in got} & {id(x) for x in old}
-        for conn in got:
-            await pool.release(conn)
 
     run(main)
