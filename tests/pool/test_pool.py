@@ -7,7 +7,6 @@ them (rollbacks, checks, closes, configure) and can be told to fail.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import threading
@@ -26,17 +25,8 @@ from pypool.errors import (
     ConfigurationError,
     ConnectionFailed,
     NotBorrowed,
-    PoolClosed,
     PoolTimeout,
-    TooManyRequests,
 )
-
-# ------------------------------------------------------------------ fakes
-
-
-def fake_connect(dsn: str) -> FakeConn:
-    return FakeConn(-1)
-
 
 # ------------------------------------------------------------------ helpers
 
@@ -539,191 +529,6 @@ def test_max_idle_retired_by_maintenance_down_to_min_size(make_pool: Any) -> Non
     assert retired(pool).get("idle", 0) >= 2
 
 
-# --------------------------------------------------------- open and wait
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("fail_fast", [False, True], ids=["timeout", "fail_fast"])
-@pytest.mark.parametrize("min_size_at_init", [False, True], ids=["open", "init-then-open"])
-def test_failed_open_wait_closes_the_pool(
-    make_pool: Any, fail_fast: bool, min_size_at_init: bool
-) -> None:
-    """``open(wait=True)`` that fails (PoolTimeout, or ConnectionFailed with
-    ``fail_fast``) closes the pool before it raises: no thread goes on
-    connecting in the background of a service that did not start."""
-    error = FakeError("database is down")
-    factory = Factory(fail=error)
-    if min_size_at_init:  # min_size opens the pool at once; open(wait=True) then only waits
-        pool, _ = make_pool(factory, min_size=2, max_size=2)
-        assert wait_until(lambda: factory.calls >= 1)
-    else:
-        pool, _ = make_pool(factory, max_size=2)
-        pool._policy.min_size = 2  # as resize(2, 2) would, without opening it
-    expected = ConnectionFailed if fail_fast else PoolTimeout
-    with pytest.raises(expected) as info:
-        pool.open(wait=True, timeout=0.5, fail_fast=fail_fast)
-    assert info.value.__cause__ is error
-    assert pool.closed
-    assert all(not t.is_alive() for t in pool._threads), pool._threads
-    calls = factory.calls
-    time.sleep(0.3)
-    assert factory.calls == calls  # nothing connects any more
-    with pytest.raises(PoolClosed):
-        pool.acquire(0.1)
-
-
-@pytest.mark.timeout(30)
-def test_wait_that_fails_leaves_the_pool_open_and_connecting(make_pool: Any) -> None:
-    """A direct ``wait()`` is a question (are min_size connections ready?),
-    asked of a pool that may be serving already: when it raises, the pool
-    stays open and keeps connecting, so it recovers when the database
-    does."""
-    error = FakeError("database is down")
-    factory = Factory(fail=error)
-    pool, _ = make_pool(factory, min_size=2, max_size=2)
-    with pytest.raises(PoolTimeout) as info:
-        pool.wait(timeout=0.3)
-    assert info.value.__cause__ is error
-    with pytest.raises(ConnectionFailed):
-        pool.wait(timeout=5.0, fail_fast=True)
-    assert not pool.closed
-    factory.fail = None
-    pool.wait(timeout=5.0)
-    assert pool.idle == 2
-
-
-# ------------------------------------------------------------------- close
-
-
-@pytest.mark.timeout(30)
-def test_close_wakes_waiters_and_is_idempotent(make_pool: Any) -> None:
-    pool, _ = make_pool(max_size=1)
-    held = take(pool)
-    outcomes: list[tuple[str, float]] = []
-
-    def wait() -> None:
-        try:
-            pool.acquire(10.0)
-            outcomes.append(("got", 0.0))
-        except BaseException as exc:
-            outcomes.append((type(exc).__name__, time.monotonic()))
-
-    threads = [start(wait) for _ in range(3)]
-    assert wait_until(lambda: pool.waiting == 3)
-    closed_at = time.monotonic()
-    pool.close()
-    for t in threads:
-        t.join(2.0)
-    assert [o[0] for o in outcomes] == ["PoolClosed"] * 3
-    assert max(o[1] for o in outcomes) - closed_at < 1.0
-    assert pool.closed and "closed" in repr(pool)
-    pool.release(held)  # after close: closed, not an error
-    assert held.closes == 1
-    pool.close()  # idempotent
-    assert held.closes == 1
-    with pytest.raises(PoolClosed):
-        pool.acquire(1.0)
-
-
-@pytest.mark.timeout(30)
-def test_close_during_connect_closes_the_new_connection(make_pool: Any) -> None:
-    pool, factory = make_pool(Factory(delay=0.3), max_size=1)
-    outcome: list[str] = []
-
-    def wait() -> None:
-        try:
-            pool.acquire(5.0)
-            outcome.append("got")
-        except PoolClosed:
-            outcome.append("closed")
-
-    t = start(wait)
-    assert wait_until(lambda: factory.active == 1)
-    pool.close()  # waits for the connect in flight
-    t.join(2.0)
-    assert outcome == ["closed"]
-    assert len(factory.conns) == 1 and factory.conns[0].closed  # not leaked
-    assert pool.size == 0
-
-
-@pytest.mark.timeout(30)
-def test_close_closes_idle_connections(make_pool: Any) -> None:
-    pool, _ = make_pool(max_size=3)
-    conns = [take(pool) for _ in range(3)]
-    for conn in conns:
-        pool.release(conn)
-    pool.close()
-    assert [c.closes for c in conns] == [1, 1, 1]
-    assert pool.size == 0
-
-
-@pytest.mark.timeout(30)
-def test_context_manager(core_module: ModuleType) -> None:
-    factory = Factory()
-    with (
-        Pool.with_core(core_module)(factory, adapter=FakeAdapter(), max_size=2) as pool,
-        pool.connection(timeout=2.0) as conn,
-    ):
-        assert not pool.closed
-    assert pool.closed and conn.closes == 1
-    with pytest.raises(PoolClosed):
-        pool.acquire(1.0)
-
-
-@pytest.mark.timeout(30)
-def test_repr_shows_name_core_sizes_not_password(make_pool: Any, core_module: ModuleType) -> None:
-    secret = "s3cr3t-Pa55"
-    factory = functools.partial(fake_connect, f"postgresql://app:{secret}@db.example/orders")
-    pool, _ = make_pool(factory, name="orders-db", max_size=7, min_size=1)
-    assert wait_until(lambda: pool.idle == 1)
-    text = repr(pool)
-    assert "orders-db" in text and f"core={core_name(core_module)}" in text
-    assert "1/7" in text and "min=1" in text
-    assert secret not in text and secret not in str(pool)
-    assert pool.name == "orders-db"
-
-
-# ------------------------------------------------------------ saturation
-
-
-@pytest.mark.timeout(30)
-def test_pool_timeout_when_saturated(make_pool: Any) -> None:
-    pool, factory = make_pool(max_size=2, timeout=0.1, name="busy")
-    held = [take(pool) for _ in range(2)]
-    started = time.monotonic()
-    with pytest.raises(PoolTimeout) as info:
-        pool.acquire()
-    elapsed = time.monotonic() - started
-    assert 0.09 <= elapsed < 0.6
-    assert "'busy'" in str(info.value) and "2/2" in str(info.value)
-    assert info.value.__cause__ is None  # no connect failed
-    assert pool.stats()[names.TIMEOUTS] == 1 and factory.calls == 2
-    for conn in held:
-        pool.release(conn)
-
-
-@pytest.mark.timeout(30)
-def test_too_many_requests(make_pool: Any) -> None:
-    pool, _ = make_pool(max_size=1, max_waiting=2)
-    held = take(pool)
-    results: list[str] = []
-
-    def wait() -> None:
-        with pool.connection(timeout=5.0):
-            results.append("ok")
-
-    threads = [start(wait) for _ in range(2)]
-    assert wait_until(lambda: pool.waiting == 2)
-    started = time.monotonic()
-    with pytest.raises(TooManyRequests):
-        pool.acquire(5.0)
-    assert time.monotonic() - started < 0.5
-    pool.release(held)
-    for t in threads:
-        t.join(5.0)
-    assert results == ["ok", "ok"]
-
-
 # ----------------------------------------------------------- configuration
 
 
@@ -848,35 +653,3 @@ def test_spike_does_not_flood_the_database(make_pool: Any, core_module: ModuleTy
     assert len(done) == n
     assert peak <= 10
     assert factory.calls <= 10
-
-
-# ------------------------------------------------------------------- stats
-
-
-@pytest.mark.timeout(30)
-def test_stats(make_pool: Any) -> None:
-    pool, factory = make_pool(max_size=3, max_uses=4)
-    cycles = 30
-    for i in range(cycles):
-        conns = [take(pool) for _ in range(1 + i % 3)]
-        for conn in conns:
-            pool.release(conn)
-    stats = pool.stats()
-    n = sum(1 + i % 3 for i in range(cycles))
-    assert stats[names.REQUESTS] >= n and stats[names.WAIT_TIME]["count"] >= n
-    assert stats[names.USE_TIME]["count"] == stats[names.REQUESTS]  # all returned
-    assert stats[names.CREATED] == len(factory.conns) == factory.calls
-    assert stats[names.CREATE_TIME]["count"] == len(factory.conns)
-    assert stats[names.CLOSED] == len(factory.closed) > 0
-    assert stats[names.RETIRED] == {"used_up": len(factory.closed)}
-    assert stats[names.LOST] == 0
-    assert stats[names.COUNT] == {"idle": pool.size, "used": 0}
-    assert pool.size == len(factory.conns) - len(factory.closed)
-    assert stats[names.MAX] == 3 and stats[names.IDLE_MIN] == 0
-    assert stats[names.CONNECT_ERRORS] == 0 and stats[names.TIMEOUTS] == 0
-    assert stats[names.POOL_NAME] == pool.name and stats[names.CORE] == pool.core
-    open_before = pool.size
-    pool.close()
-    stats = pool.stats()
-    assert stats[names.CLOSED] == len(factory.closed) == len(factory.conns)
-    assert stats[names.RETIRED]["closed"] == open_before
