@@ -27,7 +27,7 @@ import pypool
 import pypool.asyncpg
 from _support.fakes import AsyncFactory, AsyncFakeAdapter, AsyncFakeConn, FakeError
 from _support.waiting import eventually
-from pypool import AsyncPool, Pool, stats
+from pypool import AsyncPool, stats
 from pypool.errors import ConfigurationError
 from pypool.pool import EVENTS
 
@@ -124,30 +124,6 @@ def acquiring_line_in(message: str, line: int) -> bool:
     """True if ``message`` names this file at ``line`` (as a traceback does)."""
     base = os.path.basename(__file__)
     return f'{base}", line {line}' in message or f"{base}:{line}" in message
-
-
-# ------------------------------------------------------------------ settings
-
-
-@pytest.mark.timeout(30)
-def test_settings_and_defaults_match_pool(core_module: ModuleType) -> None:
-    sync = inspect.signature(Pool.__init__).parameters
-    aio = inspect.signature(AsyncPool.__init__).parameters
-    for name in ("leak_timeout", "keepalive"):
-        assert name in aio, f"AsyncPool has no {name} parameter"
-    public = {n: p.default for n, p in sync.items() if n != "self" and not n.startswith("_")}
-    missing = sorted(n for n in public if n not in aio)
-    assert not missing, f"AsyncPool lacks Pool's settings {missing}"
-    differ = {n: (d, aio[n].default) for n, d in public.items() if aio[n].default != d}
-    assert not differ, f"defaults differ (Pool, AsyncPool): {differ}"
-    assert aio["leak_timeout"].default is None
-    assert aio["keepalive"].default == 240.0
-
-    AsyncPool.with_core(core_module)(AsyncFactory(), leak_timeout=0.5, keepalive=None)
-    for bad in ({"keepalive": -1}, {"keepalive": 0}, {"leak_timeout": 0}, {"leak_timeout": "1"}):
-        (name,) = bad
-        with pytest.raises(ConfigurationError, match=name):
-            AsyncPool.with_core(core_module)(AsyncFactory(), **bad)
 
 
 # ------------------------------------------------------------------ listeners

@@ -7,7 +7,6 @@ them (rollbacks, checks, closes, configure) and can be told to fail.
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 import time
@@ -17,12 +16,10 @@ from typing import Any
 
 import pytest
 
-from _support.fakes import Factory, FakeAdapter, FakeConn, FakeError
+from _support.fakes import Factory, FakeConn, FakeError
 from _support.waiting import wait_until
-from pypool import Pool
 from pypool import stats as names
 from pypool.errors import (
-    ConfigurationError,
     ConnectionFailed,
     NotBorrowed,
     PoolTimeout,
@@ -527,91 +524,6 @@ def test_max_idle_retired_by_maintenance_down_to_min_size(make_pool: Any) -> Non
     assert pool.size == 1 and pool.idle == 1  # min_size stays
     assert sum(c.closed for c in held) >= 2
     assert retired(pool).get("idle", 0) >= 2
-
-
-# ----------------------------------------------------------- configuration
-
-
-def _no_close_adapter() -> Any:
-    class Partial:
-        def reset_for(self, conn: Any) -> None:
-            return None
-
-        def check(self, conn: Any) -> None:
-            pass
-
-        def is_broken(self, conn: Any, exc: Any = None) -> bool:
-            return False
-
-    return Partial()
-
-
-BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
-    ({"min_size": 5, "max_size": 2}, "lower min_size or raise max_size"),
-    ({"min_size": -1}, "min_size"),
-    ({"max_size": 0}, "max_size must be >= 1"),
-    ({"max_size": -3}, "max_size must be >= 1"),
-    ({"max_size": 2.5}, "max_size must be an integer"),
-    ({"max_size": "10"}, "max_size must be an integer"),
-    ({"max_size": True}, "max_size must be an integer"),
-    ({"timeout": 0}, "timeout must be > 0"),
-    ({"timeout": -1.0}, "timeout must be > 0"),
-    ({"timeout": math.nan}, "timeout"),
-    ({"timeout": "30"}, "timeout must be a number of seconds"),
-    ({"timeout": None}, "timeout must be a number of seconds"),
-    ({"max_lifetime": -1}, "max_lifetime"),
-    ({"max_lifetime": 0}, "max_lifetime"),
-    ({"max_lifetime": math.nan}, "max_lifetime"),
-    ({"max_lifetime": "1h"}, "max_lifetime must be a number of seconds"),
-    ({"max_idle": -0.5}, "max_idle"),
-    ({"max_idle": math.nan}, "max_idle"),
-    ({"max_idle": "600"}, "max_idle must be a number of seconds"),
-    ({"check_after": -1}, "check_after"),
-    ({"check_after": math.nan}, "check_after"),
-    ({"check_after": "1s"}, "check_after must be a number of seconds"),
-    ({"configure": "SET x"}, "configure must be a callable"),
-    ({"check": 1}, "check must be a callable"),
-    ({"check": True}, "check must be a callable"),
-    ({"reset": 5}, "reset must be a callable"),
-    ({"reset": "not a name"}, "reset"),
-    ({"num_workers": 0}, "num_workers must be >= 1"),
-    ({"num_workers": 1.5}, "num_workers must be an integer"),
-    ({"max_waiting": -1}, "max_waiting must be >= 0"),
-    ({"max_uses": -1}, "max_uses must be >= 0"),
-    ({"adapter": object()}, "pass pypool.dbapi or another adapter"),
-    ({"adapter": _no_close_adapter()}, "no close()"),
-    ({"name": 42}, "name must be a str"),
-    ({"lifo": 1}, "lifo must be True or False"),
-    ({"lifo": "yes"}, "lifo must be True or False"),
-    ({"leak_timeout": 0}, "leak_timeout must be > 0"),
-    ({"keepalive": -1}, "keepalive must be > 0"),
-    ({"reconnect_timeout": None}, "reconnect_timeout must be a number of seconds"),
-]
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize(
-    ("settings", "says"), BAD_SETTINGS, ids=[repr(s)[1:-1] for s, _ in BAD_SETTINGS]
-)
-def test_invalid_settings(core_module: ModuleType, settings: dict[str, Any], says: str) -> None:
-    factory = Factory()
-    kw: dict[str, Any] = {"adapter": FakeAdapter(), **settings}
-    with pytest.raises(ConfigurationError) as info:
-        Pool.with_core(core_module)(factory, **kw)
-    assert says in str(info.value)
-    assert factory.calls == 0
-    assert not any(
-        t.name.startswith("pypool-pool-") and not t.daemon for t in threading.enumerate()
-    )
-
-
-@pytest.mark.timeout(30)
-def test_invalid_factory(core_module: ModuleType) -> None:
-    with pytest.raises(ConfigurationError, match="factory must be a callable"):
-        Pool.with_core(core_module)(None, adapter=FakeAdapter())
-    with pytest.raises(ConfigurationError) as info:
-        Pool.with_core(core_module)("postgresql://app@db/orders", adapter=FakeAdapter())
-    assert "connect_factory" in str(info.value)
 
 
 # ------------------------------------------------------------------- spike
