@@ -58,7 +58,7 @@ async def test_failed_open_wait_closes_the_pool(
     started = time.monotonic()
     with pytest.raises(expected) as info:
         # fail_fast: at the first failure, long before the timeout
-        await pool.open(wait=True, timeout=10 if fail_fast else 0.4, fail_fast=fail_fast)
+        await pool.open(wait=True, timeout=10 if fail_fast else 0.25, fail_fast=fail_fast)
     assert time.monotonic() - started < 5.0
     assert info.value.__cause__ is error
     assert factory.calls >= 1
