@@ -151,13 +151,8 @@ class NullAdapter:
         pass
 
 
-class Factory:
-    """Makes :class:`FakeConn` numbered from 0; records the threads it runs
-    on and how many calls run at once, and can be made slow (``delay``) or
-    failing (``fail``, also settable later). ``on_call()`` runs at the start
-    of each call. ``made`` counts the connections made; ``conns`` holds them,
-    unless ``keep`` is false (then a borrowed one that is dropped can be
-    garbage-collected)."""
+class _Counting:
+    """What both fake factories count and keep (see :class:`Factory`)."""
 
     def __init__(
         self,
@@ -172,38 +167,59 @@ class Factory:
         self.on_call = on_call
         self.keep = keep
         self.made = 0
-        self.conns: list[FakeConn] = []
+        self.conns: list[Any] = []
         self.threads: set[threading.Thread] = set()
         self.calls = 0
         self.active = 0
         self.peak_active = 0
 
-    def __call__(self) -> FakeConn:
+    def _begin(self) -> None:
         with self.lock:
             self.calls += 1
             self.active += 1
             self.peak_active = max(self.peak_active, self.active)
             self.threads.add(threading.current_thread())
-        try:
-            if self.on_call is not None:
-                self.on_call()
-            if self.delay:
-                time.sleep(self.delay)
-            if self.fail is not None:
-                raise self.fail
-            with self.lock:
-                conn = FakeConn(self.made)
-                self.made += 1
-                if self.keep:
-                    self.conns.append(conn)
-            return conn
-        finally:
-            with self.lock:
-                self.active -= 1
+        if self.on_call is not None:
+            self.on_call()
+
+    def _make(self, conn_type: Callable[[int], Any]) -> Any:
+        if self.fail is not None:
+            raise self.fail
+        with self.lock:
+            conn = conn_type(self.made)
+            self.made += 1
+            if self.keep:
+                self.conns.append(conn)
+        return conn
+
+    def _end(self) -> None:
+        with self.lock:
+            self.active -= 1
 
     @property
-    def closed(self) -> list[FakeConn]:
+    def closed(self) -> list[Any]:
         return [c for c in self.conns if c.closed]
+
+
+class Factory(_Counting):
+    """Makes :class:`FakeConn` numbered from 0; records the threads it runs
+    on and how many calls run at once, and can be made slow (``delay``) or
+    failing (``fail``, also settable later). ``on_call()`` runs at the start
+    of each call. ``made`` counts the connections made; ``conns`` holds them,
+    unless ``keep`` is false (then a borrowed one that is dropped can be
+    garbage-collected)."""
+
+    conns: list[FakeConn]
+
+    def __call__(self) -> FakeConn:
+        try:
+            self._begin()
+            if self.delay:
+                time.sleep(self.delay)
+            conn: FakeConn = self._make(FakeConn)
+            return conn
+        finally:
+            self._end()
 
 
 # ------------------------------------------------------------------ asyncio
@@ -264,28 +280,32 @@ class AsyncFakeAdapter:
         await conn.close()
 
 
-class AsyncFactory:
+class AsyncFactory(_Counting):
     """An async factory of :class:`AsyncFakeConn` numbered from 0, or raises
-    ``fail`` when it is set. ``calls`` counts the calls, ``made`` the
-    connections; ``conns`` holds them, unless ``keep`` is false."""
+    ``fail`` when it is set; as :class:`Factory`, it can be made slow
+    (``delay``), runs ``on_call()`` at the start of each call and counts how
+    many calls run at once (``active``, ``peak_active``). ``calls`` counts
+    the calls, ``made`` the connections; ``conns`` holds them, unless
+    ``keep`` is false."""
 
-    def __init__(self, keep: bool = True) -> None:
-        self.keep = keep
-        self.made = 0
-        self.calls = 0
-        self.conns: list[AsyncFakeConn] = []
-        self.fail: BaseException | None = None
+    conns: list[AsyncFakeConn]
+
+    def __init__(
+        self,
+        keep: bool = True,
+        delay: float = 0.0,
+        on_call: Callable[[], object] | None = None,
+    ) -> None:
+        super().__init__(delay=delay, on_call=on_call, keep=keep)
 
     async def __call__(self) -> AsyncFakeConn:
-        self.calls += 1
-        await asyncio.sleep(0)
-        if self.fail is not None:
-            raise self.fail
-        conn = AsyncFakeConn(self.made)
-        self.made += 1
-        if self.keep:
-            self.conns.append(conn)
-        return conn
+        try:
+            self._begin()
+            await asyncio.sleep(self.delay)
+            conn: AsyncFakeConn = self._make(AsyncFakeConn)
+            return conn
+        finally:
+            self._end()
 
 
 # ------------------------------------------------------------------ fixtures

@@ -129,7 +129,7 @@ class Pools:
         return (AsyncPool if self.is_async else Pool).with_core(self.core)
 
     def factory(self, **kw: Any) -> Any:
-        """A new fake factory of the flavour (``AsyncFactory`` takes ``keep`` only)."""
+        """A new fake factory of the flavour (``delay``, ``on_call``, ``keep``)."""
         return AsyncFactory(**kw) if self.is_async else Factory(**kw)
 
     def adapter(self) -> Any:

@@ -25,12 +25,8 @@ from _support.fakes import AsyncFakeConn
 from _support.waiting import eventually
 from pypool import AsyncPool, stats
 from pypool.errors import (
-    ConfigurationError,
-    ConnectionFailed,
-    PoolClosed,
     PoolError,
     PoolTimeout,
-    TooManyRequests,
 )
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -302,103 +298,6 @@ def test_cancel_racing_a_hand_off_loses_nothing(make: Callable[..., AsyncPool]) 
 
 
 @pytest.mark.timeout(30)
-def test_acquire_times_out_on_time(make: Callable[..., AsyncPool]) -> None:
-    async def main() -> None:
-        pool = make(max_size=1)
-        held = await pool.acquire(timeout=5)
-        start = time.monotonic()
-        with pytest.raises(PoolTimeout):
-            await pool.acquire(timeout=0.1)
-        took = time.monotonic() - start
-        assert 0.09 <= took < 0.5, took
-        assert pool.waiting == 0
-        assert pool.stats()[pypool.stats.TIMEOUTS] == 1
-        await pool.release(held)
-        assert_whole(pool, 1)
-        await pool.close()
-
-    run(main())
-
-
-@pytest.mark.timeout(30)
-def test_timeout_says_how_many_were_idle(make: Callable[..., AsyncPool]) -> None:
-    """As the threaded pool's: ``idle`` is the core's count at its decision
-    (0: none could be taken), and the message is the pool's."""
-
-    async def main() -> None:
-        pool = make(max_size=1, name="counted")
-        held = await pool.acquire(timeout=5)
-        with pytest.raises(PoolTimeout) as info:
-            await pool.acquire(timeout=0.05)
-        assert info.value.idle == 0
-        assert "pool 'counted': no connection available within 0.050 s" in str(info.value)
-        assert pool.stats()[pypool.stats.TIMEOUTS] == 1
-        await pool.release(held)
-        await pool.close()
-
-    run(main())
-
-
-@pytest.mark.timeout(30)
-def test_too_many_requests(make: Callable[..., AsyncPool]) -> None:
-    async def main() -> None:
-        pool = make(max_size=1, max_waiting=2)
-        held = await pool.acquire(timeout=5)
-        waiters = [asyncio.ensure_future(pool.acquire(timeout=5)) for _ in range(2)]
-        assert await eventually(lambda: pool.waiting == 2)
-        with pytest.raises(TooManyRequests):
-            await pool.acquire(timeout=5)
-        await pool.release(held)
-        for w in waiters:
-            await pool.release(await w)
-        assert_whole(pool, 1)
-        await pool.close()
-
-    run(main())
-
-
-@pytest.mark.timeout(30)
-def test_waiters_get_pool_closed(make: Callable[..., AsyncPool]) -> None:
-    async def main() -> None:
-        pool = make(max_size=1)
-        held = await pool.acquire(timeout=5)
-        waiters = [asyncio.ensure_future(pool.acquire(timeout=10)) for _ in range(3)]
-        assert await eventually(lambda: pool.waiting == 3)
-        await pool.close()
-        results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 2)
-        assert all(isinstance(r, PoolClosed) for r in results), results
-        await pool.release(held)
-        assert held.closed
-        with pytest.raises(PoolClosed):
-            await pool.acquire(timeout=1)
-
-    run(main())
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("bad", ["1", -1, -0.5, float("nan"), True, [1]])
-def test_bad_timeout_is_refused_even_with_a_connection_idle(
-    make: Callable[..., AsyncPool], bad: Any
-) -> None:
-    async def main() -> None:
-        pool = make(min_size=1, max_size=1)
-        await pool.open(wait=True, timeout=5)
-        with pytest.raises(ConfigurationError, match="timeout"):
-            await pool.acquire(bad)
-        with pytest.raises(ConfigurationError, match="timeout"):
-            async with pool.connection(bad):
-                pass
-        assert pool.idle == 1 and pool.in_use == 0
-        for good in (0, 0.5, 2, float("inf")):
-            conn = await pool.acquire(good)
-            await pool.release(conn)
-        assert pool.idle == 1 and pool.in_use == 0
-        await pool.close()
-
-    run(main())
-
-
-@pytest.mark.timeout(30)
 @pytest.mark.parametrize("raised", [KeyboardInterrupt, SystemExit])
 def test_configure_interrupted_frees_the_slot_and_closes_the_connection(
     make: Callable[..., AsyncPool], raised: type[BaseException]
@@ -421,92 +320,6 @@ def test_configure_interrupted_frees_the_slot_and_closes_the_connection(
         run(pool.acquire(timeout=5))
     assert made[0].closed
     assert pool.stats()[stats.CONNECTING] == 0 and pool.size == 0 and pool.in_use == 0
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize("fail_fast", [False, True], ids=["timeout", "fail_fast"])
-def test_failed_open_wait_closes_the_pool(make: Callable[..., AsyncPool], fail_fast: bool) -> None:
-    """As for Pool: an ``open(wait=True)`` that fails closes the pool (its
-    tasks end, nothing connects any more) before it raises."""
-
-    class Refused(Exception):
-        pass
-
-    attempts = 0
-
-    async def failing() -> Any:
-        nonlocal attempts
-        attempts += 1
-        await asyncio.sleep(0)
-        raise Refused("connection refused (test)")
-
-    async def main() -> None:
-        pool = make(failing, min_size=1, max_size=1)
-        start = time.monotonic()
-        expected = ConnectionFailed if fail_fast else PoolTimeout
-        with pytest.raises(expected) as info:
-            await pool.open(wait=True, timeout=0.5 if not fail_fast else 10, fail_fast=fail_fast)
-        assert time.monotonic() - start < 5.0  # fail_fast: at the first failure
-        assert isinstance(info.value.__cause__, Refused)
-        assert attempts >= 1
-        assert pool.closed
-        assert all(t.done() for t in pool._tasks), pool._tasks
-        seen = attempts
-        await asyncio.sleep(0.3)
-        assert attempts == seen
-        with pytest.raises(PoolClosed):
-            await pool.acquire(timeout=0.1)
-        with pytest.raises(PoolClosed):
-            await pool.wait(timeout=1)
-
-    run(main())
-
-
-@pytest.mark.timeout(30)
-def test_wait_that_fails_leaves_the_pool_open_and_connecting(
-    make: Callable[..., AsyncPool],
-) -> None:
-    class Refused(Exception):
-        pass
-
-    down = True
-
-    async def factory() -> Any:
-        await asyncio.sleep(0)
-        if down:
-            raise Refused("connection refused (test)")
-        return AsyncFakeConn()
-
-    async def main() -> None:
-        nonlocal down
-        pool = make(factory, min_size=1, max_size=1)
-        with pytest.raises(ConnectionFailed) as failed:
-            await pool.wait(timeout=10, fail_fast=True)
-        assert isinstance(failed.value.__cause__, Refused)
-        with pytest.raises(PoolTimeout) as timed_out:
-            await pool.wait(timeout=0.3)
-        assert isinstance(timed_out.value.__cause__, Refused)
-        assert not pool.closed
-        down = False
-        await pool.wait(timeout=5)
-        assert pool.idle == 1
-        await pool.close()
-
-    run(main())
-
-
-def test_close_ends_the_pool_tasks_without_cancelling_them(
-    make: Callable[..., AsyncPool],
-) -> None:
-    async def main() -> None:
-        pool = make(min_size=2, max_size=2)
-        await pool.open(wait=True, timeout=5)
-        await asyncio.sleep(0.05)  # the connect workers are asleep, waiting for demand
-        tasks = list(pool._tasks)
-        await pool.close(timeout=0.5)
-        assert all(t.done() and not t.cancelled() for t in tasks), tasks
-
-    run(main())
 
 
 def test_resize_from_another_thread_and_after_the_loop_ended(

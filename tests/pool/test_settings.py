@@ -16,6 +16,7 @@ import inspect
 import math
 import pydoc
 import re
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -135,7 +136,7 @@ def test_defaults_are_the_table(pool_class: type) -> None:
             expected = min(s.default, settings.max_size)
         assert value == expected or (value is None and expected is None), s.name
     assert pool.timeout == 30.0 and pool.max_size == 10 and pool.min_size == 0
-    assert settings.keepalive == 240.0
+    assert settings.keepalive == 240.0 and settings.leak_timeout is None
 
 
 def test_an_unknown_keyword_names_the_public_class(pool_class: type) -> None:
@@ -220,7 +221,7 @@ EDGES: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
     "lifo": ([{"lifo": True}, {"lifo": False}], [{"lifo": 1}, {"lifo": None}]),
     "leak_timeout": (
         [{"leak_timeout": 5e-324}, {"leak_timeout": None}],
-        [{"leak_timeout": 0}, {"leak_timeout": 10**400}],
+        [{"leak_timeout": 0}, {"leak_timeout": "1"}, {"leak_timeout": 10**400}],
     ),
     "keepalive": (
         [{"keepalive": 5e-324}, {"keepalive": None}],
@@ -260,6 +261,82 @@ def test_each_bound_at_its_edges(pool_class: type, name: str) -> None:
         assert isinstance(info.value, ValueError)
         assert name in message, f"{kw}: {message!r} does not name {name}"
         assert re.search(r"must|cannot", message), f"{kw}: {message!r} says nothing to change"
+
+
+class NoClose:
+    """An adapter without ``close()``."""
+
+    def reset_for(self, conn: Any) -> None:
+        return None
+
+    def check(self, conn: Any) -> None:
+        pass
+
+    def is_broken(self, conn: Any, exc: Any = None) -> bool:
+        return False
+
+
+#: Refusals whose message says more than the setting's name (what it must
+#: be, what to change), and values of other kinds than :data:`EDGES` tries.
+BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
+    ({"min_size": 5, "max_size": 2}, "lower min_size or raise max_size"),
+    ({"max_size": 0}, "max_size must be >= 1"),
+    ({"max_size": -3}, "max_size must be >= 1"),
+    ({"max_size": 2.5}, "max_size must be an integer"),
+    ({"max_size": "10"}, "max_size must be an integer"),
+    ({"max_size": True}, "max_size must be an integer"),
+    ({"timeout": 0}, "timeout must be > 0"),
+    ({"timeout": -1.0}, "timeout must be > 0"),
+    ({"timeout": "30"}, "timeout must be a number of seconds"),
+    ({"timeout": None}, "timeout must be a number of seconds"),
+    ({"max_lifetime": math.nan}, "max_lifetime"),
+    ({"max_lifetime": "1h"}, "max_lifetime must be a number of seconds"),
+    ({"max_idle": math.nan}, "max_idle"),
+    ({"max_idle": "600"}, "max_idle must be a number of seconds"),
+    ({"check_after": math.nan}, "check_after"),
+    ({"check_after": "1s"}, "check_after must be a number of seconds"),
+    ({"configure": "SET x"}, "configure must be a callable"),
+    ({"check": 1}, "check must be a callable"),
+    ({"check": True}, "check must be a callable"),
+    ({"reset": 5}, "reset must be a callable"),
+    ({"num_workers": 0}, "num_workers must be >= 1"),
+    ({"num_workers": 1.5}, "num_workers must be an integer"),
+    ({"max_waiting": -1}, "max_waiting must be >= 0"),
+    ({"max_uses": -1}, "max_uses must be >= 0"),
+    ({"adapter": object()}, "pass pypool.dbapi or another adapter"),
+    ({"adapter": NoClose()}, "no close()"),
+    ({"name": 42}, "name must be a str"),
+    ({"lifo": 1}, "lifo must be True or False"),
+    ({"lifo": "yes"}, "lifo must be True or False"),
+    ({"leak_timeout": 0}, "leak_timeout must be > 0"),
+    ({"leak_timeout": "1"}, "leak_timeout"),
+    ({"keepalive": -1}, "keepalive must be > 0"),
+    ({"reconnect_timeout": None}, "reconnect_timeout must be a number of seconds"),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"), BAD_SETTINGS, ids=[repr(s)[1:-1] for s, _ in BAD_SETTINGS]
+)
+def test_a_refusal_says_what_to_change(
+    pool_class: type, settings: dict[str, Any], says: str
+) -> None:
+    factory = Factory()
+    with pytest.raises(ConfigurationError) as info:
+        pool_class(factory, **{"adapter": NullAdapter(), **settings})
+    assert says in str(info.value)
+    assert factory.calls == 0
+    assert not any(
+        t.name.startswith("pypool-pool-") and not t.daemon for t in threading.enumerate()
+    )
+
+
+def test_a_factory_that_is_not_a_callable_is_refused(pool_class: type) -> None:
+    with pytest.raises(ConfigurationError, match="factory must be a callable"):
+        pool_class(None, adapter=NullAdapter())
+    with pytest.raises(ConfigurationError) as info:
+        pool_class("postgresql://app@db/orders", adapter=NullAdapter())
+    assert "connect_factory" in str(info.value)
 
 
 def test_a_huge_timeout_is_no_overflow_error(pool_class: type) -> None:
