@@ -3,8 +3,11 @@ each reset policy must clear, and the query psycopg prepares by itself."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from pypool.psycopg import discard_all, reset_session
@@ -15,6 +18,7 @@ __all__ = (
     "PREPARE_THRESHOLD",
     "SURVIVES_DEFAULT_RESET",
     "lock_key",
+    "nologin_role",
 )
 
 #: What the default reset (a rollback of an open or aborted transaction, and
@@ -45,3 +49,20 @@ def lock_key() -> int:
 #: psycopg prepares a query after this many executions (its default).
 PREPARE_THRESHOLD = 5
 AUTO_QUERY = "SELECT %s::int + 1"
+
+
+@contextlib.contextmanager
+def nologin_role(dsn: str, prefix: str) -> Iterator[str]:
+    """A fresh role without login (for ``SET ROLE`` / ``SET SESSION
+    AUTHORIZATION``), dropped afterwards; skips the test when the test user
+    is not a superuser."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        if admin.execute("SELECT current_setting('is_superuser')").fetchone() != ("on",):
+            pytest.skip("the test user is not a superuser: cannot switch roles")
+        admin.execute(f"CREATE ROLE {name} NOLOGIN")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {name}")
