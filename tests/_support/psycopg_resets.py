@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -51,18 +52,24 @@ PREPARE_THRESHOLD = 5
 AUTO_QUERY = "SELECT %s::int + 1"
 
 
+def _as_admin(dsn: str, sql: str) -> Any:
+    """Runs ``sql`` on a connection of its own, in autocommit; its first row
+    (None for a statement without rows)."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        cur = admin.execute(sql)
+        return cur.fetchone() if cur.description else None
+
+
 @contextlib.contextmanager
 def nologin_role(dsn: str, prefix: str) -> Iterator[str]:
     """A fresh role without login (for ``SET ROLE`` / ``SET SESSION
     AUTHORIZATION``), dropped afterwards; skips the test when the test user
     is not a superuser."""
+    if _as_admin(dsn, "SELECT current_setting('is_superuser')") != ("on",):
+        pytest.skip("the test user is not a superuser: cannot switch roles")
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        if admin.execute("SELECT current_setting('is_superuser')").fetchone() != ("on",):
-            pytest.skip("the test user is not a superuser: cannot switch roles")
-        admin.execute(f"CREATE ROLE {name} NOLOGIN")
+    _as_admin(dsn, f"CREATE ROLE {name} NOLOGIN")
     try:
         yield name
     finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(f"DROP ROLE IF EXISTS {name}")
+        _as_admin(dsn, f"DROP ROLE IF EXISTS {name}")

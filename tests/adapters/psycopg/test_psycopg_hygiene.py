@@ -28,8 +28,9 @@ Needs PostgreSQL (``dsn`` fixture) and a user that may create roles and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -58,6 +59,17 @@ ALL_POLICIES = [pytest.param(None, id="default"), *POLICIES]
 
 #: The pypool psycopg pools, sync and async, on both cores.
 hygiene = matrix(impls=PYPOOL)
+
+
+def per_policy(scenario: Any) -> Any:
+    """:data:`hygiene`, once per reset policy (``policy`` argument)."""
+    return pytest.mark.parametrize("policy", POLICIES)(hygiene(scenario))
+
+
+def per_policy_and_default(scenario: Any) -> Any:
+    """:func:`per_policy`, and once more with the default reset (None)."""
+    return pytest.mark.parametrize("policy", ALL_POLICIES)(hygiene(scenario))
+
 
 # ------------------------------------------------------------------ fixtures
 
@@ -105,6 +117,18 @@ async def borrow_twice(
         assert conn.pid == pid, "max_size=1 must give the same connection"
         assert conn.info.transaction_status == IDLE
         return await inspect(conn)
+
+
+@contextlib.asynccontextmanager
+async def next_borrower(pool: Any, conn: Any) -> AsyncIterator[Any]:
+    """Returns ``conn`` as it is (``putconn``: the pool ends its transaction)
+    and borrows the same physical connection again, idle."""
+    pid = conn.pid
+    await pool.putconn(conn)
+    async with pool.connection() as again:
+        assert again.pid == pid, "max_size=1 must give the same connection"
+        assert again.info.transaction_status == IDLE
+        yield again
 
 
 async def column(
@@ -266,36 +290,23 @@ async def test_policies_called_on_a_connection(m: Matrix) -> None:
             await conn.commit()
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@hygiene
-async def test_set_role_is_reset(m: Matrix, role: str, policy: Any) -> None:
+@pytest.mark.parametrize("switch", ["SET ROLE", "SET SESSION AUTHORIZATION"])
+@per_policy
+async def test_role_is_reset(m: Matrix, role: str, policy: Any, switch: str) -> None:
+    """``SET ROLE`` changes the current user, ``SET SESSION AUTHORIZATION``
+    the session user too: every policy gives both back."""
     pool = await one_pool(m, policy)
     async with pool.connection() as conn:
         original = await users(conn)
 
     async def dirty(conn: Any) -> None:
-        await conn.execute(f"SET ROLE {role}")
-        assert (await users(conn))[0] == role
+        await conn.execute(f"{switch} {role}")
+        assert await users(conn) == (role, original[1] if switch == "SET ROLE" else role)
 
     assert await borrow_twice(m, pool, dirty, users) == original
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@hygiene
-async def test_session_authorization_is_reset(m: Matrix, role: str, policy: Any) -> None:
-    pool = await one_pool(m, policy)
-    async with pool.connection() as conn:
-        original = await users(conn)
-
-    async def dirty(conn: Any) -> None:
-        await conn.execute(f"SET SESSION AUTHORIZATION {role}")
-        assert await users(conn) == (role, role)
-
-    assert await borrow_twice(m, pool, dirty, users) == original
-
-
-@pytest.mark.parametrize("policy", POLICIES)
-@hygiene
+@per_policy
 async def test_settings_are_reset(m: Matrix, policy: Any) -> None:
     pool = await one_pool(m, policy)
     expected = (
@@ -333,8 +344,7 @@ async def test_temporary_table(m: Matrix, policy: Any, kept: bool) -> None:
     assert await borrow_twice(m, pool, dirty, inspect) == ((True, 1) if kept else (False, None))
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@hygiene
+@per_policy
 async def test_advisory_lock_is_released(m: Matrix, policy: Any) -> None:
     pool = await one_pool(m, policy)
     key = lock_key()
@@ -347,8 +357,7 @@ async def test_advisory_lock_is_released(m: Matrix, policy: Any) -> None:
     assert lock_is_free(m.dsn, key)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@hygiene
+@per_policy
 async def test_advisory_lock_is_free_as_soon_as_returned(m: Matrix, policy: Any) -> None:
     """The reset is part of the return itself: the lock is free once the
     ``connection()`` block is left, before anybody borrows the connection."""
@@ -365,8 +374,7 @@ async def test_advisory_lock_is_free_as_soon_as_returned(m: Matrix, policy: Any)
     assert lock_is_free(m.dsn, key)  # the same through getconn / putconn
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@hygiene
+@per_policy
 async def test_listen_is_cleared(m: Matrix, policy: Any) -> None:
     pool = await one_pool(m, policy)
 
@@ -378,8 +386,7 @@ async def test_listen_is_cleared(m: Matrix, policy: Any) -> None:
     assert await borrow_twice(m, pool, dirty, listening) == []
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@hygiene
+@per_policy
 async def test_prepared_statements_are_deallocated(m: Matrix, policy: Any) -> None:
     pool = await one_pool(m, policy)
 
@@ -435,8 +442,7 @@ async def test_many_resets_keep_the_connection_and_prepared_statements(
     assert returns_bad(pool) == 0
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-@hygiene
+@per_policy
 async def test_policy_on_an_autocommit_connection(m: Matrix, policy: Any) -> None:
     pool = await one_pool(m, policy, kwargs={"autocommit": True})
     dirty = executes("SET statement_timeout = 1234", "LISTEN hygiene_channel")
@@ -481,8 +487,7 @@ async def test_policy_clears_everything_at_once(
 # ================================================================== transactions
 
 
-@pytest.mark.parametrize("policy", ALL_POLICIES)
-@hygiene
+@per_policy_and_default
 async def test_open_transaction_is_rolled_back(m: Matrix, table: str, policy: Any) -> None:
     """Returned inside a transaction (``putconn`` without a commit): its
     writes and the ``SET`` inside it are undone, whatever the policy."""
@@ -492,15 +497,11 @@ async def test_open_transaction_is_rolled_back(m: Matrix, table: str, policy: An
         fresh_value(m.dsn, "SHOW statement_timeout"),
     )
     conn = await pool.getconn()
-    pid = conn.pid
     await conn.execute(f"INSERT INTO {table} VALUES (1)")
     await conn.execute("SET search_path TO pg_catalog")
     await conn.execute("SET statement_timeout = 1234")
     assert conn.info.transaction_status == INTRANS
-    await pool.putconn(conn)
-    async with pool.connection() as conn:
-        assert conn.pid == pid
-        assert conn.info.transaction_status == IDLE
+    async with next_borrower(pool, conn) as conn:
         assert not conn.autocommit  # restored after a reset ran in autocommit
         assert await one(conn, f"SELECT count(*) FROM public.{table}") == 0
         assert (
@@ -510,15 +511,13 @@ async def test_open_transaction_is_rolled_back(m: Matrix, table: str, policy: An
     assert returns_bad(pool) == 0
 
 
-@pytest.mark.parametrize("policy", ALL_POLICIES)
-@hygiene
+@per_policy_and_default
 async def test_aborted_transaction_is_rolled_back(m: Matrix, role: str, policy: Any) -> None:
     """Committed session state (``SET ROLE``), then a failed transaction: the
     next borrower gets a usable connection; the role is reset by a policy and
     kept by the default reset."""
     pool = await one_pool(m, policy)
     conn = await pool.getconn()
-    pid = conn.pid
     original = await users(conn)
     await conn.commit()
     await conn.execute(f"SET ROLE {role}")
@@ -526,10 +525,7 @@ async def test_aborted_transaction_is_rolled_back(m: Matrix, role: str, policy: 
     with pytest.raises(psycopg.errors.DivisionByZero):
         await conn.execute("SELECT 1 / 0")
     assert conn.info.transaction_status == INERROR
-    await pool.putconn(conn)
-    async with pool.connection() as conn:
-        assert conn.pid == pid
-        assert conn.info.transaction_status == IDLE
+    async with next_borrower(pool, conn) as conn:
         assert await one(conn, "SELECT 42") == 42
         seen = await users(conn)
         await conn.execute("RESET ROLE")
@@ -537,8 +533,7 @@ async def test_aborted_transaction_is_rolled_back(m: Matrix, role: str, policy: 
     assert returns_bad(pool) == 0
 
 
-@pytest.mark.parametrize("policy", ALL_POLICIES)
-@hygiene
+@per_policy_and_default
 async def test_session_state_committed_before_an_open_transaction(m: Matrix, policy: Any) -> None:
     """Only the last, uncommitted transaction is rolled back: what an earlier
     one committed (a setting) and a session lock taken in the open one stay
@@ -615,8 +610,7 @@ async def test_default_reset_keeps_session_authorization(m: Matrix, role: str) -
 # ================================================================== client side
 
 
-@pytest.mark.parametrize("policy", ALL_POLICIES)
-@hygiene
+@per_policy_and_default
 async def test_client_side_attributes_survive_every_policy(m: Matrix, policy: Any) -> None:
     """No policy touches the attributes of psycopg's connection object: a
     borrower that changes ``read_only``, ``isolation_level``,
