@@ -1,5 +1,6 @@
 """What the psycopg reset tests share, sync and async: the session state
-each reset policy must clear, and the query psycopg prepares by itself."""
+each reset policy must clear, the query psycopg prepares by itself, and a
+role without login to switch to."""
 
 from __future__ import annotations
 
