@@ -428,3 +428,15 @@ async def terminate(dsn: str, pid: int) -> None:
 
 def available(pool: Any) -> int:
     return int(pool.get_stats()["pool_available"])
+
+
+async def kill_the_idle_connection(m: Matrix, pool: Pool, idle: float = 1.2) -> int:
+    """Borrows and returns the pool's one connection, ends its backend and
+    waits ``idle`` seconds (past pypool's default ``check_after``, 1 s); the
+    backend pid it had."""
+    conn = await pool.getconn()
+    pid = conn.pid
+    await pool.putconn(conn)
+    await terminate(m.dsn, pid)
+    await m.sleep(idle)
+    return pid

@@ -161,15 +161,11 @@ def psycopg_idle() -> Any:
 
 @pytest.fixture(scope="module")
 def role(dsn: str) -> Iterator[str]:
-    psycopg = pytest.importorskip("psycopg")
-    name = f"pypool_table_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        if admin.execute("SELECT current_setting('is_superuser')").fetchone() != ("on",):
-            pytest.skip("the test user is not a superuser: cannot switch roles")
-        admin.execute(f"CREATE ROLE {name} NOLOGIN")
-    yield name
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(f"DROP ROLE IF EXISTS {name}")
+    pytest.importorskip("psycopg")
+    from _support.psycopg_resets import nologin_role
+
+    with nologin_role(dsn, "pypool_table") as name:
+        yield name
 
 
 def pg_policy(column: str) -> Any:

@@ -1470,3 +1470,79 @@ async def test_pypool_factory_returning_none_is_a_failed_connect(m: Matrix) -> N
     assert await wait_until(lambda: pool.stats()[pypool.stats.CONNECTING] == 0)
     if m.is_async:
         assert all(not t.done() for t in pool._tasks)  # the workers live on
+
+
+# ================================================================== check callback
+# The check callback's scenarios, sync and async in one place.
+
+from _support.psycopg_matrix import kill_the_idle_connection, maybe  # noqa: E402
+
+
+async def _check_runs_at_hand_out(m: Matrix, check: Any, checked: list[int]) -> None:
+    """The check runs on the connection about to be handed out. It has been
+    idle longer than pypool's ``check_after`` (1 s), so both implementations
+    run the check (psycopg_pool runs it at every getconn, pypool only then)."""
+    pool = await m.pool(min_size=1, max_size=1, check=check)
+    await pool.wait(SOON)
+    await m.sleep(1.2)
+    async with pool.connection(timeout=SOON) as conn:
+        assert checked == [conn.pid]
+
+
+@matrix()
+async def test_check_callback_used(m: Matrix) -> None:
+    checked: list[int] = []
+
+    async def check(conn: Conn) -> None:
+        checked.append(conn.pid)
+
+    await _check_runs_at_hand_out(m, m.callback(check), checked)
+
+
+@matrix(impls=PYPOOL, flavours=("async",))
+async def test_pypool_async_pools_take_a_sync_check(m: Matrix) -> None:
+    """psycopg_pool's async pool awaits ``check()``; pypool's also takes a
+    plain function."""
+    checked: list[int] = []
+    await _check_runs_at_hand_out(m, lambda conn: checked.append(conn.info.backend_pid), checked)
+
+
+@matrix()
+async def test_failing_check_on_a_broken_connection_replaces_it(m: Matrix) -> None:
+    checked: list[int] = []
+
+    async def check(conn: Conn) -> None:
+        checked.append(conn.pid)
+        await conn.execute("SELECT 1")
+        await conn.rollback()
+
+    pool = await m.pool(min_size=1, max_size=1, check=m.callback(check))
+    pid = await kill_the_idle_connection(m, pool)
+    async with pool.connection(timeout=SOON) as conn:
+        assert conn.pid != pid
+        assert await conn.one("SELECT 1") == 1
+    assert checked[0] == pid
+
+
+@matrix()
+async def test_check_connection_as_check_callback(m: Matrix) -> None:
+    pool = await m.pool(min_size=1, max_size=1, check=m.cls.check_connection)
+    pid = await kill_the_idle_connection(m, pool)
+    async with pool.connection(timeout=SOON) as conn:
+        assert conn.pid != pid
+        assert await conn.one("SELECT 1") == 1
+
+
+@matrix()
+async def test_check_connection_static(m: Matrix) -> None:
+    check_connection = m.cls.check_connection
+    conn = await m.connect()
+    try:
+        await maybe(check_connection(conn.raw))
+        assert not conn.autocommit
+        assert conn.info.transaction_status == IDLE
+        await terminate(m.dsn, conn.pid)
+        with pytest.raises(psycopg.OperationalError):
+            await maybe(check_connection(conn.raw))
+    finally:
+        await conn.close()
