@@ -37,6 +37,26 @@ def core_of(impl: str) -> ModuleType | None:
     return importlib.import_module(PYTHON_MODULE)
 
 
+def available_impls() -> list[str]:
+    """The implementations of :data:`IMPLS` this machine has (the native core
+    may be missing), for tests that run them all at once."""
+    import pytest
+
+    impls = []
+    for impl in IMPLS:
+        try:
+            core_of(impl)
+        except pytest.skip.Exception:
+            continue
+        impls.append(impl)
+    return impls
+
+
+def combinations() -> list[tuple[str, str, str]]:
+    """Every available ``(impl, mode, kind)``."""
+    return [(i, m, k) for i in available_impls() for m in MODES for k in KINDS]
+
+
 def with_core(cls: type, core: ModuleType | None, *args: Any, **kwargs: Any) -> Any:
     """``cls(*args, **kwargs)`` on ``core`` (None: as it is): the one place
     that says how a pypool pool is put on a given core."""
