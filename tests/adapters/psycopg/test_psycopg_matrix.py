@@ -1031,25 +1031,16 @@ async def test_reset_runs_after_the_rollback(m: Matrix) -> None:
     assert seen == [IDLE]
 
 
+@pytest.mark.parametrize("fault", ["leaves_a_transaction", "raises"])
 @matrix()
-async def test_reset_leaving_a_transaction_discards_the_connection(m: Matrix) -> None:
+async def test_reset_going_wrong_discards_the_connection(m: Matrix, fault: str) -> None:
+    """A reset that leaves a transaction open (not allowed) or raises: the
+    connection is closed and a new one replaces it."""
+
     async def reset(conn: Conn) -> None:
+        if fault == "raises":
+            raise RuntimeError("no")
         await conn.execute("SELECT 1")  # leaves a transaction open: not allowed
-
-    pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
-    conn = await pool.getconn()
-    pid = conn.pid
-    await pool.putconn(conn)
-    fresh = await pool.getconn(timeout=SOON)
-    assert fresh.pid != pid
-    assert await wait_until(lambda: conn.closed)
-    await pool.putconn(fresh)
-
-
-@matrix()
-async def test_reset_raising_discards_the_connection(m: Matrix) -> None:
-    async def reset(conn: Conn) -> None:
-        raise RuntimeError("no")
 
     pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
     conn = await pool.getconn()
