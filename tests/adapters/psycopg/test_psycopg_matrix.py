@@ -358,33 +358,25 @@ async def test_returned_in_failed_transaction_is_rolled_back(m: Matrix) -> None:
     await pool.putconn(again)
 
 
+@pytest.mark.parametrize("state", ["broken", "closed"])
 @matrix()
-async def test_returned_broken_is_replaced(m: Matrix) -> None:
+async def test_returned_unusable_is_replaced(m: Matrix, state: str) -> None:
+    """A connection returned broken (its session killed) or closed is
+    counted as a bad return and replaced by a new one."""
     pool = await m.pool(min_size=1, max_size=1)
     conn = await pool.getconn()
     pid = conn.pid
-    await terminate(m.dsn, pid)
-    with pytest.raises(psycopg.OperationalError):
-        await conn.execute("SELECT 1")
-    assert conn.broken
+    if state == "broken":
+        await terminate(m.dsn, pid)
+        with pytest.raises(psycopg.OperationalError):
+            await conn.execute("SELECT 1")
+        assert conn.broken
+    else:
+        await conn.close()
+        assert conn.closed
     await pool.putconn(conn)
     fresh = await pool.getconn(timeout=SOON)
     assert fresh.raw is not conn.raw
-    assert fresh.pid != pid
-    assert await fresh.one("SELECT 1") == 1
-    await pool.putconn(fresh)
-    assert pool.get_stats()["returns_bad"] == 1
-
-
-@matrix()
-async def test_returned_closed_is_replaced(m: Matrix) -> None:
-    pool = await m.pool(min_size=1, max_size=1)
-    conn = await pool.getconn()
-    pid = conn.pid
-    await conn.close()
-    assert conn.closed
-    await pool.putconn(conn)
-    fresh = await pool.getconn(timeout=SOON)
     assert fresh.pid != pid
     assert await fresh.one("SELECT 1") == 1
     await pool.putconn(fresh)
