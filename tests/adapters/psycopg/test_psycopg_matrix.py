@@ -1379,20 +1379,22 @@ async def test_pypool_resize_shrinks_at_once(m: Matrix) -> None:
     assert pool.get_stats()["pool_size"] == 1
 
 
+def _here(m: Matrix) -> Any:
+    """Where a callback runs: its task (async pools) or its thread."""
+    return asyncio.current_task() if m.is_async else threading.current_thread()
+
+
 @matrix(impls=PYPOOL, kinds=NULL)
 async def test_pypool_null_pool_connects_on_a_worker(m: Matrix) -> None:
     where: list[Any] = []
 
-    def here() -> Any:
-        return asyncio.current_task() if m.is_async else threading.current_thread()
-
     async def configure(conn: Conn) -> None:
-        where.append(here())
+        where.append(_here(m))
 
     pool = await m.pool(configure=m.callback(configure))
     async with pool.connection(timeout=SOON):
         pass
-    assert where and where[0] is not here()
+    assert where and where[0] is not _here(m)
 
 
 @matrix(impls=PYPOOL)
@@ -1409,15 +1411,12 @@ async def test_pypool_reset_runs_in_putconn(m: Matrix) -> None:
     """psycopg_pool runs ``reset`` on a worker; pypool in ``putconn`` itself."""
     where: list[Any] = []
 
-    def here() -> Any:
-        return asyncio.current_task() if m.is_async else threading.current_thread()
-
     async def reset(conn: Conn) -> None:
-        where.append(here())
+        where.append(_here(m))
 
     pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
     await pool.putconn(await pool.getconn(SOON))
-    assert where == [here()]
+    assert where == [_here(m)]
 
 
 class _NoConnection(psycopg.Connection):  # type: ignore[type-arg]
