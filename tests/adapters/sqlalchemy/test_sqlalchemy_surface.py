@@ -53,14 +53,17 @@ _SQLALCHEMY_2X_PUBLIC = {
     )
 }
 
+#: The public names only pypool's classes have.
+_PYPOOL_ADDED = {
+    "stats": "pypool's counters and gauges of the core (docs/sqlalchemy.md)",
+    "with_core": "a subclass bound to one core module, for tests and benchmarks",
+}
+
 #: The differences of the 2.x releases pypool is tested with.
 _ALLOWED_2X: dict[str, dict[str, dict[str, str]]] = {
     "QueuePool": {
         "public": _SQLALCHEMY_2X_PUBLIC,
-        "added": {
-            "stats": "pypool's counters and gauges of the core (docs/sqlalchemy.md)",
-            "with_core": "a subclass bound to one core module, for tests and benchmarks",
-        },
+        "added": _PYPOOL_ADDED,
         "signature": {},
         "inherited": {
             "_is_asyncio": "False, SQLAlchemy's meaning: not for asyncio engines",
@@ -72,10 +75,7 @@ _ALLOWED_2X: dict[str, dict[str, dict[str, str]]] = {
     },
     "AsyncAdaptedQueuePool": {
         "public": _SQLALCHEMY_2X_PUBLIC,
-        "added": {
-            "stats": "pypool's counters and gauges of the core (docs/sqlalchemy.md)",
-            "with_core": "a subclass bound to one core module, for tests and benchmarks",
-        },
+        "added": _PYPOOL_ADDED,
         "signature": {},
         "inherited": {
             "_queue_class": "never used: pypool's __init__ makes no SQLAlchemy queue",
