@@ -199,6 +199,25 @@ def run_all(
     return outcomes
 
 
+def describe(
+    outcomes: dict[str, Outcome],
+    timed: Callable[[float], str],
+    blocked: Callable[[float], str] | None = None,
+) -> dict[str, str]:
+    """A row of :func:`report` an outcome: ``blocked(elapsed)`` for one that
+    had not finished (when given), ``timed(result)`` for a float result,
+    else the result or the error."""
+    rows = {}
+    for label, o in outcomes.items():
+        if blocked is not None and not o.finished:
+            rows[label] = blocked(o.elapsed)
+        elif isinstance(o.result, float):
+            rows[label] = timed(o.result)
+        else:
+            rows[label] = f"{o.result or o.error!r}"
+    return rows
+
+
 def report(title: str, rows: dict[str, str]) -> str:
     """A small table for the test output (``-s`` or ``-rA`` shows it)."""
     width = max(map(len, rows), default=0)

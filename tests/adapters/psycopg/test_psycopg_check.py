@@ -31,6 +31,7 @@ from _support.psycopg_impls import (  # noqa: E402
     available_impls,
     combinations,
     core_of,
+    describe,
     make_api,
     report,
     run_all,
@@ -137,14 +138,7 @@ def test_failing_check_times_out_even_on_new_connections(dsn: str) -> None:
 
         jobs[f"{impl}/{mode}/{kind}"] = job
     outcomes = run_all(jobs, timeout=30)
-    rows = {
-        label: (
-            f"PoolTimeout after {o.result:.2f} s"
-            if isinstance(o.result, float)
-            else f"{o.result or o.error!r}"
-        )
-        for label, o in outcomes.items()
-    }
+    rows = describe(outcomes, lambda seconds: f"PoolTimeout after {seconds:.2f} s")
     text = report("connection(timeout=1) with a check that always raises:", rows)
     for o in outcomes.values():
         assert o.finished and o.error is None, text
@@ -184,14 +178,11 @@ def test_network_cut_keeps_the_callers_timeout(dsn: str) -> None:
 
                     jobs[f"{impl}/{mode}/{how}(timeout={timeout:g})"] = job
         outcomes = run_all(jobs, timeout=10.0, required=_pypool)
-        rows = {}
-        for label, o in outcomes.items():
-            if not o.finished:
-                rows[label] = f"still blocked after {o.elapsed:.1f} s"
-            elif isinstance(o.result, float):
-                rows[label] = f"PoolTimeout after {o.result:.2f} s"
-            else:
-                rows[label] = f"{o.result or o.error!r}"
+        rows = describe(
+            outcomes,
+            lambda seconds: f"PoolTimeout after {seconds:.2f} s",
+            lambda elapsed: f"still blocked after {elapsed:.1f} s",
+        )
         text = report("a check on a black-holed network:", rows)
     for label, o in outcomes.items():
         if not _pypool(label):

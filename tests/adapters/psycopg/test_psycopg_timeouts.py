@@ -22,7 +22,14 @@ psycopg = pytest.importorskip("psycopg")
 pytest.importorskip("psycopg_pool")
 
 from _support.faultproxy import proxies  # noqa: E402
-from _support.psycopg_impls import MODES, combinations, make_api, report, run_all  # noqa: E402
+from _support.psycopg_impls import (  # noqa: E402
+    MODES,
+    combinations,
+    describe,
+    make_api,
+    report,
+    run_all,
+)
 from pypool.psycopg.base import CONNECT_BOUNDS  # noqa: E402
 
 pytestmark = pytest.mark.db
@@ -134,14 +141,11 @@ def test_recovery_after_connects_accepted_and_never_answered(dsn: str) -> None:
         outcomes = run_all(
             jobs, timeout=bound + outage + 0.5, required=lambda label: label.startswith("pypool")
         )
-        rows = {}
-        for label, o in outcomes.items():
-            if not o.finished:
-                rows[label] = f"not serving {o.elapsed - outage:.1f} s after the network returned"
-            elif isinstance(o.result, float):
-                rows[label] = f"serving {o.result:.2f} s after the network returned"
-            else:
-                rows[label] = repr(o.error)
+        rows = describe(
+            outcomes,
+            lambda seconds: f"serving {seconds:.2f} s after the network returned",
+            lambda elapsed: f"not serving {elapsed - outage:.1f} s after the network returned",
+        )
         text = report("connects accepted and never answered, then the network returns:", rows)
     for label, o in outcomes.items():
         if label.startswith("pypool"):
