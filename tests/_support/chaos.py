@@ -248,6 +248,18 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _fault_table(
+    scenarios: dict[str, Any], keys: list[str], pools: list[str], cell: Callable[[Any], str]
+) -> list[str]:
+    """A table of a row a recovery scenario (``keys``), a column a pool:
+    ``cell(what the scenario says of the pool)``."""
+    rows = ["| fault | " + " | ".join(pools) + " |", "|---|" + "---|" * len(pools)]
+    for key in keys:
+        f = scenarios[key]
+        rows.append(f"| {key[9:]} | " + " | ".join(cell(f.get(pool)) for pool in pools) + " |")
+    return rows
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The figures of a report as the markdown tables of
     ``docs/reliability.md`` (between its ``chaos-figures`` comments)."""
@@ -288,35 +300,23 @@ def markdown(data: dict[str, Any]) -> str:
             f"Recovery, in seconds after the network returns ({first['outage_s']:g} s "
             f"outage; pypool's bound {first['bound_s']:g} s):",
             "",
-            "| fault | " + " | ".join(pools) + " |",
-            "|---|" + "---|" * len(pools),
         ]
-        for key in recovery:
-            f = scenarios[key]
-            cells = []
-            for pool in pools:
-                got = f.get(pool)
-                if not isinstance(got, dict):
-                    cells.append(str(got or "-"))
-                else:
-                    cells.append(_cell(got["recovered_s"]))
-            out.append(f"| {key[9:]} | " + " | ".join(cells) + " |")
+
+        def recovered(got: Any) -> str:
+            return _cell(got["recovered_s"]) if isinstance(got, dict) else str(got or "-")
+
+        def slowest(got: Any) -> str:
+            seconds = got.get("acquire_slowest_s") if isinstance(got, dict) else None
+            return "-" if seconds is None else f"{seconds:g}"
+
+        out += _fault_table(scenarios, recovery, pools, recovered)
         out += [
             "",
             "Slowest bare acquire during the same runs, in seconds (timeout 1 s; bound "
             f"{_cell(first.get('pypool.Pool', {}).get('acquire_limit_s'))} s):",
             "",
-            "| fault | " + " | ".join(pools) + " |",
-            "|---|" + "---|" * len(pools),
         ]
-        for key in recovery:
-            f = scenarios[key]
-            cells = []
-            for pool in pools:
-                got = f.get(pool)
-                slowest = got.get("acquire_slowest_s") if isinstance(got, dict) else None
-                cells.append("-" if slowest is None else f"{slowest:g}")
-            out.append(f"| {key[9:]} | " + " | ".join(cells) + " |")
+        out += _fault_table(scenarios, recovery, pools, slowest)
     storms = sorted(k for k in scenarios if k.startswith(("storm-", "cancel-")))
     if storms:
         out += [

@@ -8,40 +8,30 @@ someone who still holds it, or closed; never open and owned by nobody.
 
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
-_serials = itertools.count()
+from _support.fakes import FakeConn
 
 
-class Conn:
-    """A fake connection that counts its resets, checks and closes.
-    ``fail`` makes its check and reset raise."""
+class Conn(FakeConn):
+    """:class:`FakeConn` that counts its resets as ``resets``; ``broken``
+    makes its check and reset raise ``ConnectionError``."""
 
     def __init__(self) -> None:
-        self.serial = next(_serials)
-        self.resets = 0
-        self.checks = 0
-        self.closes = 0
+        super().__init__()
         self.broken = False
 
+    @property
+    def resets(self) -> int:
+        return self.rollbacks
+
     def rollback(self) -> None:
-        self.resets += 1
+        self.rollbacks += 1
         if self.broken:
             raise ConnectionError(f"conn {self.serial}: broken")
-
-    def close(self) -> None:
-        self.closes += 1
-
-    @property
-    def closed(self) -> bool:
-        return self.closes > 0
-
-    def __repr__(self) -> str:
-        return f"<Conn {self.serial}{' closed' if self.closed else ''}>"
 
 
 class AsyncConn(Conn):

@@ -37,6 +37,26 @@ def core_of(impl: str) -> ModuleType | None:
     return importlib.import_module(PYTHON_MODULE)
 
 
+def available_impls() -> list[str]:
+    """The implementations of :data:`IMPLS` this machine has (the native core
+    may be missing), for tests that run them all at once."""
+    import pytest
+
+    impls = []
+    for impl in IMPLS:
+        try:
+            core_of(impl)
+        except pytest.skip.Exception:
+            continue
+        impls.append(impl)
+    return impls
+
+
+def combinations() -> list[tuple[str, str, str]]:
+    """Every available ``(impl, mode, kind)``."""
+    return [(i, m, k) for i in available_impls() for m in MODES for k in KINDS]
+
+
 def with_core(cls: type, core: ModuleType | None, *args: Any, **kwargs: Any) -> Any:
     """``cls(*args, **kwargs)`` on ``core`` (None: as it is): the one place
     that says how a pypool pool is put on a given core."""
@@ -177,6 +197,25 @@ def run_all(
         if not outcome.finished:
             outcome.elapsed = waited
     return outcomes
+
+
+def describe(
+    outcomes: dict[str, Outcome],
+    timed: Callable[[float], str],
+    blocked: Callable[[float], str] | None = None,
+) -> dict[str, str]:
+    """A row of :func:`report` an outcome: ``blocked(elapsed)`` for one that
+    had not finished (when given), ``timed(result)`` for a float result,
+    else the result or the error."""
+    rows = {}
+    for label, o in outcomes.items():
+        if blocked is not None and not o.finished:
+            rows[label] = blocked(o.elapsed)
+        elif isinstance(o.result, float):
+            rows[label] = timed(o.result)
+        else:
+            rows[label] = f"{o.result or o.error!r}"
+    return rows
 
 
 def report(title: str, rows: dict[str, str]) -> str:

@@ -197,14 +197,17 @@ def subjects(
     target = proxy.dsn(dsn)
     made: list[Subject] = []
 
-    my_pool = with_core(
-        Pool,
-        core,
-        dbapi.connect_factory(pymysql.connect, **mysql_proxy[1]),
-        min_size=SIZE,
-        max_size=SIZE,
-        name="chaos-recovery-mysql",
-    )
+    def plain_pool(label: str, factory: Any, name: str, query: Callable[[Any], int]) -> Subject:
+        # A pypool.Pool borrowed through run() (one retry), asserted.
+        pool = with_core(Pool, core, factory, min_size=SIZE, max_size=SIZE, name=name)
+        return Subject(
+            label,
+            pool,
+            lambda: pool.run(query, retries=1, backoff=0.01, timeout=BORROW_TIMEOUT),
+            asserted=True,
+            acquire=pool.acquire,
+            release=pool.release,
+        )
 
     def my_select_one(conn: Any) -> int:
         with conn.cursor() as cur:
@@ -212,32 +215,19 @@ def subjects(
             return int(cur.fetchone()[0])
 
     made.append(
-        Subject(
+        plain_pool(
             "pypool.Pool (PyMySQL)",
-            my_pool,
-            lambda: my_pool.run(my_select_one, retries=1, backoff=0.01, timeout=BORROW_TIMEOUT),
-            asserted=True,
-            acquire=my_pool.acquire,
-            release=my_pool.release,
+            dbapi.connect_factory(pymysql.connect, **mysql_proxy[1]),
+            "chaos-recovery-mysql",
+            my_select_one,
         )
     )
-
-    pool = with_core(
-        Pool,
-        core,
-        dbapi.connect_factory(psycopg.connect, target),
-        min_size=SIZE,
-        max_size=SIZE,
-        name="chaos-recovery-pool",
-    )
     made.append(
-        Subject(
+        plain_pool(
             "pypool.Pool",
-            pool,
-            lambda: pool.run(select_one, retries=1, backoff=0.01, timeout=BORROW_TIMEOUT),
-            asserted=True,
-            acquire=pool.acquire,
-            release=pool.release,
+            dbapi.connect_factory(psycopg.connect, target),
+            "chaos-recovery-pool",
+            select_one,
         )
     )
 

@@ -31,7 +31,7 @@ import random
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -360,6 +360,58 @@ def _not_idle(errors: list[BaseException]) -> list[BaseException]:
     return [e for e in errors if isinstance(e, NotIdle)]
 
 
+async def _cancel_storm(
+    pool: Any,
+    work: Callable[[], Awaitable[None]],
+    query: Callable[[Any], Awaitable[None]],
+    made: Made,
+    is_closed: Callable[[Any], bool],
+) -> tuple[Canceller, dict[str, Any]]:
+    """A cancellation storm of ``work`` on an open ``pool``; then, once what
+    was borrowed came back, a last ``query`` and the core's state. Closes
+    the pool."""
+    canceller = Canceller(tasks=8, seconds=STORM_SECONDS)
+    await canceller.run(work)
+    deadline = time.monotonic() + 10.0
+    while pool.in_use and time.monotonic() < deadline:
+        gc.collect()
+        await asyncio.sleep(0.01)
+    async with pool.connection(5.0) as conn:
+        await query(conn)
+    stats = pool.stats()
+    core = pool._core
+    state = {
+        "in_use": int(core.in_use),
+        "balanced": core.idle + core.in_use + core.claimed + core.connecting == core.size,
+        "open_made": len([c for c in made.alive if not is_closed(c)]),
+        "size": int(core.size),
+        "connecting": int(core.connecting),
+        "discarded": stats[names.LOST],
+    }
+    await pool.close()
+    return canceller, state
+
+
+def _check_cancel_storm(
+    label: str, made: Made, canceller: Canceller, state: dict[str, Any]
+) -> None:
+    """Records a storm's figures; no connection was handed out busy, every
+    one came back and the core's counts add up."""
+    figures = {
+        "cancellations": canceller.cancelled,
+        "completed": canceller.completed,
+        "errors": len(canceller.errors),
+        "connections_made": len(made.refs),
+        "discarded": state["discarded"],
+    }
+    record(label, figures)
+    assert not _not_idle(canceller.errors), _not_idle(canceller.errors)[0]
+    assert canceller.cancelled > 200, figures
+    assert state["in_use"] == 0, state
+    assert state["balanced"], state
+    assert state["open_made"] == state["size"] - state["connecting"], state
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["acquire", "connection", "run"])
 def test_cancellation_storm_on_async_pool(dsn: str, how: str) -> None:
@@ -410,41 +462,9 @@ def test_cancellation_storm_on_async_pool(dsn: str, how: str) -> None:
             else:
                 await pool.run(query, retries=2, backoff=0.001, timeout=10.0)
 
-        canceller = Canceller(tasks=8, seconds=STORM_SECONDS)
-        await canceller.run(work)
-        deadline = time.monotonic() + 10.0
-        while pool.in_use and time.monotonic() < deadline:
-            gc.collect()
-            await asyncio.sleep(0.01)
-        async with pool.connection(5.0) as conn:
-            await query(conn)
-        stats = pool.stats()
-        core = pool._core
-        state = {
-            "in_use": int(core.in_use),
-            "balanced": core.idle + core.in_use + core.claimed + core.connecting == core.size,
-            "open_made": len([c for c in made.alive if not c.is_closed()]),
-            "size": int(core.size),
-            "connecting": int(core.connecting),
-            "discarded": stats[names.LOST],
-        }
-        await pool.close()
-        return canceller, state
+        return await _cancel_storm(pool, work, query, made, lambda c: c.is_closed())
 
-    canceller, state = asyncio.run(main())
-    figures = {
-        "cancellations": canceller.cancelled,
-        "completed": canceller.completed,
-        "errors": len(canceller.errors),
-        "connections_made": len(made.refs),
-        "discarded": state["discarded"],
-    }
-    record(f"cancel-AsyncPool.{how}", figures)
-    assert not _not_idle(canceller.errors), _not_idle(canceller.errors)[0]
-    assert canceller.cancelled > 200, figures
-    assert state["in_use"] == 0, state
-    assert state["balanced"], state
-    assert state["open_made"] == state["size"] - state["connecting"], state
+    _check_cancel_storm(f"cancel-AsyncPool.{how}", made, *asyncio.run(main()))
 
 
 @pytest.mark.timeout(60)
@@ -485,38 +505,6 @@ def test_cancellation_storm_on_async_psycopg_pool(dsn: str, how: str) -> None:
                 async with pool.connection(10.0) as conn:
                     await query(conn)
 
-        canceller = Canceller(tasks=8, seconds=STORM_SECONDS)
-        await canceller.run(work)
-        deadline = time.monotonic() + 10.0
-        while pool.in_use and time.monotonic() < deadline:
-            gc.collect()
-            await asyncio.sleep(0.01)
-        async with pool.connection(5.0) as conn:
-            await query(conn)
-        stats = pool.stats()
-        core = pool._core
-        state = {
-            "in_use": int(core.in_use),
-            "balanced": core.idle + core.in_use + core.claimed + core.connecting == core.size,
-            "open_made": len([c for c in made.alive if not c.closed]),
-            "size": int(core.size),
-            "connecting": int(core.connecting),
-            "discarded": stats[names.LOST],
-        }
-        await pool.close()
-        return canceller, state
+        return await _cancel_storm(pool, work, query, made, lambda c: c.closed)
 
-    canceller, state = asyncio.run(main())
-    figures = {
-        "cancellations": canceller.cancelled,
-        "completed": canceller.completed,
-        "errors": len(canceller.errors),
-        "connections_made": len(made.refs),
-        "discarded": state["discarded"],
-    }
-    record(f"cancel-psycopg.async.{how}", figures)
-    assert not _not_idle(canceller.errors), _not_idle(canceller.errors)[0]
-    assert canceller.cancelled > 200, figures
-    assert state["in_use"] == 0, state
-    assert state["balanced"], state
-    assert state["open_made"] == state["size"] - state["connecting"], state
+    _check_cancel_storm(f"cancel-psycopg.async.{how}", made, *asyncio.run(main()))

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -28,16 +27,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from _support.stateful import machine_settings
+
 pytestmark = pytest.mark.stateful
 
-SETTINGS = settings(
-    max_examples=150,
-    stateful_step_count=50,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = machine_settings(150, 50)
 
 #: What a connection's reset does, drawn per connection.
 RESETS = ("plain", "returns", "raises")

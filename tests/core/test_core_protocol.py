@@ -179,34 +179,26 @@ def _notified_then_handed(pool: Any, dance: Choreography, behind: str) -> Any:
 
 
 @pytest.mark.timeout(60)
-def test_a_ticket_behind_an_overtaken_wake_up_is_served(
-    make_core_pool: Any, core_module: Any
+@pytest.mark.parametrize("second", ["ticket", "thread"])
+def test_a_waiter_behind_an_overtaken_wake_up_is_served(
+    make_core_pool: Any, core_module: Any, second: str
 ) -> None:
+    """The second waiter (a ticket, or a thread W2) behind an overtaken
+    wake-up gets the idle connection a at once; W1 gets b."""
     pool, _ = make_core_pool(2, handoff_after=0.5)
     dance = Choreography(pool)
     with interleaving(core_module, dance):
-        w1, ticket, a, b, w1_woken, _ = _notified_then_handed(pool, dance, "ticket")
-        # a is idle, W1 took b: the ticket must have a, not wait for it.
-        assert ticket.done, "a ticket waits while a connection is idle"
-        assert ticket.result() is a
-        w1_woken.open()
-        assert w1.result() == ("returned", b)
-    assert (pool.idle, pool.in_use, pool.waiting) == (0, 2, 0)
-
-
-@pytest.mark.timeout(60)
-def test_a_thread_behind_an_overtaken_wake_up_is_woken(
-    make_core_pool: Any, core_module: Any
-) -> None:
-    pool, _ = make_core_pool(2, handoff_after=0.5)
-    dance = Choreography(pool)
-    with interleaving(core_module, dance):
-        w1, w2, a, b, w1_woken, w2_asleep = _notified_then_handed(pool, dance, "thread")
-        seen = len(dance.log["W2"])
-        w2_asleep.open()
-        assert w2.result() == ("returned", a)
-        # W2 was woken for a, not left to find it when its slice ran out.
-        assert dance.log["W2"][seen:][:1] == ["wait.woken"], dance.log["W2"]
+        w1, other, a, b, w1_woken, w2_asleep = _notified_then_handed(pool, dance, second)
+        if second == "ticket":
+            # a is idle, W1 took b: the ticket must have a, not wait for it.
+            assert other.done, "a ticket waits while a connection is idle"
+            assert other.result() is a
+        else:
+            seen = len(dance.log["W2"])
+            w2_asleep.open()
+            assert other.result() == ("returned", a)
+            # W2 was woken for a, not left to find it when its slice ran out.
+            assert dance.log["W2"][seen:][:1] == ["wait.woken"], dance.log["W2"]
         w1_woken.open()
         assert w1.result() == ("returned", b)
     assert (pool.idle, pool.in_use, pool.waiting) == (0, 2, 0)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -33,6 +33,7 @@ from hypothesis.stateful import (
 
 from _support.cores import TIME_KEYS
 from _support.fakes import FakeConn, NoWeakConn
+from _support.stateful import machine_settings
 from pypool.errors import (
     ConfigurationError,
     InvalidSlot,
@@ -45,14 +46,7 @@ from pypool.errors import (
 
 pytestmark = pytest.mark.stateful
 
-SETTINGS = settings(
-    max_examples=200,
-    stateful_step_count=50,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+SETTINGS = machine_settings(200, 50, HealthCheck.data_too_large)
 
 EMPTY, CREATING, IDLE, BUSY, RESERVED = range(5)
 STATES = (EMPTY, CREATING, IDLE, BUSY, RESERVED)

@@ -22,7 +22,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -32,18 +31,12 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from _support.stateful import machine_settings
 from pypool.errors import NotBorrowed, PoolClosed, PoolError, PoolTimeout
 
 pytestmark = pytest.mark.stateful
 
-SETTINGS = settings(
-    max_examples=200,
-    stateful_step_count=30,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = machine_settings(200, 30)
 
 SIZE = 3
 TIMEOUTS = (0.0, 0.005, 0.02, 0.1)

@@ -30,12 +30,13 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from _support.children import child_env
+from _support.forking import fork_script, run_fork_script
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
 
 DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/test"
 
-SCRIPT = r"""
+SCRIPT = fork_script(r"""
 import gc, importlib, json, os, sys, time
 
 core = importlib.import_module(sys.argv[1])
@@ -98,46 +99,35 @@ for _ in range(3):
 # is referenced by this module until the child's interpreter shuts down.
 held = pool.acquire()
 held_session = session(held)
-read_end, write_end = os.pipe()
-child = os.fork()
-if child == 0:
-    os.close(read_end)
-    report = {}
-    try:
-        sessions, objects = borrow(3)
-        sessions2, objects2 = borrow(1)
-        stats = pool.stats()
-        size = pool.size
-        report = {
-            "sessions": sessions + sessions2,
-            "parents_handed_out": [o for o in objects + objects2 if o in parent_objects],
-            "size": size,
-            "created": stats["pypool.connections.created"],
-            "closed": stats["pypool.connections.closed"],
-            "requests": stats["pypool.requests"],
-            "open": stats["db.client.connection.count"]["idle"]
-            + stats["db.client.connection.count"]["used"],
-        }
-        pool.drain()
-        # Let the replacements finish: a connect still in flight when the
-        # interpreter exits is another matter (test_exit_while_connecting).
-        pool.wait(10)
-        quiet = 0
-        deadline = time.monotonic() + 10
-        while quiet < 5 and time.monotonic() < deadline:
-            quiet = quiet + 1 if pool.stats()["pypool.connections.connecting"] == 0 else 0
-            time.sleep(0.02)
-    except BaseException as exc:
-        report = {"error": f"{type(exc).__name__}: {exc}"}
-    with os.fdopen(write_end, "w") as out:
-        json.dump(report, out)
-    gc.collect()
-    sys.exit(0)  # normal interpreter shutdown: atexit, finalizers
 
-os.close(write_end)
-with os.fdopen(read_end) as inp:
-    child_report = json.loads(inp.read() or "{}")
-_, status = os.waitpid(child, 0)
+
+def child_main(report):
+    sessions, objects = borrow(3)
+    sessions2, objects2 = borrow(1)
+    stats = pool.stats()
+    size = pool.size
+    report.update({
+        "sessions": sessions + sessions2,
+        "parents_handed_out": [o for o in objects + objects2 if o in parent_objects],
+        "size": size,
+        "created": stats["pypool.connections.created"],
+        "closed": stats["pypool.connections.closed"],
+        "requests": stats["pypool.requests"],
+        "open": stats["db.client.connection.count"]["idle"]
+        + stats["db.client.connection.count"]["used"],
+    })
+    pool.drain()
+    # Let the replacements finish: a connect still in flight when the
+    # interpreter exits is another matter (test_exit_while_connecting).
+    pool.wait(10)
+    quiet = 0
+    deadline = time.monotonic() + 10
+    while quiet < 5 and time.monotonic() < deadline:
+        quiet = quiet + 1 if pool.stats()["pypool.connections.connecting"] == 0 else 0
+        time.sleep(0.02)
+
+
+child_report, child_status = fork_and_report(child_main)
 time.sleep(0.3)  # let a session the child may have ended go
 after = None
 error = None
@@ -165,11 +155,11 @@ print(json.dumps({
     "parent_sessions": parent_sessions,
     "held_session": held_session,
     "child": child_report,
-    "child_status": os.waitstatus_to_exitcode(status),
+    "child_status": child_status,
     "after": after,
     "error": error,
 }))
-"""
+""")
 
 
 def pg_dsn() -> str:
@@ -219,17 +209,9 @@ def run_script(core_module: ModuleType, driver: str, dsn: str) -> dict[str, Any]
     key = (core_module.__name__, driver)
     if key not in _results:
         params = params_for(driver, dsn)
-        proc = subprocess.run(
-            [sys.executable, "-c", SCRIPT, core_module.__name__, driver, json.dumps(params)],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            env=child_env(),
+        _results[key] = run_fork_script(
+            SCRIPT, [core_module.__name__, driver, json.dumps(params)], timeout=90
         )
-        assert proc.returncode == 0, f"script failed:\n{proc.stdout}\n{proc.stderr}"
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        assert lines, f"no report:\n{proc.stdout}\n{proc.stderr}"
-        _results[key] = json.loads(lines[-1])
     return _results[key]
 
 

@@ -387,70 +387,6 @@ def pg3_status(conn: Any) -> str:
 
 @pytest.mark.db
 class TestPsycopg:
-    def test_reset_plan(self, pg3: Any) -> None:
-        plan = dbapi.reset_for(pg3)
-        assert callable(plan)  # a function, not "rollback"
-
-    def test_reset_rolls_back(self, pg3: Any, pg_table: str) -> None:
-        reset = dbapi.reset_for(pg3)
-        assert callable(reset)
-        pg3.execute(f"INSERT INTO {pg_table} VALUES (1)")
-        assert pg3_status(pg3) == "INTRANS"
-        reset(pg3)
-        assert pg3_status(pg3) == "IDLE"
-        assert pg3.execute(f"SELECT count(*) FROM {pg_table}").fetchone() == (0,)
-        pg3.rollback()
-
-    def test_reset_after_failed_statement(self, pg3: Any) -> None:
-        reset = dbapi.reset_for(pg3)
-        assert callable(reset)
-        with pytest.raises(pg3.ProgrammingError):
-            pg3.execute("SELEC 1")
-        assert pg3_status(pg3) == "INERROR"
-        assert not dbapi.is_broken(pg3)
-        reset(pg3)
-        assert pg3_status(pg3) == "IDLE"
-        assert pg3.execute("SELECT 1").fetchone() == (1,)
-        pg3.rollback()
-
-    def test_reset_explicit_begin_in_autocommit(self, pg3: Any, pg_table: str) -> None:
-        pg3.autocommit = True
-        reset = dbapi.reset_for(pg3)
-        assert callable(reset)
-        pg3.execute("BEGIN")
-        pg3.execute(f"INSERT INTO {pg_table} VALUES (1)")
-        reset(pg3)
-        assert pg3_status(pg3) == "IDLE"
-        assert pg3.execute(f"SELECT count(*) FROM {pg_table}").fetchone() == (0,)
-
-    def test_check(self, pg3: Any) -> None:
-        dbapi.check(pg3)
-        assert pg3_status(pg3) == "IDLE"
-        assert pg3.autocommit is False
-        pg3.autocommit = True
-        dbapi.check(pg3)
-        assert pg3_status(pg3) == "IDLE" and pg3.autocommit is True
-
-    def test_killed_backend(self, dsn: str, pg3: Any) -> None:
-        _pg_terminate(dsn, pg3.info.backend_pid)
-        with pytest.raises(pg3.OperationalError) as info:
-            dbapi.check(pg3)
-        assert dbapi.is_broken(pg3, info.value)
-        assert dbapi.is_broken(pg3)
-        reset = dbapi.reset_for(pg3)
-        assert callable(reset)
-        with pytest.raises(dbapi.UnusableConnection):
-            reset(pg3)
-        dbapi.close(pg3)
-        dbapi.close(pg3)
-
-    def test_failed_query_is_not_broken(self, pg3: Any) -> None:
-        with pytest.raises(pg3.ProgrammingError) as info:
-            pg3.execute("SELEC 1")
-        assert not dbapi.is_broken(pg3, info.value)
-        pg3.rollback()
-        dbapi.check(pg3)
-
     def test_connect_factory(self, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
         import psycopg
 
@@ -504,93 +440,6 @@ class TestPsycopg:
 
 @pytest.mark.db
 class TestPsycopg2:
-    def test_reset_plan(self, pg2: Any) -> None:
-        plan = dbapi.reset_for(pg2)
-        assert callable(plan)  # a function, not "rollback"
-
-    def test_reset_rolls_back(self, pg2: Any, pg_table: str) -> None:
-        from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INTRANS
-
-        reset = dbapi.reset_for(pg2)
-        assert callable(reset)
-        with pg2.cursor() as cur:
-            cur.execute(f"INSERT INTO {pg_table} VALUES (1)")
-        assert pg2.info.transaction_status == TRANSACTION_STATUS_INTRANS
-        reset(pg2)
-        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
-        with pg2.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM {pg_table}")
-            assert cur.fetchone() == (0,)
-        pg2.rollback()
-
-    def test_reset_after_failed_statement(self, pg2: Any) -> None:
-        import psycopg2
-        from psycopg2.extensions import TRANSACTION_STATUS_IDLE, TRANSACTION_STATUS_INERROR
-
-        reset = dbapi.reset_for(pg2)
-        assert callable(reset)
-        with pytest.raises(psycopg2.ProgrammingError), pg2.cursor() as cur:
-            cur.execute("SELEC 1")
-        assert pg2.info.transaction_status == TRANSACTION_STATUS_INERROR
-        reset(pg2)
-        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
-        with pg2.cursor() as cur:
-            cur.execute("SELECT 1")
-            assert cur.fetchone() == (1,)
-        pg2.rollback()
-
-    def test_reset_explicit_begin_in_autocommit(self, pg2: Any, pg_table: str) -> None:
-        from psycopg2.extensions import TRANSACTION_STATUS_IDLE
-
-        pg2.autocommit = True
-        reset = dbapi.reset_for(pg2)
-        assert callable(reset)
-        with pg2.cursor() as cur:
-            cur.execute("BEGIN")
-            cur.execute(f"INSERT INTO {pg_table} VALUES (1)")
-        reset(pg2)  # psycopg2's rollback() alone ignores this transaction
-        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
-        with pg2.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM {pg_table}")
-            assert cur.fetchone() == (0,)
-
-    def test_check(self, pg2: Any) -> None:
-        from psycopg2.extensions import TRANSACTION_STATUS_IDLE
-
-        dbapi.check(pg2)
-        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
-        assert pg2.autocommit is False
-        pg2.autocommit = True
-        dbapi.check(pg2)
-        assert pg2.info.transaction_status == TRANSACTION_STATUS_IDLE
-        assert pg2.autocommit is True
-
-    def test_killed_backend(self, dsn: str, pg2: Any) -> None:
-        import psycopg2
-
-        _pg_terminate(dsn, pg2.get_backend_pid())
-        with pytest.raises(psycopg2.OperationalError) as info:
-            dbapi.check(pg2)
-        assert dbapi.is_broken(pg2, info.value)
-        assert dbapi.is_broken(pg2)
-        reset = dbapi.reset_for(pg2)
-        assert callable(reset)
-        with pytest.raises(dbapi.UnusableConnection):
-            reset(pg2)
-        with pytest.raises(dbapi.UnusableConnection):
-            dbapi.check(pg2)
-        dbapi.close(pg2)
-        dbapi.close(pg2)
-
-    def test_failed_query_is_not_broken(self, pg2: Any) -> None:
-        import psycopg2
-
-        with pytest.raises(psycopg2.ProgrammingError) as info, pg2.cursor() as cur:
-            cur.execute("SELEC 1")
-        assert not dbapi.is_broken(pg2, info.value)
-        pg2.rollback()
-        dbapi.check(pg2)
-
     def test_connect_factory(self, dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
         import psycopg2
         import psycopg2.extensions
@@ -693,34 +542,6 @@ def rollbacks(conn: Any) -> int:
 
 @pytest.mark.db
 class TestPyMySQL:
-    def test_reset_plan(self, my: Any) -> None:
-        plan = dbapi.reset_for(my)
-        assert callable(plan)  # a function, not "rollback"
-
-    def test_reset_rolls_back(self, my: Any, my_table: str) -> None:
-        reset = dbapi.reset_for(my)
-        assert callable(reset)
-        my_query(my, f"INSERT INTO {my_table} VALUES (1)")
-        reset(my)
-        assert not in_transaction(my)
-        assert my_query(my, f"SELECT count(*) FROM {my_table}") == (0,)
-        my.rollback()
-
-    def test_reset_after_failed_statement(self, my: Any, my_table: str) -> None:
-        """A failing first statement opens a transaction the OK-packet flags
-        never report (an error packet carries no status)."""
-        import pymysql
-
-        reset = dbapi.reset_for(my)
-        assert callable(reset)
-        with pytest.raises(pymysql.IntegrityError) as info:
-            my_query(my, f"INSERT INTO {my_table} VALUES (2), (2)")
-        assert not dbapi.is_broken(my, info.value)
-        reset(my)
-        assert not in_transaction(my)
-        assert my_query(my, "SELECT 1") == (1,)
-        my.rollback()
-
     def test_reset_ends_read_only_snapshot(self, my: Any, my_admin: Any, my_table: str) -> None:
         """A transaction that only read is not flagged IN_TRANS, yet holds a
         snapshot: the reset must still end it (autocommit off)."""
@@ -747,38 +568,11 @@ class TestPyMySQL:
         assert not in_transaction(my)
         assert my_query(my, f"SELECT count(*) FROM {my_table}") == (0,)
 
-    def test_check(self, my: Any) -> None:
-        dbapi.check(my)
-        assert not in_transaction(my)
-        assert not dbapi.is_broken(my)
-
-    def test_killed_connection(self, my: Any, my_admin: Any) -> None:
-        import pymysql
-
-        my_query(my_admin, f"KILL {my.thread_id()}")
-        with pytest.raises(pymysql.err.OperationalError) as info:
-            dbapi.check(my)
-        assert dbapi.is_broken(my, info.value)
-        assert dbapi.is_broken(my)
-        reset = dbapi.reset_for(my)
-        assert callable(reset)
-        with pytest.raises(dbapi.UnusableConnection):
-            reset(my)
-        dbapi.close(my)
-
     def test_close_swallows_errors(self, my: Any, caplog: pytest.LogCaptureFixture) -> None:
         my.close()
         with caplog.at_level(logging.WARNING, logger="pypool"):
             dbapi.close(my)  # PyMySQL raises "Already closed"
         assert any("Already closed" in r.getMessage() for r in caplog.records)
-
-    def test_failed_query_is_not_broken(self, my: Any) -> None:
-        import pymysql
-
-        with pytest.raises(pymysql.err.ProgrammingError) as info:
-            my_query(my, "SELEC 1")
-        assert not dbapi.is_broken(my, info.value)
-        dbapi.check(my)
 
     def test_lost_connection_codes(self, my: Any) -> None:
         import pymysql
@@ -842,3 +636,177 @@ class TestPyMySQL:
         factory = dbapi.connect_factory(pymysql.connect, **{**mysql_params, "password": "pw-xyz"})
         assert "pw-xyz" not in repr(factory)
         assert "password='***'" in repr(factory)
+
+
+# ------------------------------------------------- the same on every server driver
+
+
+class Face:
+    """One connection of a server driver (psycopg, psycopg2, PyMySQL) behind
+    the few operations the tests below need."""
+
+    def __init__(self, driver: str, request: pytest.FixtureRequest) -> None:
+        self.driver = driver
+        self.request = request
+        self.conn = request.getfixturevalue({"psycopg": "pg3", "psycopg2": "pg2"}.get(driver, "my"))
+
+    @property
+    def pg(self) -> bool:
+        return self.driver != "pymysql"
+
+    def table(self) -> str:
+        """A fresh empty table (made on first use)."""
+        return str(self.request.getfixturevalue("pg_table" if self.pg else "my_table"))
+
+    def query(self, sql: str) -> Any:
+        """Runs ``sql``; its first row, if it returns rows."""
+        if self.driver == "psycopg":
+            cur = self.conn.execute(sql)
+            return cur.fetchone() if cur.description else None
+        if self.driver == "psycopg2":
+            with self.conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchone() if cur.description else None
+        return my_query(self.conn, sql)
+
+    def status(self) -> str:
+        """IDLE, INTRANS or INERROR (the server's word; PyMySQL's server
+        knows no INERROR)."""
+        if self.driver == "psycopg":
+            return pg3_status(self.conn)
+        if self.driver == "psycopg2":
+            from psycopg2 import extensions as ext
+
+            return {
+                ext.TRANSACTION_STATUS_IDLE: "IDLE",
+                ext.TRANSACTION_STATUS_INTRANS: "INTRANS",
+                ext.TRANSACTION_STATUS_INERROR: "INERROR",
+            }.get(self.conn.info.transaction_status, "UNKNOWN")
+        return "INTRANS" if in_transaction(self.conn) else "IDLE"
+
+    @property
+    def errors(self) -> Any:
+        """The driver's module of DB-API exceptions."""
+        return __import__(
+            {"psycopg": "psycopg", "psycopg2": "psycopg2"}.get(self.driver, "pymysql")
+        )
+
+    def failing_statement(self) -> tuple[str, type[BaseException]]:
+        """A first statement that fails, and what it raises: on PostgreSQL a
+        syntax error; on MySQL a duplicate key (the OK-packet flags never
+        report the transaction it opens)."""
+        if self.pg:
+            return "SELEC 1", self.errors.ProgrammingError
+        return f"INSERT INTO {self.table()} VALUES (2), (2)", self.errors.IntegrityError
+
+    def set_autocommit(self, on: bool) -> None:
+        if self.driver == "pymysql":
+            self.conn.autocommit(on)
+        else:
+            self.conn.autocommit = on
+
+    def autocommit(self) -> bool:
+        if self.driver == "pymysql":
+            return bool(self.conn.get_autocommit())
+        return bool(self.conn.autocommit)
+
+    def kill(self) -> None:
+        """Ends the connection's session from the server's side."""
+        if self.driver == "pymysql":
+            my_query(self.request.getfixturevalue("my_admin"), f"KILL {self.conn.thread_id()}")
+        elif self.driver == "psycopg":
+            _pg_terminate(self.request.getfixturevalue("dsn"), self.conn.info.backend_pid)
+        else:
+            _pg_terminate(self.request.getfixturevalue("dsn"), self.conn.get_backend_pid())
+
+
+@pytest.fixture(params=["psycopg", "psycopg2", "pymysql"])
+def face(request: pytest.FixtureRequest) -> Face:
+    return Face(request.param, request)
+
+
+@pytest.mark.db
+def test_reset_plan(face: Face) -> None:
+    plan = dbapi.reset_for(face.conn)
+    assert callable(plan)  # a function, not "rollback"
+
+
+@pytest.mark.db
+def test_reset_rolls_back(face: Face) -> None:
+    table = face.table()
+    reset = dbapi.reset_for(face.conn)
+    assert callable(reset)
+    face.query(f"INSERT INTO {table} VALUES (1)")
+    assert face.status() == "INTRANS"
+    reset(face.conn)
+    assert face.status() == "IDLE"
+    assert face.query(f"SELECT count(*) FROM {table}") == (0,)
+    face.conn.rollback()
+
+
+@pytest.mark.db
+def test_reset_after_failed_statement(face: Face) -> None:
+    reset = dbapi.reset_for(face.conn)
+    assert callable(reset)
+    sql, error = face.failing_statement()
+    with pytest.raises(error) as info:
+        face.query(sql)
+    if face.pg:
+        assert face.status() == "INERROR"
+    assert not dbapi.is_broken(face.conn, info.value)
+    assert not dbapi.is_broken(face.conn)
+    reset(face.conn)
+    assert face.status() == "IDLE"
+    assert face.query("SELECT 1") == (1,)
+    face.conn.rollback()
+
+
+@pytest.mark.db
+def test_reset_explicit_begin_in_autocommit(face: Face) -> None:
+    table = face.table()
+    face.set_autocommit(True)
+    reset = dbapi.reset_for(face.conn)
+    assert callable(reset)
+    face.query("BEGIN")
+    face.query(f"INSERT INTO {table} VALUES (1)")
+    reset(face.conn)  # psycopg2's rollback() alone ignores this transaction
+    assert face.status() == "IDLE"
+    assert face.query(f"SELECT count(*) FROM {table}") == (0,)
+
+
+@pytest.mark.db
+def test_check(face: Face) -> None:
+    dbapi.check(face.conn)
+    assert face.status() == "IDLE"
+    assert not dbapi.is_broken(face.conn)
+    assert face.autocommit() is False
+    face.set_autocommit(True)
+    dbapi.check(face.conn)
+    assert face.status() == "IDLE" and face.autocommit() is True
+
+
+@pytest.mark.db
+def test_killed_connection(face: Face) -> None:
+    face.kill()
+    with pytest.raises(face.errors.OperationalError) as info:
+        dbapi.check(face.conn)
+    assert dbapi.is_broken(face.conn, info.value)
+    assert dbapi.is_broken(face.conn)
+    reset = dbapi.reset_for(face.conn)
+    assert callable(reset)
+    with pytest.raises(dbapi.UnusableConnection):
+        reset(face.conn)
+    if face.pg:  # PyMySQL has closed its socket by now: a check raises its own "Already closed"
+        with pytest.raises(dbapi.UnusableConnection):
+            dbapi.check(face.conn)
+    dbapi.close(face.conn)
+    dbapi.close(face.conn)
+
+
+@pytest.mark.db
+def test_failed_query_is_not_broken(face: Face) -> None:
+    with pytest.raises(face.errors.ProgrammingError) as info:
+        face.query("SELEC 1")
+    assert not dbapi.is_broken(face.conn, info.value)
+    face.conn.rollback()
+    dbapi.check(face.conn)

@@ -26,10 +26,12 @@ pytest.importorskip("psycopg_pool")
 from _support.faultproxy import proxies  # noqa: E402
 from _support.psycopg_impls import (  # noqa: E402
     IMPLS,
-    KINDS,
     MODES,
     Api,
+    available_impls,
+    combinations,
     core_of,
+    describe,
     make_api,
     report,
     run_all,
@@ -116,40 +118,27 @@ def test_failing_check_times_out_even_on_new_connections(dsn: str) -> None:
     ``connection(timeout=1)`` raises PoolTimeout after about 1 s, on every
     implementation, pool and null pool, sync and async."""
     jobs = {}
-    for impl in IMPLS:
-        try:
-            core_of(impl)
-        except pytest.skip.Exception:
-            continue
-        for mode in MODES:
-            for kind in KINDS:
+    for impl, mode, kind in combinations():
 
-                async def job(impl: str = impl, mode: str = mode, kind: str = kind) -> Any:
-                    api = make_api(
-                        impl, mode, kind, conninfo=dsn, min_size=1, max_size=2,
-                        check=_failing_check(mode),
-                    )  # fmt: skip
-                    await api.open()
-                    try:
-                        start = time.monotonic()
-                        try:
-                            async with api.connection(timeout=1.0):
-                                return "got a connection"
-                        except api.mod.PoolTimeout:
-                            return time.monotonic() - start
-                    finally:
-                        await api.close()
+        async def job(impl: str = impl, mode: str = mode, kind: str = kind) -> Any:
+            api = make_api(
+                impl, mode, kind, conninfo=dsn, min_size=1, max_size=2,
+                check=_failing_check(mode),
+            )  # fmt: skip
+            await api.open()
+            try:
+                start = time.monotonic()
+                try:
+                    async with api.connection(timeout=1.0):
+                        return "got a connection"
+                except api.mod.PoolTimeout:
+                    return time.monotonic() - start
+            finally:
+                await api.close()
 
-                jobs[f"{impl}/{mode}/{kind}"] = job
+        jobs[f"{impl}/{mode}/{kind}"] = job
     outcomes = run_all(jobs, timeout=30)
-    rows = {
-        label: (
-            f"PoolTimeout after {o.result:.2f} s"
-            if isinstance(o.result, float)
-            else f"{o.result or o.error!r}"
-        )
-        for label, o in outcomes.items()
-    }
+    rows = describe(outcomes, lambda seconds: f"PoolTimeout after {seconds:.2f} s")
     text = report("connection(timeout=1) with a check that always raises:", rows)
     for o in outcomes.values():
         assert o.finished and o.error is None, text
@@ -165,11 +154,7 @@ def test_network_cut_keeps_the_callers_timeout(dsn: str) -> None:
     caller's timeout; psycopg_pool's check blocks, and is reported."""
     with proxies() as make_proxy:
         jobs = {}
-        for impl in IMPLS:
-            try:
-                core_of(impl)
-            except pytest.skip.Exception:
-                continue
+        for impl in available_impls():
             for mode in MODES:
                 for how, timeout in (("connection", 1.0), ("getconn", 2.0)):
                     proxy = make_proxy(dsn)
@@ -193,14 +178,11 @@ def test_network_cut_keeps_the_callers_timeout(dsn: str) -> None:
 
                     jobs[f"{impl}/{mode}/{how}(timeout={timeout:g})"] = job
         outcomes = run_all(jobs, timeout=10.0, required=_pypool)
-        rows = {}
-        for label, o in outcomes.items():
-            if not o.finished:
-                rows[label] = f"still blocked after {o.elapsed:.1f} s"
-            elif isinstance(o.result, float):
-                rows[label] = f"PoolTimeout after {o.result:.2f} s"
-            else:
-                rows[label] = f"{o.result or o.error!r}"
+        rows = describe(
+            outcomes,
+            lambda seconds: f"PoolTimeout after {seconds:.2f} s",
+            lambda elapsed: f"still blocked after {elapsed:.1f} s",
+        )
         text = report("a check on a black-holed network:", rows)
     for label, o in outcomes.items():
         if not _pypool(label):
@@ -230,32 +212,56 @@ async def _cut_and_borrow(api: Api, proxy: Any, how: str, timeout: float) -> Any
 # ---------------------------------------------------------------- pypool.Pool
 
 
+class _HeldCheckPool:
+    """A ``pypool.Pool`` of one fake connection whose user check (one the
+    adapter cannot bound) runs on every hand-out, sets ``started`` and holds
+    the connection until ``release`` is set."""
+
+    def __init__(self, core_module: Any) -> None:
+        import threading
+
+        import pypool
+
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.closed: list[Any] = []
+        closed = self.closed
+
+        class Conn:
+            def rollback(self) -> None:
+                pass
+
+            def close(self) -> None:
+                closed.append(self)
+
+        def check(conn: Any) -> None:
+            self.started.set()
+            self.release.wait(10)
+
+        self.pool = with_core(
+            pypool.Pool, core_module, Conn, min_size=1, max_size=1, check=check, check_after=0
+        )
+
+    def assert_closed_after_release(self) -> None:
+        """Not closed while the check holds it; closed once, soon after."""
+        assert self.closed == []  # the check still has it
+        self.release.set()
+        deadline = time.monotonic() + 5
+        while not self.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(self.closed) == 1
+
+
 def test_pool_user_check_without_driver_means_leaves_at_the_deadline(
     core_module: Any,
 ) -> None:
     """pypool.Pool with a user check the adapter cannot bound (no driver it
     knows): the caller leaves at its deadline with PoolTimeout while the
     check finishes in its own thread, and the connection is closed then."""
-    import threading
-
     import pypool
 
-    release = threading.Event()
-    closed: list[Any] = []
-
-    class Conn:
-        def rollback(self) -> None:
-            pass
-
-        def close(self) -> None:
-            closed.append(self)
-
-    def check(conn: Any) -> None:
-        release.wait(10)
-
-    pool = with_core(
-        pypool.Pool, core_module, Conn, min_size=1, max_size=1, check=check, check_after=0
-    )
+    held = _HeldCheckPool(core_module)
+    pool = held.pool
     try:
         pool.wait(5)
         start = time.monotonic()
@@ -263,15 +269,10 @@ def test_pool_user_check_without_driver_means_leaves_at_the_deadline(
             pool.acquire(timeout=0.5)
         elapsed = time.monotonic() - start
         assert elapsed <= 0.5 + MARGIN
-        assert closed == []  # the check still has it
-        release.set()
-        deadline = time.monotonic() + 5
-        while not closed and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(closed) == 1
+        held.assert_closed_after_release()
         assert pool.stats()["pypool.connections.retired"].get("check", 0) == 1
     finally:
-        release.set()
+        held.release.set()
         pool.close()
 
 
@@ -346,46 +347,23 @@ def test_pool_user_check_interrupted_wait_closes_after_the_check(core_module: An
     import signal
     import threading
 
-    import pypool
-
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("needs the main thread")
-    release = threading.Event()
-    started = threading.Event()
-    closed: list[Any] = []
-
-    class Conn:
-        def rollback(self) -> None:
-            pass
-
-        def close(self) -> None:
-            closed.append(self)
-
-    def check(conn: Any) -> None:
-        started.set()
-        release.wait(10)
-
-    pool = with_core(
-        pypool.Pool, core_module, Conn, min_size=1, max_size=1, check=check, check_after=0
-    )
+    held = _HeldCheckPool(core_module)
+    pool = held.pool
     try:
         pool.wait(5)
 
         def interrupt() -> None:  # a Ctrl-C, to the main thread, in its wait
-            if started.wait(5):
+            if held.started.wait(5):
                 time.sleep(0.05)
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
         threading.Thread(target=interrupt, daemon=True).start()
         with pytest.raises(KeyboardInterrupt):
             pool.acquire(timeout=5)
-        assert closed == []  # the check still has it
-        release.set()
-        deadline = time.monotonic() + 5
-        while not closed and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert len(closed) == 1
+        held.assert_closed_after_release()
         assert pool.stats()["pypool.connections.retired"].get("discarded", 0) == 1
     finally:
-        release.set()
+        held.release.set()
         pool.close()

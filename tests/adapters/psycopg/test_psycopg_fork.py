@@ -17,16 +17,13 @@ Needs PostgreSQL (``dsn`` fixture).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from _support.children import child_env
+from _support.forking import fork_script, run_fork_script
 
 pytest.importorskip("psycopg")
 
@@ -35,7 +32,7 @@ pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()"),
 ]
 
-SCRIPT = r"""
+SCRIPT = fork_script(r"""
 import asyncio, gc, importlib, json, os, sys, threading, time, warnings
 
 warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
@@ -125,43 +122,30 @@ user.start()
 async_user = asyncio.run_coroutine_threadsafe(use_async(), loop)
 time.sleep(0.1)
 
-read_end, write_end = os.pipe()
-child = os.fork()
-if child == 0:
-    os.close(read_end)
-    report = {}
-    try:
-        for name, pool in sync_pools.items():
+def child_main(report):
+    for name, pool in sync_pools.items():
+        start = time.monotonic()
+        pids = []
+        for _ in range(2):
+            with pool.connection(timeout=5) as conn:
+                pids.append(conn.execute(PID).fetchone()[0])
+        report[name] = {"pids": pids, "seconds": time.monotonic() - start}
+        pool.close()
+
+    async def child_async():
+        for name, pool in async_pools.items():
             start = time.monotonic()
             pids = []
             for _ in range(2):
-                with pool.connection(timeout=5) as conn:
-                    pids.append(conn.execute(PID).fetchone()[0])
+                async with pool.connection(timeout=5) as conn:
+                    pids.append((await (await conn.execute(PID)).fetchone())[0])
             report[name] = {"pids": pids, "seconds": time.monotonic() - start}
-            pool.close()
+            await pool.close()
 
-        async def child_async():
-            for name, pool in async_pools.items():
-                start = time.monotonic()
-                pids = []
-                for _ in range(2):
-                    async with pool.connection(timeout=5) as conn:
-                        pids.append((await (await conn.execute(PID)).fetchone())[0])
-                report[name] = {"pids": pids, "seconds": time.monotonic() - start}
-                await pool.close()
+    asyncio.run(child_async())
 
-        asyncio.run(child_async())
-    except BaseException as exc:
-        report["error"] = f"{type(exc).__name__}: {exc}"
-    with os.fdopen(write_end, "w") as out:
-        json.dump(report, out)
-    gc.collect()
-    sys.exit(0)  # normal interpreter shutdown: atexit, finalizers
 
-os.close(write_end)
-with os.fdopen(read_end) as inp:
-    child_report = json.loads(inp.read() or "{}")
-_, status = os.waitpid(child, 0)
+child_report, child_status = fork_and_report(child_main)
 time.sleep(0.2)  # let a session the child may have ended go
 stop.set()
 user.join(10)
@@ -200,13 +184,13 @@ for pool in sync_pools.values():
 print(json.dumps({
     "parent_pids": parent_pids,
     "child": child_report,
-    "child_status": os.waitstatus_to_exitcode(status),
+    "child_status": child_status,
     "after": after,
     "problems": problems,
     "thread_errors": errors[:5],
     "uses": uses[0],
 }))
-"""
+""")
 
 KINDS = ["ConnectionPool", "NullConnectionPool", "AsyncConnectionPool", "AsyncNullConnectionPool"]
 _results: dict[str, dict[str, Any]] = {}
@@ -215,17 +199,9 @@ _results: dict[str, dict[str, Any]] = {}
 def run_script(core_module: ModuleType, dsn: str) -> dict[str, Any]:
     """The script's report for a core, run once per session."""
     if core_module.__name__ not in _results:
-        proc = subprocess.run(
-            [sys.executable, "-c", SCRIPT, core_module.__name__, dsn],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            env=child_env(),
+        _results[core_module.__name__] = run_fork_script(
+            SCRIPT, [core_module.__name__, dsn], timeout=90
         )
-        assert proc.returncode == 0, f"script failed:\n{proc.stdout}\n{proc.stderr}"
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        assert lines, f"no report:\n{proc.stdout}\n{proc.stderr}"
-        _results[core_module.__name__] = json.loads(lines[-1])
     return _results[core_module.__name__]
 
 

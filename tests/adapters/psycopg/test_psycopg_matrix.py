@@ -358,33 +358,25 @@ async def test_returned_in_failed_transaction_is_rolled_back(m: Matrix) -> None:
     await pool.putconn(again)
 
 
+@pytest.mark.parametrize("state", ["broken", "closed"])
 @matrix()
-async def test_returned_broken_is_replaced(m: Matrix) -> None:
+async def test_returned_unusable_is_replaced(m: Matrix, state: str) -> None:
+    """A connection returned broken (its session killed) or closed is
+    counted as a bad return and replaced by a new one."""
     pool = await m.pool(min_size=1, max_size=1)
     conn = await pool.getconn()
     pid = conn.pid
-    await terminate(m.dsn, pid)
-    with pytest.raises(psycopg.OperationalError):
-        await conn.execute("SELECT 1")
-    assert conn.broken
+    if state == "broken":
+        await terminate(m.dsn, pid)
+        with pytest.raises(psycopg.OperationalError):
+            await conn.execute("SELECT 1")
+        assert conn.broken
+    else:
+        await conn.close()
+        assert conn.closed
     await pool.putconn(conn)
     fresh = await pool.getconn(timeout=SOON)
     assert fresh.raw is not conn.raw
-    assert fresh.pid != pid
-    assert await fresh.one("SELECT 1") == 1
-    await pool.putconn(fresh)
-    assert pool.get_stats()["returns_bad"] == 1
-
-
-@matrix()
-async def test_returned_closed_is_replaced(m: Matrix) -> None:
-    pool = await m.pool(min_size=1, max_size=1)
-    conn = await pool.getconn()
-    pid = conn.pid
-    await conn.close()
-    assert conn.closed
-    await pool.putconn(conn)
-    fresh = await pool.getconn(timeout=SOON)
     assert fresh.pid != pid
     assert await fresh.one("SELECT 1") == 1
     await pool.putconn(fresh)
@@ -1031,25 +1023,16 @@ async def test_reset_runs_after_the_rollback(m: Matrix) -> None:
     assert seen == [IDLE]
 
 
+@pytest.mark.parametrize("fault", ["leaves_a_transaction", "raises"])
 @matrix()
-async def test_reset_leaving_a_transaction_discards_the_connection(m: Matrix) -> None:
+async def test_reset_going_wrong_discards_the_connection(m: Matrix, fault: str) -> None:
+    """A reset that leaves a transaction open (not allowed) or raises: the
+    connection is closed and a new one replaces it."""
+
     async def reset(conn: Conn) -> None:
+        if fault == "raises":
+            raise RuntimeError("no")
         await conn.execute("SELECT 1")  # leaves a transaction open: not allowed
-
-    pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
-    conn = await pool.getconn()
-    pid = conn.pid
-    await pool.putconn(conn)
-    fresh = await pool.getconn(timeout=SOON)
-    assert fresh.pid != pid
-    assert await wait_until(lambda: conn.closed)
-    await pool.putconn(fresh)
-
-
-@matrix()
-async def test_reset_raising_discards_the_connection(m: Matrix) -> None:
-    async def reset(conn: Conn) -> None:
-        raise RuntimeError("no")
 
     pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
     conn = await pool.getconn()
@@ -1396,20 +1379,22 @@ async def test_pypool_resize_shrinks_at_once(m: Matrix) -> None:
     assert pool.get_stats()["pool_size"] == 1
 
 
+def _here(m: Matrix) -> Any:
+    """Where a callback runs: its task (async pools) or its thread."""
+    return asyncio.current_task() if m.is_async else threading.current_thread()
+
+
 @matrix(impls=PYPOOL, kinds=NULL)
 async def test_pypool_null_pool_connects_on_a_worker(m: Matrix) -> None:
     where: list[Any] = []
 
-    def here() -> Any:
-        return asyncio.current_task() if m.is_async else threading.current_thread()
-
     async def configure(conn: Conn) -> None:
-        where.append(here())
+        where.append(_here(m))
 
     pool = await m.pool(configure=m.callback(configure))
     async with pool.connection(timeout=SOON):
         pass
-    assert where and where[0] is not here()
+    assert where and where[0] is not _here(m)
 
 
 @matrix(impls=PYPOOL)
@@ -1426,15 +1411,12 @@ async def test_pypool_reset_runs_in_putconn(m: Matrix) -> None:
     """psycopg_pool runs ``reset`` on a worker; pypool in ``putconn`` itself."""
     where: list[Any] = []
 
-    def here() -> Any:
-        return asyncio.current_task() if m.is_async else threading.current_thread()
-
     async def reset(conn: Conn) -> None:
-        where.append(here())
+        where.append(_here(m))
 
     pool = await m.pool(min_size=1, max_size=1, reset=m.callback(reset))
     await pool.putconn(await pool.getconn(SOON))
-    assert where == [here()]
+    assert where == [_here(m)]
 
 
 class _NoConnection(psycopg.Connection):  # type: ignore[type-arg]

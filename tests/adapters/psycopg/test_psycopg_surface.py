@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +33,14 @@ import pytest
 psycopg_pool = pytest.importorskip("psycopg_pool")
 
 import pypool.psycopg as pp  # noqa: E402
+from _support.surface import (  # noqa: E402
+    Allowed,
+    admitted_releases,
+    allowed_for,
+    differences,
+    parameters,
+    public,
+)
 
 #: Public names only pypool's pools have: pypool.Pool's interface, which
 #: they extend (docs/pool.md, docs/psycopg-migration.md).
@@ -81,7 +88,7 @@ def _entry(signatures: dict[str, str]) -> dict[str, dict[str, str]]:
 #: "signature"} -> name -> why. ``added``: public names only pypool has;
 #: ``missing``: psycopg_pool's public names pypool lacks; ``signature``:
 #: names whose kind or parameters deliberately differ.
-ALLOWED: dict[str, dict[str, dict[str, dict[str, str]]]] = {
+ALLOWED: Allowed = {
     "3.3": {
         "ConnectionPool": _entry(_SYNC_SIGNATURES_33),
         "NullConnectionPool": _entry(_SIGNATURES_33),
@@ -93,24 +100,8 @@ ALLOWED: dict[str, dict[str, dict[str, dict[str, str]]]] = {
 NAMES = ["ConnectionPool", "NullConnectionPool", "AsyncConnectionPool", "AsyncNullConnectionPool"]
 
 
-def _version() -> str:
-    major, minor = psycopg_pool.__version__.split(".")[:2]
-    return f"{major}.{minor}"
-
-
 def _allowed(name: str) -> dict[str, dict[str, str]]:
-    version = _version()
-    if version not in ALLOWED:
-        pytest.fail(
-            f"psycopg_pool {psycopg_pool.__version__} has no entry in ALLOWED: compare its "
-            f"pool classes with pypool.psycopg, handle what changed, then add an entry for "
-            f"{version}"
-        )
-    return ALLOWED[version][name]
-
-
-def _public(obj: Any) -> set[str]:
-    return {name for name in dir(obj) if not name.startswith("_")}
+    return allowed_for(ALLOWED, "psycopg_pool", psycopg_pool.__version__, "pypool.psycopg", name)
 
 
 def _instance(cls: type) -> Any:
@@ -125,35 +116,13 @@ def _instance(cls: type) -> Any:
     return cls("", open=False)
 
 
-def _kind(cls: type, name: str) -> str:
-    raw = inspect.getattr_static(cls, name)
-    if isinstance(raw, property):
-        return "property"
-    if isinstance(raw, classmethod):
-        return "classmethod"
-    if isinstance(raw, staticmethod):
-        return "coroutine staticmethod" if _is_coroutine(raw.__func__) else "staticmethod"
-    if inspect.isfunction(raw) or inspect.ismethoddescriptor(raw):
-        return "coroutine method" if _is_coroutine(raw) else "method"
-    return f"attribute ({type(raw).__name__})"
-
-
-def _is_coroutine(function: Any) -> bool:
-    return inspect.iscoroutinefunction(function)
-
-
-def _parameters(cls: type, name: str) -> list[tuple[str, str, Any]]:
-    signature = inspect.signature(getattr(cls, name))
-    return [(p.name, p.kind.name, p.default) for p in signature.parameters.values()]
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_public_names(name: str) -> None:
     ours, theirs = getattr(pp, name), getattr(psycopg_pool, name)
     allowed = _allowed(name)
     mine, peer = _instance(ours), _instance(theirs)
     try:
-        a, b = _public(ours) | _public(mine), _public(theirs) | _public(peer)
+        a, b = public(ours) | public(mine), public(theirs) | public(peer)
         assert b - a == set(allowed["missing"]), "names pypool lacks"
         assert a - b == set(allowed["added"]), "names only pypool has"
     finally:
@@ -165,15 +134,7 @@ def test_public_names(name: str) -> None:
 def test_kinds_and_signatures(name: str) -> None:
     ours, theirs = getattr(pp, name), getattr(psycopg_pool, name)
     allowed = _allowed(name)
-    differ = {}
-    for attr in sorted((_public(theirs) & _public(ours)) | {"__init__"}):
-        kinds = (_kind(ours, attr), _kind(theirs, attr))
-        if kinds[0] != kinds[1]:
-            differ[attr] = kinds
-        elif "method" in kinds[0]:
-            params = (_parameters(ours, attr), _parameters(theirs, attr))
-            if params[0] != params[1]:
-                differ[attr] = params
+    differ = differences(ours, theirs, public(theirs) & public(ours), coroutines=True)
     assert set(differ) == set(allowed["signature"]), differ
 
 
@@ -186,8 +147,8 @@ def test_init_takes_every_psycopg_pool_argument_with_its_default(
     default, in the same order; so in what ``inspect.signature`` (help(),
     an IDE) shows of the class itself, public and bound to each core."""
     ours, theirs = getattr(pp, name), getattr(psycopg_pool, name)
-    peer = _parameters(theirs, "__init__")
-    shown = [_parameters(ours, "__init__")]
+    peer = parameters(theirs, "__init__")
+    shown = [parameters(ours, "__init__")]
     for cls in (ours, ours.with_core(core_module)):
         shown.append([_SELF, *_class_parameters(cls)])
     assert [_SELF, *_class_parameters(theirs)] == peer
@@ -206,19 +167,4 @@ def _class_parameters(cls: type) -> list[tuple[str, str, Any]]:
 
 def test_the_test_extra_pins_the_listed_versions() -> None:
     # The test extra installs only psycopg_pool releases that ALLOWED covers.
-    tomllib = pytest.importorskip("tomllib")
-    from packaging.requirements import Requirement
-    from packaging.version import Version
-
-    pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
-    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
-    pins = [Requirement(r) for r in extras["test"] if Requirement(r).name == "psycopg-pool"]
-    assert len(pins) == 1
-    admitted = {
-        f"{major}.{minor}"
-        for major in range(2, 5)
-        for minor in range(10)
-        if pins[0].specifier.contains(Version(f"{major}.{minor}.0"))
-        or pins[0].specifier.contains(Version(f"{major}.{minor}.99"))
-    }
-    assert admitted == set(ALLOWED)
+    assert admitted_releases("psycopg-pool", range(2, 5)) == set(ALLOWED)

@@ -22,7 +22,14 @@ psycopg = pytest.importorskip("psycopg")
 pytest.importorskip("psycopg_pool")
 
 from _support.faultproxy import proxies  # noqa: E402
-from _support.psycopg_impls import IMPLS, KINDS, MODES, core_of, make_api, report, run_all  # noqa: E402
+from _support.psycopg_impls import (  # noqa: E402
+    MODES,
+    combinations,
+    describe,
+    make_api,
+    report,
+    run_all,
+)
 from pypool.psycopg.base import CONNECT_BOUNDS  # noqa: E402
 
 pytestmark = pytest.mark.db
@@ -104,50 +111,41 @@ def test_recovery_after_connects_accepted_and_never_answered(dsn: str) -> None:
     outage = 0.5
     with proxies() as make_proxy:
         jobs = {}
-        for impl in IMPLS:
-            try:
-                core_of(impl)
-            except pytest.skip.Exception:
-                continue
-            for mode in MODES:
-                for kind in KINDS:
-                    proxy = make_proxy(dsn)
+        for impl, mode, kind in combinations():
+            proxy = make_proxy(dsn)
 
-                    async def job(
-                        impl: str = impl, mode: str = mode, kind: str = kind, proxy: Any = proxy
-                    ) -> float:
-                        proxy.blackhole_new()
-                        api = make_api(
-                            impl, mode, kind, conninfo=proxy.dsn(dsn), min_size=1, max_size=1,
-                            reconnect_timeout=60,
-                        )  # fmt: skip
-                        await api.open()
-                        try:
-                            if kind == "null":  # a connect starts on demand
-                                with pytest.raises(api.mod.PoolTimeout):
-                                    await api.getconn(timeout=outage)
-                            else:
-                                await asyncio.sleep(outage)
-                            proxy.passthrough()
-                            back = time.monotonic()
-                            async with api.connection(timeout=bound + 5) as conn:
-                                await api.fetch(conn, "SELECT 1")
-                            return time.monotonic() - back
-                        finally:
-                            await api.close(timeout=0.2)
+            async def job(
+                impl: str = impl, mode: str = mode, kind: str = kind, proxy: Any = proxy
+            ) -> float:
+                proxy.blackhole_new()
+                api = make_api(
+                    impl, mode, kind, conninfo=proxy.dsn(dsn), min_size=1, max_size=1,
+                    reconnect_timeout=60,
+                )  # fmt: skip
+                await api.open()
+                try:
+                    if kind == "null":  # a connect starts on demand
+                        with pytest.raises(api.mod.PoolTimeout):
+                            await api.getconn(timeout=outage)
+                    else:
+                        await asyncio.sleep(outage)
+                    proxy.passthrough()
+                    back = time.monotonic()
+                    async with api.connection(timeout=bound + 5) as conn:
+                        await api.fetch(conn, "SELECT 1")
+                    return time.monotonic() - back
+                finally:
+                    await api.close(timeout=0.2)
 
-                    jobs[f"{impl}/{mode}/{kind}"] = job
+            jobs[f"{impl}/{mode}/{kind}"] = job
         outcomes = run_all(
             jobs, timeout=bound + outage + 0.5, required=lambda label: label.startswith("pypool")
         )
-        rows = {}
-        for label, o in outcomes.items():
-            if not o.finished:
-                rows[label] = f"not serving {o.elapsed - outage:.1f} s after the network returned"
-            elif isinstance(o.result, float):
-                rows[label] = f"serving {o.result:.2f} s after the network returned"
-            else:
-                rows[label] = repr(o.error)
+        rows = describe(
+            outcomes,
+            lambda seconds: f"serving {seconds:.2f} s after the network returned",
+            lambda elapsed: f"not serving {elapsed - outage:.1f} s after the network returned",
+        )
         text = report("connects accepted and never answered, then the network returns:", rows)
     for label, o in outcomes.items():
         if label.startswith("pypool"):

@@ -359,6 +359,21 @@ def test_accepted_timeouts(pypool_class: type, timeout: float | None) -> None:
     engine.dispose()
 
 
+def _one_slot_engine(poolclass: type, engines: list[Any], creator: Any, pool_timeout: float) -> Any:
+    """A SQLite engine over ``creator`` with one slot (``pool_size=1``, no
+    overflow), disposed by the ``engines`` fixture."""
+    engine = sa.create_engine(
+        "sqlite://",
+        creator=creator,
+        poolclass=poolclass,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=pool_timeout,
+    )
+    engines.append(engine)
+    return engine
+
+
 def test_connect_failure_frees_the_slot(poolclass: type, engines: list[Any]) -> None:
     failures = [True]
 
@@ -370,15 +385,7 @@ def test_connect_failure_frees_the_slot(poolclass: type, engines: list[Any]) -> 
 
         return sqlite3.connect(":memory:", check_same_thread=False)
 
-    engine = sa.create_engine(
-        "sqlite://",
-        creator=creator,
-        poolclass=poolclass,
-        pool_size=1,
-        max_overflow=0,
-        pool_timeout=0.1,
-    )
-    engines.append(engine)
+    engine = _one_slot_engine(poolclass, engines, creator, pool_timeout=0.1)
     with pytest.raises(RuntimeError):
         engine.raw_connection()
     assert engine.pool.checkedout() == 0
@@ -408,15 +415,7 @@ def test_interrupted_checkout_loses_no_slot(
             trap()
         return sqlite3.connect(":memory:", check_same_thread=False)
 
-    engine = sa.create_engine(
-        "sqlite://",
-        creator=creator,
-        poolclass=poolclass,
-        pool_size=1,
-        max_overflow=0,
-        pool_timeout=1.0,
-    )
-    engines.append(engine)
+    engine = _one_slot_engine(poolclass, engines, creator, pool_timeout=1.0)
     if where != "creator":
         event.listen(engine.pool, where, trap)
     with pytest.raises(KeyboardInterrupt):

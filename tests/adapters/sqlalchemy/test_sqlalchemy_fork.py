@@ -23,23 +23,20 @@ difference ``docs/sqlalchemy.md`` states.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from _support.children import child_env
 from _support.cores import import_native_core
+from _support.forking import fork_script, run_fork_script
 
 pytestmark = [
     pytest.mark.db,
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()"),
 ]
 
-SCRIPT = r"""
+SCRIPT = fork_script(r"""
 import asyncio, gc, importlib, json, os, sys, threading, time
 
 kind, mode, dispose_in_child, dsn = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
@@ -194,23 +191,7 @@ worker.start()
 time.sleep(0.2)
 uses_before_fork = thread_uses[0]
 
-read_end, write_end = os.pipe()
-child = os.fork()
-if child == 0:
-    os.close(read_end)
-    try:
-        report = child_main(held)
-    except BaseException as exc:
-        report = {"error": f"{type(exc).__name__}: {exc}"}
-    with os.fdopen(write_end, "w") as out:
-        json.dump(report, out)
-    gc.collect()
-    sys.exit(0)  # normal interpreter shutdown: atexit, finalizers
-
-os.close(write_end)
-with os.fdopen(read_end) as inp:
-    child_report = json.loads(inp.read() or "{}")
-_, status = os.waitpid(child, 0)
+child_report, child_status = fork_and_report(lambda report: report.update(child_main(held)))
 time.sleep(0.5)  # the pool keeps being used meanwhile
 uses_after_child = thread_uses[0]
 time.sleep(0.3)
@@ -235,13 +216,13 @@ print(json.dumps({
     "idle_pids": idle_pids,
     "held_pid": held_pid,
     "child": child_report,
-    "child_status": os.waitstatus_to_exitcode(status),
+    "child_status": child_status,
     "alive": sorted(alive),
     "same_transaction": same_transaction,
     "thread_errors": thread_errors[:3],
     "thread_used_pool_after_fork": uses_after_child > uses_before_fork,
 }))
-"""
+""")
 
 CASES = [
     pytest.param("sqlalchemy", True, id="sqlalchemy-dispose_close_false"),
@@ -253,17 +234,7 @@ CASES = [
 
 
 def run_script(kind: str, mode: str, dispose: bool, dsn: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, kind, mode, "1" if dispose else "0", dsn],
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    assert lines, result.stderr[-3000:]
-    return dict(json.loads(lines[-1]))
+    return run_fork_script(SCRIPT, [kind, mode, "1" if dispose else "0", dsn], timeout=120)
 
 
 @pytest.mark.parametrize("mode", ["sync", "asyncpg", "psycopg-async"])

@@ -26,15 +26,12 @@ exact. ``docs/sqlalchemy.md`` describes the same differences.
 
 from __future__ import annotations
 
-import inspect
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 sa = pytest.importorskip("sqlalchemy")
 from sqlalchemy import pool as sa_pool  # noqa: E402
 
+from _support.surface import Allowed, admitted_releases, allowed_for, differences, public  # noqa: E402
 from pypool import sqlalchemy as pp  # noqa: E402
 
 #: The public names of SQLAlchemy's QueuePool and AsyncAdaptedQueuePool in
@@ -56,14 +53,17 @@ _SQLALCHEMY_2X_PUBLIC = {
     )
 }
 
+#: The public names only pypool's classes have.
+_PYPOOL_ADDED = {
+    "stats": "pypool's counters and gauges of the core (docs/sqlalchemy.md)",
+    "with_core": "a subclass bound to one core module, for tests and benchmarks",
+}
+
 #: The differences of the 2.x releases pypool is tested with.
 _ALLOWED_2X: dict[str, dict[str, dict[str, str]]] = {
     "QueuePool": {
         "public": _SQLALCHEMY_2X_PUBLIC,
-        "added": {
-            "stats": "pypool's counters and gauges of the core (docs/sqlalchemy.md)",
-            "with_core": "a subclass bound to one core module, for tests and benchmarks",
-        },
+        "added": _PYPOOL_ADDED,
         "signature": {},
         "inherited": {
             "_is_asyncio": "False, SQLAlchemy's meaning: not for asyncio engines",
@@ -75,10 +75,7 @@ _ALLOWED_2X: dict[str, dict[str, dict[str, str]]] = {
     },
     "AsyncAdaptedQueuePool": {
         "public": _SQLALCHEMY_2X_PUBLIC,
-        "added": {
-            "stats": "pypool's counters and gauges of the core (docs/sqlalchemy.md)",
-            "with_core": "a subclass bound to one core module, for tests and benchmarks",
-        },
+        "added": _PYPOOL_ADDED,
         "signature": {},
         "inherited": {
             "_queue_class": "never used: pypool's __init__ makes no SQLAlchemy queue",
@@ -92,7 +89,7 @@ _ALLOWED_2X: dict[str, dict[str, dict[str, str]]] = {
 #: names only pypool has;
 #: ``signature``: public methods whose parameters deliberately differ;
 #: ``inherited``: names SQLAlchemy's class itself defines that pypool keeps.
-ALLOWED: dict[str, dict[str, dict[str, dict[str, str]]]] = {
+ALLOWED: Allowed = {
     "2.0": _ALLOWED_2X,
     "2.1": _ALLOWED_2X,
 }
@@ -105,41 +102,8 @@ PAIRS = [
 ]
 
 
-def _version() -> str:
-    major, minor = sa.__version__.split(".")[:2]
-    return f"{major}.{minor}"
-
-
 def _allowed(name: str) -> dict[str, dict[str, str]]:
-    version = _version()
-    if version not in ALLOWED:
-        pytest.fail(
-            f"SQLAlchemy {sa.__version__} has no entry in ALLOWED: compare its pool classes "
-            f"with pypool.sqlalchemy, handle what changed, then add an entry for {version}"
-        )
-    return ALLOWED[version][name]
-
-
-def _public(cls: type) -> set[str]:
-    return {name for name in dir(cls) if not name.startswith("_")}
-
-
-def _kind(cls: type, name: str) -> str:
-    raw = inspect.getattr_static(cls, name)
-    if isinstance(raw, property):
-        return "property"
-    if isinstance(raw, classmethod):
-        return "classmethod"
-    if isinstance(raw, staticmethod):
-        return "staticmethod"
-    if inspect.isfunction(raw):
-        return "method"
-    return f"attribute ({type(raw).__name__})"
-
-
-def _parameters(cls: type, name: str) -> list[tuple[str, str, Any]]:
-    signature = inspect.signature(getattr(cls, name))
-    return [(p.name, p.kind.name, p.default) for p in signature.parameters.values()]
+    return allowed_for(ALLOWED, "SQLAlchemy", sa.__version__, "pypool.sqlalchemy", name)
 
 
 def _defined_by(cls: type, name: str) -> type:
@@ -152,23 +116,15 @@ def _defined_by(cls: type, name: str) -> type:
 @pytest.mark.parametrize(("ours", "theirs"), PAIRS)
 def test_public_names(ours: type, theirs: type) -> None:
     allowed = _allowed(theirs.__name__)
-    assert _public(theirs) == set(allowed["public"]), "SQLAlchemy's public names changed"
-    assert _public(theirs) - _public(ours) == set(), "SQLAlchemy names pypool lacks"
-    assert _public(ours) - _public(theirs) == set(allowed["added"])
+    assert public(theirs) == set(allowed["public"]), "SQLAlchemy's public names changed"
+    assert public(theirs) - public(ours) == set(), "SQLAlchemy names pypool lacks"
+    assert public(ours) - public(theirs) == set(allowed["added"])
 
 
 @pytest.mark.parametrize(("ours", "theirs"), PAIRS)
 def test_kinds_and_signatures(ours: type, theirs: type) -> None:
     allowed = _allowed(theirs.__name__)
-    differ = {}
-    for name in sorted(_public(theirs) | {"__init__"}):
-        kinds = (_kind(ours, name), _kind(theirs, name))
-        if kinds[0] != kinds[1]:
-            differ[name] = kinds
-        elif kinds[0] in ("method", "classmethod", "staticmethod"):
-            params = (_parameters(ours, name), _parameters(theirs, name))
-            if params[0] != params[1]:
-                differ[name] = params
+    differ = differences(ours, theirs, public(theirs))
     assert set(differ) == set(allowed["signature"]), differ
 
 
@@ -185,19 +141,4 @@ def test_storage_is_pypools(ours: type, theirs: type) -> None:
 
 def test_the_test_extra_pins_the_listed_versions() -> None:
     # The test extra installs only SQLAlchemy releases that ALLOWED covers.
-    tomllib = pytest.importorskip("tomllib")
-    from packaging.requirements import Requirement
-    from packaging.version import Version
-
-    pyproject = Path(__file__).resolve().parents[3] / "pyproject.toml"
-    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
-    pins = [Requirement(r) for r in extras["test"] if Requirement(r).name.lower() == "sqlalchemy"]
-    assert len(pins) == 1
-    admitted = {
-        f"{major}.{minor}"
-        for major in range(1, 4)
-        for minor in range(10)
-        if pins[0].specifier.contains(Version(f"{major}.{minor}.0"))
-        or pins[0].specifier.contains(Version(f"{major}.{minor}.99"))
-    }
-    assert admitted == set(ALLOWED)
+    assert admitted_releases("sqlalchemy", range(1, 4)) == set(ALLOWED)
