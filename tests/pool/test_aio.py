@@ -481,59 +481,6 @@ def test_asyncpg_state_is_reset_before_reuse(pg_pools: Callable[..., AsyncPool])
     run(main())
 
 
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_run_retries_a_terminated_backend(pg_pools: Callable[..., AsyncPool], dsn: str) -> None:
-    async def main() -> None:
-        pool = pg_pools(max_size=1, check=False)
-        admin = await asyncpg.connect(dsn)
-        first = await pool.run(lambda c: c.fetchval("SELECT pg_backend_pid()"))
-        await admin.execute("SELECT pg_terminate_backend($1)", first)
-        for _ in range(100):
-            if not await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", first
-            ):
-                break
-            await asyncio.sleep(0.02)
-        calls = 0
-
-        async def work(conn: Any) -> int:
-            nonlocal calls
-            calls += 1
-            return await conn.fetchval("SELECT pg_backend_pid()")
-
-        second = await pool.run(work, backoff=0.01)
-        assert second != first
-        assert calls == 2
-        assert_whole(pool, 1)
-        await admin.close()
-        await pool.close()
-
-    run(main())
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_run_does_not_retry_a_failed_query(pg_pools: Callable[..., AsyncPool]) -> None:
-    async def main() -> None:
-        pool = pg_pools(max_size=1)
-        calls = 0
-
-        async def work(conn: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return await conn.fetchval("SELECT 1/0")
-
-        with pytest.raises(asyncpg.DivisionByZeroError):
-            await pool.run(work)
-        assert calls == 1
-        assert_whole(pool, 1)  # the connection is kept, not discarded
-        assert await pool.run(lambda c: c.fetchval("SELECT 2")) == 2
-        await pool.close()
-
-    run(main())
-
-
 # ---------------------------------------------------------- 6. cut network
 
 

@@ -1,7 +1,7 @@
 """Keeping a pool healthy, against a real PostgreSQL (and MariaDB), on both
 cores: idle retirement, lifetime replacement under load, a network that
-silently drops packets (through a TCP proxy the test controls), ``run()``
-retries, abandon reports (the session ends), ``wait()`` / ``open(wait=...)``,
+silently drops packets (through a TCP proxy the test controls), abandon
+reports (the session ends), ``wait()`` / ``open(wait=...)``,
 ``reconnect_failed`` and the statistics.
 
 Every test here needs a server (marker ``db``): PostgreSQL from the ``dsn``
@@ -286,69 +286,6 @@ def test_silent_network_pymysql(mysql_params: dict[str, Any], pools: Any, proxy_
             assert cur.fetchone() == (1,)
 
     blackhole_scenario(pool, proxy, probe)
-
-
-# -------------------------------------------------------------------- run()
-
-
-@pytest.mark.timeout(30)
-def test_run_retries_when_the_backend_is_terminated(pg_pool: Any, admin: Any) -> None:
-    pool = pg_pool(min_size=1, max_size=2)
-    pool.wait(5.0)
-    backends: list[int] = []
-
-    def work(conn: Any) -> int:
-        backends.append(pid(conn))
-        if len(backends) == 1:
-            terminate(admin, backends[0])  # from another connection
-        row = conn.execute("SELECT 40 + 2").fetchone()
-        return int(row[0])
-
-    assert pool.run(work, retries=2, backoff=0.01) == 42
-    assert len(backends) == 2 and backends[0] != backends[1]
-    s = pool.stats()
-    assert s[stats.RETIRED].get("broken") == 1
-    assert s[stats.COUNT]["used"] == 0
-
-
-@pytest.mark.timeout(30)
-def test_run_does_not_retry_a_failed_query(pg_pool: Any) -> None:
-    pool = pg_pool(min_size=1, max_size=1)
-    pool.wait(5.0)
-    backends: list[int] = []
-
-    def work(conn: Any) -> Any:
-        backends.append(pid(conn))
-        return conn.execute("SELECT 1 / 0").fetchone()
-
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        pool.run(work, retries=3, backoff=0.01)
-    assert len(backends) == 1
-    s = pool.stats()
-    assert s[stats.CLOSED] == 0, "a healthy connection is kept"
-    with pool.connection() as conn:
-        assert pid(conn) == backends[0]
-        assert conn.pgconn.transaction_status == 0 or conn.execute("SELECT 1").fetchone()
-
-
-@pytest.mark.timeout(30)
-def test_run_retries_are_bounded(pg_pool: Any, admin: Any) -> None:
-    pool = pg_pool(min_size=1, max_size=2)
-    pool.wait(5.0)
-    backends: list[int] = []
-
-    def always_broken(conn: Any) -> Any:
-        backends.append(pid(conn))
-        terminate(admin, backends[-1])
-        return conn.execute("SELECT 1").fetchone()
-
-    with pytest.raises(psycopg.OperationalError):
-        pool.run(always_broken, retries=2, backoff=0.01)
-    assert len(backends) == 3, "retries + 1 attempts"
-    assert len(set(backends)) == 3
-    assert pool.stats()[stats.RETIRED].get("broken") == 3
-    with pool.connection() as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 # ------------------------------------------------------------------ abandon
