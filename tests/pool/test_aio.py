@@ -1,7 +1,8 @@
 """``pypool.AsyncPool`` on both cores: many tasks on few connections,
 cancellation at every await, timeouts, loop binding, and (marker ``db``)
-asyncpg against PostgreSQL: state reset, ``run()`` retries and a network
-that silently drops packets.
+asyncpg against PostgreSQL: state reset. ``run()`` retries and a silently
+dropping network are tested on both pools in test_run.py and
+test_silent_network.py.
 
 Tests are plain functions that drive their coroutine with ``asyncio.run``.
 """
@@ -11,22 +12,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 import pypool
 import pypool.asyncpg
-from _support.blackhole import BlackHoleProxy
 from _support.fakes import AsyncFakeConn
 from _support.waiting import eventually
 from pypool import AsyncPool, stats
 from pypool.errors import (
     PoolError,
-    PoolTimeout,
 )
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -477,61 +475,5 @@ def test_asyncpg_state_is_reset_before_reuse(pg_pools: Callable[..., AsyncPool])
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT txid_current_if_assigned() IS NULL")
         await pool.close()
-
-    run(main())
-
-
-# ---------------------------------------------------------- 6. cut network
-
-
-@pytest.fixture
-def proxy(dsn: str) -> Iterator[Any]:
-    parts = urlsplit(dsn)
-    proxy = BlackHoleProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    yield proxy
-    proxy.close()
-
-
-def via(dsn: str, port: int) -> str:
-    parts = urlsplit(dsn)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-@pytest.mark.db
-@pytest.mark.timeout(90)
-def test_cut_network_times_out_on_time_and_refills(
-    core_module: ModuleType, dsn: str, proxy: Any
-) -> None:
-    target = via(dsn, proxy.port)
-
-    async def main() -> None:
-        pool = AsyncPool.with_core(core_module)(
-            lambda: asyncpg.connect(target, timeout=2),
-            adapter=pypool.asyncpg,
-            max_size=2,
-            min_size=2,
-            check_after=0,
-        )
-        await pool.open(wait=True, timeout=10)
-        proxy.cut()
-        for _ in range(3):
-            start = time.monotonic()
-            with pytest.raises(PoolTimeout):
-                await pool.acquire(timeout=1)
-            took = time.monotonic() - start
-            assert took < 1.6, took
-        proxy.restore()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                async with pool.connection(timeout=2) as conn:
-                    assert await asyncio.wait_for(conn.fetchval("SELECT 1"), 2) == 1
-                break
-            except (PoolTimeout, asyncio.TimeoutError):
-                assert time.monotonic() < deadline, "pool did not recover"
-        assert await eventually(lambda: pool.idle == 2, 20)
-        await pool.close(timeout=2)
 
     run(main())
