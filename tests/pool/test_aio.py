@@ -2,7 +2,8 @@
 cancellation at every await, timeouts, loop binding, and (marker ``db``)
 asyncpg against PostgreSQL: state reset. ``run()`` retries and a silently
 dropping network are tested on both pools in test_run.py and
-test_silent_network.py.
+test_silent_network.py; a thousand tasks on ten asyncpg connections in
+test_aio_db.py.
 
 Tests are plain functions that drive their coroutine with ``asyncio.run``.
 """
@@ -96,27 +97,6 @@ def test_thousand_tasks_on_ten_fake_connections(make: Callable[..., AsyncPool]) 
         stats = pool.stats()
         assert stats[pypool.stats.REQUESTS] == 1000
         assert stats[pypool.stats.COUNT] == {"idle": pool.size, "used": 0}
-        await pool.close()
-
-    run(main())
-
-
-@pytest.mark.db
-@pytest.mark.timeout(120)
-def test_thousand_tasks_on_ten_asyncpg_connections(core_module: ModuleType, dsn: str) -> None:
-    async def main() -> None:
-        pool = AsyncPool.with_core(core_module)(
-            lambda: asyncpg.connect(dsn), adapter=pypool.asyncpg, max_size=10
-        )
-
-        async def body(conn: Any) -> None:
-            assert await conn.fetchval("SELECT 1") == 1
-
-        seen = await hammer(pool, 1000, body)
-        assert len(seen) <= 10
-        assert pool.size == 10
-        assert_whole(pool, 10)
-        assert pool.stats()[pypool.stats.REQUESTS] == 1000
         await pool.close()
 
     run(main())
