@@ -12,32 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 import pypool.asyncpg
 from _support.pools import Facade, Pools, each_pool
+from _support.psycopg_matrix import drive
 from _support.waiting import wait_until
 from pypool import stats
 
 pytestmark = pytest.mark.db
-
-
-async def ready(value: Any) -> Any:
-    return value
-
-
-def drive(coro: Coroutine[Any, Any, Any]) -> Any:
-    """The result of a coroutine that never suspends (its calls block, as
-    the sync driver's do), for a sync caller such as ``Pool.run``'s work."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    coro.close()
-    raise RuntimeError("the work suspended: a sync pool's work cannot wait")
 
 
 class Pg:
@@ -83,6 +69,12 @@ class Pg:
 
             factory = connect_factory(self.driver.connect, self.dsn, connect_timeout=5)
             pool, _ = self.pools.make(factory, adapter=None, **kw)  # None: pypool.dbapi
+        return pool
+
+    async def open(self, **kw: Any) -> Facade:
+        """:meth:`make`, then wait for ``min_size``."""
+        pool = self.make(**kw)
+        await pool.wait(5.0)
         return pool
 
     def work(self, body: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Any]:
@@ -145,8 +137,7 @@ def assert_whole(pool: Any, size: int) -> None:
 async def test_run_retries_when_the_backend_is_terminated(pools: Pools, dsn: str) -> None:
     async with postgres(pools, dsn) as pg:
         # check=False: the dead connection is found by the work, not a check
-        pool = pg.make(min_size=1, max_size=1, check=False)
-        await pool.wait(5.0)
+        pool = await pg.open(min_size=1, max_size=1, check=False)
         backends: list[int] = []
 
         async def body(conn: Any) -> int:
@@ -167,8 +158,7 @@ async def test_run_retries_when_the_backend_is_terminated(pools: Pools, dsn: str
 @each_pool
 async def test_run_does_not_retry_a_failed_query(pools: Pools, dsn: str) -> None:
     async with postgres(pools, dsn) as pg:
-        pool = pg.make(min_size=1, max_size=1)
-        await pool.wait(5.0)
+        pool = await pg.open(min_size=1, max_size=1)
         backends: list[int] = []
 
         async def body(conn: Any) -> Any:
@@ -191,8 +181,7 @@ async def test_run_does_not_retry_a_failed_query(pools: Pools, dsn: str) -> None
 @each_pool
 async def test_run_retries_are_bounded(pools: Pools, dsn: str) -> None:
     async with postgres(pools, dsn) as pg:
-        pool = pg.make(min_size=1, max_size=2)
-        await pool.wait(5.0)
+        pool = await pg.open(min_size=1, max_size=2)
         backends: list[int] = []
 
         async def always_broken(conn: Any) -> Any:
