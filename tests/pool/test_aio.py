@@ -1,7 +1,9 @@
 """``pypool.AsyncPool`` on both cores: many tasks on few connections,
 cancellation at every await, timeouts, loop binding, and (marker ``db``)
-asyncpg against PostgreSQL: state reset, ``run()`` retries and a network
-that silently drops packets.
+asyncpg against PostgreSQL: state reset. ``run()`` retries and a silently
+dropping network are tested on both pools in test_run.py and
+test_silent_network.py; a thousand tasks on ten asyncpg connections in
+test_aio_db.py.
 
 Tests are plain functions that drive their coroutine with ``asyncio.run``.
 """
@@ -11,22 +13,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 import pypool
 import pypool.asyncpg
-from _support.blackhole import BlackHoleProxy
 from _support.fakes import AsyncFakeConn
 from _support.waiting import eventually
 from pypool import AsyncPool, stats
 from pypool.errors import (
     PoolError,
-    PoolTimeout,
 )
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -98,27 +97,6 @@ def test_thousand_tasks_on_ten_fake_connections(make: Callable[..., AsyncPool]) 
         stats = pool.stats()
         assert stats[pypool.stats.REQUESTS] == 1000
         assert stats[pypool.stats.COUNT] == {"idle": pool.size, "used": 0}
-        await pool.close()
-
-    run(main())
-
-
-@pytest.mark.db
-@pytest.mark.timeout(120)
-def test_thousand_tasks_on_ten_asyncpg_connections(core_module: ModuleType, dsn: str) -> None:
-    async def main() -> None:
-        pool = AsyncPool.with_core(core_module)(
-            lambda: asyncpg.connect(dsn), adapter=pypool.asyncpg, max_size=10
-        )
-
-        async def body(conn: Any) -> None:
-            assert await conn.fetchval("SELECT 1") == 1
-
-        seen = await hammer(pool, 1000, body)
-        assert len(seen) <= 10
-        assert pool.size == 10
-        assert_whole(pool, 10)
-        assert pool.stats()[pypool.stats.REQUESTS] == 1000
         await pool.close()
 
     run(main())
@@ -477,114 +455,5 @@ def test_asyncpg_state_is_reset_before_reuse(pg_pools: Callable[..., AsyncPool])
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT txid_current_if_assigned() IS NULL")
         await pool.close()
-
-    run(main())
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_run_retries_a_terminated_backend(pg_pools: Callable[..., AsyncPool], dsn: str) -> None:
-    async def main() -> None:
-        pool = pg_pools(max_size=1, check=False)
-        admin = await asyncpg.connect(dsn)
-        first = await pool.run(lambda c: c.fetchval("SELECT pg_backend_pid()"))
-        await admin.execute("SELECT pg_terminate_backend($1)", first)
-        for _ in range(100):
-            if not await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", first
-            ):
-                break
-            await asyncio.sleep(0.02)
-        calls = 0
-
-        async def work(conn: Any) -> int:
-            nonlocal calls
-            calls += 1
-            return await conn.fetchval("SELECT pg_backend_pid()")
-
-        second = await pool.run(work, backoff=0.01)
-        assert second != first
-        assert calls == 2
-        assert_whole(pool, 1)
-        await admin.close()
-        await pool.close()
-
-    run(main())
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_run_does_not_retry_a_failed_query(pg_pools: Callable[..., AsyncPool]) -> None:
-    async def main() -> None:
-        pool = pg_pools(max_size=1)
-        calls = 0
-
-        async def work(conn: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return await conn.fetchval("SELECT 1/0")
-
-        with pytest.raises(asyncpg.DivisionByZeroError):
-            await pool.run(work)
-        assert calls == 1
-        assert_whole(pool, 1)  # the connection is kept, not discarded
-        assert await pool.run(lambda c: c.fetchval("SELECT 2")) == 2
-        await pool.close()
-
-    run(main())
-
-
-# ---------------------------------------------------------- 6. cut network
-
-
-@pytest.fixture
-def proxy(dsn: str) -> Iterator[Any]:
-    parts = urlsplit(dsn)
-    proxy = BlackHoleProxy((parts.hostname or "127.0.0.1", parts.port or 5432))
-    yield proxy
-    proxy.close()
-
-
-def via(dsn: str, port: int) -> str:
-    parts = urlsplit(dsn)
-    userinfo = parts.netloc.rpartition("@")[0]
-    netloc = f"{userinfo}@127.0.0.1:{port}" if userinfo else f"127.0.0.1:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-@pytest.mark.db
-@pytest.mark.timeout(90)
-def test_cut_network_times_out_on_time_and_refills(
-    core_module: ModuleType, dsn: str, proxy: Any
-) -> None:
-    target = via(dsn, proxy.port)
-
-    async def main() -> None:
-        pool = AsyncPool.with_core(core_module)(
-            lambda: asyncpg.connect(target, timeout=2),
-            adapter=pypool.asyncpg,
-            max_size=2,
-            min_size=2,
-            check_after=0,
-        )
-        await pool.open(wait=True, timeout=10)
-        proxy.cut()
-        for _ in range(3):
-            start = time.monotonic()
-            with pytest.raises(PoolTimeout):
-                await pool.acquire(timeout=1)
-            took = time.monotonic() - start
-            assert took < 1.6, took
-        proxy.restore()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                async with pool.connection(timeout=2) as conn:
-                    assert await asyncio.wait_for(conn.fetchval("SELECT 1"), 2) == 1
-                break
-            except (PoolTimeout, asyncio.TimeoutError):
-                assert time.monotonic() < deadline, "pool did not recover"
-        assert await eventually(lambda: pool.idle == 2, 20)
-        await pool.close(timeout=2)
 
     run(main())

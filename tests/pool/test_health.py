@@ -1,12 +1,12 @@
-"""Keeping a pool healthy, against a real PostgreSQL (and MariaDB), on both
-cores: idle retirement, lifetime replacement under load, a network that
-silently drops packets (through a TCP proxy the test controls), ``run()``
-retries, abandon reports (the session ends), ``wait()`` / ``open(wait=...)``,
-``reconnect_failed`` and the statistics.
+"""Keeping a ``pypool.Pool`` healthy, against a real PostgreSQL, on both
+cores: idle retirement, lifetime replacement under load, abandon reports
+(the session ends), ``wait()`` / ``open(wait=...)``, ``reconnect_failed``
+and the statistics. A silently dropping network is tested in
+test_silent_network.py, ``run()`` in test_run.py.
 
 Every test here needs a server (marker ``db``): PostgreSQL from the ``dsn``
-fixture (``PYPOOL_TEST_DSN``), MariaDB/MySQL from ``PYPOOL_TEST_MYSQL``. An
-unreachable server skips them, unless ``PYPOOL_REQUIRE_DB=1``.
+fixture (``PYPOOL_TEST_DSN``). An unreachable server skips them, unless
+``PYPOOL_REQUIRE_DB=1``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,10 @@ import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from _support import databases
-from _support.blackhole import BlackHoleProxy
 from _support.waiting import wait_until
 from pypool import stats
 from pypool.dbapi import connect_factory
@@ -106,23 +104,6 @@ def terminate(admin: Any, backend: int) -> None:
     assert wait_until(lambda: not alive(admin, {backend}), 5.0)
 
 
-# ------------------------------------------------------------------ proxy
-
-
-@pytest.fixture
-def proxy_to() -> Iterator[Callable[[str, int], BlackHoleProxy]]:
-    made: list[BlackHoleProxy] = []
-
-    def make(host: str, port: int) -> BlackHoleProxy:
-        proxy = BlackHoleProxy((host, port))
-        made.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in made:
-        proxy.close()
-
-
 # ------------------------------------------------------------ idle, lifetime
 
 
@@ -200,155 +181,6 @@ def test_max_lifetime_replaces_every_connection_under_load(pg_pool: Any, admin: 
     # The open count (idle + used) may still dip while a connection that
     # expired in a borrower's hands is being replaced: see
     # test_borrowed_connection_replaced_ahead_of_expiry in test_recycle.py.
-
-
-# ------------------------------------------------------------ silent network
-
-
-def blackhole_scenario(pool: Any, proxy: BlackHoleProxy, probe: Callable[[Any], object]) -> None:
-    """While ``proxy`` is cut, ``acquire(timeout=1.0)`` times out in about
-    a second; after ``restore()`` the pool is whole again within seconds."""
-    pool.wait(10.0)
-    with pool.connection() as conn:
-        probe(conn)
-    time.sleep(0.05)  # idle longer than check_after: every hand-out checks
-    proxy.cut()
-    took = []
-    for _ in range(2):
-        started = time.monotonic()
-        with pytest.raises(PoolTimeout):
-            pool.acquire(timeout=1.0)
-        took.append(time.monotonic() - started)
-    cut_at = time.monotonic()
-    time.sleep(1.0)
-    proxy.restore()
-    restored = time.monotonic()
-
-    def whole() -> bool:
-        try:
-            with pool.connection(timeout=1.0) as conn:
-                probe(conn)
-        except PoolTimeout:
-            return False
-        return open_count(pool) >= pool.min_size
-
-    assert wait_until(whole, 10.0, step=0.05), pool
-    recovery = time.monotonic() - restored
-    outage = restored - cut_at + sum(took)
-    print(
-        f"\n{pool.core}: acquire(timeout=1.0) while cut raised PoolTimeout after "
-        + ", ".join(f"{t:.3f} s" for t in took)
-        + f"; whole again {recovery:.2f} s after restore() (cut {outage:.1f} s)"
-    )
-    assert all(t < 3.0 for t in took), took
-    assert recovery < 10.0
-    assert pool.stats()[stats.RETIRED].get("check", 0) >= 1
-    held = [pool.acquire(timeout=5.0) for _ in range(pool.min_size)]
-    for conn in held:
-        probe(conn)
-    for conn in held:
-        pool.release(conn)
-
-
-@pytest.mark.timeout(60)
-def test_silent_network_psycopg(dsn: str, pools: Any, proxy_to: Any) -> None:
-    parts = urlsplit(dsn)
-    proxy = proxy_to(parts.hostname or "127.0.0.1", parts.port or 5432)
-    proxy_dsn = dsn_with(dsn, host="127.0.0.1", port=proxy.port)
-    factory = connect_factory(psycopg.connect, proxy_dsn, connect_timeout=2, io_timeout=2)
-    pool = pools(factory, min_size=2, max_size=4, check_after=0)
-
-    def probe(conn: Any) -> None:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-
-    blackhole_scenario(pool, proxy, probe)
-
-
-@pytest.fixture(scope="session")
-def mysql_params() -> dict[str, Any]:
-    """``pymysql.connect`` arguments for the MariaDB/MySQL test database
-    (``PYPOOL_TEST_MYSQL``): the shared helper, once per session."""
-    return databases.mysql_params()
-
-
-@pytest.mark.timeout(60)
-def test_silent_network_pymysql(mysql_params: dict[str, Any], pools: Any, proxy_to: Any) -> None:
-    import pymysql
-
-    proxy = proxy_to(mysql_params["host"], mysql_params["port"])
-    params = {**mysql_params, "host": "127.0.0.1", "port": proxy.port}
-    factory = connect_factory(pymysql.connect, connect_timeout=2, io_timeout=2, **params)
-    pool = pools(factory, min_size=2, max_size=4, check_after=0)
-
-    def probe(conn: Any) -> None:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1")
-            assert cur.fetchone() == (1,)
-
-    blackhole_scenario(pool, proxy, probe)
-
-
-# -------------------------------------------------------------------- run()
-
-
-@pytest.mark.timeout(30)
-def test_run_retries_when_the_backend_is_terminated(pg_pool: Any, admin: Any) -> None:
-    pool = pg_pool(min_size=1, max_size=2)
-    pool.wait(5.0)
-    backends: list[int] = []
-
-    def work(conn: Any) -> int:
-        backends.append(pid(conn))
-        if len(backends) == 1:
-            terminate(admin, backends[0])  # from another connection
-        row = conn.execute("SELECT 40 + 2").fetchone()
-        return int(row[0])
-
-    assert pool.run(work, retries=2, backoff=0.01) == 42
-    assert len(backends) == 2 and backends[0] != backends[1]
-    s = pool.stats()
-    assert s[stats.RETIRED].get("broken") == 1
-    assert s[stats.COUNT]["used"] == 0
-
-
-@pytest.mark.timeout(30)
-def test_run_does_not_retry_a_failed_query(pg_pool: Any) -> None:
-    pool = pg_pool(min_size=1, max_size=1)
-    pool.wait(5.0)
-    backends: list[int] = []
-
-    def work(conn: Any) -> Any:
-        backends.append(pid(conn))
-        return conn.execute("SELECT 1 / 0").fetchone()
-
-    with pytest.raises(psycopg.errors.DivisionByZero):
-        pool.run(work, retries=3, backoff=0.01)
-    assert len(backends) == 1
-    s = pool.stats()
-    assert s[stats.CLOSED] == 0, "a healthy connection is kept"
-    with pool.connection() as conn:
-        assert pid(conn) == backends[0]
-        assert conn.pgconn.transaction_status == 0 or conn.execute("SELECT 1").fetchone()
-
-
-@pytest.mark.timeout(30)
-def test_run_retries_are_bounded(pg_pool: Any, admin: Any) -> None:
-    pool = pg_pool(min_size=1, max_size=2)
-    pool.wait(5.0)
-    backends: list[int] = []
-
-    def always_broken(conn: Any) -> Any:
-        backends.append(pid(conn))
-        terminate(admin, backends[-1])
-        return conn.execute("SELECT 1").fetchone()
-
-    with pytest.raises(psycopg.OperationalError):
-        pool.run(always_broken, retries=2, backoff=0.01)
-    assert len(backends) == 3, "retries + 1 attempts"
-    assert len(set(backends)) == 3
-    assert pool.stats()[stats.RETIRED].get("broken") == 3
-    with pool.connection() as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 # ------------------------------------------------------------------ abandon

@@ -1,9 +1,14 @@
-"""pypool.Pool against real databases, on both cores.
+"""pypool.Pool against real databases, on both cores: uncommitted rows
+rolled back on return, a session killed by the server caught by the check,
+a connection closed behind the pool's back caught by the reset, and elastic
+growth, drain and invalidate on PostgreSQL.
 
-sqlite3 tests need nothing. The ``db`` tests use PostgreSQL through psycopg 3
-(``dsn`` fixture, ``PYPOOL_TEST_DSN``) and MariaDB/MySQL through PyMySQL
-(``PYPOOL_TEST_MYSQL``, a ``mysql://user:pw@host:port/db`` URL). An
-unreachable server skips them, unless ``PYPOOL_REQUIRE_DB=1``.
+The behaviours every driver shares run once per driver (the ``driver``
+fixture, parametrised indirectly). sqlite3 needs nothing. The ``db`` params
+and tests use PostgreSQL through psycopg 3 (``dsn`` fixture,
+``PYPOOL_TEST_DSN``) and MariaDB/MySQL through PyMySQL (``PYPOOL_TEST_MYSQL``,
+a ``mysql://user:pw@host:port/db`` URL). An unreachable server skips them,
+unless ``PYPOOL_REQUIRE_DB=1``.
 """
 
 from __future__ import annotations
@@ -55,31 +60,242 @@ def pools(core_module: ModuleType) -> Iterator[Callable[..., Any]]:
         yield make
 
 
-# ------------------------------------------------------------------- sqlite3
+# ------------------------------------------------------------------- drivers
 
 
-@pytest.mark.timeout(30)
-def test_sqlite3_uncommitted_rows_rolled_back(tmp_path: Path, pools: Any) -> None:
-    path = tmp_path / "pool.db"
-    with sqlite3.connect(path) as setup:
-        setup.execute("CREATE TABLE t (x INTEGER)")
-    setup.close()
-    pool = pools(factory_for(sqlite3.connect, str(path)), max_size=1)
-    with pool.connection() as conn:
-        conn.execute("INSERT INTO t VALUES (1)")
-        assert conn.in_transaction
-    with pool.connection() as again:
-        assert again is conn  # max_size=1: the same physical connection
-        assert not again.in_transaction
-        assert again.execute("SELECT count(*) FROM t").fetchone() == (0,)
-    # The write lock is gone too: another connection can write at once.
-    other = sqlite3.connect(path, timeout=0.5)
+class Driver:
+    """One driver's database, as the shared tests see it: ``pool(**kw)``
+    makes a pool of its connections (closed at the end), ``admin`` is a
+    connection of its own in autocommit, ``rows(conn, sql)`` runs a query."""
+
+    name = ""
+
+    def __init__(self, pools: Any) -> None:
+        self.pools = pools
+        self.admin: Any = None
+
+    def pool(self, **kw: Any) -> Any:
+        raise NotImplementedError
+
+    def rows(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def in_transaction(self, conn: Any) -> bool:
+        raise NotImplementedError
+
+    def create_table(self, name: str) -> None:
+        self.rows(self.admin, f"CREATE TABLE {name} (x INT)")
+
+    def drop_table(self, name: str) -> None:
+        self.rows(self.admin, f"DROP TABLE IF EXISTS {name}")
+
+    def session_id(self, conn: Any) -> int:
+        raise NotImplementedError
+
+    def kill(self, session: int) -> None:
+        raise NotImplementedError
+
+    def alive(self, session: int) -> bool:
+        raise NotImplementedError
+
+
+class Sqlite3(Driver):
+    name = "sqlite3"
+
+    def __init__(self, pools: Any, path: Path) -> None:
+        super().__init__(pools)
+        self.path = path
+        # autocommit, and a write waits 0.5 s at most for a lock
+        self.admin = sqlite3.connect(path, timeout=0.5, isolation_level=None)
+
+    def pool(self, **kw: Any) -> Any:
+        return self.pools(factory_for(sqlite3.connect, str(self.path)), **kw)
+
+    def rows(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return list(conn.execute(sql, args).fetchall())
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.in_transaction)
+
+
+class Postgres(Driver):
+    name = "postgresql"
+
+    def __init__(self, pools: Any, dsn: str) -> None:
+        super().__init__(pools)
+        self.psycopg = pytest.importorskip("psycopg")
+        self.dsn = dsn
+        self.app = unique("pypool_test")
+        self.admin = self.psycopg.connect(dsn, autocommit=True)
+        self.admin.execute("SET lock_timeout = '5s'")  # a lock left behind fails, not hangs
+
+    def pool(self, **kw: Any) -> Any:
+        return self.pools(
+            factory_for(self.psycopg.connect, self.dsn, application_name=self.app), **kw
+        )
+
+    def rows(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        cur = conn.execute(sql, args or None)
+        return list(cur.fetchall()) if cur.description is not None else []
+
+    def in_transaction(self, conn: Any) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        status = conn.info.transaction_status
+        assert status in (TransactionStatus.INTRANS, TransactionStatus.IDLE), status
+        return bool(status == TransactionStatus.INTRANS)
+
+    def session_id(self, conn: Any) -> int:
+        return backend_pid(conn)
+
+    def kill(self, session: int) -> None:
+        self.admin.execute("SELECT pg_terminate_backend(%s)", (session,))
+
+    def alive(self, session: int) -> bool:
+        return session in pg_backends(self.admin, self.app)
+
+
+class MySQL(Driver):
+    name = "mysql"
+
+    def __init__(self, pools: Any, params: dict[str, Any]) -> None:
+        import pymysql
+
+        super().__init__(pools)
+        self.params = params
+        self.admin = pymysql.connect(**params, autocommit=True)
+        self.rows(self.admin, "SET SESSION lock_wait_timeout = 5")
+
+    def pool(self, **kw: Any) -> Any:
+        import pymysql
+
+        return self.pools(factory_for(pymysql.connect, **self.params), **kw)
+
+    def rows(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return my_query(conn, sql, *args)
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.server_status & 1)  # SERVER_STATUS_IN_TRANS
+
+    def create_table(self, name: str) -> None:
+        self.rows(self.admin, f"CREATE TABLE {name} (x INT) ENGINE=InnoDB")
+
+    def session_id(self, conn: Any) -> int:
+        return int(self.rows(conn, "SELECT CONNECTION_ID()")[0][0])
+
+    def kill(self, session: int) -> None:
+        self.rows(self.admin, f"KILL {int(session)}")
+
+    def alive(self, session: int) -> bool:
+        return bool(
+            self.rows(
+                self.admin, "SELECT id FROM information_schema.processlist WHERE id = %s", session
+            )
+        )
+
+
+SQLITE3 = pytest.param("sqlite3", id="sqlite3")
+POSTGRESQL = pytest.param("postgresql", id="postgresql", marks=pytest.mark.db)
+MYSQL = pytest.param("mysql", id="mysql", marks=pytest.mark.db)
+
+
+@pytest.fixture
+def driver(request: pytest.FixtureRequest, pools: Any, tmp_path: Path) -> Iterator[Driver]:
+    """The driver named by the param; its database's fixtures are asked for
+    only then (``dsn`` skips when PostgreSQL cannot be reached)."""
+    made: Driver
+    if request.param == "sqlite3":
+        made = Sqlite3(pools, tmp_path / "pool.db")
+    elif request.param == "postgresql":
+        made = Postgres(pools, request.getfixturevalue("dsn"))
+    else:
+        made = MySQL(pools, request.getfixturevalue("mysql_params"))
+    yield made
+    made.admin.close()
+
+
+def my_query(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(sql, args or None)
+        return list(cur.fetchall())
+
+
+def backend_pid(conn: Any) -> int:
+    return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+
+
+def pg_backends(admin: Any, app: str) -> set[int]:
+    rows = admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+    ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+@pytest.fixture(scope="session")
+def mysql_params() -> dict[str, Any]:
+    """``pymysql.connect`` arguments for the MariaDB/MySQL test database
+    (``PYPOOL_TEST_MYSQL``): the shared helper, once per session."""
+    return databases.mysql_params()
+
+
+# ------------------------------------------------------------- every driver
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("driver", [SQLITE3, POSTGRESQL, MYSQL], indirect=True)
+def test_uncommitted_rows_rolled_back(driver: Driver) -> None:
+    table = unique("pypool_pool")
+    driver.create_table(table)
+    pool = driver.pool(max_size=1)
     try:
-        other.execute("INSERT INTO t VALUES (2)")
-        other.commit()
-        assert other.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        with pool.connection() as conn:
+            driver.rows(conn, f"INSERT INTO {table} VALUES (1), (2)")
+            assert driver.in_transaction(conn)
+        with pool.connection() as again:
+            assert again is conn  # max_size=1: the same physical connection
+            assert not driver.in_transaction(again)
+            assert driver.rows(again, f"SELECT count(*) FROM {table}") == [(0,)]
+        assert driver.rows(driver.admin, f"SELECT count(*) FROM {table}") == [(0,)]
+        # The write lock is gone too: another connection can write at once.
+        driver.rows(driver.admin, f"INSERT INTO {table} VALUES (3)")
+        assert driver.rows(driver.admin, f"SELECT count(*) FROM {table}") == [(1,)]
+        if driver.name == "postgresql":
+            # A failed transaction is rolled back too (PostgreSQL alone keeps
+            # a transaction in error until it is rolled back).
+            from psycopg.errors import DivisionByZero
+            from psycopg.pq import TransactionStatus
+
+            with pool.connection() as conn:
+                with pytest.raises(DivisionByZero):
+                    conn.execute("SELECT 1/0")
+                assert conn.info.transaction_status == TransactionStatus.INERROR
+            with pool.connection() as again:
+                assert again is conn
+                assert again.execute("SELECT 1").fetchone() == (1,)
     finally:
-        other.close()
+        pool.close()  # before the drop: a transaction left open would block it
+        driver.drop_table(table)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("driver", [POSTGRESQL, MYSQL], indirect=True)
+def test_session_killed_by_the_server_caught_by_check(driver: Driver) -> None:
+    pool = driver.pool(max_size=1, check_after=0.05)
+    with pool.connection() as conn:
+        old = driver.session_id(conn)
+    driver.kill(old)
+    assert wait_until(lambda: not driver.alive(old))
+    time.sleep(0.1)
+    started = time.monotonic()
+    with pool.connection(timeout=5.0) as conn:
+        assert driver.rows(conn, "SELECT 1") == [(1,)]
+        new = driver.session_id(conn)
+    assert time.monotonic() - started < 5.0
+    assert new != old
+    assert retired(pool).get("check") == 1
+
+
+# ------------------------------------------------------------------- sqlite3
 
 
 @pytest.mark.timeout(30)
@@ -109,17 +325,6 @@ def pg_admin(dsn: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def pg_table(pg_admin: Any) -> Iterator[str]:
-    """A new table, dropped at the end (request it before the pool, so that
-    the pool is closed first; a lock left behind fails the drop, not hangs it)."""
-    name = unique("pypool_pool")
-    pg_admin.execute(f"CREATE TABLE {name} (x int)")
-    yield name
-    pg_admin.execute("SET lock_timeout = '5s'")
-    pg_admin.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-@pytest.fixture
 def pg_pool(dsn: str, pools: Any) -> Callable[..., tuple[Any, str]]:
     """``make(**kw) -> (pool, application_name)``, a pool of psycopg connections."""
     psycopg = pytest.importorskip("psycopg")
@@ -129,59 +334,6 @@ def pg_pool(dsn: str, pools: Any) -> Callable[..., tuple[Any, str]]:
         return pools(factory_for(psycopg.connect, dsn, application_name=app), **kw), app
 
     return make
-
-
-def backend_pid(conn: Any) -> int:
-    return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
-
-
-def pg_backends(admin: Any, app: str) -> set[int]:
-    rows = admin.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
-    ).fetchall()
-    return {int(r[0]) for r in rows}
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_pg_uncommitted_rows_rolled_back(pg_table: str, pg_pool: Any) -> None:
-    from psycopg.errors import DivisionByZero
-    from psycopg.pq import TransactionStatus
-
-    pool, _ = pg_pool(max_size=1)
-    with pool.connection() as conn:
-        conn.execute(f"INSERT INTO {pg_table} VALUES (1), (2)")
-        assert conn.info.transaction_status == TransactionStatus.INTRANS
-    with pool.connection() as again:
-        assert again is conn
-        assert again.info.transaction_status == TransactionStatus.IDLE
-        assert again.execute(f"SELECT count(*) FROM {pg_table}").fetchone() == (0,)
-    # a failed transaction is rolled back too
-    with pool.connection() as conn:
-        with pytest.raises(DivisionByZero):
-            conn.execute("SELECT 1/0")
-        assert conn.info.transaction_status == TransactionStatus.INERROR
-    with pool.connection() as again:
-        assert again is conn
-        assert again.execute("SELECT 1").fetchone() == (1,)
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_pg_terminated_backend_caught_by_check(pg_pool: Any, pg_admin: Any) -> None:
-    pool, app = pg_pool(max_size=1, check_after=0.05)
-    with pool.connection() as conn:
-        old_pid = backend_pid(conn)
-    pg_admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
-    assert wait_until(lambda: old_pid not in pg_backends(pg_admin, app))
-    time.sleep(0.1)
-    started = time.monotonic()
-    with pool.connection(timeout=5.0) as conn:
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-        new_pid = backend_pid(conn)
-    assert time.monotonic() - started < 5.0
-    assert new_pid != old_pid
-    assert retired(pool).get("check") == 1
 
 
 @pytest.mark.db
@@ -233,81 +385,3 @@ def test_pg_elastic_growth_drain_invalidate(pg_pool: Any, pg_admin: Any) -> None
         pool.release(c)
     assert len(fresh) == 4 and not fresh & drained
     assert wait_until(lambda: pg_backends(pg_admin, app) == fresh)
-
-
-# --------------------------------------------------------------- MariaDB
-
-
-@pytest.fixture(scope="session")
-def mysql_params() -> dict[str, Any]:
-    """``pymysql.connect`` arguments for the MariaDB/MySQL test database
-    (``PYPOOL_TEST_MYSQL``): the shared helper, once per session."""
-    return databases.mysql_params()
-
-
-@pytest.fixture
-def my_admin(mysql_params: dict[str, Any]) -> Iterator[Any]:
-    import pymysql
-
-    conn = pymysql.connect(**mysql_params, autocommit=True)
-    my_query(conn, "SET SESSION lock_wait_timeout = 5")
-    yield conn
-    conn.close()
-
-
-def my_query(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with conn.cursor() as cur:
-        cur.execute(sql, args or None)
-        return list(cur.fetchall())
-
-
-def my_pool(pools: Any, mysql_params: dict[str, Any], **kw: Any) -> Any:
-    import pymysql
-
-    return pools(factory_for(pymysql.connect, **mysql_params), **kw)
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_mysql_uncommitted_rows_rolled_back(
-    pools: Any, mysql_params: dict[str, Any], my_admin: Any
-) -> None:
-    table = unique("pypool_pool")
-    my_query(my_admin, f"CREATE TABLE {table} (x INT) ENGINE=InnoDB")
-    pool = my_pool(pools, mysql_params, max_size=1)
-    try:
-        with pool.connection() as conn:
-            my_query(conn, f"INSERT INTO {table} VALUES (1), (2)")
-            assert conn.server_status & 1  # SERVER_STATUS_IN_TRANS
-        with pool.connection() as again:
-            assert again is conn
-            assert not again.server_status & 1
-            assert my_query(again, f"SELECT count(*) FROM {table}") == [(0,)]
-        assert my_query(my_admin, f"SELECT count(*) FROM {table}") == [(0,)]
-    finally:
-        pool.close()  # before the drop: a transaction left open would block it
-        my_query(my_admin, f"DROP TABLE IF EXISTS {table}")
-
-
-@pytest.mark.db
-@pytest.mark.timeout(60)
-def test_mysql_killed_connection_caught_by_check(
-    pools: Any, mysql_params: dict[str, Any], my_admin: Any
-) -> None:
-    pool = my_pool(pools, mysql_params, max_size=1, check_after=0.05)
-    with pool.connection() as conn:
-        old_id = my_query(conn, "SELECT CONNECTION_ID()")[0][0]
-    my_query(my_admin, f"KILL {int(old_id)}")
-    assert wait_until(
-        lambda: (
-            not my_query(
-                my_admin, "SELECT id FROM information_schema.processlist WHERE id = %s", old_id
-            )
-        )
-    )
-    time.sleep(0.1)
-    with pool.connection(timeout=5.0) as conn:
-        assert my_query(conn, "SELECT 1") == [(1,)]
-        new_id = my_query(conn, "SELECT CONNECTION_ID()")[0][0]
-    assert new_id != old_id
-    assert retired(pool).get("check") == 1
