@@ -78,6 +78,24 @@ def retired(pool: Facade) -> dict[str, int]:
     return dict(pool.stats()[stats.RETIRED])
 
 
+def assert_whole(pool: Any, size: int) -> None:
+    """Nothing borrowed, nothing lost: ``size`` connections, all idle."""
+    assert pool.in_use == 0
+    assert pool.idle + pool.in_use == size
+    assert pool.size == size
+
+
+def drive(coro: Any) -> Any:
+    """Runs a coroutine that never suspends to its end (a facade over a sync
+    connection); its result."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the callback suspended: it cannot run in a sync pool")
+
+
 class Facade:
     """A ``Pool`` or an ``AsyncPool``, awaited alike; ``raw`` is the pool."""
 

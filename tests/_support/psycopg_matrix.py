@@ -32,6 +32,7 @@ import psycopg_pool
 import pytest
 
 import pypool.psycopg
+from _support.pools import drive
 
 #: Generous bound for things that happen "soon" (a connect, a background return).
 SOON = 10.0
@@ -74,17 +75,6 @@ async def maybe(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
-
-
-def drive(coro: Any) -> Any:
-    """Runs a coroutine that never suspends to its end (a facade over a sync
-    connection); its result."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError("the callback suspended: it cannot run in a sync pool")
 
 
 # ------------------------------------------------------------------ facades

@@ -22,6 +22,7 @@ import pytest
 import pypool
 import pypool.asyncpg
 from _support.fakes import AsyncFakeConn
+from _support.pools import assert_whole
 from _support.waiting import eventually
 from pypool import AsyncPool, stats
 from pypool.errors import (
@@ -33,12 +34,6 @@ asyncpg = pytest.importorskip("asyncpg")
 
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-def assert_whole(pool: AsyncPool, size: int) -> None:
-    assert pool.in_use == 0
-    assert pool.idle + pool.in_use == size
-    assert pool.size == size
 
 
 # ------------------------------------------------------------ fake connections

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 import pypool.asyncpg
-from _support.pools import Facade, Pools, each_pool
-from _support.psycopg_matrix import drive
+from _support.pools import Facade, Pools, assert_whole, drive, each_pool
 from _support.waiting import wait_until
 from pypool import stats
 
@@ -124,12 +123,6 @@ async def postgres(pools: Pools, dsn: str) -> AsyncIterator[Pg]:
             await pg.admin.close()
         else:
             pg.admin.close()
-
-
-def assert_whole(pool: Any, size: int) -> None:
-    assert pool.in_use == 0
-    assert pool.idle + pool.in_use == size
-    assert pool.size == size
 
 
 @pytest.mark.timeout(60)

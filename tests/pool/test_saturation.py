@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 
-from _support.pools import Pools, each_pool
+from _support.pools import Pools, assert_whole, each_pool
 from _support.waiting import eventually
 from pypool import stats as names
 from pypool.errors import ConfigurationError, PoolTimeout, TooManyRequests
-
-
-def assert_whole(pool: Any, size: int) -> None:
-    """Nothing borrowed, nothing lost: ``size`` connections, all idle."""
-    assert pool.in_use == 0
-    assert pool.idle + pool.in_use == size
-    assert pool.size == size
-
 
 # ------------------------------------------------------------ saturation
 
