@@ -121,6 +121,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ._records import SlotInfo
+from ._weak import keep_forever
 from .errors import (
     ConfigurationError,
     InvalidSlot,
@@ -443,23 +444,6 @@ class WaiterTicket(_Waiter):
 
 
 _live_cores: weakref.WeakSet[CorePool] = weakref.WeakSet()
-_fork_orphans: list[Any] = []
-
-
-def _keep_forever(obj: Any) -> None:
-    """Make sure ``obj`` is never finalized in this process.
-
-    After a fork the child's copies of the parent's connections share the
-    parent's sockets: finalizing one (psycopg2 does so on garbage collection)
-    can end the parent's session. An extra reference that is never dropped
-    keeps it alive through interpreter shutdown too.
-    """
-    if sys.implementation.name == "cpython":
-        import ctypes
-
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
-    else:  # pragma: no cover - no reference counting to rely on
-        _fork_orphans.append(obj)
 
 
 def _after_fork_in_child() -> None:
@@ -1509,7 +1493,7 @@ class CorePool:
         for s in self._slots:
             held = s.conn if s.conn is not None else (s.ref() if s.ref is not None else None)
             if held is not None:
-                _keep_forever(held)
+                keep_forever(held)
         self._reset_state()
 
 

@@ -1,5 +1,7 @@
 """Weak links to a pool, so that a pool nobody references is freed by
-reference counting alone, without waiting for the garbage collector.
+reference counting alone, without waiting for the garbage collector; and
+its opposite for a fork child's copies of the parent's connections, which
+must never be finalized (:func:`keep_forever`).
 
 A pool holds its core, its settings and its connections; anything those hold
 that leads back to the pool (a bound method given to the core as a callback,
@@ -12,6 +14,7 @@ nothing (or what a pool-less object would do) once it is gone.
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -90,3 +93,25 @@ class PoolLink:
 
     def __repr__(self) -> str:
         return f"<link to {self._ref()!r}>"
+
+
+#: A fork child's copies of the parent's connections, where no reference
+#: counting applies (see :func:`keep_forever`).
+_fork_orphans: list[Any] = []
+
+
+def keep_forever(obj: Any) -> None:
+    """Make sure ``obj`` is never finalized in this process.
+
+    In a fork child the parent's connections share the parent's sockets:
+    closing or finalizing one (some drivers close on garbage collection,
+    asyncio drivers touch the parent's event loop) can end or confuse the
+    parent's session. An extra reference that is never dropped keeps the
+    object alive through interpreter shutdown too.
+    """
+    if sys.implementation.name == "cpython":
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
+    else:  # pragma: no cover - no reference counting to rely on
+        _fork_orphans.append(obj)

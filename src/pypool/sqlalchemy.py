@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import threading
 import time
 import weakref
@@ -50,36 +49,16 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
 
 from . import _core
 from . import errors as _errors
+from ._weak import keep_forever
 from .errors import NotBorrowed, PoolClosed, PoolTimeout
 
 __all__ = ["AsyncAdaptedQueuePool", "ConfigurationError", "QueuePool"]
 
 _clock = time.monotonic
 
-#: The parent's DBAPI connections in a fork child, where no reference
-#: counting applies (see _keep_forever).
-_fork_orphans: list[Any] = []
-
 _bound_classes: dict[tuple[type, ModuleType], type] = {}
 
 _live_pools: weakref.WeakSet[QueuePool] = weakref.WeakSet()
-
-
-def _keep_forever(obj: Any) -> None:
-    """Make sure ``obj`` is never finalized in this process.
-
-    In a fork child the parent's connections share the parent's sockets:
-    closing or finalizing one (some drivers close on garbage collection,
-    asyncio drivers touch the parent's event loop) can end or confuse the
-    parent's session. An extra reference that is never dropped keeps the
-    object alive through interpreter shutdown too.
-    """
-    if sys.implementation.name == "cpython":
-        import ctypes
-
-        ctypes.pythonapi.Py_IncRef(ctypes.py_object(obj))
-    else:  # pragma: no cover - no reference counting to rely on
-        _fork_orphans.append(obj)
 
 
 def _after_fork_in_child() -> None:
@@ -213,7 +192,7 @@ class QueuePool(sa_pool.QueuePool):
         for record in list(self._records):
             conn = record.dbapi_connection
             if conn is not None:
-                _keep_forever(conn)
+                keep_forever(conn)
                 record.dbapi_connection = None
             record.finalize_callback.clear()
             if record.fairy_ref is not None:  # checked out in the parent
