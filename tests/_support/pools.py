@@ -73,7 +73,7 @@ async def take(pool: Facade, timeout: float = 2.0) -> Any:
     return conn
 
 
-def retired(pool: Facade) -> dict[str, int]:
+def retired(pool: Any) -> dict[str, int]:
     """Connections the pool closed, by reason."""
     return dict(pool.stats()[stats.RETIRED])
 

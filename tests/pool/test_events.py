@@ -19,17 +19,11 @@ import pytest
 
 from _support.events import C, Recorder
 from _support.fakes import FakeError
-from _support.pools import Pools, each_pool
+from _support.pools import Pools, each_pool, retired
 from _support.waiting import eventually
 from pypool import stats
 from pypool.errors import ConfigurationError, PoolTimeout
 from pypool.pool import EVENTS
-
-
-def retired(pool: Any) -> dict[str, int]:
-    """Connections the pool closed, by reason."""
-    return dict(pool.stats()[stats.RETIRED])
-
 
 # ------------------------------------------------------------------ listeners
 

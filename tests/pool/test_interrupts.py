@@ -26,7 +26,7 @@ import pytest
 import pypool.pool.shared
 import pypool.pool.threaded
 from _support.interrupts import Adapter, AsyncConn, Conn, Factory, Trap, accounted
-from pypool import AsyncPool, Pool
+from pypool import AsyncPool
 from pypool import stats as names
 
 #: The ways a caller borrows from a Pool.
@@ -44,23 +44,16 @@ def borrow(pool: Any, how: str, timeout: float = 5.0) -> Any:
 
 
 @pytest.fixture
-def make(core_module: ModuleType) -> Iterator[Callable[..., tuple[Any, Factory]]]:
-    """``make(**kw) -> (pool, factory)``: a Pool on the core under test, with
-    the fake adapter; closed at the end."""
-    pools: list[Any] = []
+def make(make_pool: Callable[..., tuple[Any, Factory]]) -> Callable[..., tuple[Any, Factory]]:
+    """``make(**kw) -> (pool, factory)``: ``make_pool`` with this module's
+    adapter and two connections unless ``kw`` says otherwise."""
 
     def make(**kw: Any) -> tuple[Any, Factory]:
-        factory = Factory()
         kw.setdefault("adapter", Adapter())
-        kw.setdefault("timeout", 5.0)
         kw.setdefault("max_size", 2)
-        pool = Pool.with_core(core_module)(factory, **kw)
-        pools.append(pool)
-        return pool, factory
+        return make_pool(Factory(), **kw)  # type: ignore[no-any-return]
 
-    yield make
-    for pool in pools:
-        pool.close(timeout=2.0)
+    return make
 
 
 def warm(pool: Any, n: int) -> None:

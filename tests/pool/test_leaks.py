@@ -17,19 +17,13 @@ import inspect
 import logging
 import os
 import time
-from typing import Any
 
 import pytest
 
 from _support.events import C, Recorder
-from _support.pools import Pools, each_pool
+from _support.pools import Pools, each_pool, retired
 from _support.waiting import eventually
 from pypool import stats
-
-
-def retired(pool: Any) -> dict[str, int]:
-    """Connections the pool closed, by reason."""
-    return dict(pool.stats()[stats.RETIRED])
 
 
 @pytest.mark.timeout(30)

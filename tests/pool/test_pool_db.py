@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from _support import databases
+from _support.pools import retired
 from _support.waiting import wait_until
-from pypool import stats as names
 
 try:
     from pypool.dbapi import connect_factory as _connect_factory
@@ -42,11 +42,6 @@ def factory_for(connect: Callable[..., Any], *args: Any, **kwargs: Any) -> Calla
     if connect is sqlite3.connect:
         kwargs.setdefault("check_same_thread", False)
     return functools.partial(connect, *args, **kwargs)
-
-
-def retired(pool: Any) -> dict[str, int]:
-    """Connections the pool closed, by reason."""
-    return dict(pool.stats()[names.RETIRED])
 
 
 def unique(prefix: str) -> str:

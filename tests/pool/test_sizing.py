@@ -16,15 +16,10 @@ from typing import Any
 import pytest
 
 from _support.events import C, Recorder
-from _support.pools import Pools, each_pool
+from _support.pools import Pools, each_pool, retired
 from _support.waiting import eventually
 from pypool import stats as names
 from pypool.errors import ConfigurationError, PoolTimeout
-
-
-def retired(pool: Any) -> dict[str, int]:
-    """Connections the pool closed, by reason."""
-    return dict(pool.stats()[names.RETIRED])
 
 
 async def retired_in_time(pools: Pools, done: Callable[[], bool]) -> bool:
