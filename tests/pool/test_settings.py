@@ -116,6 +116,16 @@ def test_with_core_keeps_a_subclass_attributes(core_module: ModuleType) -> None:
     assert isinstance(pool, Mine) and isinstance(pool, Pool)
     assert pool.flavour == "mine" and pool.hello() == "hello from m"
     assert list(inspect.signature(Mine).parameters) == ["factory", *NAMES]
+    assert list(inspect.signature(Mine.with_core(core_module)).parameters) == ["factory", *NAMES]
+
+    class Own(Mine):
+        def __init__(self, dsn: str, *, size: int = 2) -> None:
+            super().__init__(lambda: dsn, max_size=size)
+
+    # A constructor of its own is what help() shows, on every Python (3.10's
+    # inspect would otherwise take the base's __new__(*args, **kwargs)).
+    assert list(inspect.signature(Own).parameters) == ["dsn", "size"]
+    assert list(inspect.signature(Own.with_core(core_module)).parameters) == ["dsn", "size"]
 
 
 @pytest.mark.parametrize("bad", ["fast", 3, None])

@@ -432,8 +432,11 @@ def docstring_section(indent: str = "    ") -> str:
 
 class ClassSignature:
     """``__signature__`` for a class and the classes bound to a core from it
-    (``with_core``), not for its subclasses, which have their own
-    constructors."""
+    (``with_core``), and for a subclass that keeps the class's constructor;
+    a subclass with a constructor of its own (``__init__`` or ``__new__``)
+    shows that one's parameters. ``inspect`` must not be left to find the
+    constructor itself: before Python 3.11 it takes the base's
+    ``__new__(*args, **kwargs)`` over any ``__init__``."""
 
     def __init__(self, sig: inspect.Signature) -> None:
         self._sig = sig
@@ -445,8 +448,17 @@ class ClassSignature:
     def __get__(self, obj: object, objtype: type | None = None) -> inspect.Signature | None:
         if obj is not None or objtype is None:
             return None
-        public = objtype.__dict__.get("_public", objtype)
-        return self._sig if public is self._owner else None
+        for cls in objtype.__mro__:
+            public = cls.__dict__.get("_public", cls)
+            if public is self._owner:
+                return self._sig
+            own = cls.__dict__.get("__init__") or cls.__dict__.get("__new__")
+            if own is not None and "_public" not in cls.__dict__:
+                if isinstance(own, staticmethod):
+                    own = own.__func__
+                parameters = list(inspect.signature(own).parameters.values())
+                return inspect.Signature(parameters[1:])  # without self (or cls)
+        return None
 
 
 # ------------------------------------------------------------------ cross-checks
