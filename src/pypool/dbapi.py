@@ -172,6 +172,7 @@ from typing import Any, Final, TypeAlias
 
 from ._secrets import Secrets, mask_dsn, masked_repr
 from .errors import UnusableConnection
+from .pool.shared import run_watched
 
 __all__ = [
     "ConnectFactory",
@@ -573,23 +574,11 @@ def _watch_pymysql(conn: Any, timeout: float | None) -> Callable[[], bool] | Non
 def _run_watched(
     check: Callable[[], None], stop: Callable[[], bool] | None, timeout: float | None
 ) -> None:
-    """Runs ``check()`` under a watch (``stop`` ends it; None: unwatched).
-    A check the deadline cut short, or that answered just as its socket was
-    shut, raises :class:`UnusableConnection`: the connection is unusable."""
-    if stop is None:
+    """Runs ``check()`` under a watch (``stop`` ends it; None: unwatched)."""
+    if stop is None or timeout is None:
         check()
-        return
-    try:
-        check()
-    except Exception as exc:
-        if stop():
-            raise UnusableConnection(f"check not done within {timeout:.3f} s") from exc
-        raise
-    except BaseException:
-        stop()
-        raise
-    if stop():
-        raise UnusableConnection(f"check not done within {timeout:.3f} s")
+    else:
+        run_watched(check, stop, timeout)
 
 
 _WATCHES: Final[Mapping[str, Callable[[Any, float | None], Callable[[], bool] | None]]] = {

@@ -53,6 +53,7 @@ from .shared import (
     accepts_timeout,
     core_module_of,
     live_pools,
+    run_watched,
 )
 
 __all__ = ["Pool", "PoolMethods"]
@@ -342,17 +343,7 @@ class PoolMethods(PoolShared, Generic[ConnT]):
         if stop is None:
             _check_in_thread(check, conn, timeout, self.name, self._in_check)
             return
-        try:
-            check(conn)
-        except Exception as exc:
-            if stop():
-                raise UnusableConnection(f"check not done within {timeout:.3f} s") from exc
-            raise
-        except BaseException:
-            stop()
-            raise
-        if stop():  # it answered just as its socket was shut: unusable all the same
-            raise UnusableConnection(f"check not done within {timeout:.3f} s")
+        run_watched(functools.partial(check, conn), stop, timeout)
 
     def _close_retired(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         """Closes a connection the core dropped (:meth:`PoolShared._retire`):

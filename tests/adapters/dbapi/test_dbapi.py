@@ -11,6 +11,7 @@ user's, keeps the caller's timeout there (``watch``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -851,12 +852,10 @@ def test_watched_check_leaves_a_healthy_connection_usable(face: Face) -> None:
 
 
 def _select_one(conn: Any) -> None:
-    cur = conn.cursor()
-    try:
+    """A user's ``check=``, also used as a query: fails unless it reads 1."""
+    with contextlib.closing(conn.cursor()) as cur:
         cur.execute("SELECT 1")
-        cur.fetchall()
-    finally:
-        cur.close()
+        assert cur.fetchone() == (1,)
 
 
 @pytest.mark.db
