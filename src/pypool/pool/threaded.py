@@ -334,10 +334,11 @@ class PoolMethods(PoolShared, Generic[ConnT]):
 
     def _bounded_check(self, check: Callable[[Any], object], conn: Any, timeout: float) -> None:
         """Runs a ``check=`` of the user's within ``timeout`` seconds: bounded
-        by the adapter's ``watch`` where it has the means (psycopg 3: the
-        socket is shut down at the deadline), else in a thread of its own,
-        left at the deadline (:class:`_CheckOutlived`; the connection is
-        closed when the check ends)."""
+        by the adapter's ``watch`` where it has the means (``pypool.dbapi``
+        with psycopg 3, psycopg2 or PyMySQL: the socket is shut down at the
+        deadline), else in a thread of its own, left at the deadline
+        (:class:`_CheckOutlived`; the connection is closed when the check
+        ends)."""
         watch = getattr(self._settings.adapter, "watch", None)
         stop = watch(conn, timeout) if watch is not None else None
         if stop is None:
