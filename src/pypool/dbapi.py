@@ -17,19 +17,22 @@ The interface
 ``check(conn, timeout=None)``
     Raises if the connection is unusable; leaves it as it was (no transaction
     left open). With ``timeout``, the check gives up after that many seconds
-    where the driver allows (psycopg 3, PyMySQL) and the connection is then
-    unusable: the pool passes what is left of the caller's acquire timeout, so
-    a server or network that stopped answering cannot outlast it.
+    for the drivers whose socket it knows (psycopg 3, psycopg2, PyMySQL) and
+    the connection is then unusable: the pool passes what is left of the
+    caller's acquire timeout, so a server or network that stopped answering
+    cannot outlast it. For other drivers ``timeout`` bounds nothing.
 ``is_broken(conn, exc=None)``
     True when the connection must be discarded, False when only a query failed.
 ``watch(conn, timeout)`` (optional)
     Bounds a ``check=`` of the user's to ``timeout`` seconds by the driver's
     means: returns a function to call when the check ends (True if the bound
-    was reached), or None. For psycopg 3, the connection's socket is shut down
-    at the deadline, so the check fails at once there; without such means the
-    pool runs the user's check in a thread of its own, and a caller whose
-    timeout comes first gets :class:`~pypool.PoolTimeout` while the check ends
-    elsewhere and its connection is closed then.
+    was reached), or None. For psycopg 3, psycopg2 and PyMySQL, the
+    connection's socket is shut down at the deadline, so the check fails at
+    once there. Other drivers (sqlite3, and any driver this module does not
+    know, whose socket it cannot find) have no such means: the pool runs the
+    user's check in a thread of its own, and a caller whose timeout comes
+    first gets :class:`~pypool.PoolTimeout` while the check ends elsewhere
+    and its connection is closed then.
 ``close(conn)``
     Closes; an error is logged (logger ``"pypool"``, level WARNING), never raised.
 ``connect_factory(connect, *args, connect_timeout=10.0, io_timeout=30.0, **kwargs)``
@@ -51,10 +54,11 @@ psycopg 3  ``rollback()`` if libpq's transaction  An empty query in autocommit (
            command is in progress (ACTIVE).       and waited for with ``select()``.
 psycopg2   as psycopg 3, from                     ``SELECT 1`` in autocommit (switching
            ``get_transaction_status()`` and       autocommit costs no round trip).
-           ``closed``.
+           ``closed``.                            With a timeout, its socket is shut
+                                                  down if it has not answered by then.
 PyMySQL    raises if not ``open``; no round trip  ``ping(reconnect=False)``; with a
-           only in autocommit mode with no        timeout, the socket's timeout is
-           transaction flagged (see below); else  lowered to it for the ping.
+           only in autocommit mode with no        timeout, its socket is shut down if
+           transaction flagged (see below); else  it has not answered by then.
            ``rollback()``.
 other      ``"rollback"`` (the pool calls         ``ping()`` if the connection has one, else
            ``conn.rollback()``).                  a cursor ``SELECT 1``, then a rollback
@@ -168,6 +172,7 @@ from typing import Any, Final, TypeAlias
 
 from ._secrets import Secrets, mask_dsn, masked_repr
 from .errors import UnusableConnection
+from .pool.shared import run_watched
 
 __all__ = [
     "ConnectFactory",
@@ -388,15 +393,20 @@ def _check_psycopg2(conn: Any, timeout: float | None = None) -> None:
             cur.execute("SELECT 1")
             cur.fetchall()
 
-    if conn.autocommit or conn.get_transaction_status() != _PQ_IDLE:
-        select_one()
-        return
-    conn.autocommit = True  # local: psycopg2 sends BEGIN itself, later
-    try:
-        select_one()
-    finally:
-        if not conn.closed:
-            conn.autocommit = False
+    def in_autocommit() -> None:
+        if conn.autocommit or conn.get_transaction_status() != _PQ_IDLE:
+            select_one()
+            return
+        conn.autocommit = True  # local: psycopg2 sends BEGIN itself, later
+        try:
+            select_one()
+        finally:
+            if not conn.closed:
+                conn.autocommit = False
+
+    # psycopg2 has no time bound of its own for one call: the watchdog
+    # shuts the socket down at the deadline.
+    _run_watched(in_autocommit, _watch_psycopg2(conn, timeout), timeout)
 
 
 def _check_sqlite3(conn: Any, timeout: float | None = None) -> None:
@@ -405,17 +415,13 @@ def _check_sqlite3(conn: Any, timeout: float | None = None) -> None:
 
 
 def _check_pymysql(conn: Any, timeout: float | None = None) -> None:
-    sock = getattr(conn, "_sock", None)
-    if timeout is None or sock is None:
+    # Not the socket's timeout: PyMySQL sets its own read_timeout or
+    # write_timeout on the socket whenever they differ, before a read or a
+    # write, so a timeout set for the ping alone may not hold.
+    def ping() -> None:
         conn.ping(reconnect=False)
-        return
-    previous = sock.gettimeout()
-    sock.settimeout(timeout)
-    try:
-        conn.ping(reconnect=False)
-    finally:
-        if conn._sock is sock:  # a failed ping closes (and drops) the socket
-            sock.settimeout(previous)
+
+    _run_watched(ping, _watch_pymysql(conn, timeout), timeout)
 
 
 def _check_generic(conn: Any, timeout: float | None = None) -> None:
@@ -461,8 +467,10 @@ class _SocketWatchdog:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def watch(self, pgconn: Any, timeout: float) -> list[Any]:
-        entry: list[Any] = [pgconn, _RUNNING]
+    def watch(self, fileno: Callable[[], int], timeout: float) -> list[Any]:
+        """Shuts down the socket ``fileno()`` names in ``timeout`` seconds,
+        unless :meth:`done` comes first."""
+        entry: list[Any] = [fileno, _RUNNING]
         deadline = time.monotonic() + timeout
         with self._cond:
             heap = self._heap
@@ -509,12 +517,13 @@ class _SocketWatchdog:
                 _shut(entry[0])  # under the lock: the watched side is still in its check
 
 
-def _shut(pgconn: Any) -> None:
-    """Shuts down (both ways) the socket of a libpq connection, leaving its
-    file descriptor open: its owner's next read sees the end of the
-    connection. Nothing if the connection was closed meanwhile."""
+def _shut(fileno: Callable[[], int]) -> None:
+    """Shuts down (both ways) the socket whose descriptor ``fileno()``
+    gives, leaving the descriptor open: its owner's next read or write sees
+    the end of the connection. Nothing if ``fileno()`` raises or gives a
+    negative number (the connection was closed meanwhile)."""
     try:
-        sock = socket.socket(fileno=os.dup(pgconn.socket))
+        sock = socket.socket(fileno=os.dup(fileno()))
     except Exception:  # closed (its descriptor may be another socket's now)
         return
     try:
@@ -528,12 +537,55 @@ def _shut(pgconn: Any) -> None:
 _watchdog = _SocketWatchdog()
 
 
-def _watch_psycopg(conn: Any, timeout: float) -> Callable[[], bool] | None:
-    pgconn = getattr(conn, "pgconn", None)
-    if pgconn is None or conn.closed:  # whatever the check does fails at once
+def _watching(fileno: Callable[[], int], timeout: float) -> Callable[[], bool] | None:
+    if not math.isfinite(timeout):
         return None
-    entry = _watchdog.watch(pgconn, timeout)
+    entry = _watchdog.watch(fileno, timeout)
     return functools.partial(_watchdog.done, entry)
+
+
+# Each returns None where whatever is done with the connection fails at once
+# (it is closed), or where the timeout bounds nothing (None or infinite).
+
+
+def _watch_psycopg(conn: Any, timeout: float | None) -> Callable[[], bool] | None:
+    pgconn = getattr(conn, "pgconn", None)
+    if timeout is None or pgconn is None or conn.closed:
+        return None
+    return _watching(lambda: int(pgconn.socket), timeout)
+
+
+def _watch_psycopg2(conn: Any, timeout: float | None) -> Callable[[], bool] | None:
+    if timeout is None or conn.closed:
+        return None
+    return _watching(conn.fileno, timeout)  # raises once closed
+
+
+def _watch_pymysql(conn: Any, timeout: float | None) -> Callable[[], bool] | None:
+    # The socket object, not its descriptor now: once PyMySQL closes it (a
+    # failed read or write does), its fileno() is -1, so a descriptor
+    # reused by another socket meanwhile is never shut.
+    sock = getattr(conn, "_sock", None)
+    if timeout is None or sock is None or sock.fileno() < 0:
+        return None
+    return _watching(sock.fileno, timeout)
+
+
+def _run_watched(
+    check: Callable[[], None], stop: Callable[[], bool] | None, timeout: float | None
+) -> None:
+    """Runs ``check()`` under a watch (``stop`` ends it; None: unwatched)."""
+    if stop is None or timeout is None:
+        check()
+    else:
+        run_watched(check, stop, timeout)
+
+
+_WATCHES: Final[Mapping[str, Callable[[Any, float | None], Callable[[], bool] | None]]] = {
+    PSYCOPG: _watch_psycopg,
+    PSYCOPG2: _watch_psycopg2,
+    PYMYSQL: _watch_pymysql,
+}
 
 
 # ------------------------------------------------------------------ broken
@@ -764,7 +816,7 @@ class DBAPIAdapter:
     def check(self, conn: Any, timeout: float | None = None) -> None:
         """Raises if ``conn`` is unusable; leaves no transaction open. With
         ``timeout``, gives up after that many seconds where the driver allows
-        (then the connection is unusable)."""
+        (psycopg 3, psycopg2, PyMySQL; then the connection is unusable)."""
         driver = self.driver(conn)
         (_check_generic if driver is None else self._checks[driver])(conn, timeout)
 
@@ -773,13 +825,15 @@ class DBAPIAdapter:
         on to ``timeout`` seconds (the pool calls it around a ``check=`` of
         the user's); returns the function to call when that is done, which
         says True if the bound was reached (the connection is then unusable:
-        for psycopg 3 its socket is shut down, so that a wait for the server
-        ends at once). None when the driver offers no such means: the pool
-        then runs the check in a thread of its own and leaves it at the
-        deadline."""
-        if self.driver(conn) == PSYCOPG:
-            return _watch_psycopg(conn, timeout)
-        return None
+        its socket is shut down, so that a wait for the server ends at once).
+        The means: the socket of a psycopg 3 (``pgconn.socket``), psycopg2
+        (``fileno()``) or PyMySQL (``_sock``) connection. None for other
+        drivers (sqlite3 has no socket; an unknown driver's is not known),
+        for a closed connection (whatever is done with it fails at once) and
+        for an infinite ``timeout``: the pool then runs the check in a thread
+        of its own and leaves it at the deadline."""
+        watch = _WATCHES.get(self.driver(conn) or "")
+        return None if watch is None else watch(conn, timeout)
 
     def is_broken(self, conn: Any, exc: BaseException | None = None) -> bool:
         """True if ``conn`` must be discarded (after ``exc``, if given); False

@@ -54,6 +54,7 @@ from ..errors import (
     PoolClosed,
     PoolError,
     PoolTimeout,
+    UnusableConnection,
 )
 from .policy import Policy, jitter, one_line
 from .settings import Settings, check_sizes
@@ -71,6 +72,7 @@ __all__ = [
     "describe",
     "live_pools",
     "maintenance_interval",
+    "run_watched",
 ]
 
 _P = TypeVar("_P", bound=type)
@@ -827,6 +829,24 @@ def accepts_timeout(check: Callable[..., object]) -> bool:
         return "timeout" in inspect.signature(check).parameters
     except (TypeError, ValueError):
         return False
+
+
+def run_watched(check: Callable[[], object], stop: Callable[[], bool], timeout: float) -> None:
+    """Runs ``check()`` under a watch of the adapter's (``watch(conn,
+    timeout)``), which ``stop()`` ends. A check the deadline cut short, or
+    that answered just as its socket was shut, raises
+    :class:`UnusableConnection`: the connection is unusable."""
+    try:
+        check()
+    except Exception as exc:
+        if stop():
+            raise UnusableConnection(f"check not done within {timeout:.3f} s") from exc
+        raise
+    except BaseException:
+        stop()
+        raise
+    if stop():
+        raise UnusableConnection(f"check not done within {timeout:.3f} s")
 
 
 # ------------------------------------------------------------------ process hooks

@@ -53,6 +53,7 @@ from .shared import (
     accepts_timeout,
     core_module_of,
     live_pools,
+    run_watched,
 )
 
 __all__ = ["Pool", "PoolMethods"]
@@ -333,26 +334,17 @@ class PoolMethods(PoolShared, Generic[ConnT]):
 
     def _bounded_check(self, check: Callable[[Any], object], conn: Any, timeout: float) -> None:
         """Runs a ``check=`` of the user's within ``timeout`` seconds: bounded
-        by the adapter's ``watch`` where it has the means (psycopg 3: the
-        socket is shut down at the deadline), else in a thread of its own,
-        left at the deadline (:class:`_CheckOutlived`; the connection is
-        closed when the check ends)."""
+        by the adapter's ``watch`` where it has the means (``pypool.dbapi``
+        with psycopg 3, psycopg2 or PyMySQL: the socket is shut down at the
+        deadline), else in a thread of its own, left at the deadline
+        (:class:`_CheckOutlived`; the connection is closed when the check
+        ends)."""
         watch = getattr(self._settings.adapter, "watch", None)
         stop = watch(conn, timeout) if watch is not None else None
         if stop is None:
             _check_in_thread(check, conn, timeout, self.name, self._in_check)
             return
-        try:
-            check(conn)
-        except Exception as exc:
-            if stop():
-                raise UnusableConnection(f"check not done within {timeout:.3f} s") from exc
-            raise
-        except BaseException:
-            stop()
-            raise
-        if stop():  # it answered just as its socket was shut: unusable all the same
-            raise UnusableConnection(f"check not done within {timeout:.3f} s")
+        run_watched(functools.partial(check, conn), stop, timeout)
 
     def _close_retired(self, conn: Any, reason: str, exc: BaseException | None) -> None:
         """Closes a connection the core dropped (:meth:`PoolShared._retire`):

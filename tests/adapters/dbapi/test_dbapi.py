@@ -4,11 +4,14 @@ sqlite3 tests need nothing. The ``db`` tests use PostgreSQL (``dsn`` fixture,
 ``PYPOOL_TEST_DSN``) through psycopg 3 and psycopg2, and MySQL/MariaDB
 (``mysql_params`` below, ``PYPOOL_TEST_MYSQL``, a ``mysql://user:pw@host:port/db``
 URL) through PyMySQL. An unreachable server skips them, unless
-``PYPOOL_REQUIRE_DB=1``.
+``PYPOOL_REQUIRE_DB=1``. The last tests put a network that drops packets
+(``fault_proxy``) between a pool and its server: a check, pypool's or the
+user's, keeps the caller's timeout there (``watch``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -810,3 +813,99 @@ def test_failed_query_is_not_broken(face: Face) -> None:
     assert not dbapi.is_broken(face.conn, info.value)
     face.conn.rollback()
     dbapi.check(face.conn)
+
+
+# ------------------------------------------------- checks bounded by the socket
+
+#: What a caller may take beyond its timeout (a loaded machine included).
+MARGIN = 2.0
+
+
+def test_watch_without_a_known_socket(lite: sqlite3.Connection, tmp_path: Any) -> None:
+    """sqlite3 has no socket, an unknown driver's socket is not known: no
+    watch, so the pool bounds a user's check with a thread of its own."""
+    assert dbapi.watch(lite, 1.0) is None
+    other = OtherConnection(str(tmp_path / "g.db"))
+    try:
+        assert dbapi.watch(other, 1.0) is None
+    finally:
+        other.close()
+
+
+@pytest.mark.db
+def test_watched_check_leaves_a_healthy_connection_usable(face: Face) -> None:
+    """A watch ended before its deadline never shuts the socket: the
+    connection stays usable past the deadline, as after a check with a
+    timeout (which watches the same way). A closed connection has no
+    watch: whatever is done with it fails at once."""
+    stop = dbapi.watch(face.conn, 0.2)
+    assert callable(stop)
+    assert face.query("SELECT 1") == (1,)
+    assert stop() is False
+    dbapi.check(face.conn, timeout=0.2)
+    time.sleep(0.3)  # past both deadlines
+    assert face.query("SELECT 1") == (1,)
+    assert not dbapi.is_broken(face.conn)
+    face.conn.rollback()
+    face.conn.close()
+    assert dbapi.watch(face.conn, 1.0) is None
+
+
+def _select_one(conn: Any) -> None:
+    """A user's ``check=``, also used as a query: fails unless it reads 1."""
+    with contextlib.closing(conn.cursor()) as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+
+
+@pytest.mark.db
+@pytest.mark.parametrize("check", ["own", "user"])
+@pytest.mark.parametrize("driver", ["psycopg2", "pymysql"])
+def test_check_on_a_black_holed_network_keeps_the_timeout(
+    driver: str, check: str, fault_proxy: Any, request: pytest.FixtureRequest
+) -> None:
+    """pypool.Pool over ``connect_factory``: once the network drops every
+    packet, pypool's own check (``check=None``) or a user's ``check=`` of
+    the idle connection ends at the caller's deadline (its socket shut
+    down), not when the driver's I/O bounds run out; the connection is
+    counted lost, and the pool connects again once the network is back."""
+    import pypool
+
+    if driver == "psycopg2":
+        psycopg2 = pytest.importorskip("psycopg2")
+        dsn = request.getfixturevalue("dsn")
+        proxy = fault_proxy(dsn)
+        factory = dbapi.connect_factory(psycopg2.connect, proxy.dsn(dsn), connect_timeout=2)
+    else:
+        pymysql = pytest.importorskip("pymysql")
+        params = request.getfixturevalue("mysql_params")
+        proxy = fault_proxy((params["host"], params["port"]))
+        params = {**params, "host": proxy.host, "port": proxy.port}
+        # read_timeout (30 s) and write_timeout differ: PyMySQL then sets one
+        # or the other on the socket before each read and write, so a socket
+        # timeout set for the check alone would not hold.
+        factory = dbapi.connect_factory(
+            pymysql.connect, connect_timeout=2, write_timeout=60, **params
+        )
+    pool = pypool.Pool(
+        factory,
+        min_size=1,
+        max_size=1,
+        check_after=0,
+        check=_select_one if check == "user" else None,
+    )
+    try:
+        pool.wait(5)
+        with pool.connection() as conn:
+            _select_one(conn)
+        proxy.blackhole()
+        start = time.monotonic()
+        with pytest.raises(pypool.PoolTimeout):  # new connects are black-holed too
+            pool.acquire(timeout=1.0)
+        assert time.monotonic() - start < 1.0 + MARGIN
+        assert pool.stats()["pypool.connections.retired"].get("check", 0) == 1
+        proxy.passthrough()
+        with pool.connection(timeout=15) as conn:
+            _select_one(conn)
+    finally:
+        pool.close(timeout=0.2)
