@@ -57,6 +57,7 @@
 #    only after the state is settled.
 
 cimport cython
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.object cimport PyObject, PyTypeObject, traverseproc, visitproc
 from cpython.pythread cimport PyThread_get_thread_ident
 from cpython.ref cimport Py_INCREF, Py_DECREF, Py_XDECREF
@@ -1036,6 +1037,13 @@ cdef class CorePool:
                     pause = _WAIT_SLICE
                 else:
                     pause = min(_seconds(deadline - pfl_monotonic_ns()), _WAIT_SLICE)
+                # A signal that came while this thread was not asleep (between
+                # slices, or delivered to another thread) did not cut a sleep
+                # short, and compiled code never reaches the interpreter's own
+                # check between bytecodes: check here, once a slice, or a
+                # Ctrl-C during a wait without a deadline is never seen. Its
+                # handler is Python code, like the hook below.
+                PyErr_CheckSignals()  # declared except -1: a handler's exception propagates
                 if _interleave is not None:
                     _interleave("wait.sleep", self)
                 woken = pause > 0 and lock.acquire(True, pause)

@@ -341,6 +341,11 @@ _INTERRUPT_CHILD = r"""
 import importlib, json, signal, sys, threading, time
 core = importlib.import_module(sys.argv[1])
 handled = []
+if sys.argv[2] == "other-thread":
+    # The signal reaches a thread that is not waiting: the waiting main
+    # thread's sleep is not cut short by it, only Python's flag is set.
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def handler(signum, frame):
@@ -373,9 +378,14 @@ print(json.dumps(result), flush=True)
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child needs POSIX signals")
 @pytest.mark.timeout(60)
-def test_ctrl_c_interrupts_wait(core_module: Any) -> None:
+@pytest.mark.parametrize("delivered_to", ["waiter", "other-thread"])
+def test_ctrl_c_interrupts_wait(core_module: Any, delivered_to: str) -> None:
+    """A Ctrl-C ends a wait without a timeout within a slice, also when the
+    signal lands while the waiter is not asleep (between slices) or on
+    another thread: the wait checks for a pending signal every slice, as
+    Python code between two bytecodes does."""
     child = subprocess.Popen(
-        [sys.executable, "-c", _INTERRUPT_CHILD, core_module.__name__],
+        [sys.executable, "-c", _INTERRUPT_CHILD, core_module.__name__, delivered_to],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
