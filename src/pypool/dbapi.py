@@ -406,7 +406,7 @@ def _check_psycopg2(conn: Any, timeout: float | None = None) -> None:
 
     # psycopg2 has no time bound of its own for one call: the watchdog
     # shuts the socket down at the deadline.
-    _run_watched(in_autocommit, _watch_psycopg2(conn, timeout), timeout)
+    run_watched(in_autocommit, _watch_psycopg2(conn, timeout), timeout)
 
 
 def _check_sqlite3(conn: Any, timeout: float | None = None) -> None:
@@ -421,7 +421,7 @@ def _check_pymysql(conn: Any, timeout: float | None = None) -> None:
     def ping() -> None:
         conn.ping(reconnect=False)
 
-    _run_watched(ping, _watch_pymysql(conn, timeout), timeout)
+    run_watched(ping, _watch_pymysql(conn, timeout), timeout)
 
 
 def _check_generic(conn: Any, timeout: float | None = None) -> None:
@@ -569,16 +569,6 @@ def _watch_pymysql(conn: Any, timeout: float | None) -> Callable[[], bool] | Non
     if timeout is None or sock is None or sock.fileno() < 0:
         return None
     return _watching(sock.fileno, timeout)
-
-
-def _run_watched(
-    check: Callable[[], None], stop: Callable[[], bool] | None, timeout: float | None
-) -> None:
-    """Runs ``check()`` under a watch (``stop`` ends it; None: unwatched)."""
-    if stop is None or timeout is None:
-        check()
-    else:
-        run_watched(check, stop, timeout)
 
 
 _WATCHES: Final[Mapping[str, Callable[[Any, float | None], Callable[[], bool] | None]]] = {

@@ -831,11 +831,16 @@ def accepts_timeout(check: Callable[..., object]) -> bool:
         return False
 
 
-def run_watched(check: Callable[[], object], stop: Callable[[], bool], timeout: float) -> None:
+def run_watched(
+    check: Callable[[], object], stop: Callable[[], bool] | None, timeout: float | None
+) -> None:
     """Runs ``check()`` under a watch of the adapter's (``watch(conn,
-    timeout)``), which ``stop()`` ends. A check the deadline cut short, or
-    that answered just as its socket was shut, raises
-    :class:`UnusableConnection`: the connection is unusable."""
+    timeout)``), which ``stop()`` ends; unwatched when ``stop`` is None. A
+    check the deadline cut short, or that answered just as its socket was
+    shut, raises :class:`UnusableConnection`: the connection is unusable."""
+    if stop is None:
+        check()
+        return
     try:
         check()
     except Exception as exc:

@@ -455,11 +455,10 @@ class PsycopgStats:
         take_keywords(public.__name__, given)
         options = {name: given.pop(name) for name in OPTIONS if name in given}
         values = {**defaults, **given}
-        min_size, max_size = values["min_size"], values["max_size"]
+        min_size, max_size = check_sizes(values["min_size"], values["max_size"], self._null)
+        self._max_size_asked = max_size
         if self._null:
-            check_sizes(min_size, max_size, True)
             values["close_returns"] = False  # as psycopg_pool: returning means closing here
-            min_size, max_size = 0, max_size or 0
         reset, transaction_pooling = values["reset"], values["transaction_pooling"]
         check_transaction_pooling(transaction_pooling, reset)
         for name, value in OPTION_DEFAULTS.items():
@@ -468,8 +467,6 @@ class PsycopgStats:
             # The user's contract, as psycopg_pool's: every hand-out is
             # checked, a new connection's too (unless check_after is given).
             options.setdefault("check_after", 0.0)
-        _, max_size = check_sizes(min_size, max_size, self._null)
-        self._max_size_asked = max_size
         values["conninfo"] = conninfo
         for name in _PUBLIC_ATTRIBUTES:
             setattr(self, name, values[name])
